@@ -1,0 +1,92 @@
+//! Command-line definitions; the help text lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "facedb", version, about = "Find one person's face in a folder of photos and write training-ready crops.", long_about = None)]
+pub struct Cli {
+    /// Read the models and ONNX Runtime library from DIR [default: ./models, models/ beside the binary, ~/.local/share/facedb/models].
+    #[arg(long, global = true, value_name = "DIR", env = "FACEDB_MODELS")]
+    pub models: Option<PathBuf>,
+
+    /// Use the database at PATH instead of DIR/facedb.sqlite (for folders you cannot write).
+    #[arg(long, global = true, value_name = "PATH", env = "FACEDB_DB")]
+    pub db: Option<PathBuf>,
+
+    /// Print no progress bar and no summary; errors still go to stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Detect, embed and score every face in a photo folder (incremental: unchanged files are skipped).
+    Index(IndexArgs),
+    /// Compare stored faces with a reference photo and write crops of the matches plus a manifest.
+    Match(MatchArgs),
+    /// Print totals, photos with zero or several faces, and files that failed.
+    Report(ReportArgs),
+    /// Run one read-only SQL query against the database and print the rows as a table.
+    Sql(SqlArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// Photo folder to index, searched recursively [default: current directory].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Use N worker threads, each with its own model sessions [default: number of CPUs].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Cut detection tiles from a copy whose long side is at most PX pixels (small faces need more).
+    #[arg(long, value_name = "PX", default_value_t = 1280)]
+    pub detect_size: u32,
+
+    /// Keep detections scoring at least S (0-1).
+    #[arg(long, value_name = "S", default_value_t = 0.6)]
+    pub min_score: f32,
+}
+
+#[derive(Args, Debug)]
+pub struct MatchArgs {
+    /// Dataset folder [default: the one whose facedb.sqlite is in the current directory or a parent].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Reference photo of the person to find (the largest face in it is used).
+    #[arg(long = "ref", value_name = "IMG", required = true)]
+    pub reference: PathBuf,
+
+    /// Accept faces within this cosine distance of the reference (0-2; lower is stricter).
+    #[arg(long, value_name = "D", default_value_t = crate::matching::DEFAULT_THRESHOLD)]
+    pub threshold: f32,
+
+    /// Write crops and manifest.csv to OUT [default: DIR/facedb-crops].
+    #[arg(long, value_name = "OUT")]
+    pub out: Option<PathBuf>,
+
+    /// Add this fraction of the face box on every side of a crop.
+    #[arg(long, value_name = "F", default_value_t = 0.3)]
+    pub margin: f32,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Dataset folder [default: found from the current directory upwards].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// [DIR] QUERY: an optional dataset folder, then one SQL statement.
+    #[arg(value_name = "[DIR] QUERY", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+}

@@ -1,0 +1,290 @@
+//! Statements of the single writer. Callers batch them inside one transaction.
+
+use anyhow::Result;
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use super::{now_rfc3339, vector_to_blob};
+use crate::pipeline::embed::FaceRecord;
+use crate::pipeline::walk::{FileEntry, Stat};
+use crate::pipeline::{AnalyzedImage, StageTimes};
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunCounters {
+    pub files_seen: u64,
+    pub files_unchanged: u64,
+    pub files_linked: u64,
+    pub images_new: u64,
+    pub files_failed: u64,
+    pub faces_found: u64,
+    pub detector_calls: u64,
+    pub embedder_calls: u64,
+    pub bytes_read: u64,
+    pub stage_ms: StageTimes,
+}
+
+pub fn ensure_model(
+    conn: &Connection,
+    kind: &str,
+    name: &str,
+    file_blake3: &str,
+    params_json: &str,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT OR IGNORE INTO models (kind, name, file_blake3, params_json) VALUES (?1, ?2, ?3, ?4)",
+        params![kind, name, file_blake3, params_json],
+    )?;
+    Ok(conn.query_row(
+        "SELECT id FROM models WHERE kind = ?1 AND name = ?2 AND file_blake3 = ?3 AND params_json = ?4",
+        params![kind, name, file_blake3, params_json],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn begin_run(
+    conn: &Connection,
+    command: &str,
+    args_json: &str,
+    ort_version: Option<&str>,
+    detector_id: Option<i64>,
+    embedder_id: Option<i64>,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO runs (command, args_json, facedb_version, ort_version, detector_id, embedder_id, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![command, args_json, env!("CARGO_PKG_VERSION"), ort_version, detector_id, embedder_id, now_rfc3339()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn finish_run(conn: &Connection, run_id: i64, status: &str, c: &RunCounters) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET finished_at = ?2, status = ?3, files_seen = ?4, files_unchanged = ?5, files_linked = ?6, images_new = ?7,
+                files_failed = ?8, faces_found = ?9, detector_calls = ?10, embedder_calls = ?11, bytes_read = ?12, stage_ms_json = ?13
+         WHERE id = ?1",
+        params![
+            run_id,
+            now_rfc3339(),
+            status,
+            c.files_seen as i64,
+            c.files_unchanged as i64,
+            c.files_linked as i64,
+            c.images_new as i64,
+            c.files_failed as i64,
+            c.faces_found as i64,
+            c.detector_calls as i64,
+            c.embedder_calls as i64,
+            c.bytes_read as i64,
+            serde_json::to_string(&c.stage_ms)?
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores an analysed image with its faces and embeddings; returns the image id.
+pub fn insert_image(
+    conn: &Connection,
+    run_id: i64,
+    blake3: &str,
+    size: u64,
+    img: &AnalyzedImage,
+    detector_id: i64,
+    embedder_id: i64,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9)",
+    )?
+    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339()])?;
+    let image_id = conn.last_insert_rowid();
+    for (idx, face) in img.faces.iter().enumerate() {
+        insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
+    }
+    Ok(image_id)
+}
+
+fn insert_face(
+    conn: &Connection,
+    image_id: i64,
+    detector_id: i64,
+    embedder_id: i64,
+    idx: usize,
+    face: &FaceRecord,
+) -> Result<()> {
+    let d = &face.detection;
+    let q = &face.quality;
+    conn.prepare_cached(
+        "INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        image_id,
+        detector_id,
+        idx as i64,
+        d.x,
+        d.y,
+        d.w,
+        d.h,
+        d.score,
+        serde_json::to_string(&d.landmarks)?,
+        q.size_px,
+        q.sharpness,
+        q.yaw,
+        q.roll,
+        q.brightness
+    ])?;
+    if let Some(e) = &face.embedding {
+        let face_id = conn.last_insert_rowid();
+        conn.prepare_cached(
+            "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![face_id, embedder_id, vector_to_blob(e)])?;
+    }
+    Ok(())
+}
+
+/// Stores content that could not be decoded, so the same bytes are never tried again.
+pub fn insert_failed_image(
+    conn: &Connection,
+    run_id: i64,
+    blake3: &str,
+    size: u64,
+    error: &str,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO images (blake3, size_bytes, status, error, run_id, created_at) VALUES (?1, ?2, 'failed', ?3, ?4, ?5)
+         ON CONFLICT (blake3) DO UPDATE SET error = excluded.error",
+    )?
+    .execute(params![blake3, size as i64, error, run_id, now_rfc3339()])?;
+    Ok(
+        conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Records a path: its image (if its content could be read), stat cache and read error.
+pub fn upsert_file(
+    conn: &Connection,
+    run_id: i64,
+    file: &FileEntry,
+    stat: Option<Stat>,
+    checked_ns: i64,
+    image_id: Option<i64>,
+    error: Option<&str>,
+) -> Result<()> {
+    // A `None` stat stores size -1, which never matches, so the next run reads the file again.
+    let (size, mtime, inode) =
+        stat.map_or((-1, 0, 0), |s| (s.size as i64, s.mtime_ns, s.inode as i64));
+    conn.prepare_cached(
+        "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0)
+         ON CONFLICT (path) DO UPDATE SET path_raw = excluded.path_raw, image_id = excluded.image_id, size = excluded.size,
+             mtime_ns = excluded.mtime_ns, inode = excluded.inode, checked_ns = excluded.checked_ns, error = excluded.error,
+             last_run = excluded.last_run, missing = 0",
+    )?
+    .execute(params![file.rel, file.raw, image_id, size, mtime, inode, checked_ns, error, run_id])?;
+    Ok(())
+}
+
+pub fn set_missing(conn: &Connection, path: &str, missing: bool) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET missing = ?2 WHERE path = ?1")?
+        .execute(params![path, missing])?;
+    Ok(())
+}
+
+pub fn log(
+    conn: &Connection,
+    run_id: i64,
+    image_id: Option<i64>,
+    path: Option<&str>,
+    level: &str,
+    message: &str,
+) -> Result<()> {
+    conn.prepare_cached("INSERT INTO logs (run_id, image_id, path, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![run_id, image_id, path, level, message, now_rfc3339()])?;
+    Ok(())
+}
+
+pub struct NewRef<'a> {
+    pub blake3: &'a str,
+    pub path: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub faces_in_photo: usize,
+    pub face: &'a FaceRecord,
+    pub vector: &'a [f32],
+}
+
+pub fn insert_ref(
+    conn: &Connection,
+    r: &NewRef,
+    detector_id: i64,
+    embedder_id: i64,
+) -> Result<i64> {
+    let d = &r.face.detection;
+    conn.execute(
+        "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, detector_id, embedder_id, vector, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![r.blake3, r.path, r.width, r.height, r.faces_in_photo as i64, d.x, d.y, d.w, d.h, d.score, detector_id, embedder_id, vector_to_blob(r.vector), now_rfc3339()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn insert_match_run(
+    conn: &Connection,
+    run_id: i64,
+    threshold: f32,
+    margin: f32,
+    out_dir: &str,
+    ref_ids: &[i64],
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO match_runs (run_id, threshold, margin, out_dir, ref_ids_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![run_id, threshold, margin, out_dir, serde_json::to_string(ref_ids)?],
+    )?;
+    Ok(())
+}
+
+pub fn finish_match_run(conn: &Connection, run_id: i64, photos: u64, matched: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE match_runs SET photos = ?2, matched = ?3 WHERE run_id = ?1",
+        params![run_id, photos as i64, matched as i64],
+    )?;
+    Ok(())
+}
+
+pub struct MatchRow<'a> {
+    pub image_id: i64,
+    pub face_id: i64,
+    pub distance: f32,
+    pub runner_up: Option<(i64, f32)>,
+    pub matched: bool,
+    pub reason: Option<&'a str>,
+    pub crop_path: Option<&'a str>,
+    pub crop_rect: Option<[u32; 4]>,
+}
+
+pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Result<()> {
+    let rect = m.crop_rect.map(|r| r.map(i64::from));
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO match_results (run_id, image_id, face_id, distance, runner_up_face_id, runner_up_distance, decision, reason,
+             crop_path, crop_x, crop_y, crop_w, crop_h)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        run_id,
+        m.image_id,
+        m.face_id,
+        m.distance,
+        m.runner_up.map(|r| r.0),
+        m.runner_up.map(|r| r.1),
+        if m.matched { "matched" } else { "rejected" },
+        m.reason,
+        m.crop_path,
+        rect.map(|r| r[0]),
+        rect.map(|r| r[1]),
+        rect.map(|r| r[2]),
+        rect.map(|r| r[3])
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = facedb::cli::Cli::parse();
+    match facedb::commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("facedb: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

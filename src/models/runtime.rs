@@ -1,0 +1,183 @@
+//! Locating the model files and the ONNX Runtime library, and creating per-worker sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use super::{patch, sface::SFace, yunet::YuNet};
+
+pub const YUNET_FILE: &str = "face_detection_yunet_2023mar_int8bq.onnx";
+pub const SFACE_FILE: &str = "face_recognition_sface_2021dec_int8bq.onnx";
+pub const ORT_LIB_FILE: &str = "libonnxruntime.so.1.31.1";
+pub const ORT_VERSION: &str = "1.31.1";
+/// Environment variable naming the models directory (same as `--models`).
+pub const MODELS_ENV: &str = "FACEDB_MODELS";
+/// Environment variable naming the ONNX Runtime library file, overriding `<models>/libonnxruntime…`.
+pub const ORT_LIB_ENV: &str = "FACEDB_ORT_LIB";
+
+/// The files on disk and their identities (blake3 of the file as shipped, before any patch).
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub ort_lib: PathBuf,
+    pub detector_name: String,
+    pub detector_hash: String,
+    pub embedder_name: String,
+    pub embedder_hash: String,
+    detector_bytes: Vec<u8>,
+    embedder_bytes: Vec<u8>,
+}
+
+/// Directories searched for models, in order, when neither `--models` nor `FACEDB_MODELS` is set:
+/// `./models`, `models/` beside any ancestor of the executable (a repo checkout's
+/// `target/release/facedb`), and the user data directory (`~/.local/share/facedb/models`).
+pub fn default_model_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("models")];
+    if let Ok(exe) = std::env::current_exe() {
+        for ancestor in exe.ancestors().skip(1) {
+            dirs.push(ancestor.join("models"));
+        }
+    }
+    if let Some(data) = user_data_dir() {
+        dirs.push(data.join("facedb").join("models"));
+    }
+    dirs
+}
+
+pub fn user_data_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share"))
+}
+
+impl ModelFiles {
+    /// Finds and reads the model files. `explicit` comes from `--models` / `FACEDB_MODELS`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Self> {
+        let dir = match explicit {
+            Some(dir) => {
+                if !dir.join(YUNET_FILE).is_file() || !dir.join(SFACE_FILE).is_file() {
+                    bail!(
+                        "models not found in {}: expected {YUNET_FILE} and {SFACE_FILE}; run scripts/setup.sh or point --models at the folder holding them",
+                        dir.display()
+                    );
+                }
+                dir.to_path_buf()
+            }
+            None => {
+                let candidates = default_model_dirs();
+                candidates
+                    .iter()
+                    .find(|d| d.join(YUNET_FILE).is_file() && d.join(SFACE_FILE).is_file())
+                    .cloned()
+                    .ok_or_else(|| {
+                        let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+                        anyhow!(
+                            "models not found (looked in {}); run scripts/setup.sh, or pass --models DIR / set {MODELS_ENV}",
+                            looked.join(", ")
+                        )
+                    })?
+            }
+        };
+        let ort_lib = match std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => dir.join(ORT_LIB_FILE),
+        };
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .with_context(|| format!("reading model {}", dir.join(name).display()))
+        };
+        let detector_bytes = read(YUNET_FILE)?;
+        let embedder_bytes = read(SFACE_FILE)?;
+        Ok(Self {
+            detector_hash: blake3::hash(&detector_bytes).to_hex().to_string(),
+            embedder_hash: blake3::hash(&embedder_bytes).to_hex().to_string(),
+            detector_name: YUNET_FILE.trim_end_matches(".onnx").to_string(),
+            embedder_name: SFACE_FILE.trim_end_matches(".onnx").to_string(),
+            dir,
+            ort_lib,
+            detector_bytes,
+            embedder_bytes,
+        })
+    }
+
+    /// Loads the runtime (once per process) and prepares the model bytes for session creation.
+    pub fn load(&self) -> Result<Models> {
+        let env = environment(&self.ort_lib)?;
+        let (detector, patched_nodes) =
+            patch::patch_yunet(&self.detector_bytes).with_context(|| {
+                format!(
+                    "reading {} as an ONNX model",
+                    self.dir.join(YUNET_FILE).display()
+                )
+            })?;
+        Ok(Models {
+            env,
+            detector,
+            embedder: self.embedder_bytes.clone(),
+            patched_nodes,
+        })
+    }
+}
+
+static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+fn environment(lib: &Path) -> Result<Environment> {
+    ENV.get_or_init(|| {
+        if !lib.is_file() {
+            return Err(format!(
+                "ONNX Runtime library not found at {}; run scripts/setup.sh or set {ORT_LIB_ENV}",
+                lib.display()
+            ));
+        }
+        let builder = ort::init_from(lib)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", lib.display()))?;
+        builder
+            .with_name("facedb")
+            .build()
+            .map_err(|e| format!("starting ONNX Runtime: {e}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Model bytes ready to become sessions; cheap to share across worker threads.
+pub struct Models {
+    env: Environment,
+    detector: Vec<u8>,
+    embedder: Vec<u8>,
+    pub patched_nodes: usize,
+}
+
+impl Models {
+    fn session(&self, bytes: &[u8], what: &str) -> Result<Session> {
+        // One intra-op thread per session: parallelism comes from one worker per core, and ORT's
+        // spinning pool threads slow down badly when oversubscribed.
+        let e = |err: ort::Error<_>| anyhow!("creating {what} session: {err}");
+        let mut builder = Session::builder(&self.env)
+            .map_err(|err| anyhow!("creating {what} session: {err}"))?
+            .with_intra_threads(1)
+            .map_err(e)?
+            .with_inter_threads(1)
+            .map_err(|err| anyhow!("creating {what} session: {err}"))?
+            .with_intra_op_spinning(false)
+            .map_err(|err| anyhow!("creating {what} session: {err}"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|err| anyhow!("creating {what} session: {err}"))?;
+        builder
+            .commit_from_memory(bytes)
+            .map_err(|err| anyhow!("loading {what} model: {err}"))
+    }
+
+    pub fn detector(&self) -> Result<YuNet> {
+        YuNet::new(self.session(&self.detector, "YuNet detector")?)
+    }
+
+    pub fn embedder(&self) -> Result<SFace> {
+        SFace::new(self.session(&self.embedder, "SFace embedder")?)
+    }
+}

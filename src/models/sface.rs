@@ -1,0 +1,61 @@
+//! The SFace embedder session: 112x112 RGB aligned face in, L2-normalised 128-d vector out.
+
+use anyhow::{anyhow, ensure, Result};
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::pipeline::align::{AlignedFace, ALIGNED_SIZE};
+
+pub const EMBEDDING_DIM: usize = 128;
+pub type Embedding = [f32; EMBEDDING_DIM];
+
+pub struct SFace {
+    session: Session,
+}
+
+impl SFace {
+    pub fn new(session: Session) -> Result<Self> {
+        ensure!(
+            session.inputs().iter().any(|i| i.name() == "data"),
+            "SFace model lacks input 'data'; is it the right file?"
+        );
+        Ok(Self { session })
+    }
+
+    /// Embeds one aligned face. The graph normalises pixels itself; it wants RGB 0..255, NCHW.
+    pub fn embed(&mut self, face: &AlignedFace) -> Result<Embedding> {
+        let plane = ALIGNED_SIZE * ALIGNED_SIZE;
+        let mut input = vec![0f32; 3 * plane];
+        for (i, px) in face.rgb.chunks_exact(3).enumerate() {
+            input[i] = f32::from(px[0]);
+            input[plane + i] = f32::from(px[1]);
+            input[2 * plane + i] = f32::from(px[2]);
+        }
+        let side = ALIGNED_SIZE as i64;
+        let tensor = Tensor::from_array((vec![1i64, 3, side, side], input))
+            .map_err(|e| anyhow!("SFace input: {e}"))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["data" => tensor])
+            .map_err(|e| anyhow!("SFace inference: {e}"))?;
+        let (_, data) = outputs["fc1"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("SFace output: {e}"))?;
+        ensure!(
+            data.len() == EMBEDDING_DIM,
+            "SFace output has {} values, expected {EMBEDDING_DIM}",
+            data.len()
+        );
+        let mut v = [0f32; EMBEDDING_DIM];
+        v.copy_from_slice(data);
+        normalize(&mut v);
+        Ok(v)
+    }
+}
+
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}

@@ -1,0 +1,140 @@
+//! Decoding image bytes into an upright RGB image, with a hard limit on what a hostile header
+//! can make us allocate.
+
+use std::io::Cursor;
+
+use anyhow::{anyhow, Context, Result};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+/// Largest accepted side, in pixels (bigger than any camera; refuses decompression bombs).
+pub const MAX_SIDE: u32 = 30_000;
+/// Largest accepted decoded size in bytes.
+pub const MAX_ALLOC: u64 = 1 << 30;
+
+pub struct Decoded {
+    /// Upright (EXIF orientation applied), 8-bit RGB.
+    pub rgb: RgbImage,
+    pub format: &'static str,
+    /// EXIF orientation 1-8 as found in the file (1 when absent).
+    pub orientation: u8,
+}
+
+pub fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    limits
+}
+
+pub fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::Png => "png",
+        ImageFormat::Gif => "gif",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Tiff => "tiff",
+        _ => "other",
+    }
+}
+
+/// Decodes `bytes` (format sniffed from content, not the file name).
+pub fn decode(bytes: &[u8]) -> Result<Decoded> {
+    if bytes.is_empty() {
+        return Err(anyhow!("empty file (0 bytes)"));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading image header")?;
+    let format = reader
+        .format()
+        .ok_or_else(|| anyhow!("not a supported image (unrecognised content)"))?;
+    reader.limits(limits());
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder)
+        .map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
+    image.apply_orientation(orientation);
+    Ok(Decoded {
+        rgb: image.into_rgb8(),
+        format: format_name(format),
+        orientation: orientation_exif(orientation),
+    })
+}
+
+fn orientation_exif(o: Orientation) -> u8 {
+    match o {
+        Orientation::NoTransforms => 1,
+        Orientation::FlipHorizontal => 2,
+        Orientation::Rotate180 => 3,
+        Orientation::FlipVertical => 4,
+        Orientation::Rotate90FlipH => 5,
+        Orientation::Rotate90 => 6,
+        Orientation::Rotate270FlipH => 7,
+        Orientation::Rotate270 => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        RgbImage::new(w, h)
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_png_by_content() {
+        let d = decode(&png(7, 5)).unwrap();
+        assert_eq!(
+            (d.rgb.width(), d.rgb.height(), d.format, d.orientation),
+            (7, 5, "png", 1)
+        );
+    }
+
+    #[test]
+    fn refuses_empty_garbage_and_truncated() {
+        assert!(decode(&[]).unwrap_err().to_string().contains("empty"));
+        assert!(decode(b"hello, I am text").is_err());
+        let p = png(64, 64);
+        assert!(decode(&p[..p.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn refuses_huge_header_without_allocating() {
+        // A PNG whose IHDR claims 100000x100000 pixels.
+        let mut p = png(1, 1);
+        p[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        p[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&p[12..29]);
+        p[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("limit") || err.contains("dimension") || err.contains("large"),
+            "{err}"
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}

@@ -1,0 +1,370 @@
+//! Face detection with YuNet: a whole-frame pass for large faces plus overlapping tiles of a
+//! downscaled copy for small ones, merged with NMS. Coordinates come back in pixels of the
+//! upright full-resolution image.
+
+use anyhow::Result;
+use image::RgbImage;
+
+use crate::models::yunet::{StrideOutput, YuNet, ALIGN, INPUT_SIZE};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+    pub score: f32,
+    /// Right eye, left eye (image-left first), nose tip, right and left mouth corners.
+    pub landmarks: [[f32; 2]; 5],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DetectParams {
+    /// Long side of the downscaled copy that tiles are cut from, in pixels.
+    pub max_side: u32,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        Self {
+            max_side: 1280,
+            score_threshold: 0.6,
+            nms_iou: 0.3,
+        }
+    }
+}
+
+/// Faces at most this big (pixels of the detail pass's input) are taken from the detail pass;
+/// larger ones are the whole-frame pass's job, where YuNet sees them at a size it handles well.
+const DETAIL_MAX_FACE: f32 = 160.0;
+
+pub struct DetectOutcome {
+    pub faces: Vec<Detection>,
+    pub detector_calls: u32,
+}
+
+/// Detects faces in an upright full-resolution image.
+///
+/// Pass 1 runs on the whole frame at long side 640 (OpenCV's FaceDetectorYN setting, so
+/// landmarks and embeddings match it). Pass 2, for photos larger than that, runs once more at
+/// long side `max_side` and contributes only small faces that pass 1 missed.
+pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Result<DetectOutcome> {
+    let (w, h) = image.dimensions();
+    let long = w.max(h);
+    let mut calls = 0;
+    let mut run = |long_side: u32| -> Result<Vec<Detection>> {
+        let input = to_input(image, long_side);
+        let raw = yunet.run(input.data, input.height, input.width)?;
+        calls += 1;
+        Ok(decode(&raw, params.score_threshold)
+            .into_iter()
+            .map(|d| scaled(&d, 1.0 / input.scale))
+            .collect())
+    };
+    let whole = nms(run(INPUT_SIZE as u32)?, params.nms_iou);
+    let detail_side = params.max_side.min(long);
+    let detail = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
+        let to_detail = detail_side as f32 / long as f32;
+        let small: Vec<Detection> = run(detail_side)?
+            .into_iter()
+            .filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE)
+            .collect();
+        nms(small, params.nms_iou)
+    } else {
+        Vec::new()
+    };
+    // Whole-frame detections win over detail ones for the same face.
+    let faces = merge(whole, detail, params.nms_iou)
+        .into_iter()
+        .filter_map(|d| clamp_to_image(d, w, h))
+        .collect();
+    Ok(DetectOutcome {
+        faces,
+        detector_calls: calls,
+    })
+}
+
+/// A detector input: BGR planar f32, sides padded up to multiples of 32 with black.
+pub struct Input {
+    pub data: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+    /// Image pixels -> input pixels.
+    pub scale: f32,
+}
+
+/// Resizes the image so its long side is `long_side` and pads it (right/bottom) to multiples of 32.
+pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
+    let (w, h) = image.dimensions();
+    let scale = long_side as f32 / w.max(h).max(1) as f32;
+    let nw = ((w as f32 * scale).round() as u32).clamp(1, long_side);
+    let nh = ((h as f32 * scale).round() as u32).clamp(1, long_side);
+    let resized;
+    let src = if (nw, nh) == (w, h) {
+        image
+    } else {
+        resized = resize_bilinear(image, nw, nh);
+        &resized
+    };
+    let (width, height) = (
+        (nw as usize).div_ceil(ALIGN) * ALIGN,
+        (nh as usize).div_ceil(ALIGN) * ALIGN,
+    );
+    let plane = width * height;
+    let mut data = vec![0f32; 3 * plane];
+    for (x, y, px) in src.enumerate_pixels() {
+        let i = y as usize * width + x as usize;
+        data[i] = f32::from(px[2]);
+        data[plane + i] = f32::from(px[1]);
+        data[2 * plane + i] = f32::from(px[0]);
+    }
+    Input {
+        data,
+        width,
+        height,
+        scale,
+    }
+}
+
+/// Bilinear resize with half-pixel centres and no antialiasing: what OpenCV's
+/// `resize(INTER_LINEAR)` does, and so what YuNet sees in OpenCV's FaceDetectorYN pipeline.
+/// Landmarks (and therefore embeddings) follow the input closely, so this parity matters.
+pub fn resize_bilinear(src: &RgbImage, nw: u32, nh: u32) -> RgbImage {
+    let (w, h) = src.dimensions();
+    let (sx, sy) = (w as f32 / nw as f32, h as f32 / nh as f32);
+    let axis = |d: u32, scale: f32, len: u32| -> (usize, usize, f32) {
+        let f = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (f.floor() as u32).min(len - 1);
+        let i1 = (i0 + 1).min(len - 1);
+        (i0 as usize, i1 as usize, f - i0 as f32)
+    };
+    let xs: Vec<(usize, usize, f32)> = (0..nw).map(|x| axis(x, sx, w)).collect();
+    let raw = src.as_raw();
+    let stride = w as usize * 3;
+    let mut out = Vec::with_capacity(nw as usize * nh as usize * 3);
+    for y in 0..nh {
+        let (y0, y1, fy) = axis(y, sy, h);
+        let (r0, r1) = (
+            &raw[y0 * stride..(y0 + 1) * stride],
+            &raw[y1 * stride..(y1 + 1) * stride],
+        );
+        for &(x0, x1, fx) in &xs {
+            for c in 0..3 {
+                let top = f32::from(r0[x0 * 3 + c]) * (1.0 - fx) + f32::from(r0[x1 * 3 + c]) * fx;
+                let bottom =
+                    f32::from(r1[x0 * 3 + c]) * (1.0 - fx) + f32::from(r1[x1 * 3 + c]) * fx;
+                out.push((top * (1.0 - fy) + bottom * fy).round() as u8);
+            }
+        }
+    }
+    RgbImage::from_raw(nw, nh, out).unwrap_or_else(|| RgbImage::new(nw, nh))
+}
+
+/// Decodes YuNet's raw outputs as OpenCV's FaceDetectorYN does (coordinates in input pixels).
+pub fn decode(outputs: &[StrideOutput], score_threshold: f32) -> Vec<Detection> {
+    let mut dets = Vec::new();
+    for out in outputs {
+        let s = out.stride as f32;
+        let cols = out.cols;
+        for i in 0..out.cls.len() {
+            let score = (out.cls[i].clamp(0.0, 1.0) * out.obj[i].clamp(0.0, 1.0)).sqrt();
+            if !(score >= score_threshold) {
+                continue;
+            }
+            let (col, row) = ((i % cols) as f32, (i / cols) as f32);
+            let b = &out.bbox[i * 4..i * 4 + 4];
+            let (cx, cy) = ((col + b[0]) * s, (row + b[1]) * s);
+            let (bw, bh) = (b[2].exp() * s, b[3].exp() * s);
+            if !(bw.is_finite() && bh.is_finite() && cx.is_finite() && cy.is_finite()) {
+                continue;
+            }
+            let k = &out.kps[i * 10..i * 10 + 10];
+            let landmarks =
+                std::array::from_fn(|n| [(k[2 * n] + col) * s, (k[2 * n + 1] + row) * s]);
+            dets.push(Detection {
+                x: cx - bw / 2.0,
+                y: cy - bh / 2.0,
+                w: bw,
+                h: bh,
+                score,
+                landmarks,
+            });
+        }
+    }
+    dets
+}
+
+fn scaled(d: &Detection, factor: f32) -> Detection {
+    Detection {
+        x: d.x * factor,
+        y: d.y * factor,
+        w: d.w * factor,
+        h: d.h * factor,
+        score: d.score,
+        landmarks: d.landmarks.map(|[a, b]| [a * factor, b * factor]),
+    }
+}
+
+pub fn iou(a: &Detection, b: &Detection) -> f32 {
+    let ix = (a.x + a.w).min(b.x + b.w) - a.x.max(b.x);
+    let iy = (a.y + a.h).min(b.y + b.h) - a.y.max(b.y);
+    if ix <= 0.0 || iy <= 0.0 {
+        return 0.0;
+    }
+    let inter = ix * iy;
+    inter / (a.w * a.h + b.w * b.h - inter)
+}
+
+/// Greedy non-maximum suppression, highest score first. A box mostly inside a kept box (a
+/// partial face from a tile) is suppressed too.
+pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for d in dets {
+        let overlaps = kept
+            .iter()
+            .any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8);
+        if !overlaps {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+/// `primary` plus every `secondary` detection that overlaps none of them, by score.
+pub fn merge(
+    primary: Vec<Detection>,
+    secondary: Vec<Detection>,
+    iou_threshold: f32,
+) -> Vec<Detection> {
+    let mut out = primary;
+    let n = out.len();
+    for d in secondary {
+        if !out[..n]
+            .iter()
+            .any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8)
+        {
+            out.push(d);
+        }
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
+}
+
+/// Fraction of the smaller box covered by the intersection.
+fn containment(a: &Detection, b: &Detection) -> f32 {
+    let ix = (a.x + a.w).min(b.x + b.w) - a.x.max(b.x);
+    let iy = (a.y + a.h).min(b.y + b.h) - a.y.max(b.y);
+    if ix <= 0.0 || iy <= 0.0 {
+        return 0.0;
+    }
+    ix * iy / (a.w * a.h).min(b.w * b.h)
+}
+
+/// Clips a box to the image; drops boxes with nothing left inside.
+fn clamp_to_image(mut d: Detection, w: u32, h: u32) -> Option<Detection> {
+    let (x0, y0) = (d.x.max(0.0), d.y.max(0.0));
+    let (x1, y1) = ((d.x + d.w).min(w as f32), (d.y + d.h).min(h as f32));
+    if x1 - x0 < 1.0 || y1 - y0 < 1.0 {
+        return None;
+    }
+    (d.x, d.y, d.w, d.h) = (x0, y0, x1 - x0, y1 - y0);
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x: f32, y: f32, w: f32, h: f32, score: f32) -> Detection {
+        Detection {
+            x,
+            y,
+            w,
+            h,
+            score,
+            landmarks: [[0.0; 2]; 5],
+        }
+    }
+
+    #[test]
+    fn nms_keeps_best_of_overlapping_and_drops_contained() {
+        let kept = nms(
+            vec![
+                det(0.0, 0.0, 10.0, 10.0, 0.7),
+                det(1.0, 1.0, 10.0, 10.0, 0.9),
+                det(50.0, 50.0, 10.0, 10.0, 0.8),
+                det(52.0, 52.0, 3.0, 3.0, 0.95),
+            ],
+            0.3,
+        );
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].score, 0.95);
+        assert_eq!(kept[1].score, 0.9);
+    }
+
+    #[test]
+    fn input_is_resized_and_padded_to_multiples_of_32() {
+        let img = RgbImage::from_pixel(1000, 500, image::Rgb([10, 20, 30]));
+        let input = to_input(&img, 640);
+        assert_eq!((input.width, input.height, input.scale), (640, 320, 0.64));
+        let small = to_input(
+            &RgbImage::from_pixel(100, 70, image::Rgb([10, 20, 30])),
+            640,
+        );
+        assert_eq!((small.width, small.height), (640, 448));
+        // BGR planes; padding is black.
+        let plane = small.width * small.height;
+        assert_eq!(
+            (small.data[0], small.data[plane], small.data[2 * plane]),
+            (30.0, 20.0, 10.0)
+        );
+        assert_eq!(small.data[plane - 1], 0.0);
+    }
+
+    #[test]
+    fn bilinear_resize_matches_opencv_half_pixel_rule() {
+        let mut img = RgbImage::new(4, 1);
+        for x in 0..4 {
+            img.put_pixel(x, 0, image::Rgb([x as u8 * 100, 0, 0]));
+        }
+        let r = resize_bilinear(&img, 2, 1);
+        // Centres of output pixels map to source x = 0.5 and 2.5.
+        assert_eq!((r.get_pixel(0, 0)[0], r.get_pixel(1, 0)[0]), (50, 250));
+    }
+
+    #[test]
+    fn decode_matches_opencv_formula() {
+        let mut outs: Vec<StrideOutput> = [8usize, 16, 32]
+            .iter()
+            .map(|&s| {
+                let n = (INPUT_SIZE / s).pow(2);
+                StrideOutput {
+                    stride: s,
+                    cols: INPUT_SIZE / s,
+                    cls: vec![0.0; n],
+                    obj: vec![0.0; n],
+                    bbox: vec![0.0; n * 4],
+                    kps: vec![0.0; n * 10],
+                }
+            })
+            .collect();
+        // Cell row 2, col 3 of stride 32 (cols = 20): i = 43.
+        let o = &mut outs[2];
+        o.cls[43] = 0.81;
+        o.obj[43] = 1.0;
+        o.bbox[172..176].copy_from_slice(&[0.5, 0.25, 0.0, (2.0f32).ln()]);
+        o.kps[430] = 1.0;
+        let d = decode(&outs, 0.5);
+        assert_eq!(d.len(), 1);
+        let d = d[0];
+        assert!((d.score - 0.9).abs() < 1e-6);
+        assert!((d.w - 32.0).abs() < 1e-4 && (d.h - 64.0).abs() < 1e-4);
+        assert!(
+            (d.x - (3.5 * 32.0 - 16.0)).abs() < 1e-4 && (d.y - (2.25 * 32.0 - 32.0)).abs() < 1e-4
+        );
+        assert_eq!(d.landmarks[0], [4.0 * 32.0, 2.0 * 32.0]);
+    }
+}

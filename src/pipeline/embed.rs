@@ -1,0 +1,48 @@
+//! Align each detected face on the full-resolution image, embed it with SFace, and score it.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use image::RgbImage;
+
+use super::detect::Detection;
+use super::quality::{self, Quality};
+use super::{align, ms_since, StageTimes};
+use crate::models::sface::{Embedding, SFace};
+
+pub struct FaceRecord {
+    pub detection: Detection,
+    pub quality: Quality,
+    /// `None` when the landmarks were degenerate and the face could not be aligned.
+    pub embedding: Option<Embedding>,
+}
+
+pub fn embed_faces(
+    image: &RgbImage,
+    faces: &[Detection],
+    embedder: &mut SFace,
+    times: &mut StageTimes,
+) -> Result<(Vec<FaceRecord>, u32)> {
+    let mut out = Vec::with_capacity(faces.len());
+    let mut calls = 0;
+    for face in faces {
+        let t = Instant::now();
+        let embedding = match align::align(image, &face.landmarks) {
+            Some(aligned) => {
+                calls += 1;
+                Some(embedder.embed(&aligned)?)
+            }
+            None => None,
+        };
+        times.align_embed += ms_since(t);
+        let t = Instant::now();
+        let quality = quality::measure(image, face);
+        times.quality += ms_since(t);
+        out.push(FaceRecord {
+            detection: *face,
+            quality,
+            embedding,
+        });
+    }
+    Ok((out, calls))
+}
