@@ -12,6 +12,7 @@ pub const MAX_SIDE: u32 = 30_000;
 /// Largest accepted decoded size in bytes.
 pub const MAX_ALLOC: u64 = 1 << 30;
 
+#[derive(Debug)]
 pub struct Decoded {
     /// Upright (EXIF orientation applied), 8-bit RGB.
     pub rgb: RgbImage,
@@ -51,6 +52,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let format = reader
         .format()
         .ok_or_else(|| anyhow!("not a supported image (unrecognised content)"))?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The decoder would fill the missing part with grey and call it a success.
+        return Err(anyhow!("truncated JPEG (no end-of-image marker after the image data); the file is incomplete, copy it again from its source"));
+    }
     reader.limits(limits());
     let mut decoder = reader
         .into_decoder()
@@ -64,6 +69,45 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
         format: format_name(format),
         orientation: orientation_exif(orientation),
     })
+}
+
+/// Whether a JPEG's main image data is followed by its end-of-image marker. Segments before the
+/// first scan (EXIF, whose thumbnail has its own EOI) are skipped by their lengths; inside
+/// entropy-coded data a 0xFF byte is always stuffed or a restart marker, so FF D9 there is the
+/// real end.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return false;
+    }
+    let mut pos = 2;
+    loop {
+        // Skip fill bytes before a marker.
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(pos), bytes.get(pos + 1)) else {
+            return false;
+        };
+        match marker {
+            0xD9 => return true, // EOI before any scan: nothing to decode, but complete
+            0x01 | 0xD0..=0xD7 => pos += 2,
+            _ => {
+                let Some(len) = bytes
+                    .get(pos + 2..pos + 4)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                else {
+                    return false;
+                };
+                if marker == 0xDA {
+                    let scan = pos + 2 + len;
+                    return bytes
+                        .get(scan..)
+                        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+                }
+                pos += 2 + len;
+            }
+        }
+    }
 }
 
 fn orientation_exif(o: Orientation) -> u8 {
@@ -106,6 +150,28 @@ mod tests {
         assert!(decode(b"hello, I am text").is_err());
         let p = png(64, 64);
         assert!(decode(&p[..p.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn truncated_jpeg_is_detected_even_with_a_thumbnail_eoi_before_the_scan() {
+        let mut jpeg = Vec::new();
+        RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10]))
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        assert!(jpeg_is_complete(&jpeg));
+        assert!(decode(&jpeg).is_ok());
+        // An APP1 segment holding FF D9 (like an EXIF thumbnail) must not count as the end.
+        let mut with_app1 = jpeg[..2].to_vec();
+        with_app1.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD8, 0xFF, 0xD9]);
+        with_app1.extend_from_slice(&jpeg[2..]);
+        assert!(jpeg_is_complete(&with_app1));
+        let cut = &with_app1[..with_app1.len() - 40];
+        assert!(!jpeg_is_complete(cut));
+        assert!(decode(cut)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated JPEG"));
+        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
     }
 
     #[test]
