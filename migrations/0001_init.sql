@@ -108,8 +108,9 @@ CREATE TABLE refs (
     width       INTEGER NOT NULL,
     height      INTEGER NOT NULL,
     faces_in_photo INTEGER NOT NULL,
-    x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL,  -- the face used (the largest)
     score       REAL NOT NULL,
+    landmarks_json TEXT NOT NULL,
     detector_id INTEGER NOT NULL REFERENCES models(id),
     embedder_id INTEGER NOT NULL REFERENCES models(id),
     vector      BLOB NOT NULL,
@@ -118,29 +119,42 @@ CREATE TABLE refs (
 );
 
 CREATE TABLE match_runs (
-    run_id     INTEGER PRIMARY KEY REFERENCES runs(id),
-    threshold  REAL NOT NULL,
-    margin     REAL NOT NULL,
-    out_dir    TEXT NOT NULL,
-    ref_ids_json TEXT NOT NULL,
-    photos     INTEGER NOT NULL DEFAULT 0,
-    matched    INTEGER NOT NULL DEFAULT 0
+    run_id        INTEGER PRIMARY KEY REFERENCES runs(id),
+    mode          TEXT NOT NULL CHECK (mode IN ('match', 'all')),
+    threshold     REAL NOT NULL,
+    combine       TEXT NOT NULL,                   -- nearest | mean
+    expand        REAL,                            -- NULL: no --expand
+    options_json  TEXT NOT NULL,                   -- filters and crop settings
+    out_dir       TEXT NOT NULL,
+    ref_ids_json      TEXT NOT NULL,               -- positive references (refs.id)
+    neg_ref_ids_json  TEXT NOT NULL,               -- negative references (refs.id)
+    photos     INTEGER NOT NULL DEFAULT 0,         -- photos with at least one embedded face
+    matched    INTEGER NOT NULL DEFAULT 0,
+    rejected   INTEGER NOT NULL DEFAULT 0,
+    ambiguous  INTEGER NOT NULL DEFAULT 0
 );
 
--- One row per photo with at least one embedded face, per match run.
+-- One row per decided face per match run: the closest face of every photo (or, with --all,
+-- every face).
 CREATE TABLE match_results (
     run_id      INTEGER NOT NULL REFERENCES runs(id),
+    face_id     INTEGER NOT NULL REFERENCES faces(id),
     image_id    INTEGER NOT NULL REFERENCES images(id),
-    face_id     INTEGER NOT NULL REFERENCES faces(id),  -- the closest face in the photo
-    distance    REAL NOT NULL,                          -- cosine distance to the reference set
+    distance    REAL,                                   -- cosine distance to the reference set (NULL: --all without --ref)
     runner_up_face_id  INTEGER REFERENCES faces(id),
     runner_up_distance REAL,
+    negative_distance  REAL,                            -- to the nearest --not reference
+    ambiguous   INTEGER NOT NULL DEFAULT 0,             -- another face in the photo is within the threshold
+    pass        INTEGER NOT NULL DEFAULT 1,             -- --expand pass that found it
     decision    TEXT NOT NULL CHECK (decision IN ('matched', 'rejected')),
     reason      TEXT,                                   -- why rejected
-    crop_path   TEXT,
-    crop_x INTEGER, crop_y INTEGER, crop_w INTEGER, crop_h INTEGER,
-    PRIMARY KEY (run_id, image_id)
+    crop_path   TEXT,                                   -- file name inside out_dir
+    crop_x INTEGER, crop_y INTEGER, crop_w INTEGER, crop_h INTEGER,  -- source pixels (bounding box when rotated)
+    crop_angle  REAL,                                   -- degrees rotated by --align
+    crop_out_w INTEGER, crop_out_h INTEGER,             -- the crop file's size
+    PRIMARY KEY (run_id, face_id)
 ) WITHOUT ROWID;
+CREATE INDEX match_results_image ON match_results(image_id);
 
 -- Views for people and ad-hoc SQL.
 CREATE VIEW photos_v AS
@@ -159,5 +173,6 @@ FROM faces fc;
 CREATE VIEW matches_v AS
 SELECT r.run_id, r.image_id,
        (SELECT min(f.path) FROM files f WHERE f.image_id = r.image_id AND f.missing = 0) AS path,
-       r.face_id, r.distance, r.decision, r.reason, r.crop_path, m.threshold, m.ref_ids_json
+       r.face_id, r.distance, r.runner_up_distance, r.ambiguous, r.pass, r.decision, r.reason, r.crop_path,
+       m.threshold, m.ref_ids_json, m.neg_ref_ids_json
 FROM match_results r JOIN match_runs m ON m.run_id = r.run_id;

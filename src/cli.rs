@@ -60,21 +60,85 @@ pub struct MatchArgs {
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Reference photo of the person to find (the largest face in it is used).
-    #[arg(long = "ref", value_name = "IMG", required = true)]
-    pub reference: PathBuf,
+    /// Use this photo (or every photo in this folder) as a reference of the person; repeatable.
+    #[arg(long = "ref", value_name = "IMG|DIR", required_unless_present = "all")]
+    pub refs: Vec<PathBuf>,
 
-    /// Accept faces within this cosine distance of the reference (0-2; lower is stricter).
+    /// Reject faces closer to this person than to the references (a look-alike); repeatable.
+    #[arg(long = "not", value_name = "IMG|DIR")]
+    pub negatives: Vec<PathBuf>,
+
+    /// Accept faces within this cosine distance of the references (0-2; lower is stricter).
     #[arg(long, value_name = "D", default_value_t = crate::matching::DEFAULT_THRESHOLD)]
     pub threshold: f32,
 
-    /// Write crops and manifest.csv to OUT [default: DIR/facedb-crops].
+    /// Combine several references by distance to the nearest one or to their mean.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "nearest")]
+    pub combine: crate::matching::Combine,
+
+    /// Add matches within D of the references to the references and match again, until nothing changes (at most 5 passes).
+    #[arg(long, value_name = "D", num_args = 0..=1, default_missing_value = "0.35")]
+    pub expand: Option<f32>,
+
+    /// Crop a photo even when another face in it is also within the threshold (a mirror, a twin).
+    #[arg(long)]
+    pub allow_ambiguous: bool,
+
+    /// Crop every detected face, whoever it is (no reference needed).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Write nothing; print the distance histogram, where the threshold falls and the photos near it.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Write crops, manifest.csv, manifest.jsonl and rejected.csv to OUT [default: DIR/facedb-crops].
     #[arg(long, value_name = "OUT")]
     pub out: Option<PathBuf>,
 
     /// Add this fraction of the face box on every side of a crop.
     #[arg(long, value_name = "F", default_value_t = 0.3)]
     pub margin: f32,
+
+    /// Make crops square (shifted to stay inside the photo).
+    #[arg(long)]
+    pub square: bool,
+
+    /// Resize crops so the long side is N pixels (never enlarging unless --upscale).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u32>,
+
+    /// Let --size enlarge crops smaller than N.
+    #[arg(long)]
+    pub upscale: bool,
+
+    /// Rotate crops so the eyes are level.
+    #[arg(long)]
+    pub align: bool,
+
+    /// Crop file format.
+    #[arg(long, value_enum, value_name = "FMT", default_value = "jpg")]
+    pub format: crate::crop::Format,
+
+    /// JPEG quality of crops (1-100).
+    #[arg(long, value_name = "Q", default_value_t = 95)]
+    pub quality: u8,
+
+    /// Skip faces whose shorter side is under PX pixels in the source photo.
+    #[arg(long, value_name = "PX", default_value_t = 40.0)]
+    pub min_face: f32,
+
+    /// Skip faces with sharpness (variance of Laplacian at full resolution) under X.
+    #[arg(long, value_name = "X", default_value_t = 10.0)]
+    pub min_sharpness: f32,
+
+    /// Skip faces turned more than DEG degrees left or right.
+    #[arg(long, value_name = "DEG", default_value_t = 60.0)]
+    pub max_yaw: f32,
+
+    /// Skip faces whose detection score is under S (0-1).
+    #[arg(long, value_name = "S", default_value_t = 0.7)]
+    pub min_score: f32,
 }
 
 #[derive(Args, Debug)]

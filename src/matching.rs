@@ -1,92 +1,448 @@
-//! Comparing stored face embeddings with reference embeddings (pure; no I/O).
+//! Deciding, per photo, whether the person is in it and which face is theirs (pure; no I/O).
+
+use serde::Serialize;
 
 /// Default cosine-distance threshold for SFace. Same-person distances on the test portraits are
-/// 0.10-0.26 and different-person ~0.88-0.92; OpenCV's suggested operating point for SFace is
-/// 0.637 and deepface uses 0.593. 0.60 sits just inside both (see README "Choosing a threshold").
+/// 0.10-0.26 and different-person ~0.88; OpenCV's suggested operating point for SFace is 0.637
+/// and deepface uses 0.593. 0.60 sits just inside both (see README "Choosing a threshold").
 pub const DEFAULT_THRESHOLD: f32 = 0.60;
+/// `--expand` adds matched faces at most this far from the references (high confidence only).
+pub const DEFAULT_EXPAND_THRESHOLD: f32 = 0.35;
+/// `--expand` stops after this many passes even if the set still grows.
+pub const MAX_PASSES: u32 = 5;
+
+/// How several reference embeddings combine into one distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Combine {
+    /// Distance to the nearest reference.
+    Nearest,
+    /// Distance to the normalised mean of the references.
+    Mean,
+}
+
+/// Why a photo's best face was not cropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    TooFar,
+    NegativeReference,
+    Ambiguous,
+    TooSmall,
+    LowScore,
+    TooBlurry,
+    Pose,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooFar => "too far",
+            Reason::NegativeReference => "negative reference",
+            Reason::Ambiguous => "ambiguous",
+            Reason::TooSmall => "too small",
+            Reason::LowScore => "low detection score",
+            Reason::TooBlurry => "too blurry",
+            Reason::Pose => "pose",
+        }
+    }
+}
+
+/// What matching needs to know about a stored face besides its embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceRow {
+    pub image_id: i64,
+    pub face_id: i64,
+    pub size_px: f32,
+    pub sharpness: f32,
+    pub yaw: f32,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Filters {
+    pub min_face: f32,
+    pub min_sharpness: f32,
+    pub max_yaw: f32,
+    pub min_score: f32,
+}
+
+impl Filters {
+    pub const NONE: Filters = Filters {
+        min_face: 0.0,
+        min_sharpness: 0.0,
+        max_yaw: 180.0,
+        min_score: 0.0,
+    };
+
+    fn reject(&self, f: &FaceRow) -> Option<Reason> {
+        if f.size_px < self.min_face {
+            Some(Reason::TooSmall)
+        } else if f.score < self.min_score {
+            Some(Reason::LowScore)
+        } else if f.sharpness < self.min_sharpness {
+            Some(Reason::TooBlurry)
+        } else if f.yaw.abs() > self.max_yaw {
+            Some(Reason::Pose)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub threshold: f32,
+    pub combine: Combine,
+    pub filters: Filters,
+    pub allow_ambiguous: bool,
+    /// `Some(d)`: grow the reference set with matches within `d` and match again.
+    pub expand: Option<f32>,
+}
+
+/// The verdict on one photo.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Decision {
+    pub image_id: i64,
+    /// The face closest to the references.
+    pub face_id: i64,
+    pub distance: f32,
+    /// The next-closest face in the same photo.
+    pub runner_up: Option<(i64, f32)>,
+    /// Distance of the best face to the nearest negative reference.
+    pub negative_distance: Option<f32>,
+    /// More than one face in the photo is within the threshold (a mirror, a twin, a poster).
+    pub ambiguous: bool,
+    /// Pass that first matched this photo (1 unless `--expand` found it later).
+    pub pass: u32,
+    /// `None`: matched.
+    pub reason: Option<Reason>,
+}
+
+impl Decision {
+    pub fn matched(&self) -> bool {
+        self.reason.is_none()
+    }
+}
 
 /// Cosine distance between L2-normalised vectors.
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
     1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
 }
 
-/// Distance of a face to the reference set: to the nearest reference.
-pub fn distance_to_refs(face: &[f32], refs: &[Vec<f32>]) -> f32 {
+fn nearest(face: &[f32], refs: &[Vec<f32>]) -> f32 {
     refs.iter()
         .map(|r| cosine_distance(face, r))
         .min_by(f32::total_cmp)
         .unwrap_or(f32::INFINITY)
 }
 
-/// The closest face of one photo and the runner-up.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
-    pub image_id: i64,
-    pub face_id: i64,
-    pub distance: f32,
-    pub runner_up: Option<(i64, f32)>,
+/// The normalised mean of the vectors (`None` for an empty set).
+pub fn mean_vector(vs: &[Vec<f32>]) -> Option<Vec<f32>> {
+    let first = vs.first()?;
+    let mut m = vec![0f32; first.len()];
+    for v in vs {
+        m.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+    }
+    let norm = m.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (norm > 0.0).then(|| m.iter().map(|x| x / norm).collect())
 }
 
-/// One candidate per photo. `faces[i]` = (image_id, face_id) owns `vectors[i*dim..(i+1)*dim]`;
-/// rows of one photo must be adjacent (the database returns them ordered by image).
-pub fn best_per_image(
-    faces: &[(i64, i64)],
+/// One decision per photo with at least one embedded face. `faces[i]` owns
+/// `vectors[i*dim..(i+1)*dim]`; rows of one photo must be adjacent.
+pub fn decide(
+    faces: &[FaceRow],
+    vectors: &[f32],
+    dim: usize,
+    positives: &[Vec<f32>],
+    negatives: &[Vec<f32>],
+    opts: &Options,
+) -> Vec<Decision> {
+    let mut refs = positives.to_vec();
+    let mut decisions = evaluate(faces, vectors, dim, &refs, negatives, opts, 1);
+    let Some(expand_within) = opts.expand else {
+        return decisions;
+    };
+    let mut added: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    for pass in 2..=MAX_PASSES {
+        let index: std::collections::HashMap<i64, usize> = faces
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.face_id, i))
+            .collect();
+        let new: Vec<Vec<f32>> = decisions
+            .iter()
+            .filter(|d| d.matched() && d.distance <= expand_within && added.insert(d.face_id))
+            .filter_map(|d| {
+                index
+                    .get(&d.face_id)
+                    .and_then(|&i| vectors.get(i * dim..(i + 1) * dim))
+                    .map(<[f32]>::to_vec)
+            })
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        refs.extend(new);
+        let next = evaluate(faces, vectors, dim, &refs, negatives, opts, pass);
+        decisions = next
+            .into_iter()
+            .zip(&decisions)
+            .map(|(mut n, old)| {
+                if n.matched() && old.matched() {
+                    n.pass = old.pass;
+                }
+                n
+            })
+            .collect();
+    }
+    decisions
+}
+
+fn evaluate(
+    faces: &[FaceRow],
     vectors: &[f32],
     dim: usize,
     refs: &[Vec<f32>],
-) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = Vec::new();
-    for (i, &(image_id, face_id)) in faces.iter().enumerate() {
-        let Some(v) = vectors.get(i * dim..(i + 1) * dim) else {
-            break;
-        };
-        let d = distance_to_refs(v, refs);
-        match out.last_mut() {
-            Some(c) if c.image_id == image_id => {
-                if d < c.distance {
-                    c.runner_up = Some((c.face_id, c.distance));
-                    c.face_id = face_id;
-                    c.distance = d;
-                } else if c.runner_up.is_none_or(|(_, r)| d < r) {
-                    c.runner_up = Some((face_id, d));
-                }
-            }
-            _ => out.push(Candidate {
-                image_id,
-                face_id,
-                distance: d,
-                runner_up: None,
-            }),
+    negatives: &[Vec<f32>],
+    opts: &Options,
+    pass: u32,
+) -> Vec<Decision> {
+    let mean;
+    let refs: &[Vec<f32>] = match opts.combine {
+        Combine::Nearest => refs,
+        Combine::Mean => {
+            mean = mean_vector(refs).into_iter().collect::<Vec<_>>();
+            &mean
         }
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < faces.len() {
+        let image_id = faces[start].image_id;
+        let end = start
+            + faces[start..]
+                .iter()
+                .take_while(|f| f.image_id == image_id)
+                .count();
+        let mut ranked: Vec<(usize, f32)> = (start..end)
+            .filter_map(|i| {
+                vectors
+                    .get(i * dim..(i + 1) * dim)
+                    .map(|v| (i, nearest(v, refs)))
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some(&(best, distance)) = ranked.first() {
+            let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
+            let best_vec = &vectors[best * dim..(best + 1) * dim];
+            let negative_distance = (!negatives.is_empty()).then(|| nearest(best_vec, negatives));
+            // A second face within the threshold makes the photo ambiguous, unless that face is
+            // explained by a negative reference (it is someone we were told it is not).
+            let ambiguous = ranked.get(1).is_some_and(|&(i, d)| {
+                d <= opts.threshold
+                    && !(!negatives.is_empty()
+                        && nearest(&vectors[i * dim..(i + 1) * dim], negatives) < d)
+            });
+            let reason = if distance > opts.threshold {
+                Some(Reason::TooFar)
+            } else if negative_distance.is_some_and(|n| n < distance) {
+                Some(Reason::NegativeReference)
+            } else if ambiguous && !opts.allow_ambiguous {
+                Some(Reason::Ambiguous)
+            } else {
+                opts.filters.reject(&faces[best])
+            };
+            out.push(Decision {
+                image_id,
+                face_id: faces[best].face_id,
+                distance,
+                runner_up,
+                negative_distance,
+                ambiguous,
+                pass,
+                reason,
+            });
+        }
+        start = end;
     }
     out
+}
+
+/// Counts of `values` in `bins` equal-width bins over `[lo, hi)`; values outside go to the ends.
+pub fn histogram(values: &[f32], lo: f32, hi: f32, bins: usize) -> Vec<usize> {
+    let mut counts = vec![0; bins.max(1)];
+    let width = (hi - lo) / counts.len() as f32;
+    for v in values.iter().filter(|v| v.is_finite()) {
+        let i = ((v - lo) / width)
+            .floor()
+            .clamp(0.0, (counts.len() - 1) as f32) as usize;
+        counts[i] += 1;
+    }
+    counts
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn row(image_id: i64, face_id: i64) -> FaceRow {
+        FaceRow {
+            image_id,
+            face_id,
+            size_px: 200.0,
+            sharpness: 100.0,
+            yaw: 0.0,
+            score: 0.9,
+        }
+    }
+
+    fn opts(threshold: f32) -> Options {
+        Options {
+            threshold,
+            combine: Combine::Nearest,
+            filters: Filters::NONE,
+            allow_ambiguous: false,
+            expand: None,
+        }
+    }
+
+    fn unit(angle_deg: f32) -> Vec<f32> {
+        let a = angle_deg.to_radians();
+        vec![a.cos(), a.sin()]
+    }
+
+    fn flat(vs: &[Vec<f32>]) -> Vec<f32> {
+        vs.iter().flatten().copied().collect()
+    }
+
     #[test]
     fn picks_closest_face_per_photo_with_runner_up() {
-        let refs = vec![vec![1.0, 0.0]];
-        let faces = [(1, 10), (1, 11), (1, 12), (2, 20)];
-        let vectors = [0.0, 1.0, 1.0, 0.0, 0.6, 0.8, -1.0, 0.0];
-        let c = best_per_image(&faces, &vectors, 2, &refs);
-        assert_eq!(c.len(), 2);
-        assert_eq!((c[0].face_id, c[0].distance), (11, 0.0));
-        let (ru, rd) = c[0].runner_up.unwrap();
-        assert_eq!(ru, 12);
-        assert!((rd - 0.4).abs() < 1e-6);
+        let faces = [row(1, 10), row(1, 11), row(1, 12), row(2, 20)];
+        let vectors = flat(&[unit(90.0), unit(0.0), unit(60.0), unit(180.0)]);
+        let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.4));
+        assert_eq!(d.len(), 2);
         assert_eq!(
-            (c[1].face_id, c[1].distance, c[1].runner_up),
-            (20, 2.0, None)
+            (d[0].face_id, d[0].reason, d[0].ambiguous),
+            (11, None, false)
+        );
+        let (ru, rd) = d[0].runner_up.unwrap();
+        assert_eq!(ru, 12);
+        assert!((rd - 0.5).abs() < 1e-5);
+        assert_eq!((d[1].face_id, d[1].reason), (20, Some(Reason::TooFar)));
+    }
+
+    #[test]
+    fn second_face_within_threshold_is_ambiguous() {
+        let faces = [row(1, 10), row(1, 11)];
+        let vectors = flat(&[unit(5.0), unit(-5.0)]);
+        let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.3));
+        assert!(d[0].ambiguous);
+        assert_eq!(d[0].reason, Some(Reason::Ambiguous));
+        let allowed = Options {
+            allow_ambiguous: true,
+            ..opts(0.3)
+        };
+        assert_eq!(
+            decide(&faces, &vectors, 2, &[unit(0.0)], &[], &allowed)[0].reason,
+            None
         );
     }
 
     #[test]
-    fn nearest_reference_wins() {
-        let refs = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
-        assert_eq!(distance_to_refs(&[0.0, 1.0], &refs), 0.0);
-        assert_eq!(distance_to_refs(&[0.0, 1.0], &[]), f32::INFINITY);
+    fn closer_to_a_negative_is_rejected() {
+        let faces = [row(1, 10)];
+        let vectors = unit(40.0);
+        assert_eq!(
+            decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.6))[0].reason,
+            None
+        );
+        let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[unit(45.0)], &opts(0.6));
+        assert_eq!(d[0].reason, Some(Reason::NegativeReference));
+    }
+
+    #[test]
+    fn filters_reject_with_their_reason() {
+        let f = Filters {
+            min_face: 64.0,
+            min_sharpness: 20.0,
+            max_yaw: 45.0,
+            min_score: 0.8,
+        };
+        let mut small = row(1, 1);
+        small.size_px = 30.0;
+        let mut blurry = row(2, 2);
+        blurry.sharpness = 5.0;
+        let mut turned = row(3, 3);
+        turned.yaw = -60.0;
+        let faces = [small, blurry, turned];
+        let vectors = flat(&[unit(0.0), unit(0.0), unit(0.0)]);
+        let o = Options {
+            filters: f,
+            ..opts(0.6)
+        };
+        let reasons: Vec<_> = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &o)
+            .iter()
+            .map(|d| d.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                Some(Reason::TooSmall),
+                Some(Reason::TooBlurry),
+                Some(Reason::Pose)
+            ]
+        );
+    }
+
+    #[test]
+    fn expand_reaches_faces_the_first_reference_cannot() {
+        // A chain: ref at 0 deg; photos at 30, 60, 90 deg. Threshold 0.2 (~37 deg).
+        let faces = [row(1, 1), row(2, 2), row(3, 3)];
+        let vectors = flat(&[unit(30.0), unit(60.0), unit(90.0)]);
+        let base = opts(0.2);
+        let once = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &base);
+        assert_eq!(once.iter().filter(|d| d.matched()).count(), 1);
+        let grown = decide(
+            &faces,
+            &vectors,
+            2,
+            &[unit(0.0)],
+            &[],
+            &Options {
+                expand: Some(0.2),
+                ..base
+            },
+        );
+        let passes: Vec<_> = grown.iter().map(|d| (d.matched(), d.pass)).collect();
+        assert_eq!(passes, vec![(true, 1), (true, 2), (true, 3)]);
+    }
+
+    #[test]
+    fn mean_combine_uses_the_centroid() {
+        let refs = [unit(0.0), unit(90.0)];
+        let m = mean_vector(&refs).unwrap();
+        assert!((cosine_distance(&m, &unit(45.0))).abs() < 1e-6);
+        let faces = [row(1, 1)];
+        let o = Options {
+            combine: Combine::Mean,
+            ..opts(0.1)
+        };
+        assert_eq!(
+            decide(&faces, &unit(45.0), 2, &refs, &[], &o)[0].reason,
+            None
+        );
+        assert_eq!(
+            decide(&faces, &unit(45.0), 2, &refs, &[], &opts(0.1))[0].reason,
+            Some(Reason::TooFar)
+        );
+    }
+
+    #[test]
+    fn histogram_bins_and_clamps() {
+        assert_eq!(
+            histogram(&[0.05, 0.15, 0.15, 0.95, 2.0, -1.0], 0.0, 1.0, 10),
+            vec![2, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+        );
     }
 }

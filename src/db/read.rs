@@ -4,8 +4,10 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
 
 use super::blob_to_vector;
+use crate::matching::FaceRow;
 use crate::models::sface::EMBEDDING_DIM;
 
 /// The stat cache row of one path.
@@ -46,15 +48,17 @@ pub fn image_hashes(conn: &Connection) -> Result<HashMap<String, i64>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// All stored embeddings of one model, contiguous: `vectors[i*128..]` belongs to `faces[i]`.
+/// All stored embeddings of one model, contiguous: `vectors[i*128..]` belongs to `faces[i]`,
+/// faces of one photo adjacent. One scan; nothing per photo.
 pub struct EmbeddingTable {
-    pub faces: Vec<(i64, i64)>, // (image_id, face_id), ordered by image
+    pub faces: Vec<FaceRow>,
     pub vectors: Vec<f32>,
 }
 
 pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable> {
     let mut stmt = conn.prepare(
-        "SELECT f.image_id, e.face_id, e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id
+        "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
+         FROM embeddings e JOIN faces f ON f.id = e.face_id
          JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
          WHERE e.model_id = ?1 ORDER BY f.image_id, e.face_id",
     )?;
@@ -64,21 +68,54 @@ pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable>
         vectors: Vec::new(),
     };
     while let Some(r) = rows.next()? {
-        let blob = r.get_ref(2)?.as_blob()?;
+        let blob = r.get_ref(6)?.as_blob()?;
         // A malformed vector (hand-edited database) is skipped rather than trusted.
         let Some(v) = blob_to_vector(blob).filter(|v| v.len() == EMBEDDING_DIM) else {
             continue;
         };
-        table.faces.push((r.get(0)?, r.get(1)?));
+        table.faces.push(FaceRow {
+            image_id: r.get(0)?,
+            face_id: r.get(1)?,
+            size_px: r.get(2)?,
+            sharpness: r.get(3)?,
+            yaw: r.get(4)?,
+            score: r.get(5)?,
+        });
         table.vectors.extend_from_slice(&v);
     }
     Ok(table)
 }
 
+/// Every face of every decoded photo (for `match --all`), ordered by photo.
+pub fn all_faces(conn: &Connection) -> Result<Vec<FaceRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT f.image_id, f.id, f.size_px, f.sharpness, f.yaw, f.score FROM faces f
+         JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id ORDER BY f.image_id, f.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(FaceRow {
+            image_id: r.get(0)?,
+            face_id: r.get(1)?,
+            size_px: r.get(2)?,
+            sharpness: r.get(3)?,
+            yaw: r.get(4)?,
+            score: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct RefRow {
     pub id: i64,
-    pub vector: Vec<f32>,
+    pub blake3: String,
+    pub path: String,
+    pub width: u32,
+    pub height: u32,
     pub faces_in_photo: i64,
+    pub face: [f32; 4],
+    #[serde(skip)]
+    pub vector: Vec<f32>,
 }
 
 pub fn find_ref(
@@ -89,17 +126,29 @@ pub fn find_ref(
 ) -> Result<Option<RefRow>> {
     let row = conn
         .query_row(
-            "SELECT id, vector, faces_in_photo FROM refs WHERE blake3 = ?1 AND detector_id = ?2 AND embedder_id = ?3",
+            "SELECT id, blake3, path, width, height, faces_in_photo, x, y, w, h, vector FROM refs
+             WHERE blake3 = ?1 AND detector_id = ?2 AND embedder_id = ?3",
             params![blake3, detector_id, embedder_id],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)),
+            |r| {
+                Ok((
+                    RefRow {
+                        id: r.get(0)?,
+                        blake3: r.get(1)?,
+                        path: r.get(2)?,
+                        width: r.get(3)?,
+                        height: r.get(4)?,
+                        faces_in_photo: r.get(5)?,
+                        face: [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?],
+                        vector: Vec::new(),
+                    },
+                    r.get::<_, Vec<u8>>(10)?,
+                ))
+            },
         )
         .optional()?;
-    Ok(row.and_then(|(id, blob, n)| {
-        blob_to_vector(&blob).map(|vector| RefRow {
-            id,
-            vector,
-            faces_in_photo: n,
-        })
+    Ok(row.and_then(|(mut refrow, blob)| {
+        refrow.vector = blob_to_vector(&blob).filter(|v| v.len() == EMBEDDING_DIM)?;
+        Some(refrow)
     }))
 }
 
@@ -121,13 +170,14 @@ pub struct FaceInfo {
     pub yaw: f32,
     pub roll: f32,
     pub brightness: f32,
+    pub landmarks: [[f32; 2]; 5],
     /// Present paths to the photo: (relative path, raw bytes when not UTF-8).
     pub paths: Vec<(String, Option<Vec<u8>>)>,
 }
 
 pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
     let mut info = conn.query_row(
-        "SELECT fc.id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness
+        "SELECT fc.id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness, fc.landmarks_json
          FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?1",
         [face_id],
         |r| {
@@ -147,6 +197,7 @@ pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
                 yaw: r.get(12)?,
                 roll: r.get(13)?,
                 brightness: r.get(14)?,
+                landmarks: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or([[0.0; 2]; 5]),
                 paths: Vec::new(),
             })
         },
@@ -206,6 +257,13 @@ pub fn failed_files(conn: &Connection) -> Result<Vec<(String, String)>> {
         "SELECT f.path, coalesce(f.error, i.error, 'unknown error') FROM files f LEFT JOIN images i ON i.id = f.image_id
          WHERE f.missing = 0 AND (f.image_id IS NULL OR i.status = 'failed') ORDER BY f.path",
     )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// image id -> its first present path (one scan), for listings.
+pub fn image_paths(conn: &Connection) -> Result<HashMap<i64, String>> {
+    let mut stmt = conn.prepare("SELECT image_id, min(path) FROM files WHERE missing = 0 AND image_id IS NOT NULL GROUP BY image_id")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

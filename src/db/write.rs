@@ -5,6 +5,8 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::{now_rfc3339, vector_to_blob};
+use crate::crop::CropPlan;
+use crate::matching::Decision;
 use crate::pipeline::embed::FaceRecord;
 use crate::pipeline::walk::{FileEntry, Stat};
 use crate::pipeline::{AnalyzedImage, StageTimes};
@@ -223,68 +225,101 @@ pub fn insert_ref(
 ) -> Result<i64> {
     let d = &r.face.detection;
     conn.execute(
-        "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, detector_id, embedder_id, vector, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![r.blake3, r.path, r.width, r.height, r.faces_in_photo as i64, d.x, d.y, d.w, d.h, d.score, detector_id, embedder_id, vector_to_blob(r.vector), now_rfc3339()],
+        "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, landmarks_json, detector_id, embedder_id, vector, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            r.blake3,
+            r.path,
+            r.width,
+            r.height,
+            r.faces_in_photo as i64,
+            d.x,
+            d.y,
+            d.w,
+            d.h,
+            d.score,
+            serde_json::to_string(&d.landmarks)?,
+            detector_id,
+            embedder_id,
+            vector_to_blob(r.vector),
+            now_rfc3339()
+        ],
     )?;
     Ok(conn.last_insert_rowid())
 }
 
-pub fn insert_match_run(
-    conn: &Connection,
-    run_id: i64,
-    threshold: f32,
-    margin: f32,
-    out_dir: &str,
-    ref_ids: &[i64],
-) -> Result<()> {
+pub struct NewMatchRun<'a> {
+    pub mode: &'a str,
+    pub threshold: f32,
+    pub combine: &'a str,
+    pub expand: Option<f32>,
+    pub options_json: &'a str,
+    pub out_dir: &'a str,
+    pub ref_ids: &'a [i64],
+    pub neg_ref_ids: &'a [i64],
+}
+
+pub fn insert_match_run(conn: &Connection, run_id: i64, m: &NewMatchRun) -> Result<()> {
     conn.execute(
-        "INSERT INTO match_runs (run_id, threshold, margin, out_dir, ref_ids_json) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![run_id, threshold, margin, out_dir, serde_json::to_string(ref_ids)?],
+        "INSERT INTO match_runs (run_id, mode, threshold, combine, expand, options_json, out_dir, ref_ids_json, neg_ref_ids_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![run_id, m.mode, m.threshold, m.combine, m.expand, m.options_json, m.out_dir, serde_json::to_string(m.ref_ids)?, serde_json::to_string(m.neg_ref_ids)?],
     )?;
     Ok(())
 }
 
-pub fn finish_match_run(conn: &Connection, run_id: i64, photos: u64, matched: u64) -> Result<()> {
+pub fn finish_match_run(
+    conn: &Connection,
+    run_id: i64,
+    photos: u64,
+    matched: u64,
+    rejected: u64,
+    ambiguous: u64,
+) -> Result<()> {
     conn.execute(
-        "UPDATE match_runs SET photos = ?2, matched = ?3 WHERE run_id = ?1",
-        params![run_id, photos as i64, matched as i64],
+        "UPDATE match_runs SET photos = ?2, matched = ?3, rejected = ?4, ambiguous = ?5 WHERE run_id = ?1",
+        params![run_id, photos as i64, matched as i64, rejected as i64, ambiguous as i64],
     )?;
     Ok(())
 }
 
 pub struct MatchRow<'a> {
-    pub image_id: i64,
-    pub face_id: i64,
-    pub distance: f32,
-    pub runner_up: Option<(i64, f32)>,
-    pub matched: bool,
+    pub decision: &'a Decision,
+    /// `None` for --all without references.
+    pub distance: Option<f32>,
     pub reason: Option<&'a str>,
     pub crop_path: Option<&'a str>,
-    pub crop_rect: Option<[u32; 4]>,
+    pub plan: Option<&'a CropPlan>,
 }
 
 pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Result<()> {
-    let rect = m.crop_rect.map(|r| r.map(i64::from));
+    let d = m.decision;
+    let rect = m.plan.map(|p| p.rect.map(i64::from));
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO match_results (run_id, image_id, face_id, distance, runner_up_face_id, runner_up_distance, decision, reason,
-             crop_path, crop_x, crop_y, crop_w, crop_h)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT OR REPLACE INTO match_results (run_id, face_id, image_id, distance, runner_up_face_id, runner_up_distance, negative_distance,
+             ambiguous, pass, decision, reason, crop_path, crop_x, crop_y, crop_w, crop_h, crop_angle, crop_out_w, crop_out_h)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         run_id,
-        m.image_id,
-        m.face_id,
+        d.face_id,
+        d.image_id,
         m.distance,
-        m.runner_up.map(|r| r.0),
-        m.runner_up.map(|r| r.1),
-        if m.matched { "matched" } else { "rejected" },
+        d.runner_up.map(|r| r.0),
+        d.runner_up.map(|r| r.1),
+        d.negative_distance,
+        d.ambiguous,
+        d.pass,
+        if m.reason.is_none() { "matched" } else { "rejected" },
         m.reason,
         m.crop_path,
         rect.map(|r| r[0]),
         rect.map(|r| r[1]),
         rect.map(|r| r[2]),
-        rect.map(|r| r[3])
+        rect.map(|r| r[3]),
+        m.plan.map(|p| p.angle),
+        m.plan.map(|p| p.out_w),
+        m.plan.map(|p| p.out_h)
     ])?;
     Ok(())
 }
