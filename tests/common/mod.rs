@@ -78,3 +78,73 @@ pub fn manifest(out: &Path) -> Vec<std::collections::HashMap<String, String>> {
         })
         .collect()
 }
+
+/// Saves `img` as a photo in `dir` (backdated like the others).
+pub fn save(dir: &Path, name: &str, img: &image::RgbImage) {
+    let p = dir.join(name);
+    img.save(&p).unwrap();
+    backdate(&p);
+}
+
+pub fn rgb(name: &str) -> image::RgbImage {
+    image::open(photo(name)).unwrap().to_rgb8()
+}
+
+/// Two photos side by side at the height of the first.
+pub fn side_by_side(left: &image::RgbImage, right: &image::RgbImage) -> image::RgbImage {
+    use image::imageops::{self, FilterType};
+    let right = imageops::resize(
+        right,
+        right.width() * left.height() / right.height(),
+        left.height(),
+        FilterType::Triangle,
+    );
+    let mut both = image::RgbImage::new(left.width() + right.width(), left.height());
+    imageops::replace(&mut both, left, 0, 0);
+    imageops::replace(&mut both, &right, i64::from(left.width()), 0);
+    both
+}
+
+/// Rotated by `deg` about the centre, same canvas, black corners.
+pub fn rotated(img: &image::RgbImage, deg: f32) -> image::RgbImage {
+    let (s, c) = deg.to_radians().sin_cos();
+    let (cx, cy) = (img.width() as f32 / 2.0, img.height() as f32 / 2.0);
+    image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+        image::Rgb(facedb::pipeline::align::bilinear(
+            img,
+            f64::from(cx + dx * c + dy * s),
+            f64::from(cy - dx * s + dy * c),
+        ))
+    })
+}
+
+/// Degraded copies a real library has: dark and blurred, small and grey, mirrored with a warm
+/// cast, tilted 25 degrees.
+pub fn variants(img: &image::RgbImage) -> Vec<(&'static str, image::RgbImage)> {
+    use image::imageops::{self, FilterType};
+    let dark = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        image::Rgb(img.get_pixel(x, y).0.map(|v| (f32::from(v) * 0.35) as u8))
+    });
+    let small = imageops::resize(
+        img,
+        img.width() * 15 / 100,
+        img.height() * 15 / 100,
+        FilterType::Triangle,
+    );
+    let grey = image::DynamicImage::ImageRgb8(small).grayscale().to_rgb8();
+    let warm = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = img.get_pixel(img.width() - 1 - x, y).0;
+        image::Rgb([
+            (f32::from(p[0]) * 1.3).min(255.0) as u8,
+            (f32::from(p[1]) * 0.9) as u8,
+            (f32::from(p[2]) * 0.7) as u8,
+        ])
+    });
+    vec![
+        ("dark_blur", imageops::blur(&dark, 3.0)),
+        ("small_grey", grey),
+        ("mirror_warm", warm),
+        ("tilt25", rotated(img, 25.0)),
+    ]
+}

@@ -1,0 +1,325 @@
+//! Matching and cropping the way a dataset builder needs: several and negative references,
+//! ambiguity, dry runs, crop framing and output hygiene. Real models, real photos.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use predicates::prelude::*;
+
+/// Quality filters off, so only identity decides.
+const NO_FILTERS: [&str; 8] = [
+    "--min-face",
+    "0",
+    "--min-sharpness",
+    "0",
+    "--min-score",
+    "0",
+    "--max-yaw",
+    "90",
+];
+
+fn index(dir: &Path) {
+    facedb().arg("index").arg(dir).assert().success();
+}
+
+/// path -> (distance, decision, reason) of the latest match run.
+fn results(dir: &Path) -> HashMap<String, (f64, String, Option<String>)> {
+    let conn = db(dir);
+    let mut stmt = conn
+        .prepare("SELECT path, distance, decision, reason FROM matches_v WHERE run_id = (SELECT max(run_id) FROM match_runs)")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn several_references_beat_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for name in [
+        "obama2.jpg",
+        "obama_partial_face.jpg",
+        "obama_partial_face2.jpg",
+        "biden.jpg",
+    ] {
+        let img = rgb(name);
+        let stem = name.trim_end_matches(".jpg");
+        save(&photos, &format!("{stem}.jpg"), &img);
+        for (tag, v) in variants(&img) {
+            save(&photos, &format!("{stem}_{tag}.jpg"), &v);
+        }
+    }
+    index(&photos);
+
+    let run = |refs: &[&str]| {
+        let mut cmd = facedb();
+        cmd.arg("match")
+            .arg(&photos)
+            .args(NO_FILTERS)
+            .args(["--threshold", "0.35", "--out"])
+            .arg(tmp.path().join("out"));
+        for r in refs {
+            cmd.arg("--ref").arg(photo(r));
+        }
+        cmd.assert().success();
+        let res = results(&photos);
+        let mut sorted: Vec<_> = res
+            .iter()
+            .map(|(p, r)| (p.clone(), (r.0 * 1000.0).round() / 1000.0))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        eprintln!("{refs:?}: {sorted:?}");
+        let obama: Vec<f64> = res
+            .iter()
+            .filter(|(p, _)| !p.starts_with("biden"))
+            .map(|(_, r)| r.0)
+            .collect();
+        let found = res
+            .iter()
+            .filter(|(p, r)| !p.starts_with("biden") && r.1 == "matched")
+            .count();
+        let biden_matched = res
+            .iter()
+            .filter(|(p, r)| p.starts_with("biden") && r.1 == "matched")
+            .count();
+        (
+            found,
+            obama.len(),
+            obama.iter().sum::<f64>() / obama.len() as f64,
+            biden_matched,
+        )
+    };
+    let (one_found, total, one_mean, one_fp) = run(&["obama.jpg"]);
+    let (two_found, _, two_mean, two_fp) = run(&["obama.jpg", "obama3.jpg"]);
+    eprintln!("one reference: {one_found}/{total} found, mean distance {one_mean:.3}; two: {two_found}/{total}, {two_mean:.3}");
+    assert!(total >= 12, "most variants have a detectable face: {total}");
+    assert!(
+        two_found > one_found,
+        "two references find more: {two_found} vs {one_found}"
+    );
+    assert!(two_mean < one_mean);
+    assert_eq!((one_fp, two_fp), (0, 0), "Biden never matches");
+}
+
+#[test]
+fn a_mirror_image_makes_the_photo_ambiguous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let obama = rgb("obama2.jpg");
+    let mirror = image::imageops::flip_horizontal(&obama);
+    save(tmp.path(), "mirror.jpg", &side_by_side(&obama, &mirror));
+    add_photos(tmp.path(), &["obama3.jpg"]);
+    index(tmp.path());
+    let out = tmp.path().join("out");
+    facedb()
+        .arg("match")
+        .arg(tmp.path())
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("ambiguous").and(predicate::str::contains("mirror.jpg")));
+    let r = results(tmp.path());
+    assert_eq!(r["mirror.jpg"].2.as_deref(), Some("ambiguous"));
+    assert_eq!(r["obama3.jpg"].1, "matched");
+    let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
+    assert!(
+        rejected
+            .lines()
+            .any(|l| l.starts_with("mirror.jpg,") && l.contains("ambiguous")),
+        "{rejected}"
+    );
+    assert!(!manifest(&out)
+        .iter()
+        .any(|r| r["source_path"] == "mirror.jpg"));
+
+    facedb()
+        .arg("match")
+        .arg(tmp.path())
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--allow-ambiguous")
+        .assert()
+        .success();
+    let rows = manifest(&out);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "1")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_negative_reference_removes_a_look_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["biden.jpg", "obama2.jpg", "obama3.jpg"]);
+    index(&photos);
+    // A threshold so loose that Biden passes for Obama: the look-alike problem.
+    let loose = ["--threshold", "0.95"];
+    facedb()
+        .arg("match")
+        .arg(&photos)
+        .args(loose)
+        .args(NO_FILTERS)
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--out")
+        .arg(tmp.path().join("a"))
+        .assert()
+        .success();
+    assert_eq!(results(&photos)["biden.jpg"].1, "matched");
+
+    // Another photo of the look-alike (mirrored, so not the same file) as a negative reference.
+    let not_him = tmp.path().join("not-him.jpg");
+    image::imageops::flip_horizontal(&rgb("biden.jpg"))
+        .save(&not_him)
+        .unwrap();
+    facedb()
+        .arg("match")
+        .arg(&photos)
+        .args(loose)
+        .args(NO_FILTERS)
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--not")
+        .arg(&not_him)
+        .arg("--out")
+        .arg(tmp.path().join("b"))
+        .assert()
+        .success();
+    let r = results(&photos);
+    assert_eq!(r["biden.jpg"].2.as_deref(), Some("negative reference"));
+    assert_eq!(
+        (r["obama2.jpg"].1.as_str(), r["obama3.jpg"].1.as_str()),
+        ("matched", "matched")
+    );
+    let conn = db(&photos);
+    assert_eq!(query_i64(&conn, "SELECT json_array_length(neg_ref_ids_json) FROM match_runs ORDER BY run_id DESC LIMIT 1"), 1);
+}
+
+#[test]
+fn dry_run_prints_the_histogram_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_photos(tmp.path(), &["obama2.jpg", "biden.jpg", "obama3.jpg"]);
+    index(tmp.path());
+    let conn = db(tmp.path());
+    let runs = query_i64(&conn, "SELECT count(*) FROM runs");
+    let out = tmp.path().join("out");
+    facedb()
+        .arg("match")
+        .arg(tmp.path())
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--dry-run")
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("<- threshold")
+                .and(predicate::str::contains("sharpness"))
+                .and(predicate::str::contains("nothing was written")),
+        );
+    assert!(!out.exists());
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs"), runs);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM refs"), 0);
+}
+
+#[test]
+fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    save(
+        &photos,
+        "pair.jpg",
+        &side_by_side(&rgb("obama2.jpg"), &rgb("biden.jpg")),
+    );
+    add_photos(&photos, &["obama3.jpg"]);
+    index(&photos);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("mine.txt"), b"the user's own file").unwrap();
+
+    // --all: every face, square, 64 px, PNG.
+    facedb()
+        .arg("match")
+        .arg(&photos)
+        .args([
+            "--all", "--square", "--size", "64", "--format", "png", "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let rows = manifest(&out);
+    assert_eq!(rows.len(), 3, "two faces in pair.jpg, one in obama3.jpg");
+    for r in &rows {
+        assert!(r["crop_path"].ends_with(".png"));
+        let img = image::open(&r["crop_path"]).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+        assert_eq!(r["crop_w"], r["crop_h"]);
+    }
+
+    // Re-run with other settings: the PNGs are replaced by JPEGs; the user's file stays.
+    facedb()
+        .arg("match")
+        .arg(&photos)
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .args(["--align", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let rows = manifest(&out);
+    assert_eq!(rows.len(), 2);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".png")), "{names:?}");
+    assert!(names.contains(&"mine.txt".to_string()));
+    for r in &rows {
+        let angle: f32 = r["crop_angle"].parse().unwrap();
+        let roll: f32 = r["roll"].parse().unwrap();
+        assert!(
+            (angle - roll).abs() < 0.2,
+            "aligned crops turn by the eye-line angle: {r:?}"
+        );
+        let refs: serde_json::Value = serde_json::from_str(&r["references"]).unwrap();
+        assert_eq!(refs[0]["width"], 910);
+        let img = image::open(&r["crop_path"]).unwrap();
+        assert_eq!(
+            (img.width().to_string(), img.height().to_string()),
+            (r["crop_out_w"].clone(), r["crop_out_h"].clone())
+        );
+    }
+    let jsonl = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert!(
+        first["quality"]["sharpness"].as_f64().unwrap() > 0.0
+            && first["face"]["landmarks"].as_array().unwrap().len() == 5
+    );
+    // Indexing the dataset again never picks up crops written inside it.
+    facedb()
+        .arg("match")
+        .arg(&photos)
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .assert()
+        .success();
+    facedb().arg("index").arg(&photos).assert().success();
+    assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM files"), 2);
+}
