@@ -31,8 +31,17 @@ pub enum Command {
     Match(MatchArgs),
     /// Print totals, photos with zero or several faces, and files that failed.
     Report(ReportArgs),
-    /// Run one read-only SQL query against the database and print the rows as a table.
+    /// Show everything stored about one photo (or face id): paths, hash, faces, quality, logs.
+    Info(InfoArgs),
+    /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +155,33 @@ pub struct ReportArgs {
     /// Dataset folder [default: found from the current directory upwards].
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Print as an aligned table, JSON or CSV.
+    #[arg(long, value_enum, value_name = "FMT", default_value = "table")]
+    pub format: OutputFormat,
+
+    /// Write a self-contained HTML contact sheet of a match run to FILE (thumbnails embedded).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Match run to show with --html [default: the latest].
+    #[arg(long, value_name = "N", requires = "html")]
+    pub run: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// A photo (path, or any file with the same content) or a face id.
+    #[arg(value_name = "PHOTO|FACE_ID")]
+    pub target: String,
+
+    /// Dataset folder [default: the one holding PHOTO, else found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -153,4 +189,12 @@ pub struct SqlArgs {
     /// [DIR] QUERY: an optional dataset folder, then one SQL statement.
     #[arg(value_name = "[DIR] QUERY", num_args = 1..=2, required = true)]
     pub args: Vec<String>,
+
+    /// Allow statements that change the database (it is opened read-only otherwise).
+    #[arg(long)]
+    pub write: bool,
+
+    /// Print as an aligned table, JSON (an array of objects) or CSV.
+    #[arg(long, value_enum, value_name = "FMT", default_value = "table")]
+    pub format: OutputFormat,
 }

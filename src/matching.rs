@@ -125,9 +125,10 @@ impl Decision {
     }
 }
 
-/// Cosine distance between L2-normalised vectors.
+/// Cosine distance between L2-normalised vectors, 0 (same direction) to 2 (opposite).
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
-    1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+    // Clamped: rounding can put identical vectors a hair below zero.
+    (1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()).clamp(0.0, 2.0)
 }
 
 fn nearest(face: &[f32], refs: &[Vec<f32>]) -> f32 {

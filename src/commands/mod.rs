@@ -2,6 +2,7 @@
 
 pub mod find;
 pub mod index;
+pub mod info;
 pub mod report;
 pub mod sql;
 
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Index(args) => index::run(&globals, args),
         Command::Match(args) => find::run(&globals, args),
         Command::Report(args) => report::run(&globals, args),
+        Command::Info(args) => info::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
     }
 }

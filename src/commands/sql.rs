@@ -1,4 +1,4 @@
-//! `facedb sql`: one read-only query, printed as an aligned table.
+//! `facedb sql`: one statement, read-only unless `--write`, printed as a table, CSV or JSON.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use rusqlite::types::ValueRef;
 
 use super::{database_path, find_dataset, Globals};
-use crate::cli::SqlArgs;
+use crate::cli::{OutputFormat, SqlArgs};
 use crate::db::Db;
 
 pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
@@ -17,35 +17,97 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
         _ => return Err(anyhow!("usage: facedb sql [DIR] QUERY")),
     };
     let root = find_dataset(dir)?;
-    let db = Db::open_read_only(&database_path(globals, &root))?;
-    let mut stmt = db
-        .conn
-        .prepare(query)
-        .map_err(|e| anyhow!("SQL error: {e}"))?;
+    let path = database_path(globals, &root);
+    let db = if args.write {
+        Db::open(&path)?
+    } else {
+        Db::open_read_only(&path)?
+    };
+    let sql_error = |e: rusqlite::Error| {
+        let msg = e.to_string();
+        if msg.contains("readonly") || msg.contains("read-only") {
+            anyhow!(
+                "SQL error: {msg} (the database is opened read-only; pass --write to change it)"
+            )
+        } else {
+            anyhow!("SQL error: {}", msg.replace('\n', " "))
+        }
+    };
+    let mut stmt = db.conn.prepare(query).map_err(sql_error)?;
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut cursor = stmt.query([]).map_err(|e| anyhow!("SQL error: {e}"))?;
-    while let Some(r) = cursor.next().map_err(|e| anyhow!("SQL error: {e}"))? {
+    let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
+    let mut cursor = stmt.query([]).map_err(sql_error)?;
+    while let Some(r) = cursor.next().map_err(sql_error)? {
         rows.push(
             (0..columns.len())
-                .map(|i| r.get_ref(i).map(cell).unwrap_or_default())
+                .map(|i| {
+                    r.get_ref(i)
+                        .map(json_value)
+                        .unwrap_or(serde_json::Value::Null)
+                })
                 .collect(),
         );
     }
-    print!("{}", render_table(&columns, &rows));
+    let changed = db.conn.changes();
+    match args.format {
+        OutputFormat::Table => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| r.iter().map(table_cell).collect())
+                .collect();
+            print!("{}", render_table(&columns, &cells));
+            if args.write && columns.is_empty() {
+                println!("({changed} row(s) changed)");
+            }
+        }
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+            w.write_record(&columns)?;
+            for r in &rows {
+                w.write_record(r.iter().map(csv_cell))?;
+            }
+            w.flush()?;
+        }
+        OutputFormat::Json => {
+            let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+                .into_iter()
+                .map(|r| columns.iter().cloned().zip(r).collect())
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&objects)?);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn cell(v: ValueRef<'_>) -> String {
+fn json_value(v: ValueRef<'_>) -> serde_json::Value {
     match v {
-        ValueRef::Null => "NULL".into(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => format!("{f:.4}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string(),
-        ValueRef::Text(t) => String::from_utf8_lossy(t).replace(['\n', '\t'], " "),
-        ValueRef::Blob(b) => format!("<blob {} bytes>", b.len()),
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        ValueRef::Blob(b) => format!("<blob {} bytes>", b.len()).into(),
+    }
+}
+
+fn csv_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "NULL".into(),
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let s = format!("{f:.4}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+        serde_json::Value::String(s) => s.replace(['\n', '\t'], " "),
+        other => other.to_string(),
     }
 }
 
@@ -64,21 +126,26 @@ pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
             .collect();
         parts.join("  ").trim_end().to_string() + "\n"
     };
-    let mut out = line(columns);
-    out += &(widths
-        .iter()
-        .map(|w| "-".repeat(*w))
-        .collect::<Vec<_>>()
-        .join("  ")
-        + "\n");
+    let mut out = String::new();
+    if !columns.is_empty() {
+        out += &line(columns);
+        out += &(widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            + "\n");
+    }
     for r in rows {
         out += &line(r);
     }
-    out += &format!(
-        "({} row{})\n",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
-    );
+    if !columns.is_empty() {
+        out += &format!(
+            "({} row{})\n",
+            rows.len(),
+            if rows.len() == 1 { "" } else { "s" }
+        );
+    }
     out
 }
 

@@ -267,3 +267,329 @@ pub fn image_paths(conn: &Connection) -> Result<HashMap<i64, String>> {
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// A match run as `report` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchRunSummary {
+    pub run_id: i64,
+    pub started_at: String,
+    pub mode: String,
+    pub threshold: f64,
+    pub combine: String,
+    pub out_dir: String,
+    pub references: Vec<String>,
+    pub negatives: Vec<String>,
+    pub photos: i64,
+    pub matched: i64,
+    pub rejected: i64,
+    pub ambiguous: i64,
+}
+
+pub fn match_runs(conn: &Connection) -> Result<Vec<MatchRunSummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT m.run_id, r.started_at, m.mode, m.threshold, m.combine, m.out_dir, m.ref_ids_json, m.neg_ref_ids_json, m.photos, m.matched, m.rejected, m.ambiguous
+         FROM match_runs m JOIN runs r ON r.id = m.run_id ORDER BY m.run_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            MatchRunSummary {
+                run_id: r.get(0)?,
+                started_at: r.get(1)?,
+                mode: r.get(2)?,
+                threshold: r.get(3)?,
+                combine: r.get(4)?,
+                out_dir: r.get(5)?,
+                references: Vec::new(),
+                negatives: Vec::new(),
+                photos: r.get(8)?,
+                matched: r.get(9)?,
+                rejected: r.get(10)?,
+                ambiguous: r.get(11)?,
+            },
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (mut m, pos, neg) = row?;
+        m.references = ref_paths(conn, &pos)?;
+        m.negatives = ref_paths(conn, &neg)?;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn ref_paths(conn: &Connection, ids_json: &str) -> Result<Vec<String>> {
+    let ids: Vec<i64> = serde_json::from_str(ids_json).unwrap_or_default();
+    let mut stmt = conn.prepare_cached("SELECT path FROM refs WHERE id = ?1")?;
+    ids.iter()
+        .map(|id| {
+            Ok(stmt
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .unwrap_or_else(|| format!("ref #{id}")))
+        })
+        .collect()
+}
+
+/// One stored decision with what a contact sheet shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultRow {
+    pub face_id: i64,
+    pub image_id: i64,
+    pub path: Option<String>,
+    pub distance: Option<f64>,
+    pub runner_up_distance: Option<f64>,
+    pub ambiguous: bool,
+    pub pass: i64,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub crop_path: Option<String>,
+    pub face: [f64; 4],
+    pub size_px: f64,
+    pub sharpness: f64,
+    pub yaw: f64,
+    pub score: f64,
+}
+
+pub fn match_results(conn: &Connection, run_id: i64) -> Result<Vec<ResultRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.face_id, r.image_id, (SELECT min(f.path) FROM files f WHERE f.image_id = r.image_id AND f.missing = 0),
+                r.distance, r.runner_up_distance, r.ambiguous, r.pass, r.decision, r.reason, r.crop_path,
+                fc.x, fc.y, fc.w, fc.h, fc.size_px, fc.sharpness, fc.yaw, fc.score
+         FROM match_results r JOIN faces fc ON fc.id = r.face_id WHERE r.run_id = ?1
+         ORDER BY r.distance IS NULL, r.distance, r.face_id",
+    )?;
+    let rows = stmt.query_map([run_id], |r| {
+        Ok(ResultRow {
+            face_id: r.get(0)?,
+            image_id: r.get(1)?,
+            path: r.get(2)?,
+            distance: r.get(3)?,
+            runner_up_distance: r.get(4)?,
+            ambiguous: r.get(5)?,
+            pass: r.get(6)?,
+            decision: r.get(7)?,
+            reason: r.get(8)?,
+            crop_path: r.get(9)?,
+            face: [r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?],
+            size_px: r.get(14)?,
+            sharpness: r.get(15)?,
+            yaw: r.get(16)?,
+            score: r.get(17)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Shorter-side sizes and sharpness of every face, for distributions.
+pub fn face_measures(conn: &Connection) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut stmt = conn.prepare("SELECT size_px, sharpness FROM faces")?;
+    let rows: Vec<(f64, f64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows.into_iter().unzip())
+}
+
+/// Everything stored about one image, for `facedb info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub image_id: i64,
+    pub blake3: String,
+    pub size_bytes: i64,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub format: Option<String>,
+    pub orientation: Option<i64>,
+    pub status: String,
+    pub error: Option<String>,
+    pub indexed_at: String,
+    pub paths: Vec<String>,
+    pub faces: Vec<FaceDetail>,
+    pub logs: Vec<LogLine>,
+    pub match_decisions: Vec<MatchLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchLine {
+    pub run_id: i64,
+    pub at: String,
+    pub face_id: i64,
+    pub distance: Option<f64>,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub crop_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaceDetail {
+    pub face_id: i64,
+    pub idx: i64,
+    pub box_xywh: [f64; 4],
+    pub score: f64,
+    pub landmarks: serde_json::Value,
+    pub size_px: f64,
+    pub sharpness: f64,
+    pub yaw: f64,
+    pub roll: f64,
+    pub brightness: f64,
+    pub embedded: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub run_id: i64,
+    pub command: String,
+    pub at: String,
+    pub level: String,
+    pub path: Option<String>,
+    pub message: String,
+}
+
+pub fn image_id_for_path(conn: &Connection, rel: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT image_id FROM files WHERE path = ?1", [rel], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten())
+}
+
+pub fn image_id_for_hash(conn: &Connection, blake3: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+pub fn image_id_for_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Log lines about a path that never became an image (unreadable files).
+pub fn logs_for_path(conn: &Connection, rel: &str) -> Result<Vec<LogLine>> {
+    let mut stmt = conn.prepare(
+        "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id WHERE l.path = ?1 ORDER BY l.id",
+    )?;
+    let rows = stmt.query_map([rel], |r| {
+        Ok(LogLine {
+            run_id: r.get(0)?,
+            command: r.get(1)?,
+            at: r.get(2)?,
+            level: r.get(3)?,
+            path: r.get(4)?,
+            message: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
+    let mut info = conn.query_row(
+        "SELECT id, blake3, size_bytes, width, height, format, orientation, status, error, created_at FROM images WHERE id = ?1",
+        [image_id],
+        |r| {
+            Ok(ImageInfo {
+                image_id: r.get(0)?,
+                blake3: r.get(1)?,
+                size_bytes: r.get(2)?,
+                width: r.get(3)?,
+                height: r.get(4)?,
+                format: r.get(5)?,
+                orientation: r.get(6)?,
+                status: r.get(7)?,
+                error: r.get(8)?,
+                indexed_at: r.get(9)?,
+                paths: Vec::new(),
+                faces: Vec::new(),
+                logs: Vec::new(),
+                match_decisions: Vec::new(),
+            })
+        },
+    )?;
+    let mut stmt = conn.prepare("SELECT path || CASE WHEN missing = 1 THEN ' (missing)' ELSE '' END FROM files WHERE image_id = ?1 ORDER BY path")?;
+    info.paths = stmt
+        .query_map([image_id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT fc.id, fc.idx, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness,
+                EXISTS (SELECT 1 FROM embeddings e WHERE e.face_id = fc.id)
+         FROM faces fc WHERE fc.image_id = ?1 ORDER BY fc.idx",
+    )?;
+    info.faces = stmt
+        .query_map([image_id], |r| {
+            Ok(FaceDetail {
+                face_id: r.get(0)?,
+                idx: r.get(1)?,
+                box_xywh: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
+                score: r.get(6)?,
+                landmarks: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+                size_px: r.get(8)?,
+                sharpness: r.get(9)?,
+                yaw: r.get(10)?,
+                roll: r.get(11)?,
+                brightness: r.get(12)?,
+                embedded: r.get(13)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id
+         WHERE l.image_id = ?1
+            OR l.path IN (SELECT path FROM files WHERE image_id = ?1)
+         ORDER BY l.id",
+    )?;
+    info.logs = stmt
+        .query_map([image_id], |r| {
+            Ok(LogLine {
+                run_id: r.get(0)?,
+                command: r.get(1)?,
+                at: r.get(2)?,
+                level: r.get(3)?,
+                path: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT m.run_id, r.started_at, m.face_id, m.distance, m.decision, m.reason, m.crop_path FROM match_results m JOIN runs r ON r.id = m.run_id
+         WHERE m.image_id = ?1 ORDER BY m.run_id, m.face_id",
+    )?;
+    info.match_decisions = stmt
+        .query_map([image_id], |r| {
+            Ok(MatchLine {
+                run_id: r.get(0)?,
+                at: r.get(1)?,
+                face_id: r.get(2)?,
+                distance: r.get(3)?,
+                decision: r.get(4)?,
+                reason: r.get(5)?,
+                crop_path: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT m.run_id, r.started_at, m.face_id, m.distance, m.decision, m.reason, m.crop_path FROM match_results m JOIN runs r ON r.id = m.run_id
+         WHERE m.image_id = ?1 ORDER BY m.run_id, m.face_id",
+    )?;
+    info.match_decisions = stmt
+        .query_map([image_id], |r| {
+            Ok(MatchLine {
+                run_id: r.get(0)?,
+                at: r.get(1)?,
+                face_id: r.get(2)?,
+                distance: r.get(3)?,
+                decision: r.get(4)?,
+                reason: r.get(5)?,
+                crop_path: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(info)
+}

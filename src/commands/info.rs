@@ -1,0 +1,152 @@
+//! `facedb info PHOTO|FACE_ID`: everything stored about one photo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use super::{database_path, find_dataset, Globals};
+use crate::cli::InfoArgs;
+use crate::db::{read, Db, DB_FILE};
+use crate::pipeline::hash;
+
+pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
+    let as_path = PathBuf::from(&args.target);
+    let root = match &args.dir {
+        Some(d) => find_dataset(Some(d))?,
+        None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
+    };
+    let db = Db::open_read_only(&database_path(globals, &root))?;
+    let conn = &db.conn;
+    let image_id = if as_path.is_file() {
+        let canonical = as_path.canonicalize()?;
+        let by_path = canonical
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .map(|rel| read::image_id_for_path(conn, rel))
+            .transpose()?
+            .flatten();
+        match by_path {
+            Some(id) => Some(id),
+            None => {
+                let bytes = std::fs::read(&as_path)
+                    .with_context(|| format!("reading {}", as_path.display()))?;
+                read::image_id_for_hash(conn, &hash::content_hash(&bytes))?
+            }
+        }
+    } else if let Ok(face_id) = args.target.parse::<i64>() {
+        read::image_id_for_face(conn, face_id)?
+    } else {
+        read::image_id_for_path(conn, &args.target)?
+    };
+    let Some(image_id) = image_id else {
+        // An unreadable file has logs but no image.
+        let logs = read::logs_for_path(conn, &args.target)?;
+        if logs.is_empty() {
+            bail!(
+                "{} is not in the database of {}; run `facedb index {}` first",
+                args.target,
+                root.display(),
+                root.display()
+            );
+        }
+        for l in logs {
+            println!(
+                "{}  run {} ({})  {:5}  {}",
+                l.at, l.run_id, l.command, l.level, l.message
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let info = read::image_info(conn, image_id)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("image {}  blake3 {}", info.image_id, info.blake3);
+    for p in &info.paths {
+        println!("  path {p}");
+    }
+    let dims = match (info.width, info.height) {
+        (Some(w), Some(h)) => format!("{w}x{h}"),
+        _ => "?".into(),
+    };
+    println!(
+        "  {} bytes, {} {}, EXIF orientation {}, status {}{}",
+        info.size_bytes,
+        info.format.as_deref().unwrap_or("?"),
+        dims,
+        info.orientation.map_or("?".into(), |o| o.to_string()),
+        info.status,
+        info.error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    println!("  indexed {}", info.indexed_at);
+    println!("\nfaces ({}):", info.faces.len());
+    for f in &info.faces {
+        let [x, y, w, h] = f.box_xywh;
+        println!(
+            "  face {} (#{}): box {x:.0},{y:.0} {w:.0}x{h:.0}  score {:.3}  size {:.0} px  sharpness {:.0}  yaw {:.0}°  roll {:.0}°  brightness {:.0}{}",
+            f.face_id,
+            f.idx,
+            f.score,
+            f.size_px,
+            f.sharpness,
+            f.yaw,
+            f.roll,
+            f.brightness,
+            if f.embedded { "" } else { "  (not embedded)" }
+        );
+        println!("    landmarks {}", f.landmarks);
+    }
+    println!("\nlog ({} lines, oldest first):", info.logs.len());
+    for l in &info.logs {
+        println!(
+            "  {}  run {} ({})  {:5}  {}{}",
+            l.at,
+            l.run_id,
+            l.command,
+            l.level,
+            l.path
+                .as_ref()
+                .map(|p| format!("{p}: "))
+                .unwrap_or_default(),
+            l.message
+        );
+    }
+    if !info.match_decisions.is_empty() {
+        println!("\nmatch decisions:");
+        for m in &info.match_decisions {
+            println!(
+                "  run {} ({}): face {} {} distance {}{}{}",
+                m.run_id,
+                m.at,
+                m.face_id,
+                m.decision,
+                m.distance.map_or("—".into(), |d| format!("{d:.3}")),
+                m.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                m.crop_path
+                    .as_ref()
+                    .map(|c| format!(" -> {c}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The nearest ancestor of a photo's folder that holds a facedb database.
+fn dataset_holding(photo: &Path) -> Option<PathBuf> {
+    let canonical = photo.canonicalize().ok()?;
+    canonical
+        .parent()?
+        .ancestors()
+        .find(|a| a.join(DB_FILE).is_file())
+        .map(Path::to_path_buf)
+}
