@@ -5,8 +5,20 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "facedb", version, about = "Find one person's face in a folder of photos and write training-ready crops.", long_about = None)]
+#[command(
+    name = "facedb",
+    version,
+    about = "Find one person's face in a folder of photos and write training-ready crops.",
+    long_about = None,
+    disable_version_flag = true,
+    arg_required_else_help = true,
+    after_help = "Exit codes: 0 ok, 1 some files failed (see `facedb report`), 2 usage or fatal error, 130 interrupted (work so far is saved)."
+)]
 pub struct Cli {
+    /// Print the versions of facedb, the database schema, ONNX Runtime and the models (with hashes).
+    #[arg(long, short = 'V')]
+    pub version: bool,
+
     /// Read the models and ONNX Runtime library from DIR [default: ./models, models/ beside the binary, ~/.local/share/facedb/models].
     #[arg(long, global = true, value_name = "DIR", env = "FACEDB_MODELS")]
     pub models: Option<PathBuf>,
@@ -19,8 +31,12 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
+    /// Print the summary (or report, info, query result) as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +51,32 @@ pub enum Command {
     Info(InfoArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
+    /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
+    Models(ModelsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// Shell to generate for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub action: ModelsAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsAction {
+    /// Copy the model files and libonnxruntime from FROM_DIR (filled by scripts/setup.sh) to the user location.
+    Install {
+        /// Folder holding the files [default: ./models].
+        #[arg(value_name = "FROM_DIR", default_value = "models")]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -178,10 +220,6 @@ pub struct InfoArgs {
     /// Dataset folder [default: the one holding PHOTO, else found from the current directory].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -82,47 +82,20 @@ pub fn plan(face: &FaceGeometry, spec: &CropSpec, image_w: u32, image_h: u32) ->
         let [re, le, ..] = face.landmarks;
         let angle = (le[1] - re[1]).atan2(le[0] - re[0]).to_degrees();
         let angle = if angle.is_finite() { angle } else { 0.0 };
-        (
-            rotated_bounds(cx, cy, rw, rh, angle, image_w, image_h),
-            angle,
-            [cx, cy],
-            [rw, rh],
-        )
+        (rotated_bounds(cx, cy, rw, rh, angle, image_w, image_h), angle, [cx, cy], [rw, rh])
     } else if spec.square {
         // Keep it square: shrink to fit the photo, then slide inside it.
         let side = rw.min(image_w as f32).min(image_h as f32).round().max(1.0) as u32;
-        let x0 =
-            ((cx - side as f32 / 2.0).round() as i64).clamp(0, i64::from(image_w - side)) as u32;
-        let y0 =
-            ((cy - side as f32 / 2.0).round() as i64).clamp(0, i64::from(image_h - side)) as u32;
+        let x0 = ((cx - side as f32 / 2.0).round() as i64).clamp(0, i64::from(image_w - side)) as u32;
+        let y0 = ((cy - side as f32 / 2.0).round() as i64).clamp(0, i64::from(image_h - side)) as u32;
         let rect = [x0, y0, side, side];
-        (
-            rect,
-            0.0,
-            [x0 as f32 + side as f32 / 2.0, y0 as f32 + side as f32 / 2.0],
-            [side as f32; 2],
-        )
+        (rect, 0.0, [x0 as f32 + side as f32 / 2.0, y0 as f32 + side as f32 / 2.0], [side as f32; 2])
     } else {
         let rect = clamped(cx - rw / 2.0, cy - rh / 2.0, rw, rh, image_w, image_h);
-        (
-            rect,
-            0.0,
-            [
-                rect[0] as f32 + rect[2] as f32 / 2.0,
-                rect[1] as f32 + rect[3] as f32 / 2.0,
-            ],
-            [rect[2] as f32, rect[3] as f32],
-        )
+        (rect, 0.0, [rect[0] as f32 + rect[2] as f32 / 2.0, rect[1] as f32 + rect[3] as f32 / 2.0], [rect[2] as f32, rect[3] as f32])
     };
     let (out_w, out_h) = output_size(region[0], region[1], spec.size, spec.upscale);
-    CropPlan {
-        rect,
-        angle,
-        center,
-        region,
-        out_w,
-        out_h,
-    }
+    CropPlan { rect, angle, center, region, out_w, out_h }
 }
 
 /// Axis-aligned rectangle with edges rounded outward and clamped to the image (at least 1x1).
@@ -138,20 +111,9 @@ fn clamped(x: f32, y: f32, w: f32, h: f32, image_w: u32, image_h: u32) -> Rect {
     [x0, y0, cw, ch]
 }
 
-fn rotated_bounds(
-    cx: f32,
-    cy: f32,
-    w: f32,
-    h: f32,
-    angle_deg: f32,
-    image_w: u32,
-    image_h: u32,
-) -> Rect {
+fn rotated_bounds(cx: f32, cy: f32, w: f32, h: f32, angle_deg: f32, image_w: u32, image_h: u32) -> Rect {
     let (s, c) = angle_deg.to_radians().sin_cos();
-    let (hw, hh) = (
-        (w * c).abs() / 2.0 + (h * s).abs() / 2.0,
-        (w * s).abs() / 2.0 + (h * c).abs() / 2.0,
-    );
+    let (hw, hh) = ((w * c).abs() / 2.0 + (h * s).abs() / 2.0, (w * s).abs() / 2.0 + (h * c).abs() / 2.0);
     clamped(cx - hw, cy - hh, 2.0 * hw, 2.0 * hh, image_w, image_h)
 }
 
@@ -169,10 +131,7 @@ pub fn output_size(w: f32, h: f32, size: Option<u32>, upscale: bool) -> (u32, u3
         }
         _ => 1.0,
     };
-    (
-        ((w * scale).round() as u32).max(1),
-        ((h * scale).round() as u32).max(1),
-    )
+    (((w * scale).round() as u32).max(1), ((h * scale).round() as u32).max(1))
 }
 
 /// Cuts (and turns) the region out of the photo and resizes it to the planned size. Parts of a
@@ -182,20 +141,11 @@ pub fn render(image: &RgbImage, plan: &CropPlan) -> RgbImage {
         let [x, y, w, h] = plan.rect;
         imageops::crop_imm(image, x, y, w, h).to_image()
     } else {
-        let (rw, rh) = (
-            plan.region[0].round().max(1.0) as u32,
-            plan.region[1].round().max(1.0) as u32,
-        );
+        let (rw, rh) = (plan.region[0].round().max(1.0) as u32, plan.region[1].round().max(1.0) as u32);
         let (s, c) = plan.angle.to_radians().sin_cos();
         RgbImage::from_fn(rw, rh, |u, v| {
-            let (lx, ly) = (
-                u as f32 + 0.5 - rw as f32 / 2.0,
-                v as f32 + 0.5 - rh as f32 / 2.0,
-            );
-            let (sx, sy) = (
-                plan.center[0] + lx * c - ly * s - 0.5,
-                plan.center[1] + lx * s + ly * c - 0.5,
-            );
+            let (lx, ly) = (u as f32 + 0.5 - rw as f32 / 2.0, v as f32 + 0.5 - rh as f32 / 2.0);
+            let (sx, sy) = (plan.center[0] + lx * c - ly * s - 0.5, plan.center[1] + lx * s + ly * c - 0.5);
             image::Rgb(bilinear(image, f64::from(sx), f64::from(sy)))
         })
     };
@@ -208,44 +158,21 @@ pub fn render(image: &RgbImage, plan: &CropPlan) -> RgbImage {
 
 /// A file name that is safe anywhere: the source's stem reduced to [A-Za-z0-9_-], plus face id.
 pub fn crop_file_name(source_rel: &str, face_id: i64, format: Format) -> String {
-    let stem = Path::new(source_rel)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let clean: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
+    let stem = Path::new(source_rel).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let clean: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(80).collect();
     let clean = clean.trim_matches('_');
-    format!(
-        "{}_face{face_id}.{}",
-        if clean.is_empty() { "photo" } else { clean },
-        format.extension()
-    )
+    format!("{}_face{face_id}.{}", if clean.is_empty() { "photo" } else { clean }, format.extension())
 }
 
 /// Writes atomically (temp file + rename) so a crop is never half-written.
 pub fn write_crop(crop: &RgbImage, path: &Path, format: Format, quality: u8) -> Result<()> {
     let tmp = path.with_extension("part");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let result = match format {
-        Format::Jpg => crop.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-            &mut w,
-            quality.clamp(1, 100),
-        )),
+        Format::Jpg => crop.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality.clamp(1, 100))),
         Format::Png => crop.write_with_encoder(image::codecs::png::PngEncoder::new(&mut w)),
-        Format::Webp => {
-            crop.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut w))
-        }
+        Format::Webp => crop.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut w)),
     };
     result.with_context(|| format!("encoding {}", path.display()))?;
     drop(w);
@@ -259,17 +186,12 @@ pub struct Ledger {
     pub files: BTreeSet<String>,
 }
 
-const LEDGER_HEADER: &str =
-    "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:";
+const LEDGER_HEADER: &str = "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:";
 
 impl Ledger {
     pub fn load(out_dir: &Path) -> Self {
         let text = std::fs::read_to_string(out_dir.join(OUTPUT_MARKER)).unwrap_or_default();
-        let files = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && is_plain_name(l))
-            .map(str::to_string)
-            .collect();
+        let files = text.lines().filter(|l| !l.starts_with('#') && is_plain_name(l)).map(str::to_string).collect();
         Self { files }
     }
 
@@ -282,8 +204,7 @@ impl Ledger {
         }
         let tmp = out_dir.join(format!("{OUTPUT_MARKER}.part"));
         std::fs::write(&tmp, text).with_context(|| format!("writing to {}", out_dir.display()))?;
-        std::fs::rename(&tmp, out_dir.join(OUTPUT_MARKER))
-            .with_context(|| format!("writing to {}", out_dir.display()))?;
+        std::fs::rename(&tmp, out_dir.join(OUTPUT_MARKER)).with_context(|| format!("writing to {}", out_dir.display()))?;
         Ok(())
     }
 }
@@ -315,55 +236,28 @@ mod tests {
     }
 
     fn spec(margin: f32) -> CropSpec {
-        CropSpec {
-            margin,
-            square: false,
-            size: None,
-            upscale: false,
-            align: false,
-        }
+        CropSpec { margin, square: false, size: None, upscale: false, align: false }
     }
 
     #[test]
     fn margin_grows_box_and_clamps_to_image() {
-        assert_eq!(
-            plan(&face(100.0, 100.0, 50.0, 60.0), &spec(0.2), 1000, 1000).rect,
-            [90, 88, 70, 84]
-        );
-        assert_eq!(
-            plan(&face(5.0, 5.0, 50.0, 50.0), &spec(0.5), 60, 70).rect,
-            [0, 0, 60, 70]
-        );
+        assert_eq!(plan(&face(100.0, 100.0, 50.0, 60.0), &spec(0.2), 1000, 1000).rect, [90, 88, 70, 84]);
+        assert_eq!(plan(&face(5.0, 5.0, 50.0, 50.0), &spec(0.5), 60, 70).rect, [0, 0, 60, 70]);
         let p = plan(&face(10.0, 10.0, 20.0, 20.0), &spec(0.0), 100, 100);
         assert_eq!((p.rect, p.out_w, p.out_h), ([10, 10, 20, 20], 20, 20));
     }
 
     #[test]
     fn squares_stay_square_and_slide_inside_the_border() {
-        let sq = CropSpec {
-            square: true,
-            ..spec(0.25)
-        };
+        let sq = CropSpec { square: true, ..spec(0.25) };
         // 40x60 box + 25% margins -> 60x90 -> square 90, centred on (120, 130).
-        assert_eq!(
-            plan(&face(100.0, 100.0, 40.0, 60.0), &sq, 1000, 1000).rect,
-            [75, 85, 90, 90]
-        );
+        assert_eq!(plan(&face(100.0, 100.0, 40.0, 60.0), &sq, 1000, 1000).rect, [75, 85, 90, 90]);
         // Near the top-left corner: slides right/down instead of being cut.
-        assert_eq!(
-            plan(&face(0.0, 0.0, 40.0, 60.0), &sq, 1000, 1000).rect,
-            [0, 0, 90, 90]
-        );
+        assert_eq!(plan(&face(0.0, 0.0, 40.0, 60.0), &sq, 1000, 1000).rect, [0, 0, 90, 90]);
         // Near the bottom-right corner.
-        assert_eq!(
-            plan(&face(960.0, 940.0, 40.0, 60.0), &sq, 1000, 1000).rect,
-            [910, 910, 90, 90]
-        );
+        assert_eq!(plan(&face(960.0, 940.0, 40.0, 60.0), &sq, 1000, 1000).rect, [910, 910, 90, 90]);
         // Larger than the photo: shrinks to the short side, still square.
-        assert_eq!(
-            plan(&face(10.0, 10.0, 80.0, 80.0), &sq, 200, 100).rect,
-            [0, 0, 100, 100]
-        );
+        assert_eq!(plan(&face(10.0, 10.0, 80.0, 80.0), &sq, 200, 100).rect, [0, 0, 100, 100]);
     }
 
     #[test]
@@ -372,16 +266,7 @@ mod tests {
         assert_eq!(output_size(90.0, 60.0, Some(180), false), (90, 60));
         assert_eq!(output_size(90.0, 60.0, Some(180), true), (180, 120));
         assert_eq!(output_size(90.0, 60.0, None, true), (90, 60));
-        let p = plan(
-            &face(100.0, 100.0, 40.0, 60.0),
-            &CropSpec {
-                square: true,
-                size: Some(512),
-                ..spec(0.25)
-            },
-            1000,
-            1000,
-        );
+        let p = plan(&face(100.0, 100.0, 40.0, 60.0), &CropSpec { square: true, size: Some(512), ..spec(0.25) }, 1000, 1000);
         assert_eq!((p.out_w, p.out_h), (90, 90));
     }
 
@@ -392,15 +277,7 @@ mod tests {
         let (s, c) = 30f32.to_radians().sin_cos();
         f.landmarks[0] = [150.0 - 20.0 * c, 150.0 - 20.0 * s];
         f.landmarks[1] = [150.0 + 20.0 * c, 150.0 + 20.0 * s];
-        let p = plan(
-            &f,
-            &CropSpec {
-                align: true,
-                ..spec(0.0)
-            },
-            1000,
-            1000,
-        );
+        let p = plan(&f, &CropSpec { align: true, ..spec(0.0) }, 1000, 1000);
         assert!((p.angle - 30.0).abs() < 1e-3);
         assert_eq!((p.out_w, p.out_h), (100, 100));
         // Bounding box of a 100x100 square turned 30 degrees: 136.6 px wide, centred on 150.
@@ -411,42 +288,22 @@ mod tests {
         for [ex, ey] in [f.landmarks[0], f.landmarks[1]] {
             for dy in -1..=1 {
                 for dx in -1..=1 {
-                    img.put_pixel(
-                        (ex.round() as i32 + dx) as u32,
-                        (ey.round() as i32 + dy) as u32,
-                        image::Rgb([255, 255, 255]),
-                    );
+                    img.put_pixel((ex.round() as i32 + dx) as u32, (ey.round() as i32 + dy) as u32, image::Rgb([255, 255, 255]));
                 }
             }
         }
         let out = render(&img, &p);
-        let bright: Vec<(u32, u32)> = out
-            .enumerate_pixels()
-            .filter(|(_, _, p)| p[0] > 128)
-            .map(|(x, y, _)| (x, y))
-            .collect();
+        let bright: Vec<(u32, u32)> = out.enumerate_pixels().filter(|(_, _, p)| p[0] > 128).map(|(x, y, _)| (x, y)).collect();
         let ys: Vec<u32> = bright.iter().map(|b| b.1).collect();
         assert!(!bright.is_empty());
-        assert!(
-            ys.iter().max().unwrap() - ys.iter().min().unwrap() <= 3,
-            "{bright:?}"
-        );
+        assert!(ys.iter().max().unwrap() - ys.iter().min().unwrap() <= 3, "{bright:?}");
     }
 
     #[test]
     fn crop_names_are_safe() {
-        assert_eq!(
-            crop_file_name("a/b/IMG 001.JPG", 7, Format::Jpg),
-            "IMG_001_face7.jpg"
-        );
-        assert_eq!(
-            crop_file_name("../../etc/passwd", 3, Format::Png),
-            "passwd_face3.png"
-        );
-        assert_eq!(
-            crop_file_name("...jpg", 1, Format::Webp),
-            "photo_face1.webp"
-        );
+        assert_eq!(crop_file_name("a/b/IMG 001.JPG", 7, Format::Jpg), "IMG_001_face7.jpg");
+        assert_eq!(crop_file_name("../../etc/passwd", 3, Format::Png), "passwd_face3.png");
+        assert_eq!(crop_file_name("...jpg", 1, Format::Webp), "photo_face1.webp");
         assert!(!is_plain_name("../x") && !is_plain_name("..") && is_plain_name("a_face1.jpg"));
     }
 }

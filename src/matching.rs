@@ -68,12 +68,7 @@ pub struct Filters {
 }
 
 impl Filters {
-    pub const NONE: Filters = Filters {
-        min_face: 0.0,
-        min_sharpness: 0.0,
-        max_yaw: 180.0,
-        min_score: 0.0,
-    };
+    pub const NONE: Filters = Filters { min_face: 0.0, min_sharpness: 0.0, max_yaw: 180.0, min_score: 0.0 };
 
     fn reject(&self, f: &FaceRow) -> Option<Reason> {
         if f.size_px < self.min_face {
@@ -132,10 +127,7 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn nearest(face: &[f32], refs: &[Vec<f32>]) -> f32 {
-    refs.iter()
-        .map(|r| cosine_distance(face, r))
-        .min_by(f32::total_cmp)
-        .unwrap_or(f32::INFINITY)
+    refs.iter().map(|r| cosine_distance(face, r)).min_by(f32::total_cmp).unwrap_or(f32::INFINITY)
 }
 
 /// The normalised mean of the vectors (`None` for an empty set).
@@ -166,20 +158,11 @@ pub fn decide(
     };
     let mut added: std::collections::HashSet<i64> = std::collections::HashSet::new();
     for pass in 2..=MAX_PASSES {
-        let index: std::collections::HashMap<i64, usize> = faces
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.face_id, i))
-            .collect();
+        let index: std::collections::HashMap<i64, usize> = faces.iter().enumerate().map(|(i, f)| (f.face_id, i)).collect();
         let new: Vec<Vec<f32>> = decisions
             .iter()
             .filter(|d| d.matched() && d.distance <= expand_within && added.insert(d.face_id))
-            .filter_map(|d| {
-                index
-                    .get(&d.face_id)
-                    .and_then(|&i| vectors.get(i * dim..(i + 1) * dim))
-                    .map(<[f32]>::to_vec)
-            })
+            .filter_map(|d| index.get(&d.face_id).and_then(|&i| vectors.get(i * dim..(i + 1) * dim)).map(<[f32]>::to_vec))
             .collect();
         if new.is_empty() {
             break;
@@ -221,18 +204,9 @@ fn evaluate(
     let mut start = 0;
     while start < faces.len() {
         let image_id = faces[start].image_id;
-        let end = start
-            + faces[start..]
-                .iter()
-                .take_while(|f| f.image_id == image_id)
-                .count();
-        let mut ranked: Vec<(usize, f32)> = (start..end)
-            .filter_map(|i| {
-                vectors
-                    .get(i * dim..(i + 1) * dim)
-                    .map(|v| (i, nearest(v, refs)))
-            })
-            .collect();
+        let end = start + faces[start..].iter().take_while(|f| f.image_id == image_id).count();
+        let mut ranked: Vec<(usize, f32)> =
+            (start..end).filter_map(|i| vectors.get(i * dim..(i + 1) * dim).map(|v| (i, nearest(v, refs)))).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
         if let Some(&(best, distance)) = ranked.first() {
             let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
@@ -241,9 +215,7 @@ fn evaluate(
             // A second face within the threshold makes the photo ambiguous, unless that face is
             // explained by a negative reference (it is someone we were told it is not).
             let ambiguous = ranked.get(1).is_some_and(|&(i, d)| {
-                d <= opts.threshold
-                    && !(!negatives.is_empty()
-                        && nearest(&vectors[i * dim..(i + 1) * dim], negatives) < d)
+                d <= opts.threshold && !(!negatives.is_empty() && nearest(&vectors[i * dim..(i + 1) * dim], negatives) < d)
             });
             let reason = if distance > opts.threshold {
                 Some(Reason::TooFar)
@@ -254,16 +226,7 @@ fn evaluate(
             } else {
                 opts.filters.reject(&faces[best])
             };
-            out.push(Decision {
-                image_id,
-                face_id: faces[best].face_id,
-                distance,
-                runner_up,
-                negative_distance,
-                ambiguous,
-                pass,
-                reason,
-            });
+            out.push(Decision { image_id, face_id: faces[best].face_id, distance, runner_up, negative_distance, ambiguous, pass, reason });
         }
         start = end;
     }
@@ -275,9 +238,7 @@ pub fn histogram(values: &[f32], lo: f32, hi: f32, bins: usize) -> Vec<usize> {
     let mut counts = vec![0; bins.max(1)];
     let width = (hi - lo) / counts.len() as f32;
     for v in values.iter().filter(|v| v.is_finite()) {
-        let i = ((v - lo) / width)
-            .floor()
-            .clamp(0.0, (counts.len() - 1) as f32) as usize;
+        let i = ((v - lo) / width).floor().clamp(0.0, (counts.len() - 1) as f32) as usize;
         counts[i] += 1;
     }
     counts
@@ -288,24 +249,11 @@ mod tests {
     use super::*;
 
     fn row(image_id: i64, face_id: i64) -> FaceRow {
-        FaceRow {
-            image_id,
-            face_id,
-            size_px: 200.0,
-            sharpness: 100.0,
-            yaw: 0.0,
-            score: 0.9,
-        }
+        FaceRow { image_id, face_id, size_px: 200.0, sharpness: 100.0, yaw: 0.0, score: 0.9 }
     }
 
     fn opts(threshold: f32) -> Options {
-        Options {
-            threshold,
-            combine: Combine::Nearest,
-            filters: Filters::NONE,
-            allow_ambiguous: false,
-            expand: None,
-        }
+        Options { threshold, combine: Combine::Nearest, filters: Filters::NONE, allow_ambiguous: false, expand: None }
     }
 
     fn unit(angle_deg: f32) -> Vec<f32> {
@@ -323,10 +271,7 @@ mod tests {
         let vectors = flat(&[unit(90.0), unit(0.0), unit(60.0), unit(180.0)]);
         let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.4));
         assert_eq!(d.len(), 2);
-        assert_eq!(
-            (d[0].face_id, d[0].reason, d[0].ambiguous),
-            (11, None, false)
-        );
+        assert_eq!((d[0].face_id, d[0].reason, d[0].ambiguous), (11, None, false));
         let (ru, rd) = d[0].runner_up.unwrap();
         assert_eq!(ru, 12);
         assert!((rd - 0.5).abs() < 1e-5);
@@ -340,36 +285,22 @@ mod tests {
         let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.3));
         assert!(d[0].ambiguous);
         assert_eq!(d[0].reason, Some(Reason::Ambiguous));
-        let allowed = Options {
-            allow_ambiguous: true,
-            ..opts(0.3)
-        };
-        assert_eq!(
-            decide(&faces, &vectors, 2, &[unit(0.0)], &[], &allowed)[0].reason,
-            None
-        );
+        let allowed = Options { allow_ambiguous: true, ..opts(0.3) };
+        assert_eq!(decide(&faces, &vectors, 2, &[unit(0.0)], &[], &allowed)[0].reason, None);
     }
 
     #[test]
     fn closer_to_a_negative_is_rejected() {
         let faces = [row(1, 10)];
         let vectors = unit(40.0);
-        assert_eq!(
-            decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.6))[0].reason,
-            None
-        );
+        assert_eq!(decide(&faces, &vectors, 2, &[unit(0.0)], &[], &opts(0.6))[0].reason, None);
         let d = decide(&faces, &vectors, 2, &[unit(0.0)], &[unit(45.0)], &opts(0.6));
         assert_eq!(d[0].reason, Some(Reason::NegativeReference));
     }
 
     #[test]
     fn filters_reject_with_their_reason() {
-        let f = Filters {
-            min_face: 64.0,
-            min_sharpness: 20.0,
-            max_yaw: 45.0,
-            min_score: 0.8,
-        };
+        let f = Filters { min_face: 64.0, min_sharpness: 20.0, max_yaw: 45.0, min_score: 0.8 };
         let mut small = row(1, 1);
         small.size_px = 30.0;
         let mut blurry = row(2, 2);
@@ -378,22 +309,9 @@ mod tests {
         turned.yaw = -60.0;
         let faces = [small, blurry, turned];
         let vectors = flat(&[unit(0.0), unit(0.0), unit(0.0)]);
-        let o = Options {
-            filters: f,
-            ..opts(0.6)
-        };
-        let reasons: Vec<_> = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &o)
-            .iter()
-            .map(|d| d.reason)
-            .collect();
-        assert_eq!(
-            reasons,
-            vec![
-                Some(Reason::TooSmall),
-                Some(Reason::TooBlurry),
-                Some(Reason::Pose)
-            ]
-        );
+        let o = Options { filters: f, ..opts(0.6) };
+        let reasons: Vec<_> = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &o).iter().map(|d| d.reason).collect();
+        assert_eq!(reasons, vec![Some(Reason::TooSmall), Some(Reason::TooBlurry), Some(Reason::Pose)]);
     }
 
     #[test]
@@ -404,17 +322,7 @@ mod tests {
         let base = opts(0.2);
         let once = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &base);
         assert_eq!(once.iter().filter(|d| d.matched()).count(), 1);
-        let grown = decide(
-            &faces,
-            &vectors,
-            2,
-            &[unit(0.0)],
-            &[],
-            &Options {
-                expand: Some(0.2),
-                ..base
-            },
-        );
+        let grown = decide(&faces, &vectors, 2, &[unit(0.0)], &[], &Options { expand: Some(0.2), ..base });
         let passes: Vec<_> = grown.iter().map(|d| (d.matched(), d.pass)).collect();
         assert_eq!(passes, vec![(true, 1), (true, 2), (true, 3)]);
     }
@@ -425,25 +333,13 @@ mod tests {
         let m = mean_vector(&refs).unwrap();
         assert!((cosine_distance(&m, &unit(45.0))).abs() < 1e-6);
         let faces = [row(1, 1)];
-        let o = Options {
-            combine: Combine::Mean,
-            ..opts(0.1)
-        };
-        assert_eq!(
-            decide(&faces, &unit(45.0), 2, &refs, &[], &o)[0].reason,
-            None
-        );
-        assert_eq!(
-            decide(&faces, &unit(45.0), 2, &refs, &[], &opts(0.1))[0].reason,
-            Some(Reason::TooFar)
-        );
+        let o = Options { combine: Combine::Mean, ..opts(0.1) };
+        assert_eq!(decide(&faces, &unit(45.0), 2, &refs, &[], &o)[0].reason, None);
+        assert_eq!(decide(&faces, &unit(45.0), 2, &refs, &[], &opts(0.1))[0].reason, Some(Reason::TooFar));
     }
 
     #[test]
     fn histogram_bins_and_clamps() {
-        assert_eq!(
-            histogram(&[0.05, 0.15, 0.15, 0.95, 2.0, -1.0], 0.0, 1.0, 10),
-            vec![2, 2, 0, 0, 0, 0, 0, 0, 0, 2]
-        );
+        assert_eq!(histogram(&[0.05, 0.15, 0.15, 0.95, 2.0, -1.0], 0.0, 1.0, 10), vec![2, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
     }
 }

@@ -19,13 +19,7 @@ fn jpeg_with_orientation(stored: &RgbImage, orientation: u16) -> Vec<u8> {
     let mut out = Vec::new();
     let mut enc = Encoder::new(&mut out, 90);
     enc.add_app_segment(1, &tiff).unwrap();
-    enc.encode(
-        stored.as_raw(),
-        stored.width() as u16,
-        stored.height() as u16,
-        ColorType::Rgb,
-    )
-    .unwrap();
+    enc.encode(stored.as_raw(), stored.width() as u16, stored.height() as u16, ColorType::Rgb).unwrap();
     out
 }
 
@@ -58,18 +52,7 @@ fn every_exif_orientation_comes_out_upright() {
         .prepare("SELECT f.path, i.orientation, i.width, i.height, fc.x, fc.y, fc.w, fc.roll FROM files f JOIN images i ON i.id = f.image_id JOIN faces fc ON fc.image_id = i.id ORDER BY f.path")
         .unwrap();
     let rows: Vec<(String, i64, i64, i64, f64, f64, f64, f64)> = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -81,9 +64,7 @@ fn every_exif_orientation_comes_out_upright() {
         assert!(roll.abs() < 15.0, "{path}: face is upright, roll {roll}");
         // Same face position as the unrotated photo (JPEG re-encoding moves it a little).
         assert!(
-            (x - reference.4).abs() < 6.0
-                && (y - reference.5).abs() < 6.0
-                && (fw - reference.6).abs() < 8.0,
+            (x - reference.4).abs() < 6.0 && (y - reference.5).abs() < 6.0 && (fw - reference.6).abs() < 8.0,
             "{path}: {x},{y},{fw} vs {reference:?}"
         );
     }
@@ -117,44 +98,22 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
             [255 - c(r), 255 - c(g), 255 - c(b), 255 - k]
         })
         .collect();
-    Encoder::new(&mut cmyk, 90)
-        .encode(
-            &cmyk_px,
-            face.width() as u16,
-            face.height() as u16,
-            ColorType::Cmyk,
-        )
-        .unwrap();
+    Encoder::new(&mut cmyk, 90).encode(&cmyk_px, face.width() as u16, face.height() as u16, ColorType::Cmyk).unwrap();
     write("cmyk.jpg", &cmyk);
-    DynamicImage::ImageRgb8(face.clone())
-        .into_rgb16()
-        .save(d.join("sixteen_bit.png"))
-        .unwrap();
-    DynamicImage::ImageRgb8(face.clone())
-        .into_luma8()
-        .save(d.join("grey.jpg"))
-        .unwrap();
-    DynamicImage::ImageRgb8(face.clone())
-        .into_rgba8()
-        .save(d.join("alpha.png"))
-        .unwrap();
+    DynamicImage::ImageRgb8(face.clone()).into_rgb16().save(d.join("sixteen_bit.png")).unwrap();
+    DynamicImage::ImageRgb8(face.clone()).into_luma8().save(d.join("grey.jpg")).unwrap();
+    DynamicImage::ImageRgb8(face.clone()).into_rgba8().save(d.join("alpha.png")).unwrap();
     {
         let mut gif = Vec::new();
         let mut enc = image::codecs::gif::GifEncoder::new(&mut gif);
         let rgba = DynamicImage::ImageRgb8(face.clone()).into_rgba8();
-        enc.encode_frames([
-            image::Frame::new(rgba.clone()),
-            image::Frame::new(imageops::flip_horizontal(&rgba)),
-        ])
-        .unwrap();
+        enc.encode_frames([image::Frame::new(rgba.clone()), image::Frame::new(imageops::flip_horizontal(&rgba))]).unwrap();
         drop(enc);
         write("animated.gif", &gif);
     }
     face.save(d.join("webp.webp")).unwrap();
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9-latin1.jpg");
-    imageops::flip_horizontal(&face)
-        .save_with_format(d.join(name), image::ImageFormat::Jpeg)
-        .unwrap();
+    imageops::flip_horizontal(&face).save_with_format(d.join(name), image::ImageFormat::Jpeg).unwrap();
     std::fs::create_dir(d.join("album")).unwrap();
     face.save(d.join("album/inside.jpg")).unwrap();
     for e in std::fs::read_dir(d).unwrap() {
@@ -167,19 +126,9 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
 
     // Broken: each must be reported with a reason.
     write("zero.jpg", b"");
-    write(
-        "random.jpg",
-        &(0..5000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect::<Vec<_>>(),
-    );
+    write("random.jpg", &(0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>());
     let mut bomb = Vec::new();
-    RgbImage::new(1, 1)
-        .write_to(
-            &mut std::io::Cursor::new(&mut bomb),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
+    RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bomb), image::ImageFormat::Png).unwrap();
     bomb[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]); // 100000 x 100000
     let crc = crc32fast::hash(&bomb[12..29]);
     bomb[29..33].copy_from_slice(&crc.to_be_bytes());
@@ -193,11 +142,7 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
 
     // No read permission (root reads it anyway; either outcome is checked below).
     write("locked.jpg", &std::fs::read(photo("biden.jpg")).unwrap());
-    std::fs::set_permissions(
-        d.join("locked.jpg"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o000),
-    )
-    .unwrap();
+    std::fs::set_permissions(d.join("locked.jpg"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     let locked_readable = std::fs::read(d.join("locked.jpg")).is_ok();
 
     let out = facedb().arg("index").arg(d).assert().code(1);
@@ -209,16 +154,7 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
         conn.query_row("SELECT face_count FROM photos_v p JOIN files f ON f.image_id = p.image_id WHERE f.path = ?1", [path], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{path} not indexed: {e}"))
     };
-    for ok in [
-        "cmyk.jpg",
-        "sixteen_bit.png",
-        "grey.jpg",
-        "alpha.png",
-        "animated.gif",
-        "webp.webp",
-        "album/inside.jpg",
-        "link.webp",
-    ] {
+    for ok in ["cmyk.jpg", "sixteen_bit.png", "grey.jpg", "alpha.png", "animated.gif", "webp.webp", "album/inside.jpg", "link.webp"] {
         assert_eq!(faces_of(ok), 1, "{ok}");
     }
     assert_eq!(faces_of("caf\u{fffd}-latin1.jpg"), 1);
@@ -229,64 +165,25 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
         let mut stmt = conn
             .prepare("SELECT f.path, coalesce(f.error, i.error) FROM files f LEFT JOIN images i ON i.id = f.image_id WHERE f.image_id IS NULL OR i.status = 'failed'")
             .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
     };
     assert!(failed["zero.jpg"].contains("empty"));
     assert!(failed["random.jpg"].contains("not a supported image"));
-    assert!(
-        failed["bomb.png"].to_lowercase().contains("limit"),
-        "{}",
-        failed["bomb.png"]
-    );
-    assert!(
-        failed["photo.heic"].contains("not a supported image"),
-        "{}",
-        failed["photo.heic"]
-    );
+    assert!(failed["bomb.png"].to_lowercase().contains("limit"), "{}", failed["bomb.png"]);
+    assert!(failed["photo.heic"].contains("not a supported image"), "{}", failed["photo.heic"]);
     assert_eq!(failed.contains_key("locked.jpg"), !locked_readable);
-    assert_eq!(
-        failed.len(),
-        4 + usize::from(!locked_readable),
-        "{failed:?}"
-    );
+    assert_eq!(failed.len(), 4 + usize::from(!locked_readable), "{failed:?}");
     // Nothing was indexed twice through the links.
-    assert_eq!(
-        query_i64(
-            &conn,
-            "SELECT count(*) FROM files WHERE path LIKE 'album_link/%' OR path LIKE 'album/loop/%'"
-        ),
-        0
-    );
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM files WHERE path LIKE 'album_link/%' OR path LIKE 'album/loop/%'"), 0);
 
     // The crop of the non-UTF-8 file works too, and crops stay inside --out.
     let crops = tmp.path().join("crops");
-    facedb()
-        .arg("match")
-        .arg(d)
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--out")
-        .arg(&crops)
-        .assert()
-        .success();
-    assert!(manifest(&crops)
-        .iter()
-        .any(|r| r["source_path"].starts_with("caf")));
+    facedb().arg("match").arg(d).arg("--ref").arg(photo("obama.jpg")).arg("--out").arg(&crops).assert().success();
+    assert!(manifest(&crops).iter().any(|r| r["source_path"].starts_with("caf")));
     for r in manifest(&crops) {
-        assert!(
-            Path::new(&r["crop_path"]).parent() == Some(crops.as_path()),
-            "{r:?}"
-        );
+        assert!(Path::new(&r["crop_path"]).parent() == Some(crops.as_path()), "{r:?}");
     }
-    facedb()
-        .arg("report")
-        .arg(d)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("bomb.png"));
+    facedb().arg("report").arg(d).assert().success().stdout(predicate::str::contains("bomb.png"));
 }
 
 #[test]
@@ -294,10 +191,7 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
     let tmp = tempfile::tempdir().unwrap();
     add_photos(tmp.path(), &["obama2.jpg", "obama3.jpg"]);
     let target = tmp.path().join("changing.jpg");
-    let (a, b) = (
-        std::fs::read(photo("obama.jpg")).unwrap(),
-        std::fs::read(photo("biden.jpg")).unwrap(),
-    );
+    let (a, b) = (std::fs::read(photo("obama.jpg")).unwrap(), std::fs::read(photo("biden.jpg")).unwrap());
     std::fs::write(&target, &a).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -314,10 +208,7 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
     let status = facedb().arg("index").arg(tmp.path()).output().unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.join().unwrap();
-    assert!(
-        matches!(status.status.code(), Some(0) | Some(1)),
-        "{status:?}"
-    );
+    assert!(matches!(status.status.code(), Some(0) | Some(1)), "{status:?}");
     assert!(!String::from_utf8_lossy(&status.stderr).contains("panicked"));
 
     // Settled now: the next run records the file's final content.
@@ -325,10 +216,10 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
     backdate(&target);
     facedb().arg("index").arg(tmp.path()).assert().success();
     let conn = db(tmp.path());
-    let hash: String = conn.query_row("SELECT i.blake3 FROM files f JOIN images i ON i.id = f.image_id WHERE f.path = 'changing.jpg'", [], |r| r.get(0)).unwrap();
-    assert_eq!(hash, blake3::hash(&b).to_hex().to_string());
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+    let hash: String = conn
+        .query_row("SELECT i.blake3 FROM files f JOIN images i ON i.id = f.image_id WHERE f.path = 'changing.jpg'", [], |r| r.get(0))
         .unwrap();
+    assert_eq!(hash, blake3::hash(&b).to_hex().to_string());
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }

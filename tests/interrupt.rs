@@ -16,12 +16,7 @@ fn many_photos(dir: &Path, n: u32) {
         .iter()
         .map(|p| {
             let img = rgb(p);
-            imageops::resize(
-                &img,
-                240,
-                240 * img.height() / img.width(),
-                FilterType::Triangle,
-            )
+            imageops::resize(&img, 240, 240 * img.height() / img.width(), FilterType::Triangle)
         })
         .collect();
     for i in 0..n {
@@ -39,19 +34,11 @@ fn many_photos(dir: &Path, n: u32) {
 }
 
 fn spawn_index(dir: &Path) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("facedb"))
-        .arg("index")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    Command::new(assert_cmd::cargo::cargo_bin("facedb")).arg("index").arg(dir).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn integrity(dir: &Path) -> String {
-    db(dir)
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
+    db(dir).query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
 }
 
 /// Everything indexing computed, keyed by content, in a stable order.
@@ -65,10 +52,7 @@ fn snapshot(dir: &Path) -> Vec<String> {
              ORDER BY 1",
         )
         .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
 #[test]
@@ -111,10 +95,7 @@ fn sigkill_at_20_moments_never_corrupts_and_the_result_equals_one_clean_run() {
     facedb().arg("index").arg(&clean).assert().success();
     let (a, b) = (snapshot(&killed), snapshot(&clean));
     assert_eq!(a.len(), 200);
-    assert_eq!(
-        a, b,
-        "interrupted runs end with the same database content as one clean run"
-    );
+    assert_eq!(a, b, "interrupted runs end with the same database content as one clean run");
     let conn = db(&killed);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM images"), 200);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM (SELECT image_id, idx FROM faces GROUP BY 1, 2 HAVING count(*) > 1)"), 0);
@@ -131,19 +112,12 @@ fn ctrl_c_stops_cleanly_and_the_next_run_finishes() {
         std::thread::sleep(Duration::from_millis(100));
         let stored = rusqlite::Connection::open(tmp.path().join("facedb.sqlite"))
             .ok()
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM images", [], |r| r.get::<_, i64>(0))
-                    .ok()
-            });
+            .and_then(|c| c.query_row("SELECT count(*) FROM images", [], |r| r.get::<_, i64>(0)).ok());
         if stored.unwrap_or(0) > 5 {
             break;
         }
     }
-    Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
@@ -152,13 +126,7 @@ fn ctrl_c_stops_cleanly_and_the_next_run_finishes() {
     let conn = db(tmp.path());
     let saved = query_i64(&conn, "SELECT count(*) FROM images");
     assert!(saved > 0 && saved < 120, "{saved}");
-    let status: String = conn
-        .query_row(
-            "SELECT status FROM runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status: String = conn.query_row("SELECT status FROM runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "interrupted");
     facedb().arg("index").arg(tmp.path()).assert().success();
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM images"), 120);
@@ -179,12 +147,7 @@ fn a_second_indexer_is_refused_while_readers_keep_working() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    facedb()
-        .arg("index")
-        .arg(tmp.path())
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("already running"));
+    facedb().arg("index").arg(tmp.path()).assert().code(2).stderr(predicate::str::contains("already running"));
     facedb().arg("report").arg(tmp.path()).assert().success();
     facedb()
         .arg("match")
@@ -196,11 +159,7 @@ fn a_second_indexer_is_refused_while_readers_keep_working() {
         .assert()
         .success();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(integrity(tmp.path()), "ok");
 }
 
@@ -212,27 +171,9 @@ fn db_flag_keeps_the_database_elsewhere_and_the_error_without_it_says_so() {
     add_photos(&photos, &["obama.jpg"]);
     // Something in the way of the database file (as on a folder the user cannot write).
     std::fs::create_dir(photos.join("facedb.sqlite")).unwrap();
-    facedb()
-        .arg("index")
-        .arg(&photos)
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("--db PATH"));
+    facedb().arg("index").arg(&photos).assert().code(2).stderr(predicate::str::contains("--db PATH"));
     let elsewhere = tmp.path().join("elsewhere.sqlite");
-    facedb()
-        .arg("--db")
-        .arg(&elsewhere)
-        .arg("index")
-        .arg(&photos)
-        .assert()
-        .success();
-    facedb()
-        .arg("--db")
-        .arg(&elsewhere)
-        .arg("report")
-        .arg(&photos)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("faces 1"));
+    facedb().arg("--db").arg(&elsewhere).arg("index").arg(&photos).assert().success();
+    facedb().arg("--db").arg(&elsewhere).arg("report").arg(&photos).assert().success().stdout(predicate::str::contains("faces 1"));
     assert!(elsewhere.is_file());
 }

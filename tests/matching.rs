@@ -10,16 +10,7 @@ use common::*;
 use predicates::prelude::*;
 
 /// Quality filters off, so only identity decides.
-const NO_FILTERS: [&str; 8] = [
-    "--min-face",
-    "0",
-    "--min-sharpness",
-    "0",
-    "--min-score",
-    "0",
-    "--max-yaw",
-    "90",
-];
+const NO_FILTERS: [&str; 8] = ["--min-face", "0", "--min-sharpness", "0", "--min-score", "0", "--max-yaw", "90"];
 
 fn index(dir: &Path) {
     facedb().arg("index").arg(dir).assert().success();
@@ -28,13 +19,9 @@ fn index(dir: &Path) {
 /// path -> (distance, decision, reason) of the latest match run.
 fn results(dir: &Path) -> HashMap<String, (f64, String, Option<String>)> {
     let conn = db(dir);
-    let mut stmt = conn
-        .prepare("SELECT path, distance, decision, reason FROM matches_v WHERE run_id = (SELECT max(run_id) FROM match_runs)")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    let mut stmt =
+        conn.prepare("SELECT path, distance, decision, reason FROM matches_v WHERE run_id = (SELECT max(run_id) FROM match_runs)").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))).unwrap().map(Result::unwrap).collect()
 }
 
 #[test]
@@ -42,12 +29,7 @@ fn several_references_beat_one() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     std::fs::create_dir(&photos).unwrap();
-    for name in [
-        "obama2.jpg",
-        "obama_partial_face.jpg",
-        "obama_partial_face2.jpg",
-        "biden.jpg",
-    ] {
+    for name in ["obama2.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg"] {
         let img = rgb(name);
         let stem = name.trim_end_matches(".jpg");
         save(&photos, &format!("{stem}.jpg"), &img);
@@ -59,50 +41,25 @@ fn several_references_beat_one() {
 
     let run = |refs: &[&str]| {
         let mut cmd = facedb();
-        cmd.arg("match")
-            .arg(&photos)
-            .args(NO_FILTERS)
-            .args(["--threshold", "0.35", "--out"])
-            .arg(tmp.path().join("out"));
+        cmd.arg("match").arg(&photos).args(NO_FILTERS).args(["--threshold", "0.35", "--out"]).arg(tmp.path().join("out"));
         for r in refs {
             cmd.arg("--ref").arg(photo(r));
         }
         cmd.assert().success();
         let res = results(&photos);
-        let mut sorted: Vec<_> = res
-            .iter()
-            .map(|(p, r)| (p.clone(), (r.0 * 1000.0).round() / 1000.0))
-            .collect();
+        let mut sorted: Vec<_> = res.iter().map(|(p, r)| (p.clone(), (r.0 * 1000.0).round() / 1000.0)).collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         eprintln!("{refs:?}: {sorted:?}");
-        let obama: Vec<f64> = res
-            .iter()
-            .filter(|(p, _)| !p.starts_with("biden"))
-            .map(|(_, r)| r.0)
-            .collect();
-        let found = res
-            .iter()
-            .filter(|(p, r)| !p.starts_with("biden") && r.1 == "matched")
-            .count();
-        let biden_matched = res
-            .iter()
-            .filter(|(p, r)| p.starts_with("biden") && r.1 == "matched")
-            .count();
-        (
-            found,
-            obama.len(),
-            obama.iter().sum::<f64>() / obama.len() as f64,
-            biden_matched,
-        )
+        let obama: Vec<f64> = res.iter().filter(|(p, _)| !p.starts_with("biden")).map(|(_, r)| r.0).collect();
+        let found = res.iter().filter(|(p, r)| !p.starts_with("biden") && r.1 == "matched").count();
+        let biden_matched = res.iter().filter(|(p, r)| p.starts_with("biden") && r.1 == "matched").count();
+        (found, obama.len(), obama.iter().sum::<f64>() / obama.len() as f64, biden_matched)
     };
     let (one_found, total, one_mean, one_fp) = run(&["obama.jpg"]);
     let (two_found, _, two_mean, two_fp) = run(&["obama.jpg", "obama3.jpg"]);
     eprintln!("one reference: {one_found}/{total} found, mean distance {one_mean:.3}; two: {two_found}/{total}, {two_mean:.3}");
     assert!(total >= 12, "most variants have a detectable face: {total}");
-    assert!(
-        two_found > one_found,
-        "two references find more: {two_found} vs {one_found}"
-    );
+    assert!(two_found > one_found, "two references find more: {two_found} vs {one_found}");
     assert!(two_mean < one_mean);
     assert_eq!((one_fp, two_fp), (0, 0), "Biden never matches");
 }
@@ -130,15 +87,8 @@ fn a_mirror_image_makes_the_photo_ambiguous() {
     assert_eq!(r["mirror.jpg"].2.as_deref(), Some("ambiguous"));
     assert_eq!(r["obama3.jpg"].1, "matched");
     let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
-    assert!(
-        rejected
-            .lines()
-            .any(|l| l.starts_with("mirror.jpg,") && l.contains("ambiguous")),
-        "{rejected}"
-    );
-    assert!(!manifest(&out)
-        .iter()
-        .any(|r| r["source_path"] == "mirror.jpg"));
+    assert!(rejected.lines().any(|l| l.starts_with("mirror.jpg,") && l.contains("ambiguous")), "{rejected}");
+    assert!(!manifest(&out).iter().any(|r| r["source_path"] == "mirror.jpg"));
 
     facedb()
         .arg("match")
@@ -151,12 +101,7 @@ fn a_mirror_image_makes_the_photo_ambiguous() {
         .assert()
         .success();
     let rows = manifest(&out);
-    assert_eq!(
-        rows.iter()
-            .filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "1")
-            .count(),
-        1
-    );
+    assert_eq!(rows.iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "1").count(), 1);
 }
 
 #[test]
@@ -183,9 +128,7 @@ fn a_negative_reference_removes_a_look_alike() {
 
     // Another photo of the look-alike (mirrored, so not the same file) as a negative reference.
     let not_him = tmp.path().join("not-him.jpg");
-    image::imageops::flip_horizontal(&rgb("biden.jpg"))
-        .save(&not_him)
-        .unwrap();
+    image::imageops::flip_horizontal(&rgb("biden.jpg")).save(&not_him).unwrap();
     facedb()
         .arg("match")
         .arg(&photos)
@@ -201,10 +144,7 @@ fn a_negative_reference_removes_a_look_alike() {
         .success();
     let r = results(&photos);
     assert_eq!(r["biden.jpg"].2.as_deref(), Some("negative reference"));
-    assert_eq!(
-        (r["obama2.jpg"].1.as_str(), r["obama3.jpg"].1.as_str()),
-        ("matched", "matched")
-    );
+    assert_eq!((r["obama2.jpg"].1.as_str(), r["obama3.jpg"].1.as_str()), ("matched", "matched"));
     let conn = db(&photos);
     assert_eq!(query_i64(&conn, "SELECT json_array_length(neg_ref_ids_json) FROM match_runs ORDER BY run_id DESC LIMIT 1"), 1);
 }
@@ -242,11 +182,7 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     std::fs::create_dir(&photos).unwrap();
-    save(
-        &photos,
-        "pair.jpg",
-        &side_by_side(&rgb("obama2.jpg"), &rgb("biden.jpg")),
-    );
+    save(&photos, "pair.jpg", &side_by_side(&rgb("obama2.jpg"), &rgb("biden.jpg")));
     add_photos(&photos, &["obama3.jpg"]);
     index(&photos);
     let out = tmp.path().join("out");
@@ -254,15 +190,7 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     std::fs::write(out.join("mine.txt"), b"the user's own file").unwrap();
 
     // --all: every face, square, 64 px, PNG.
-    facedb()
-        .arg("match")
-        .arg(&photos)
-        .args([
-            "--all", "--square", "--size", "64", "--format", "png", "--out",
-        ])
-        .arg(&out)
-        .assert()
-        .success();
+    facedb().arg("match").arg(&photos).args(["--all", "--square", "--size", "64", "--format", "png", "--out"]).arg(&out).assert().success();
     let rows = manifest(&out);
     assert_eq!(rows.len(), 3, "two faces in pair.jpg, one in obama3.jpg");
     for r in &rows {
@@ -273,53 +201,27 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     }
 
     // Re-run with other settings: the PNGs are replaced by JPEGs; the user's file stays.
-    facedb()
-        .arg("match")
-        .arg(&photos)
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .args(["--align", "--out"])
-        .arg(&out)
-        .assert()
-        .success();
+    facedb().arg("match").arg(&photos).arg("--ref").arg(photo("obama.jpg")).args(["--align", "--out"]).arg(&out).assert().success();
     let rows = manifest(&out);
     assert_eq!(rows.len(), 2);
-    let names: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".png")), "{names:?}");
     assert!(names.contains(&"mine.txt".to_string()));
     for r in &rows {
         let angle: f32 = r["crop_angle"].parse().unwrap();
         let roll: f32 = r["roll"].parse().unwrap();
-        assert!(
-            (angle - roll).abs() < 0.2,
-            "aligned crops turn by the eye-line angle: {r:?}"
-        );
+        assert!((angle - roll).abs() < 0.2, "aligned crops turn by the eye-line angle: {r:?}");
         let refs: serde_json::Value = serde_json::from_str(&r["references"]).unwrap();
         assert_eq!(refs[0]["width"], 910);
         let img = image::open(&r["crop_path"]).unwrap();
-        assert_eq!(
-            (img.width().to_string(), img.height().to_string()),
-            (r["crop_out_w"].clone(), r["crop_out_h"].clone())
-        );
+        assert_eq!((img.width().to_string(), img.height().to_string()), (r["crop_out_w"].clone(), r["crop_out_h"].clone()));
     }
     let jsonl = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 2);
     let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
-    assert!(
-        first["quality"]["sharpness"].as_f64().unwrap() > 0.0
-            && first["face"]["landmarks"].as_array().unwrap().len() == 5
-    );
+    assert!(first["quality"]["sharpness"].as_f64().unwrap() > 0.0 && first["face"]["landmarks"].as_array().unwrap().len() == 5);
     // Indexing the dataset again never picks up crops written inside it.
-    facedb()
-        .arg("match")
-        .arg(&photos)
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .assert()
-        .success();
+    facedb().arg("match").arg(&photos).arg("--ref").arg(photo("obama.jpg")).assert().success();
     facedb().arg("index").arg(&photos).assert().success();
     assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM files"), 2);
 }

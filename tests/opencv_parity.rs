@@ -14,49 +14,26 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn embeddings_match_opencv() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("tests/fixtures/opencv_sface.json")).unwrap(),
-    )
-    .unwrap();
-    let models = ModelFiles::locate(Some(&common::repo().join("models")))
-        .unwrap()
-        .load()
-        .unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/fixtures/opencv_sface.json")).unwrap()).unwrap();
+    let models = ModelFiles::locate(Some(&common::repo().join("models"))).unwrap().load().unwrap();
     let (mut detector, mut embedder) = (models.detector().unwrap(), models.embedder().unwrap());
     let photos = fixture["photos"].as_object().unwrap();
     assert_eq!(photos.len(), 7);
     for (name, faces) in photos {
         let face = &faces[0];
-        let expected: Vec<f32> = face["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let lm: Vec<[f32; 2]> = face["landmarks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32])
-            .collect();
+        let expected: Vec<f32> = face["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let lm: Vec<[f32; 2]> =
+            face["landmarks"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32]).collect();
         let landmarks: [[f32; 2]; 5] = lm.try_into().unwrap();
 
         let bytes = std::fs::read(common::photo(name)).unwrap();
         let rgb = facedb::pipeline::decode::decode(&bytes).unwrap().rgb;
         // Same landmarks: isolates alignment + embedding.
-        let ours = embedder
-            .embed(&align::align(&rgb, &landmarks).unwrap())
-            .unwrap();
+        let ours = embedder.embed(&align::align(&rgb, &landmarks).unwrap()).unwrap();
         let same_landmarks = cosine(&ours, &expected);
         // Whole pipeline: our own detection, alignment and embedding.
-        let img = analyze(
-            &bytes,
-            &mut detector,
-            &mut embedder,
-            &DetectParams::default(),
-            &mut StageTimes::default(),
-        )
-        .unwrap();
+        let img = analyze(&bytes, &mut detector, &mut embedder, &DetectParams::default(), &mut StageTimes::default()).unwrap();
         let end_to_end = cosine(&largest(&img.faces).unwrap().embedding.unwrap(), &expected);
         eprintln!("{name}: cosine with OpenCV, same landmarks {same_landmarks:.5}, end to end {end_to_end:.5}");
         assert!(same_landmarks > 0.99, "{name}: {same_landmarks}");

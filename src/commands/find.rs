@@ -34,26 +34,15 @@ pub const REJECTED_CSV: &str = "rejected.csv";
 pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
     if !(0.0..=2.0).contains(&args.threshold) {
-        bail!(
-            "--threshold {} is outside 0-2 (cosine distance; the default is {})",
-            args.threshold,
-            matching::DEFAULT_THRESHOLD
-        );
+        bail!("--threshold {} is outside 0-2 (cosine distance; the default is {})", args.threshold, matching::DEFAULT_THRESHOLD);
     }
     if !(0.0..=5.0).contains(&args.margin) {
-        bail!(
-            "--margin {} is outside 0-5 (a fraction of the face box)",
-            args.margin
-        );
+        bail!("--margin {} is outside 0-5 (a fraction of the face box)", args.margin);
     }
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {
-        bail!(
-            "no database at {}; run `facedb index {}` first",
-            db_file.display(),
-            root.display()
-        );
+        bail!("no database at {}; run `facedb index {}` first", db_file.display(), root.display());
     }
     let db = Db::open(&db_file)?;
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
@@ -61,98 +50,40 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let tx = db.conn.unchecked_transaction()?;
     let files = ModelFiles::locate(globals.models.as_deref())?;
     let ref_params = DetectParams::default();
-    let detector_id = write::ensure_model(
-        &tx,
-        "detector",
-        &files.detector_name,
-        &files.detector_hash,
-        &super::index::detector_params_json(&ref_params),
-    )?;
-    let embedder_id = write::ensure_model(
-        &tx,
-        "embedder",
-        &files.embedder_name,
-        &files.embedder_hash,
-        "{}",
-    )?;
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| root.join("facedb-crops"));
-    let spec = CropSpec {
-        margin: args.margin,
-        square: args.square,
-        size: args.size,
-        upscale: args.upscale,
-        align: args.align,
-    };
-    let filters = Filters {
-        min_face: args.min_face,
-        min_sharpness: args.min_sharpness,
-        max_yaw: args.max_yaw,
-        min_score: args.min_score,
-    };
+    let detector_id =
+        write::ensure_model(&tx, "detector", &files.detector_name, &files.detector_hash, &super::index::detector_params_json(&ref_params))?;
+    let embedder_id = write::ensure_model(&tx, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    let out_dir = args.out.clone().unwrap_or_else(|| root.join("facedb-crops"));
+    let spec = CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align };
+    let filters = Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
     let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous}).to_string();
     let args_json = serde_json::json!({
         "dir": root.to_string_lossy(), "ref": args.refs, "not": args.negatives, "threshold": args.threshold, "combine": args.combine,
         "expand": args.expand, "all": args.all, "dry_run": args.dry_run, "out": out_dir.to_string_lossy(), "options": serde_json::from_str::<serde_json::Value>(&options_json)?,
     })
     .to_string();
-    let run_id = write::begin_run(
-        &tx,
-        "match",
-        &args_json,
-        Some(ORT_VERSION),
-        Some(detector_id),
-        Some(embedder_id),
-    )?;
+    let run_id = write::begin_run(&tx, "match", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
 
-    let mut refs = References {
-        files: &files,
-        detector_id,
-        embedder_id,
-        run_id,
-        sessions: None,
-        model_calls: 0,
-        quiet: globals.quiet,
-    };
+    let mut refs = References { files: &files, detector_id, embedder_id, run_id, sessions: None, model_calls: 0, quiet: globals.quiet };
     let positives = refs.load_all(&tx, &args.refs, "--ref")?;
     let negatives = refs.load_all(&tx, &args.negatives, "--not")?;
     if positives.is_empty() && !args.all {
         bail!("no usable reference face; pass --ref with a photo where the face is clearly visible and at least 40 px wide");
     }
-    tx.execute(
-        "UPDATE runs SET ref_model_calls = ?2 WHERE id = ?1",
-        rusqlite::params![run_id, refs.model_calls],
-    )?;
+    tx.execute("UPDATE runs SET ref_model_calls = ?2 WHERE id = ?1", rusqlite::params![run_id, refs.model_calls])?;
 
     let pos_vecs: Vec<Vec<f32>> = positives.iter().map(|r| r.vector.clone()).collect();
     let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
-    let opts = Options {
-        threshold: args.threshold,
-        combine: args.combine,
-        filters,
-        allow_ambiguous: args.allow_ambiguous,
-        expand: args.expand,
-    };
+    let opts =
+        Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
     let decisions = if args.all {
         decide_all(&tx, embedder_id, &pos_vecs, &filters)?
     } else {
         let table = read::embeddings(&tx, embedder_id)?;
-        matching::decide(
-            &table.faces,
-            &table.vectors,
-            EMBEDDING_DIM,
-            &pos_vecs,
-            &neg_vecs,
-            &opts,
-        )
+        matching::decide(&table.faces, &table.vectors, EMBEDDING_DIM, &pos_vecs, &neg_vecs, &opts)
     };
     let paths = read::image_paths(&tx)?;
-    let quality: HashMap<i64, matching::FaceRow> = read::all_faces(&tx)?
-        .into_iter()
-        .map(|f| (f.face_id, f))
-        .collect();
+    let quality: HashMap<i64, matching::FaceRow> = read::all_faces(&tx)?.into_iter().map(|f| (f.face_id, f)).collect();
 
     if args.dry_run {
         print_dry_run(&tx, &decisions, &paths, args.threshold)?;
@@ -160,24 +91,14 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating output folder {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating output folder {}", out_dir.display()))?;
     let old_ledger = Ledger::load(&out_dir);
     // Record the folder as facedb's before writing into it, so `index` never picks crops up.
     old_ledger.save(&out_dir)?;
     let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched()).collect();
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
-    let crops = write_crops(
-        &db_file,
-        &root,
-        &out_dir,
-        &to_crop,
-        &spec,
-        args.format,
-        args.quality,
-        &bar,
-    );
-    bar.finish_and_clear();
+    let crops = write_crops(&db_file, &root, &out_dir, &to_crop, &spec, args.format, args.quality, &bar);
+    bar.finish();
 
     let ref_list: Vec<&RefRow> = positives.iter().collect();
     let mut manifest = Manifest::create(&out_dir)?;
@@ -195,93 +116,46 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
                 write::insert_match_result(
                     &tx,
                     run_id,
-                    &MatchRow {
-                        decision: d,
-                        distance: distance_of(d),
-                        reason: None,
-                        crop_path: Some(&c.file_name),
-                        plan: Some(&c.plan),
-                    },
+                    &MatchRow { decision: d, distance: distance_of(d), reason: None, crop_path: Some(&c.file_name), plan: Some(&c.plan) },
                 )?;
             }
             Some(Err(e)) => {
                 crop_failures += 1;
                 let why = format!("crop failed: {e:#}");
-                write::log(
-                    &tx,
-                    run_id,
-                    Some(d.image_id),
-                    paths.get(&d.image_id).map(String::as_str),
-                    "error",
-                    &why,
-                )?;
-                manifest.reject(
-                    d,
-                    distance_of(d),
-                    &why,
-                    paths.get(&d.image_id),
-                    quality.get(&d.face_id),
-                )?;
+                write::log(&tx, run_id, Some(d.image_id), paths.get(&d.image_id).map(String::as_str), "error", &why)?;
+                manifest.reject(d, distance_of(d), &why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
                     &tx,
                     run_id,
-                    &MatchRow {
-                        decision: d,
-                        distance: distance_of(d),
-                        reason: Some(&why),
-                        crop_path: None,
-                        plan: None,
-                    },
+                    &MatchRow { decision: d, distance: distance_of(d), reason: Some(&why), crop_path: None, plan: None },
                 )?;
             }
             None => {
                 rejected += 1;
                 let why = reason.unwrap_or("not cropped");
-                manifest.reject(
-                    d,
-                    distance_of(d),
-                    why,
-                    paths.get(&d.image_id),
-                    quality.get(&d.face_id),
-                )?;
+                manifest.reject(d, distance_of(d), why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
                     &tx,
                     run_id,
-                    &MatchRow {
-                        decision: d,
-                        distance: distance_of(d),
-                        reason: Some(why),
-                        crop_path: None,
-                        plan: None,
-                    },
+                    &MatchRow { decision: d, distance: distance_of(d), reason: Some(why), crop_path: None, plan: None },
                 )?;
             }
         }
     }
     manifest.finish(&out_dir)?;
     // Replace this folder's earlier crops: remove what facedb wrote before and did not write now.
-    for stale in old_ledger
-        .files
-        .difference(&written.iter().cloned().collect())
-    {
+    for stale in old_ledger.files.difference(&written.iter().cloned().collect()) {
         if !matches!(stale.as_str(), MANIFEST_CSV | MANIFEST_JSONL | REJECTED_CSV) {
             let _ = std::fs::remove_file(out_dir.join(stale));
         }
     }
-    let mut ledger = Ledger {
-        files: written.into_iter().collect(),
-    };
-    ledger
-        .files
-        .extend([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from));
+    let mut ledger = Ledger { files: written.into_iter().collect() };
+    ledger.files.extend([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from));
     ledger.save(&out_dir)?;
 
     let ref_ids: Vec<i64> = positives.iter().map(|r| r.id).collect();
     let neg_ids: Vec<i64> = negatives.iter().map(|r| r.id).collect();
-    let combine = serde_json::to_value(args.combine)?
-        .as_str()
-        .unwrap_or("nearest")
-        .to_string();
+    let combine = serde_json::to_value(args.combine)?.as_str().unwrap_or("nearest").to_string();
     let run = NewMatchRun {
         mode: if args.all { "all" } else { "match" },
         threshold: args.threshold,
@@ -293,85 +167,45 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         neg_ref_ids: &neg_ids,
     };
     write::insert_match_run(&tx, run_id, &run)?;
-    let photos = decisions
-        .iter()
-        .map(|d| d.image_id)
-        .collect::<HashSet<_>>()
-        .len() as u64;
+    let photos = decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len() as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
-    let counters = RunCounters {
-        files_failed: crop_failures,
-        ..RunCounters::default()
-    };
-    write::finish_run(
-        &tx,
-        run_id,
-        if crop_failures > 0 { "failures" } else { "ok" },
-        &counters,
-    )?;
+    let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
+    write::finish_run(&tx, run_id, if crop_failures > 0 { "failures" } else { "ok" }, &counters)?;
     tx.commit()?;
 
-    if !globals.quiet {
-        print_summary(
-            &args,
-            &root,
-            &out_dir,
-            &decisions,
-            &paths,
-            matched,
-            crop_failures,
-            started,
-        );
+    if globals.json {
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in decisions.iter().filter_map(|d| d.reason) {
+            *reasons.entry(r.as_str()).or_default() += 1;
+        }
+        let summary = serde_json::json!({
+            "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
+            "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
+            "reference_model_calls": refs.model_calls, "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{summary}");
+    } else if !globals.quiet {
+        print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
     }
-    Ok(if crop_failures > 0 {
-        ExitCode::from(super::EXIT_FILES_FAILED)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
 }
 
 /// `--all`: every face is its own decision (distance to the references if any were given).
-fn decide_all(
-    conn: &Connection,
-    embedder_id: i64,
-    refs: &[Vec<f32>],
-    filters: &Filters,
-) -> Result<Vec<Decision>> {
+fn decide_all(conn: &Connection, embedder_id: i64, refs: &[Vec<f32>], filters: &Filters) -> Result<Vec<Decision>> {
     let table = read::embeddings(conn, embedder_id)?;
-    let embedded: HashMap<i64, usize> = table
-        .faces
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.face_id, i))
-        .collect();
+    let embedded: HashMap<i64, usize> = table.faces.iter().enumerate().map(|(i, f)| (f.face_id, i)).collect();
     let faces = read::all_faces(conn)?;
-    let no_threshold = Options {
-        threshold: f32::INFINITY,
-        combine: matching::Combine::Nearest,
-        filters: *filters,
-        allow_ambiguous: true,
-        expand: None,
-    };
+    let no_threshold =
+        Options { threshold: f32::INFINITY, combine: matching::Combine::Nearest, filters: *filters, allow_ambiguous: true, expand: None };
     Ok(faces
         .iter()
         .map(|f| {
             let distance = embedded
                 .get(&f.face_id)
-                .and_then(|&i| {
-                    table
-                        .vectors
-                        .get(i * EMBEDDING_DIM..(i + 1) * EMBEDDING_DIM)
-                })
-                .map_or(f32::NAN, |v| {
-                    refs.iter()
-                        .map(|r| matching::cosine_distance(v, r))
-                        .min_by(f32::total_cmp)
-                        .unwrap_or(f32::NAN)
-                });
+                .and_then(|&i| table.vectors.get(i * EMBEDDING_DIM..(i + 1) * EMBEDDING_DIM))
+                .map_or(f32::NAN, |v| refs.iter().map(|r| matching::cosine_distance(v, r)).min_by(f32::total_cmp).unwrap_or(f32::NAN));
             let one = [*f];
-            let reason = matching::decide(&one, &[0.0], 1, &[vec![1.0]], &[], &no_threshold)
-                .first()
-                .and_then(|d| d.reason);
+            let reason = matching::decide(&one, &[0.0], 1, &[vec![1.0]], &[], &no_threshold).first().and_then(|d| d.reason);
             Decision {
                 image_id: f.image_id,
                 face_id: f.face_id,
@@ -426,16 +260,11 @@ impl References<'_> {
     }
 
     fn load(&mut self, conn: &Connection, path: &Path) -> Result<RefRow> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read reference photo {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read reference photo {}", path.display()))?;
         let blake3 = hash::content_hash(&bytes);
         if let Some(r) = read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)? {
             if r.faces_in_photo > 1 && !self.quiet {
-                eprintln!(
-                    "note: {} has {} faces; using the largest",
-                    path.display(),
-                    r.faces_in_photo
-                );
+                eprintln!("note: {} has {} faces; using the largest", path.display(), r.faces_in_photo);
             }
             return Ok(r);
         }
@@ -443,17 +272,9 @@ impl References<'_> {
             let models = self.files.load()?;
             self.sessions = Some((models.detector()?, models.embedder()?));
         }
-        let Some((detector, embedder)) = self.sessions.as_mut() else {
-            bail!("model sessions unavailable")
-        };
-        let img = analyze(
-            &bytes,
-            detector,
-            embedder,
-            &DetectParams::default(),
-            &mut StageTimes::default(),
-        )
-        .with_context(|| format!("reference photo {}", path.display()))?;
+        let Some((detector, embedder)) = self.sessions.as_mut() else { bail!("model sessions unavailable") };
+        let img = analyze(&bytes, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
+            .with_context(|| format!("reference photo {}", path.display()))?;
         self.model_calls += i64::from(img.detector_calls + img.embedder_calls);
         let Some(face) = largest(&img.faces) else {
             bail!("no face found in {}; pass a photo where the face is clearly visible and at least 40 px wide", path.display());
@@ -487,10 +308,7 @@ impl References<'_> {
             None,
             Some(&path_str),
             "info",
-            &format!(
-                "reference embedded: {} face(s), largest used",
-                img.faces.len()
-            ),
+            &format!("reference embedded: {} face(s), largest used", img.faces.len()),
         )?;
         read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)?
             .ok_or_else(|| anyhow!("reference {} was not stored", path.display()))
@@ -514,7 +332,7 @@ fn write_crops(
     spec: &CropSpec,
     format: crop::Format,
     quality: u8,
-    bar: &indicatif::ProgressBar,
+    bar: &super::Progress,
 ) -> HashMap<i64, Result<Crop>> {
     let mut by_image: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for d in chosen {
@@ -543,60 +361,33 @@ fn crop_photo(
     let loaded = (|| -> Result<(Vec<FaceInfo>, String, image::RgbImage)> {
         // rusqlite connections are not shared across threads: each photo opens its own reader.
         let db = Db::open_read_only(db_file)?;
-        let infos = face_ids
-            .iter()
-            .map(|&id| read::face_info(&db.conn, id))
-            .collect::<Result<Vec<_>>>()?;
+        let infos = face_ids.iter().map(|&id| read::face_info(&db.conn, id)).collect::<Result<Vec<_>>>()?;
         let first = infos.first().ok_or_else(|| anyhow!("no face"))?;
         let (source, bytes) = first
             .paths
             .iter()
             .find_map(|(rel, raw)| {
                 let p = walk::resolve(root, rel, raw.as_deref());
-                std::fs::read(&p)
-                    .ok()
-                    .filter(|b| hash::content_hash(b) == first.blake3)
-                    .map(|b| (rel.clone(), b))
+                std::fs::read(&p).ok().filter(|b| hash::content_hash(b) == first.blake3).map(|b| (rel.clone(), b))
             })
-            .ok_or_else(|| {
-                anyhow!("no file with this content is left in the folder; re-run `facedb index`")
-            })?;
+            .ok_or_else(|| anyhow!("no file with this content is left in the folder; re-run `facedb index`"))?;
         Ok((infos, source, decode::decode(&bytes)?.rgb))
     })();
     match loaded {
         Err(e) => {
             let msg = format!("{e:#}");
-            face_ids
-                .iter()
-                .map(|&id| (id, Err(anyhow!("{msg}"))))
-                .collect()
+            face_ids.iter().map(|&id| (id, Err(anyhow!("{msg}")))).collect()
         }
         Ok((infos, source, rgb)) => infos
             .into_iter()
             .map(|info| {
                 let id = info.face_id;
                 let result = (|| {
-                    let geometry = FaceGeometry {
-                        x: info.x,
-                        y: info.y,
-                        w: info.w,
-                        h: info.h,
-                        landmarks: info.landmarks,
-                    };
+                    let geometry = FaceGeometry { x: info.x, y: info.y, w: info.w, h: info.h, landmarks: info.landmarks };
                     let plan = crop::plan(&geometry, spec, rgb.width(), rgb.height());
                     let file_name = crop::crop_file_name(&source, id, format);
-                    crop::write_crop(
-                        &crop::render(&rgb, &plan),
-                        &out_dir.join(&file_name),
-                        format,
-                        quality,
-                    )?;
-                    Ok(Crop {
-                        info,
-                        source: source.clone(),
-                        file_name,
-                        plan,
-                    })
+                    crop::write_crop(&crop::render(&rgb, &plan), &out_dir.join(&file_name), format, quality)?;
+                    Ok(Crop { info, source: source.clone(), file_name, plan })
                 })();
                 (id, result)
             })
@@ -672,48 +463,25 @@ fn part(out_dir: &Path, name: &str) -> PathBuf {
 }
 
 fn opt(v: Option<f32>) -> String {
-    v.filter(|x| x.is_finite())
-        .map(|x| format!("{x:.4}"))
-        .unwrap_or_default()
+    v.filter(|x| x.is_finite()).map(|x| format!("{x:.4}")).unwrap_or_default()
 }
 
 impl Manifest {
     fn create(out_dir: &Path) -> Result<Self> {
-        let open = |name: &str| {
-            std::fs::File::create(part(out_dir, name))
-                .with_context(|| format!("writing {name} in {}", out_dir.display()))
-        };
+        let open =
+            |name: &str| std::fs::File::create(part(out_dir, name)).with_context(|| format!("writing {name} in {}", out_dir.display()));
         let mut csv = csv::Writer::from_writer(open(MANIFEST_CSV)?);
         csv.write_record(MANIFEST_COLUMNS)?;
         let mut rejected = csv::Writer::from_writer(open(REJECTED_CSV)?);
         rejected.write_record(REJECTED_COLUMNS)?;
-        Ok(Self {
-            csv,
-            jsonl: std::io::BufWriter::new(open(MANIFEST_JSONL)?),
-            rejected,
-        })
+        Ok(Self { csv, jsonl: std::io::BufWriter::new(open(MANIFEST_JSONL)?), rejected })
     }
 
-    fn add(
-        &mut self,
-        c: &Crop,
-        d: &Decision,
-        distance: Option<f32>,
-        refs: &[&RefRow],
-        out_dir: &Path,
-    ) -> Result<()> {
+    fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow], out_dir: &Path) -> Result<()> {
         let i = &c.info;
         let p = &c.plan;
-        let refs: Vec<RefEntry> = refs
-            .iter()
-            .map(|r| RefEntry {
-                path: &r.path,
-                blake3: &r.blake3,
-                width: r.width,
-                height: r.height,
-                face: r.face,
-            })
-            .collect();
+        let refs: Vec<RefEntry> =
+            refs.iter().map(|r| RefEntry { path: &r.path, blake3: &r.blake3, width: r.width, height: r.height, face: r.face }).collect();
         let crop_path = out_dir.join(&c.file_name).to_string_lossy().into_owned();
         let [cx, cy, cw, ch] = p.rect;
         self.csv.write_record([
@@ -790,66 +558,31 @@ impl Manifest {
         self.jsonl.flush()?;
         drop(self);
         for name in [MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV] {
-            std::fs::rename(part(out_dir, name), out_dir.join(name))
-                .with_context(|| format!("writing {name}"))?;
+            std::fs::rename(part(out_dir, name), out_dir.join(name)).with_context(|| format!("writing {name}"))?;
         }
         Ok(())
     }
 }
 
-fn print_dry_run(
-    conn: &Connection,
-    decisions: &[Decision],
-    paths: &HashMap<i64, String>,
-    threshold: f32,
-) -> Result<()> {
-    let distances: Vec<f32> = decisions
-        .iter()
-        .map(|d| d.distance)
-        .filter(|d| d.is_finite())
-        .collect();
+fn print_dry_run(conn: &Connection, decisions: &[Decision], paths: &HashMap<i64, String>, threshold: f32) -> Result<()> {
+    let distances: Vec<f32> = decisions.iter().map(|d| d.distance).filter(|d| d.is_finite()).collect();
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
     let peak = counts.iter().copied().max().unwrap_or(0).max(1);
-    println!(
-        "distance of the best face per photo ({} photos); threshold {threshold:.2}",
-        distances.len()
-    );
+    println!("distance of the best face per photo ({} photos); threshold {threshold:.2}", distances.len());
     let width = (hi - lo) / bins as f32;
     for (i, n) in counts.iter().enumerate() {
         let (a, b) = (lo + i as f32 * width, lo + (i + 1) as f32 * width);
-        let mark = if (a..b).contains(&threshold) {
-            "  <- threshold"
-        } else {
-            ""
-        };
-        println!(
-            "  {a:4.2}-{b:4.2} {:>6} {}{mark}",
-            n,
-            "#".repeat((n * 50).div_ceil(peak))
-        );
+        let mark = if (a..b).contains(&threshold) { "  <- threshold" } else { "" };
+        println!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
     }
     let band = 0.05;
-    let mut near: Vec<&Decision> = decisions
-        .iter()
-        .filter(|d| (d.distance - threshold).abs() <= band)
-        .collect();
+    let mut near: Vec<&Decision> = decisions.iter().filter(|d| (d.distance - threshold).abs() <= band).collect();
     near.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    println!(
-        "\nphotos within {band:.2} of the threshold ({}):",
-        near.len()
-    );
+    println!("\nphotos within {band:.2} of the threshold ({}):", near.len());
     for d in near.iter().take(50) {
-        let verdict = if d.distance <= threshold {
-            "in "
-        } else {
-            "out"
-        };
-        println!(
-            "  {verdict} {:.3}  {}",
-            d.distance,
-            paths.get(&d.image_id).map_or("?", String::as_str)
-        );
+        let verdict = if d.distance <= threshold { "in " } else { "out" };
+        println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?", String::as_str));
     }
     let mut sharp: Vec<f32> = decisions
         .iter()
@@ -865,11 +598,7 @@ fn print_dry_run(
         );
     }
     let reasons = count_reasons(decisions);
-    println!(
-        "\nwould crop {} photos; would reject: {}",
-        decisions.iter().filter(|d| d.matched()).count(),
-        reasons
-    );
+    println!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
     println!("(dry run: nothing was written)");
     Ok(())
 }
@@ -882,10 +611,7 @@ fn count_reasons(decisions: &[Decision]) -> String {
     if by.is_empty() {
         return "none".into();
     }
-    by.iter()
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    by.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -900,16 +626,9 @@ fn print_summary(
     started: Instant,
 ) {
     eprintln!("facedb match {}", root.display());
-    let photos = decisions
-        .iter()
-        .map(|d| d.image_id)
-        .collect::<HashSet<_>>()
-        .len();
+    let photos = decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len();
     if args.all {
-        eprintln!(
-            "  {written} face crops from {photos} photos; rejected: {}",
-            count_reasons(decisions)
-        );
+        eprintln!("  {written} face crops from {photos} photos; rejected: {}", count_reasons(decisions));
     } else {
         eprintln!(
             "  {} of {photos} photos with faces matched (threshold {:.2}, cosine distance); rejected: {}",
@@ -920,11 +639,7 @@ fn print_summary(
     }
     let ambiguous: Vec<&Decision> = decisions.iter().filter(|d| d.ambiguous).collect();
     if !ambiguous.is_empty() {
-        let verb = if args.allow_ambiguous {
-            "cropped anyway"
-        } else {
-            "not cropped; --allow-ambiguous crops them"
-        };
+        let verb = if args.allow_ambiguous { "cropped anyway" } else { "not cropped; --allow-ambiguous crops them" };
         eprintln!("  ambiguous (another face within the threshold; {verb}):");
         for d in ambiguous.iter().take(20) {
             eprintln!("    {}", paths.get(&d.image_id).map_or("?", String::as_str));
@@ -936,8 +651,6 @@ fn print_summary(
         started.elapsed().as_secs_f64()
     );
     if crop_failures > 0 {
-        eprintln!(
-            "  {crop_failures} crop(s) failed (source moved or unreadable); see {REJECTED_CSV}"
-        );
+        eprintln!("  {crop_failures} crop(s) failed (source moved or unreadable); see {REJECTED_CSV}");
     }
 }

@@ -56,22 +56,14 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let dir = args.dir.clone().unwrap_or_else(|| ".".into());
     if !dir.is_dir() {
-        bail!(
-            "{} is not a directory; pass the photo folder to index",
-            dir.display()
-        );
+        bail!("{} is not a directory; pass the photo folder to index", dir.display());
     }
-    let root = dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", dir.display()))?;
+    let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let db_file = database_path(globals, &root);
     let _lock = lock_dataset(&db_file)?;
     let db = Db::open(&db_file).map_err(|e| {
         if globals.db.is_none() {
-            anyhow!(
-                "{e:#}; if {} is read-only, pass --db PATH to keep the database elsewhere",
-                root.display()
-            )
+            anyhow!("{e:#}; if {} is read-only, pass --db PATH to keep the database elsewhere", root.display())
         } else {
             e
         }
@@ -79,34 +71,13 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref())?;
-    let params = DetectParams {
-        max_side: args.detect_size.max(320),
-        score_threshold: args.min_score.clamp(0.0, 1.0),
-        ..DetectParams::default()
-    };
-    let detector_id = write::ensure_model(
-        conn,
-        "detector",
-        &files.detector_name,
-        &files.detector_hash,
-        &detector_params_json(&params),
-    )?;
-    let embedder_id = write::ensure_model(
-        conn,
-        "embedder",
-        &files.embedder_name,
-        &files.embedder_hash,
-        "{}",
-    )?;
-    let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold}).to_string();
-    let run_id = write::begin_run(
-        conn,
-        "index",
-        &args_json,
-        Some(ORT_VERSION),
-        Some(detector_id),
-        Some(embedder_id),
-    )?;
+    let params =
+        DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
+    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;
+    let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    let args_json =
+        serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold}).to_string();
+    let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -146,15 +117,13 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     tx.commit()?;
 
     let mut known = read::image_hashes(conn)?;
+    let cached_images: HashMap<String, Option<i64>> = cache.iter().map(|(p, c)| (p.clone(), c.image_id)).collect();
     let status = if work.is_empty() {
         "ok"
     } else {
         let models = files.load()?;
         let claimed: HashSet<String> = known.keys().cloned().collect();
-        let jobs = args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .clamp(1, 256);
+        let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 256);
         process(
             conn,
             &models,
@@ -163,6 +132,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
             jobs,
             claimed,
             &mut known,
+            &cached_images,
             run_id,
             detector_id,
             embedder_id,
@@ -184,14 +154,16 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     // Fold the WAL back so the single file is complete for copying and other tools.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 
-    if !globals.quiet {
-        print_summary(
-            &root,
-            &counters,
-            totals.failed,
-            started.elapsed(),
-            status == "interrupted",
-        );
+    if globals.json {
+        let secs = started.elapsed().as_secs_f64();
+        let summary = serde_json::json!({
+            "command": "index", "dataset": root.to_string_lossy(), "run_id": run_id, "status": final_status,
+            "counters": counters, "failed_files_in_folder": totals.failed, "seconds": secs,
+            "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9),
+        });
+        println!("{summary}");
+    } else if !globals.quiet {
+        print_summary(&root, &counters, totals.failed, started.elapsed(), status == "interrupted");
     }
     Ok(if status == "interrupted" {
         ExitCode::from(EXIT_INTERRUPTED)
@@ -215,21 +187,14 @@ fn lock_dataset(db_file: &Path) -> Result<File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
-            bail!(
-                "another `facedb index` is already running on {}; wait for it to finish",
-                db_file.display()
-            )
+            bail!("another `facedb index` is already running on {}; wait for it to finish", db_file.display())
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", lock_path.display()))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", lock_path.display())),
     }
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn is_unchanged(c: &read::CachedFile, s: &Stat) -> bool {
@@ -249,6 +214,7 @@ fn process(
     jobs: usize,
     claimed: HashSet<String>,
     known: &mut HashMap<String, i64>,
+    cached_images: &HashMap<String, Option<i64>>,
     run_id: i64,
     detector_id: i64,
     embedder_id: i64,
@@ -267,17 +233,7 @@ fn process(
         for _ in 0..jobs.min(total) {
             let (rx, tx, claimed) = (work_rx.clone(), out_tx.clone(), &claimed);
             let (mut detector, mut embedder) = (models.detector()?, models.embedder()?);
-            workers.push(scope.spawn(move || {
-                worker(
-                    rx,
-                    tx,
-                    claimed,
-                    &mut detector,
-                    &mut embedder,
-                    params,
-                    interrupted,
-                )
-            }));
+            workers.push(scope.spawn(move || worker(rx, tx, claimed, &mut detector, &mut embedder, params, interrupted)));
         }
         drop(out_tx);
         drop(work_rx);
@@ -289,33 +245,16 @@ fn process(
             }
         });
 
-        let result = store(
-            conn,
-            &out_rx,
-            known,
-            run_id,
-            detector_id,
-            embedder_id,
-            counters,
-            &bar,
-        );
-        bar.finish_and_clear();
+        let result = store(conn, &out_rx, known, cached_images, run_id, detector_id, embedder_id, counters, &bar);
+        bar.finish();
         // Stop the feeder and workers if storing failed, then surface the first error.
-        interrupted.store(
-            interrupted.load(Ordering::SeqCst) || result.is_err(),
-            Ordering::SeqCst,
-        );
+        interrupted.store(interrupted.load(Ordering::SeqCst) || result.is_err(), Ordering::SeqCst);
         drop(out_rx);
         for w in workers {
-            w.join()
-                .map_err(|_| anyhow!("an indexing worker panicked"))?;
+            w.join().map_err(|_| anyhow!("an indexing worker panicked"))?;
         }
         result?;
-        Ok(if interrupted.load(Ordering::SeqCst) {
-            "interrupted"
-        } else {
-            "ok"
-        })
+        Ok(if interrupted.load(Ordering::SeqCst) { "interrupted" } else { "ok" })
     })
 }
 
@@ -346,38 +285,15 @@ fn worker(
         let blake3 = hash::content_hash(&bytes);
         let read_ms = ms_since(t);
         // A file that changed while we read it gets no stat cache entry, so the next run rereads it.
-        let stat = std::fs::metadata(&file.abs)
-            .ok()
-            .map(|m| Stat::of(&m))
-            .filter(|s| *s == file.stat);
+        let stat = std::fs::metadata(&file.abs).ok().map(|m| Stat::of(&m)).filter(|s| *s == file.stat);
         let size = bytes.len() as u64;
-        let is_new = claimed
-            .lock()
-            .map(|mut c| c.insert(blake3.clone()))
-            .unwrap_or(true);
+        let is_new = claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true);
         let outcome = if is_new {
-            let mut times = StageTimes {
-                read_hash: read_ms,
-                ..StageTimes::default()
-            };
-            let result = analyze(&bytes, detector, embedder, params, &mut times)
-                .map_err(|e| format!("{e:#}"));
-            Outcome::Analyzed {
-                file,
-                stat,
-                blake3,
-                size,
-                result,
-                times,
-            }
+            let mut times = StageTimes { read_hash: read_ms, ..StageTimes::default() };
+            let result = analyze(&bytes, detector, embedder, params, &mut times).map_err(|e| format!("{e:#}"));
+            Outcome::Analyzed { file, stat, blake3, size, result, times }
         } else {
-            Outcome::KnownContent {
-                file,
-                stat,
-                blake3,
-                size,
-                read_ms,
-            }
+            Outcome::KnownContent { file, stat, blake3, size, read_ms }
         };
         if tx.send(outcome).is_err() {
             break;
@@ -391,11 +307,12 @@ fn store(
     conn: &Connection,
     rx: &Receiver<Outcome>,
     known: &mut HashMap<String, i64>,
+    cached_images: &HashMap<String, Option<i64>>,
     run_id: i64,
     detector_id: i64,
     embedder_id: i64,
     counters: &mut RunCounters,
-    bar: &indicatif::ProgressBar,
+    bar: &super::Progress,
 ) -> Result<()> {
     // Paths whose content was claimed by a worker that has not reported yet.
     let mut waiting: HashMap<String, Vec<(FileEntry, Option<Stat>)>> = HashMap::new();
@@ -409,28 +326,20 @@ fn store(
                 write::log(&tx, run_id, None, Some(&file.rel), "error", &error)?;
                 counters.files_failed += 1;
             }
-            Outcome::KnownContent {
-                file,
-                stat,
-                blake3,
-                size,
-                read_ms,
-            } => {
+            Outcome::KnownContent { file, stat, blake3, size, read_ms } => {
                 counters.bytes_read += size;
                 counters.stage_ms.read_hash += read_ms;
                 match known.get(&blake3) {
+                    // Same path, same content: re-verified (its timestamp was too recent to trust).
+                    Some(&image_id) if cached_images.get(&file.rel) == Some(&Some(image_id)) => {
+                        counters.files_unchanged += 1;
+                        write::upsert_file(&tx, run_id, &file, stat, checked, Some(image_id), None)?;
+                    }
                     Some(&image_id) => link(&tx, run_id, &file, stat, checked, image_id, counters)?,
                     None => waiting.entry(blake3).or_default().push((file, stat)),
                 }
             }
-            Outcome::Analyzed {
-                file,
-                stat,
-                blake3,
-                size,
-                result,
-                times,
-            } => {
+            Outcome::Analyzed { file, stat, blake3, size, result, times } => {
                 counters.bytes_read += size;
                 counters.stage_ms.add(&times);
                 let t = Instant::now();
@@ -440,16 +349,17 @@ fn store(
                         counters.faces_found += img.faces.len() as u64;
                         counters.detector_calls += u64::from(img.detector_calls);
                         counters.embedder_calls += u64::from(img.embedder_calls);
-                        let id = write::insert_image(
-                            &tx,
-                            run_id,
-                            &blake3,
-                            size,
-                            &img,
-                            detector_id,
-                            embedder_id,
-                        )?;
-                        let msg = format!("indexed {}x{} {} (orientation {}): {} face(s), {} detector and {} embedder calls", img.width, img.height, img.format, img.orientation, img.faces.len(), img.detector_calls, img.embedder_calls);
+                        let id = write::insert_image(&tx, run_id, &blake3, size, &img, detector_id, embedder_id)?;
+                        let msg = format!(
+                            "indexed {}x{} {} (orientation {}): {} face(s), {} detector and {} embedder calls",
+                            img.width,
+                            img.height,
+                            img.format,
+                            img.orientation,
+                            img.faces.len(),
+                            img.detector_calls,
+                            img.embedder_calls
+                        );
                         write::log(&tx, run_id, Some(id), Some(&file.rel), "info", &msg)?;
                         id
                     }
@@ -511,28 +421,15 @@ fn link(
     )
 }
 
-fn print_summary(
-    root: &Path,
-    c: &RunCounters,
-    failed_now: i64,
-    elapsed: Duration,
-    interrupted: bool,
-) {
+fn print_summary(root: &Path, c: &RunCounters, failed_now: i64, elapsed: Duration, interrupted: bool) {
     let secs = elapsed.as_secs_f64();
-    let rate = if secs > 0.0 {
-        c.images_new as f64 / secs
-    } else {
-        0.0
-    };
+    let rate = if secs > 0.0 { c.images_new as f64 / secs } else { 0.0 };
     eprintln!("facedb index {}", root.display());
     eprintln!(
         "  photos seen {}: {} new, {} linked (content already known), {} unchanged, {} failed",
         c.files_seen, c.images_new, c.files_linked, c.files_unchanged, c.files_failed
     );
-    eprintln!(
-        "  faces found {} ({} detector and {} embedder calls)",
-        c.faces_found, c.detector_calls, c.embedder_calls
-    );
+    eprintln!("  faces found {} ({} detector and {} embedder calls)", c.faces_found, c.detector_calls, c.embedder_calls);
     eprintln!("  time {secs:.1} s ({rate:.2} new photos/s)");
     if interrupted {
         eprintln!("  interrupted: everything processed so far is saved; run the same command again to finish");

@@ -30,8 +30,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         match by_path {
             Some(id) => Some(id),
             None => {
-                let bytes = std::fs::read(&as_path)
-                    .with_context(|| format!("reading {}", as_path.display()))?;
+                let bytes = std::fs::read(&as_path).with_context(|| format!("reading {}", as_path.display()))?;
                 read::image_id_for_hash(conn, &hash::content_hash(&bytes))?
             }
         }
@@ -44,23 +43,15 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         // An unreadable file has logs but no image.
         let logs = read::logs_for_path(conn, &args.target)?;
         if logs.is_empty() {
-            bail!(
-                "{} is not in the database of {}; run `facedb index {}` first",
-                args.target,
-                root.display(),
-                root.display()
-            );
+            bail!("{} is not in the database of {}; run `facedb index {}` first", args.target, root.display(), root.display());
         }
         for l in logs {
-            println!(
-                "{}  run {} ({})  {:5}  {}",
-                l.at, l.run_id, l.command, l.level, l.message
-            );
+            println!("{}  run {} ({})  {:5}  {}", l.at, l.run_id, l.command, l.level, l.message);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let info = read::image_info(conn, image_id)?;
-    if args.json {
+    if globals.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -79,10 +70,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         dims,
         info.orientation.map_or("?".into(), |o| o.to_string()),
         info.status,
-        info.error
-            .as_ref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default()
+        info.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
     println!("  indexed {}", info.indexed_at);
     println!("\nfaces ({}):", info.faces.len());
@@ -110,10 +98,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             l.run_id,
             l.command,
             l.level,
-            l.path
-                .as_ref()
-                .map(|p| format!("{p}: "))
-                .unwrap_or_default(),
+            l.path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default(),
             l.message
         );
     }
@@ -127,14 +112,8 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
                 m.face_id,
                 m.decision,
                 m.distance.map_or("—".into(), |d| format!("{d:.3}")),
-                m.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default(),
-                m.crop_path
-                    .as_ref()
-                    .map(|c| format!(" -> {c}"))
-                    .unwrap_or_default()
+                m.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                m.crop_path.as_ref().map(|c| format!(" -> {c}")).unwrap_or_default()
             );
         }
     }
@@ -144,9 +123,5 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
 /// The nearest ancestor of a photo's folder that holds a facedb database.
 fn dataset_holding(photo: &Path) -> Option<PathBuf> {
     let canonical = photo.canonicalize().ok()?;
-    canonical
-        .parent()?
-        .ancestors()
-        .find(|a| a.join(DB_FILE).is_file())
-        .map(Path::to_path_buf)
+    canonical.parent()?.ancestors().find(|a| a.join(DB_FILE).is_file()).map(Path::to_path_buf)
 }

@@ -5,6 +5,7 @@ pub mod index;
 pub mod info;
 pub mod report;
 pub mod sql;
+pub mod version;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::CommandFactory;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{Cli, Command};
@@ -25,20 +27,34 @@ pub struct Globals {
     pub models: Option<PathBuf>,
     pub db: Option<PathBuf>,
     pub quiet: bool,
+    pub json: bool,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let globals = Globals {
-        models: cli.models,
-        db: cli.db,
-        quiet: cli.quiet,
+    let globals = Globals { models: cli.models, db: cli.db, quiet: cli.quiet, json: cli.json };
+    if cli.version {
+        version::print(&globals);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(command) = cli.command else {
+        Cli::command().print_help()?;
+        return Ok(ExitCode::from(2));
     };
-    match cli.command {
+    match command {
         Command::Index(args) => index::run(&globals, args),
         Command::Match(args) => find::run(&globals, args),
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
+        Command::Models(args) => version::models(&globals, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "facedb", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -49,9 +65,7 @@ pub fn find_dataset(dir: Option<&Path>) -> Result<PathBuf> {
         if !d.is_dir() {
             bail!("{} is not a directory", d.display());
         }
-        return d
-            .canonicalize()
-            .with_context(|| format!("resolving {}", d.display()));
+        return d.canonicalize().with_context(|| format!("resolving {}", d.display()));
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     for ancestor in cwd.ancestors() {
@@ -66,17 +80,50 @@ pub fn database_path(globals: &Globals, dataset: &Path) -> PathBuf {
     globals.db.clone().unwrap_or_else(|| db_path(dataset))
 }
 
-/// A progress bar with rate and ETA on a terminal; hidden otherwise or with --quiet.
-pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// Progress: a bar with rate and ETA on a terminal, a plain line every 10 s otherwise (logs,
+/// CI), nothing with --quiet.
+pub struct Progress {
+    bar: ProgressBar,
+    plain: Option<std::sync::Mutex<(std::time::Instant, u64)>>,
+    started: std::time::Instant,
+    total: u64,
+    what: &'static str,
+}
+
+impl Progress {
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        if let Some(state) = &self.plain {
+            let Ok(mut s) = state.lock() else { return };
+            s.1 += n;
+            if s.0.elapsed() >= Duration::from_secs(10) {
+                s.0 = std::time::Instant::now();
+                let secs = self.started.elapsed().as_secs_f64();
+                let rate = s.1 as f64 / secs.max(1e-9);
+                let eta = (self.total.saturating_sub(s.1)) as f64 / rate.max(1e-9);
+                eprintln!("{}: {}/{} ({rate:.1}/s, ETA {eta:.0} s)", self.what, s.1, self.total);
+            }
+        }
     }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
-    if let Ok(style) = ProgressStyle::with_template(&format!(
-        "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} ETA {{eta}} {{wide_msg}}"
-    )) {
-        bar.set_style(style);
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
     }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
+}
+
+pub fn progress(len: u64, quiet: bool, what: &'static str) -> Progress {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if quiet || !terminal {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+        if let Ok(style) = ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} ETA {{eta}} {{wide_msg}}"))
+        {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    };
+    let now = std::time::Instant::now();
+    Progress { bar, plain: (!quiet && !terminal).then(|| std::sync::Mutex::new((now, 0))), started: now, total: len, what }
 }

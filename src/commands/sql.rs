@@ -18,17 +18,11 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     };
     let root = find_dataset(dir)?;
     let path = database_path(globals, &root);
-    let db = if args.write {
-        Db::open(&path)?
-    } else {
-        Db::open_read_only(&path)?
-    };
+    let db = if args.write { Db::open(&path)? } else { Db::open_read_only(&path)? };
     let sql_error = |e: rusqlite::Error| {
         let msg = e.to_string();
         if msg.contains("readonly") || msg.contains("read-only") {
-            anyhow!(
-                "SQL error: {msg} (the database is opened read-only; pass --write to change it)"
-            )
+            anyhow!("SQL error: {msg} (the database is opened read-only; pass --write to change it)")
         } else {
             anyhow!("SQL error: {}", msg.replace('\n', " "))
         }
@@ -38,23 +32,13 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
     let mut cursor = stmt.query([]).map_err(sql_error)?;
     while let Some(r) = cursor.next().map_err(sql_error)? {
-        rows.push(
-            (0..columns.len())
-                .map(|i| {
-                    r.get_ref(i)
-                        .map(json_value)
-                        .unwrap_or(serde_json::Value::Null)
-                })
-                .collect(),
-        );
+        rows.push((0..columns.len()).map(|i| r.get_ref(i).map(json_value).unwrap_or(serde_json::Value::Null)).collect());
     }
     let changed = db.conn.changes();
-    match args.format {
+    let format = if globals.json { OutputFormat::Json } else { args.format };
+    match format {
         OutputFormat::Table => {
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| r.iter().map(table_cell).collect())
-                .collect();
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(table_cell).collect()).collect();
             print!("{}", render_table(&columns, &cells));
             if args.write && columns.is_empty() {
                 println!("({changed} row(s) changed)");
@@ -69,10 +53,8 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
             w.flush()?;
         }
         OutputFormat::Json => {
-            let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
-                .into_iter()
-                .map(|r| columns.iter().cloned().zip(r).collect())
-                .collect();
+            let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+                rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect();
             println!("{}", serde_json::to_string_pretty(&objects)?);
         }
     }
@@ -83,8 +65,7 @@ fn json_value(v: ValueRef<'_>) -> serde_json::Value {
     match v {
         ValueRef::Null => serde_json::Value::Null,
         ValueRef::Integer(i) => i.into(),
-        ValueRef::Real(f) => serde_json::Number::from_f64(f)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number),
         ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
         ValueRef::Blob(b) => format!("<blob {} bytes>", b.len()).into(),
     }
@@ -119,32 +100,19 @@ pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: &[String]| -> String {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         parts.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = String::new();
     if !columns.is_empty() {
         out += &line(columns);
-        out += &(widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("  ")
-            + "\n");
+        out += &(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ") + "\n");
     }
     for r in rows {
         out += &line(r);
     }
     if !columns.is_empty() {
-        out += &format!(
-            "({} row{})\n",
-            rows.len(),
-            if rows.len() == 1 { "" } else { "s" }
-        );
+        out += &format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" });
     }
     out
 }
@@ -153,10 +121,7 @@ pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn table_is_aligned() {
-        let t = super::render_table(
-            &["a".into(), "long".into()],
-            &[vec!["xyz".into(), "1".into()]],
-        );
+        let t = super::render_table(&["a".into(), "long".into()], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "a    long\n---  ----\nxyz  1\n(1 row)\n");
     }
 }

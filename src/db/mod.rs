@@ -14,8 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 pub const DB_FILE: &str = "facedb.sqlite";
 
 /// Append-only migrations, applied in order; `PRAGMA user_version` is the count applied.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -30,56 +29,43 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database for writing.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| {
-                format!(
-                    "cannot write the database {}; is the folder writable?",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("cannot write the database {}; is the folder writable?", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut db = Self { conn };
-        db.migrate()
-            .with_context(|| format!("migrating {}", path.display()))?;
+        db.migrate().with_context(|| format!("migrating {}", path.display()))?;
         Ok(db)
     }
 
     /// Opens an existing database that SQLite itself refuses to write to.
     pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            bail!(
-                "no database at {}; run `facedb index DIR` first",
-                path.display()
-            );
+            bail!("no database at {}; run `facedb index DIR` first", path.display());
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open database {}", path.display()))?;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "query_only", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         check_not_newer(version, path)?;
         if version < SCHEMA_VERSION {
-            bail!("database {} has schema {version}, this facedb needs {SCHEMA_VERSION}; run `facedb index` once to migrate it", path.display());
+            bail!(
+                "database {} has schema {version}, this facedb needs {SCHEMA_VERSION}; run `facedb index` once to migrate it",
+                path.display()
+            );
         }
         Ok(Self { conn })
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         check_not_newer(version, Path::new("the database"))?;
         for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)
-                .with_context(|| format!("applying migration {name}"))?;
+            tx.execute_batch(sql).with_context(|| format!("applying migration {name}"))?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
         }
         tx.commit()?;
@@ -89,10 +75,7 @@ impl Db {
 
 fn check_not_newer(version: i64, path: &Path) -> Result<()> {
     if version > SCHEMA_VERSION {
-        bail!(
-            "{} has schema version {version}, newer than this facedb understands ({SCHEMA_VERSION}); upgrade facedb",
-            path.display()
-        );
+        bail!("{} has schema version {version}, newer than this facedb understands ({SCHEMA_VERSION}); upgrade facedb", path.display());
     }
     Ok(())
 }
@@ -107,11 +90,7 @@ pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
-    (b.len() % 4 == 0).then(|| {
-        b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
+    (b.len() % 4 == 0).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 #[cfg(test)]
@@ -124,14 +103,9 @@ mod tests {
         let p = dir.path().join(DB_FILE);
         drop(Db::open(&p).unwrap());
         let db = Db::open(&p).unwrap();
-        let v: i64 = db
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let v: i64 = db.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        db.conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        db.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(db);
         let err = Db::open(&p).err().unwrap();
         assert!(format!("{err:#}").contains("upgrade facedb"), "{err:#}");

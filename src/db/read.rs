@@ -23,8 +23,7 @@ pub struct CachedFile {
 
 /// All file rows in one scan (a no-op re-index touches SQLite with this one query).
 pub fn file_cache(conn: &Connection) -> Result<HashMap<String, CachedFile>> {
-    let mut stmt = conn
-        .prepare("SELECT path, image_id, size, mtime_ns, inode, checked_ns, missing FROM files")?;
+    let mut stmt = conn.prepare("SELECT path, image_id, size, mtime_ns, inode, checked_ns, missing FROM files")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -63,10 +62,7 @@ pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable>
          WHERE e.model_id = ?1 ORDER BY f.image_id, e.face_id",
     )?;
     let mut rows = stmt.query([embedder_id])?;
-    let mut table = EmbeddingTable {
-        faces: Vec::new(),
-        vectors: Vec::new(),
-    };
+    let mut table = EmbeddingTable { faces: Vec::new(), vectors: Vec::new() };
     while let Some(r) = rows.next()? {
         let blob = r.get_ref(6)?.as_blob()?;
         // A malformed vector (hand-edited database) is skipped rather than trusted.
@@ -93,14 +89,7 @@ pub fn all_faces(conn: &Connection) -> Result<Vec<FaceRow>> {
          JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id ORDER BY f.image_id, f.id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok(FaceRow {
-            image_id: r.get(0)?,
-            face_id: r.get(1)?,
-            size_px: r.get(2)?,
-            sharpness: r.get(3)?,
-            yaw: r.get(4)?,
-            score: r.get(5)?,
-        })
+        Ok(FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -118,12 +107,7 @@ pub struct RefRow {
     pub vector: Vec<f32>,
 }
 
-pub fn find_ref(
-    conn: &Connection,
-    blake3: &str,
-    detector_id: i64,
-    embedder_id: i64,
-) -> Result<Option<RefRow>> {
+pub fn find_ref(conn: &Connection, blake3: &str, detector_id: i64, embedder_id: i64) -> Result<Option<RefRow>> {
     let row = conn
         .query_row(
             "SELECT id, blake3, path, width, height, faces_in_photo, x, y, w, h, vector FROM refs
@@ -202,12 +186,8 @@ pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
             })
         },
     )?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT path, path_raw FROM files WHERE image_id = ?1 AND missing = 0 ORDER BY path",
-    )?;
-    info.paths = stmt
-        .query_map([info.image_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached("SELECT path, path_raw FROM files WHERE image_id = ?1 AND missing = 0 ORDER BY path")?;
+    info.paths = stmt.query_map([info.image_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
     Ok(info)
 }
 
@@ -238,11 +218,7 @@ pub fn totals(conn: &Connection) -> Result<Totals> {
 
 /// (path, face count) of present photos with exactly zero or more than one face.
 pub fn photos_by_face_count(conn: &Connection, several: bool) -> Result<Vec<(String, i64)>> {
-    let cond = if several {
-        "face_count > 1"
-    } else {
-        "face_count = 0"
-    };
+    let cond = if several { "face_count > 1" } else { "face_count = 0" };
     let mut stmt = conn.prepare(&format!(
         "SELECT f.path, p.face_count FROM photos_v p JOIN files f ON f.image_id = p.image_id AND f.missing = 0
          WHERE p.status = 'ok' AND p.{cond} ORDER BY f.path"
@@ -323,14 +299,7 @@ pub fn match_runs(conn: &Connection) -> Result<Vec<MatchRunSummary>> {
 fn ref_paths(conn: &Connection, ids_json: &str) -> Result<Vec<String>> {
     let ids: Vec<i64> = serde_json::from_str(ids_json).unwrap_or_default();
     let mut stmt = conn.prepare_cached("SELECT path FROM refs WHERE id = ?1")?;
-    ids.iter()
-        .map(|id| {
-            Ok(stmt
-                .query_row([id], |r| r.get(0))
-                .optional()?
-                .unwrap_or_else(|| format!("ref #{id}")))
-        })
-        .collect()
+    ids.iter().map(|id| Ok(stmt.query_row([id], |r| r.get(0)).optional()?.unwrap_or_else(|| format!("ref #{id}")))).collect()
 }
 
 /// One stored decision with what a contact sheet shows.
@@ -386,9 +355,7 @@ pub fn match_results(conn: &Connection, run_id: i64) -> Result<Vec<ResultRow>> {
 /// Shorter-side sizes and sharpness of every face, for distributions.
 pub fn face_measures(conn: &Connection) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut stmt = conn.prepare("SELECT size_px, sharpness FROM faces")?;
-    let rows: Vec<(f64, f64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(f64, f64)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
     Ok(rows.into_iter().unzip())
 }
 
@@ -448,28 +415,15 @@ pub struct LogLine {
 }
 
 pub fn image_id_for_path(conn: &Connection, rel: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row("SELECT image_id FROM files WHERE path = ?1", [rel], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .flatten())
+    Ok(conn.query_row("SELECT image_id FROM files WHERE path = ?1", [rel], |r| r.get(0)).optional()?.flatten())
 }
 
 pub fn image_id_for_hash(conn: &Connection, blake3: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| {
-            r.get(0)
-        })
-        .optional()?)
+    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get(0)).optional()?)
 }
 
 pub fn image_id_for_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| {
-            r.get(0)
-        })
-        .optional()?)
+    Ok(conn.query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| r.get(0)).optional()?)
 }
 
 /// Log lines about a path that never became an image (unreadable files).
@@ -478,14 +432,7 @@ pub fn logs_for_path(conn: &Connection, rel: &str) -> Result<Vec<LogLine>> {
         "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id WHERE l.path = ?1 ORDER BY l.id",
     )?;
     let rows = stmt.query_map([rel], |r| {
-        Ok(LogLine {
-            run_id: r.get(0)?,
-            command: r.get(1)?,
-            at: r.get(2)?,
-            level: r.get(3)?,
-            path: r.get(4)?,
-            message: r.get(5)?,
-        })
+        Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -513,10 +460,9 @@ pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
             })
         },
     )?;
-    let mut stmt = conn.prepare("SELECT path || CASE WHEN missing = 1 THEN ' (missing)' ELSE '' END FROM files WHERE image_id = ?1 ORDER BY path")?;
-    info.paths = stmt
-        .query_map([image_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt =
+        conn.prepare("SELECT path || CASE WHEN missing = 1 THEN ' (missing)' ELSE '' END FROM files WHERE image_id = ?1 ORDER BY path")?;
+    info.paths = stmt.query_map([image_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     let mut stmt = conn.prepare(
         "SELECT fc.id, fc.idx, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness,
                 EXISTS (SELECT 1 FROM embeddings e WHERE e.face_id = fc.id)
@@ -547,14 +493,7 @@ pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
     )?;
     info.logs = stmt
         .query_map([image_id], |r| {
-            Ok(LogLine {
-                run_id: r.get(0)?,
-                command: r.get(1)?,
-                at: r.get(2)?,
-                level: r.get(3)?,
-                path: r.get(4)?,
-                message: r.get(5)?,
-            })
+            Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut stmt = conn.prepare(

@@ -25,13 +25,7 @@ pub struct RunCounters {
     pub stage_ms: StageTimes,
 }
 
-pub fn ensure_model(
-    conn: &Connection,
-    kind: &str,
-    name: &str,
-    file_blake3: &str,
-    params_json: &str,
-) -> Result<i64> {
+pub fn ensure_model(conn: &Connection, kind: &str, name: &str, file_blake3: &str, params_json: &str) -> Result<i64> {
     conn.execute(
         "INSERT OR IGNORE INTO models (kind, name, file_blake3, params_json) VALUES (?1, ?2, ?3, ?4)",
         params![kind, name, file_blake3, params_json],
@@ -104,14 +98,7 @@ pub fn insert_image(
     Ok(image_id)
 }
 
-fn insert_face(
-    conn: &Connection,
-    image_id: i64,
-    detector_id: i64,
-    embedder_id: i64,
-    idx: usize,
-    face: &FaceRecord,
-) -> Result<()> {
+fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: i64, idx: usize, face: &FaceRecord) -> Result<()> {
     let d = &face.detection;
     let q = &face.quality;
     conn.prepare_cached(
@@ -136,32 +123,23 @@ fn insert_face(
     ])?;
     if let Some(e) = &face.embedding {
         let face_id = conn.last_insert_rowid();
-        conn.prepare_cached(
-            "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![face_id, embedder_id, vector_to_blob(e)])?;
+        conn.prepare_cached("INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?.execute(params![
+            face_id,
+            embedder_id,
+            vector_to_blob(e)
+        ])?;
     }
     Ok(())
 }
 
 /// Stores content that could not be decoded, so the same bytes are never tried again.
-pub fn insert_failed_image(
-    conn: &Connection,
-    run_id: i64,
-    blake3: &str,
-    size: u64,
-    error: &str,
-) -> Result<i64> {
+pub fn insert_failed_image(conn: &Connection, run_id: i64, blake3: &str, size: u64, error: &str) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO images (blake3, size_bytes, status, error, run_id, created_at) VALUES (?1, ?2, 'failed', ?3, ?4, ?5)
          ON CONFLICT (blake3) DO UPDATE SET error = excluded.error",
     )?
     .execute(params![blake3, size as i64, error, run_id, now_rfc3339()])?;
-    Ok(
-        conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| {
-            r.get(0)
-        })?,
-    )
+    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get(0))?)
 }
 
 /// Records a path: its image (if its content could be read), stat cache and read error.
@@ -175,8 +153,7 @@ pub fn upsert_file(
     error: Option<&str>,
 ) -> Result<()> {
     // A `None` stat stores size -1, which never matches, so the next run reads the file again.
-    let (size, mtime, inode) =
-        stat.map_or((-1, 0, 0), |s| (s.size as i64, s.mtime_ns, s.inode as i64));
+    let (size, mtime, inode) = stat.map_or((-1, 0, 0), |s| (s.size as i64, s.mtime_ns, s.inode as i64));
     conn.prepare_cached(
         "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0)
@@ -189,19 +166,11 @@ pub fn upsert_file(
 }
 
 pub fn set_missing(conn: &Connection, path: &str, missing: bool) -> Result<()> {
-    conn.prepare_cached("UPDATE files SET missing = ?2 WHERE path = ?1")?
-        .execute(params![path, missing])?;
+    conn.prepare_cached("UPDATE files SET missing = ?2 WHERE path = ?1")?.execute(params![path, missing])?;
     Ok(())
 }
 
-pub fn log(
-    conn: &Connection,
-    run_id: i64,
-    image_id: Option<i64>,
-    path: Option<&str>,
-    level: &str,
-    message: &str,
-) -> Result<()> {
+pub fn log(conn: &Connection, run_id: i64, image_id: Option<i64>, path: Option<&str>, level: &str, message: &str) -> Result<()> {
     conn.prepare_cached("INSERT INTO logs (run_id, image_id, path, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
         .execute(params![run_id, image_id, path, level, message, now_rfc3339()])?;
     Ok(())
@@ -217,12 +186,7 @@ pub struct NewRef<'a> {
     pub vector: &'a [f32],
 }
 
-pub fn insert_ref(
-    conn: &Connection,
-    r: &NewRef,
-    detector_id: i64,
-    embedder_id: i64,
-) -> Result<i64> {
+pub fn insert_ref(conn: &Connection, r: &NewRef, detector_id: i64, embedder_id: i64) -> Result<i64> {
     let d = &r.face.detection;
     conn.execute(
         "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, landmarks_json, detector_id, embedder_id, vector, created_at)
@@ -263,19 +227,22 @@ pub fn insert_match_run(conn: &Connection, run_id: i64, m: &NewMatchRun) -> Resu
     conn.execute(
         "INSERT INTO match_runs (run_id, mode, threshold, combine, expand, options_json, out_dir, ref_ids_json, neg_ref_ids_json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![run_id, m.mode, m.threshold, m.combine, m.expand, m.options_json, m.out_dir, serde_json::to_string(m.ref_ids)?, serde_json::to_string(m.neg_ref_ids)?],
+        params![
+            run_id,
+            m.mode,
+            m.threshold,
+            m.combine,
+            m.expand,
+            m.options_json,
+            m.out_dir,
+            serde_json::to_string(m.ref_ids)?,
+            serde_json::to_string(m.neg_ref_ids)?
+        ],
     )?;
     Ok(())
 }
 
-pub fn finish_match_run(
-    conn: &Connection,
-    run_id: i64,
-    photos: u64,
-    matched: u64,
-    rejected: u64,
-    ambiguous: u64,
-) -> Result<()> {
+pub fn finish_match_run(conn: &Connection, run_id: i64, photos: u64, matched: u64, rejected: u64, ambiguous: u64) -> Result<()> {
     conn.execute(
         "UPDATE match_runs SET photos = ?2, matched = ?3, rejected = ?4, ambiguous = ?5 WHERE run_id = ?1",
         params![run_id, photos as i64, matched as i64, rejected as i64, ambiguous as i64],

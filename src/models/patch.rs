@@ -48,9 +48,7 @@ pub struct Field<'a> {
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let Some(&byte) = buf.get(*pos) else {
-            bail!("truncated varint")
-        };
+        let Some(&byte) = buf.get(*pos) else { bail!("truncated varint") };
         *pos += 1;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
@@ -81,34 +79,21 @@ pub fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>> {
             WIRE_VARINT => (&buf[pos..pos], read_varint(buf, &mut pos)?),
             WIRE_I64 | WIRE_I32 => {
                 let n = if wire == WIRE_I64 { 8 } else { 4 };
-                let end = pos
-                    .checked_add(n)
-                    .filter(|&e| e <= buf.len())
-                    .context("truncated fixed field")?;
+                let end = pos.checked_add(n).filter(|&e| e <= buf.len()).context("truncated fixed field")?;
                 let p = &buf[pos..end];
                 pos = end;
                 (p, 0)
             }
             WIRE_LEN => {
-                let len =
-                    usize::try_from(read_varint(buf, &mut pos)?).context("length out of range")?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= buf.len())
-                    .context("truncated length-delimited field")?;
+                let len = usize::try_from(read_varint(buf, &mut pos)?).context("length out of range")?;
+                let end = pos.checked_add(len).filter(|&e| e <= buf.len()).context("truncated length-delimited field")?;
                 let p = &buf[pos..end];
                 pos = end;
                 (p, 0)
             }
             other => bail!("unsupported protobuf wire type {other}"),
         };
-        out.push(Field {
-            number,
-            wire,
-            raw: &buf[start..pos],
-            payload,
-            varint,
-        });
+        out.push(Field { number, wire, raw: &buf[start..pos], payload, varint });
     }
     Ok(out)
 }
@@ -120,19 +105,13 @@ fn push_len_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
 }
 
 fn string_field(msg: &[u8], number: u32) -> Result<Option<&[u8]>> {
-    Ok(fields(msg)?
-        .into_iter()
-        .find(|f| f.number == number && f.wire == WIRE_LEN)
-        .map(|f| f.payload))
+    Ok(fields(msg)?.into_iter().find(|f| f.number == number && f.wire == WIRE_LEN).map(|f| f.payload))
 }
 
 /// Dims of a TensorProto (packed or unpacked repeated int64).
 fn tensor_dims(tensor: &[u8]) -> Result<Vec<i64>> {
     let mut dims = Vec::new();
-    for f in fields(tensor)?
-        .into_iter()
-        .filter(|f| f.number == TENSOR_DIMS)
-    {
+    for f in fields(tensor)?.into_iter().filter(|f| f.number == TENSOR_DIMS) {
         match f.wire {
             WIRE_VARINT => dims.push(f.varint as i64),
             WIRE_LEN => {
@@ -152,17 +131,11 @@ fn tensor_dims(tensor: &[u8]) -> Result<Vec<i64>> {
 /// on any input whose sides are multiples of 32, as OpenCV's FaceDetectorYN does.
 pub fn patch_yunet(model: &[u8]) -> Result<(Vec<u8>, usize)> {
     let model_fields = fields(model).context("not an ONNX protobuf")?;
-    let graph = model_fields
-        .iter()
-        .find(|f| f.number == MODEL_GRAPH && f.wire == WIRE_LEN)
-        .context("ONNX model has no graph")?;
+    let graph = model_fields.iter().find(|f| f.number == MODEL_GRAPH && f.wire == WIRE_LEN).context("ONNX model has no graph")?;
     let graph_fields = fields(graph.payload)?;
 
     let mut init_dims: HashMap<&[u8], Vec<i64>> = HashMap::new();
-    for f in graph_fields
-        .iter()
-        .filter(|f| f.number == GRAPH_INITIALIZER && f.wire == WIRE_LEN)
-    {
+    for f in graph_fields.iter().filter(|f| f.number == GRAPH_INITIALIZER && f.wire == WIRE_LEN) {
         if let Some(name) = string_field(f.payload, TENSOR_NAME)? {
             init_dims.insert(name, tensor_dims(f.payload)?);
         }
@@ -178,23 +151,12 @@ pub fn patch_yunet(model: &[u8]) -> Result<(Vec<u8>, usize)> {
                 continue;
             }
         }
-        if f.number == GRAPH_INPUT
-            && f.wire == WIRE_LEN
-            && string_field(f.payload, VALUE_INFO_NAME)? == Some(b"input".as_slice())
-        {
-            push_len_field(
-                &mut new_graph,
-                GRAPH_INPUT,
-                &symbolic_dims(f.payload, &[(2, "height"), (3, "width")])?,
-            );
+        if f.number == GRAPH_INPUT && f.wire == WIRE_LEN && string_field(f.payload, VALUE_INFO_NAME)? == Some(b"input".as_slice()) {
+            push_len_field(&mut new_graph, GRAPH_INPUT, &symbolic_dims(f.payload, &[(2, "height"), (3, "width")])?);
             continue;
         }
         if f.number == GRAPH_OUTPUT && f.wire == WIRE_LEN {
-            push_len_field(
-                &mut new_graph,
-                GRAPH_OUTPUT,
-                &symbolic_dims(f.payload, &[(1, "cells")])?,
-            );
+            push_len_field(&mut new_graph, GRAPH_OUTPUT, &symbolic_dims(f.payload, &[(1, "cells")])?);
             continue;
         }
         new_graph.extend_from_slice(f.raw);
@@ -213,18 +175,17 @@ pub fn patch_yunet(model: &[u8]) -> Result<(Vec<u8>, usize)> {
 
 /// Rewrites a ValueInfoProto so the listed dimensions are named parameters instead of fixed sizes.
 fn symbolic_dims(value_info: &[u8], dims: &[(usize, &str)]) -> Result<Vec<u8>> {
-    let rewrite =
-        |msg: &[u8], number: u32, inner: &dyn Fn(&[u8]) -> Result<Vec<u8>>| -> Result<Vec<u8>> {
-            let mut out = Vec::with_capacity(msg.len() + 16);
-            for f in fields(msg)? {
-                if f.number == number && f.wire == WIRE_LEN {
-                    push_len_field(&mut out, number, &inner(f.payload)?);
-                } else {
-                    out.extend_from_slice(f.raw);
-                }
+    let rewrite = |msg: &[u8], number: u32, inner: &dyn Fn(&[u8]) -> Result<Vec<u8>>| -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(msg.len() + 16);
+        for f in fields(msg)? {
+            if f.number == number && f.wire == WIRE_LEN {
+                push_len_field(&mut out, number, &inner(f.payload)?);
+            } else {
+                out.extend_from_slice(f.raw);
             }
-            Ok(out)
-        };
+        }
+        Ok(out)
+    };
     let shape = |shape: &[u8]| -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(shape.len() + 16);
         let mut index = 0;
@@ -251,22 +212,13 @@ fn symbolic_dims(value_info: &[u8], dims: &[(usize, &str)]) -> Result<Vec<u8>> {
 
 /// `Some(rewritten node)` if the node is a DequantizeLinear with a per-tensor scale and a
 /// `block_size` attribute, else `None`.
-fn strip_per_tensor_block_size(
-    node: &[u8],
-    init_dims: &HashMap<&[u8], Vec<i64>>,
-) -> Result<Option<Vec<u8>>> {
+fn strip_per_tensor_block_size(node: &[u8], init_dims: &HashMap<&[u8], Vec<i64>>) -> Result<Option<Vec<u8>>> {
     let node_fields = fields(node)?;
-    let is_dequantize = node_fields.iter().any(|f| {
-        f.number == NODE_OP_TYPE && f.wire == WIRE_LEN && f.payload == b"DequantizeLinear"
-    });
+    let is_dequantize = node_fields.iter().any(|f| f.number == NODE_OP_TYPE && f.wire == WIRE_LEN && f.payload == b"DequantizeLinear");
     if !is_dequantize {
         return Ok(None);
     }
-    let Some(scale) = node_fields
-        .iter()
-        .filter(|f| f.number == NODE_INPUT && f.wire == WIRE_LEN)
-        .nth(1)
-    else {
+    let Some(scale) = node_fields.iter().filter(|f| f.number == NODE_INPUT && f.wire == WIRE_LEN).nth(1) else {
         return Ok(None);
     };
     let per_tensor = matches!(init_dims.get(scale.payload), Some(d) if d.is_empty() || d == &[1]);
@@ -276,10 +228,7 @@ fn strip_per_tensor_block_size(
     let mut out = Vec::with_capacity(node.len());
     let mut removed = false;
     for f in &node_fields {
-        if f.number == NODE_ATTRIBUTE
-            && f.wire == WIRE_LEN
-            && string_field(f.payload, ATTRIBUTE_NAME)? == Some(b"block_size".as_slice())
-        {
+        if f.number == NODE_ATTRIBUTE && f.wire == WIRE_LEN && string_field(f.payload, ATTRIBUTE_NAME)? == Some(b"block_size".as_slice()) {
             removed = true;
             continue;
         }
@@ -338,47 +287,21 @@ mod tests {
             (GRAPH_INITIALIZER, initializer("s_scalar", &[])),
             (GRAPH_INITIALIZER, initializer("s_one", &[1])),
             (GRAPH_INITIALIZER, initializer("s_block", &[1, 1])),
-            (
-                GRAPH_NODE,
-                node(
-                    "DequantizeLinear",
-                    &["w", "s_scalar", "z"],
-                    &["axis", "block_size"],
-                ),
-            ),
-            (
-                GRAPH_NODE,
-                node("DequantizeLinear", &["w", "s_one"], &["block_size"]),
-            ),
-            (
-                GRAPH_NODE,
-                node("DequantizeLinear", &["w", "s_block"], &["block_size"]),
-            ),
+            (GRAPH_NODE, node("DequantizeLinear", &["w", "s_scalar", "z"], &["axis", "block_size"])),
+            (GRAPH_NODE, node("DequantizeLinear", &["w", "s_one"], &["block_size"])),
+            (GRAPH_NODE, node("DequantizeLinear", &["w", "s_block"], &["block_size"])),
             (GRAPH_NODE, node("Conv", &["x", "s_one"], &["block_size"])),
         ]);
         let (patched, changed) = patch_yunet(&m).unwrap();
         assert_eq!(changed, 2);
-        let graph = fields(&patched)
-            .unwrap()
-            .into_iter()
-            .find(|f| f.number == MODEL_GRAPH)
-            .unwrap();
-        let nodes: Vec<_> = fields(graph.payload)
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.number == GRAPH_NODE)
-            .collect();
+        let graph = fields(&patched).unwrap().into_iter().find(|f| f.number == MODEL_GRAPH).unwrap();
+        let nodes: Vec<_> = fields(graph.payload).unwrap().into_iter().filter(|f| f.number == GRAPH_NODE).collect();
         let attr_names = |n: &Field| -> Vec<Vec<u8>> {
             fields(n.payload)
                 .unwrap()
                 .into_iter()
                 .filter(|f| f.number == NODE_ATTRIBUTE)
-                .map(|f| {
-                    string_field(f.payload, ATTRIBUTE_NAME)
-                        .unwrap()
-                        .unwrap()
-                        .to_vec()
-                })
+                .map(|f| string_field(f.payload, ATTRIBUTE_NAME).unwrap().unwrap().to_vec())
                 .collect()
         };
         assert_eq!(attr_names(&nodes[0]), vec![b"axis".to_vec()]);
@@ -391,12 +314,7 @@ mod tests {
 
     #[test]
     fn hostile_bytes_error_instead_of_panicking() {
-        for bad in [
-            &[0x3a, 0xff, 0xff, 0xff, 0xff, 0x0f][..],
-            &[0x0b],
-            &[0x80; 12],
-            &[0x3a, 0x05, 0x01],
-        ] {
+        for bad in [&[0x3a, 0xff, 0xff, 0xff, 0xff, 0x0f][..], &[0x0b], &[0x80; 12], &[0x3a, 0x05, 0x01]] {
             assert!(patch_yunet(bad).is_err(), "{bad:?}");
         }
         assert!(patch_yunet(&[]).is_err());

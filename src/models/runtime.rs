@@ -70,27 +70,20 @@ impl ModelFiles {
             }
             None => {
                 let candidates = default_model_dirs();
-                candidates
-                    .iter()
-                    .find(|d| d.join(YUNET_FILE).is_file() && d.join(SFACE_FILE).is_file())
-                    .cloned()
-                    .ok_or_else(|| {
-                        let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
-                        anyhow!(
-                            "models not found (looked in {}); run scripts/setup.sh, or pass --models DIR / set {MODELS_ENV}",
-                            looked.join(", ")
-                        )
-                    })?
+                candidates.iter().find(|d| d.join(YUNET_FILE).is_file() && d.join(SFACE_FILE).is_file()).cloned().ok_or_else(|| {
+                    let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+                    anyhow!(
+                        "models not found (looked in {}); run scripts/setup.sh, or pass --models DIR / set {MODELS_ENV}",
+                        looked.join(", ")
+                    )
+                })?
             }
         };
         let ort_lib = match std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()) {
             Some(p) => PathBuf::from(p),
             None => dir.join(ORT_LIB_FILE),
         };
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .with_context(|| format!("reading model {}", dir.join(name).display()))
-        };
+        let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("reading model {}", dir.join(name).display()));
         let detector_bytes = read(YUNET_FILE)?;
         let embedder_bytes = read(SFACE_FILE)?;
         Ok(Self {
@@ -108,19 +101,9 @@ impl ModelFiles {
     /// Loads the runtime (once per process) and prepares the model bytes for session creation.
     pub fn load(&self) -> Result<Models> {
         let env = environment(&self.ort_lib)?;
-        let (detector, patched_nodes) =
-            patch::patch_yunet(&self.detector_bytes).with_context(|| {
-                format!(
-                    "reading {} as an ONNX model",
-                    self.dir.join(YUNET_FILE).display()
-                )
-            })?;
-        Ok(Models {
-            env,
-            detector,
-            embedder: self.embedder_bytes.clone(),
-            patched_nodes,
-        })
+        let (detector, patched_nodes) = patch::patch_yunet(&self.detector_bytes)
+            .with_context(|| format!("reading {} as an ONNX model", self.dir.join(YUNET_FILE).display()))?;
+        Ok(Models { env, detector, embedder: self.embedder_bytes.clone(), patched_nodes })
     }
 }
 
@@ -129,17 +112,10 @@ static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new()
 fn environment(lib: &Path) -> Result<Environment> {
     ENV.get_or_init(|| {
         if !lib.is_file() {
-            return Err(format!(
-                "ONNX Runtime library not found at {}; run scripts/setup.sh or set {ORT_LIB_ENV}",
-                lib.display()
-            ));
+            return Err(format!("ONNX Runtime library not found at {}; run scripts/setup.sh or set {ORT_LIB_ENV}", lib.display()));
         }
-        let builder = ort::init_from(lib)
-            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", lib.display()))?;
-        builder
-            .with_name("facedb")
-            .build()
-            .map_err(|e| format!("starting ONNX Runtime: {e}"))
+        let builder = ort::init_from(lib).map_err(|e| format!("loading ONNX Runtime from {}: {e}", lib.display()))?;
+        builder.with_name("facedb").build().map_err(|e| format!("starting ONNX Runtime: {e}"))
     })
     .clone()
     .map_err(|e| anyhow!(e))
@@ -168,9 +144,7 @@ impl Models {
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?;
-        builder
-            .commit_from_memory(bytes)
-            .map_err(|err| anyhow!("loading {what} model: {err}"))
+        builder.commit_from_memory(bytes).map_err(|err| anyhow!("loading {what} model: {err}"))
     }
 
     pub fn detector(&self) -> Result<YuNet> {

@@ -15,10 +15,7 @@ pub struct SFace {
 
 impl SFace {
     pub fn new(session: Session) -> Result<Self> {
-        ensure!(
-            session.inputs().iter().any(|i| i.name() == "data"),
-            "SFace model lacks input 'data'; is it the right file?"
-        );
+        ensure!(session.inputs().iter().any(|i| i.name() == "data"), "SFace model lacks input 'data'; is it the right file?");
         Ok(Self { session })
     }
 
@@ -32,20 +29,10 @@ impl SFace {
             input[2 * plane + i] = f32::from(px[2]);
         }
         let side = ALIGNED_SIZE as i64;
-        let tensor = Tensor::from_array((vec![1i64, 3, side, side], input))
-            .map_err(|e| anyhow!("SFace input: {e}"))?;
-        let outputs = self
-            .session
-            .run(ort::inputs!["data" => tensor])
-            .map_err(|e| anyhow!("SFace inference: {e}"))?;
-        let (_, data) = outputs["fc1"]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("SFace output: {e}"))?;
-        ensure!(
-            data.len() == EMBEDDING_DIM,
-            "SFace output has {} values, expected {EMBEDDING_DIM}",
-            data.len()
-        );
+        let tensor = Tensor::from_array((vec![1i64, 3, side, side], input)).map_err(|e| anyhow!("SFace input: {e}"))?;
+        let outputs = self.session.run(ort::inputs!["data" => tensor]).map_err(|e| anyhow!("SFace inference: {e}"))?;
+        let (_, data) = outputs["fc1"].try_extract_tensor::<f32>().map_err(|e| anyhow!("SFace output: {e}"))?;
+        ensure!(data.len() == EMBEDDING_DIM, "SFace output has {} values, expected {EMBEDDING_DIM}", data.len());
         let mut v = [0f32; EMBEDDING_DIM];
         v.copy_from_slice(data);
         normalize(&mut v);

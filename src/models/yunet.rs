@@ -30,40 +30,20 @@ impl YuNet {
         for stride in STRIDES {
             for head in ["cls", "obj", "bbox", "kps"] {
                 let name = format!("{head}_{stride}");
-                ensure!(
-                    names.contains(&name.as_str()),
-                    "YuNet model lacks output {name}; is it the right file?"
-                );
+                ensure!(names.contains(&name.as_str()), "YuNet model lacks output {name}; is it the right file?");
             }
         }
         Ok(Self { session })
     }
 
     /// Runs the network on a 1x3xHxW BGR tensor (values 0..255; H and W multiples of 32).
-    pub fn run(
-        &mut self,
-        input: Vec<f32>,
-        height: usize,
-        width: usize,
-    ) -> Result<Vec<StrideOutput>> {
-        ensure!(
-            height % ALIGN == 0 && width % ALIGN == 0 && height > 0 && width > 0,
-            "YuNet input sides must be multiples of {ALIGN}"
-        );
-        ensure!(
-            input.len() == 3 * height * width,
-            "YuNet input has the wrong size"
-        );
-        let tensor = Tensor::from_array((vec![1i64, 3, height as i64, width as i64], input))
-            .map_err(|e| anyhow!("YuNet input: {e}"))?;
-        let outputs = self
-            .session
-            .run(ort::inputs!["input" => tensor])
-            .map_err(|e| anyhow!("YuNet inference: {e}"))?;
+    pub fn run(&mut self, input: Vec<f32>, height: usize, width: usize) -> Result<Vec<StrideOutput>> {
+        ensure!(height % ALIGN == 0 && width % ALIGN == 0 && height > 0 && width > 0, "YuNet input sides must be multiples of {ALIGN}");
+        ensure!(input.len() == 3 * height * width, "YuNet input has the wrong size");
+        let tensor = Tensor::from_array((vec![1i64, 3, height as i64, width as i64], input)).map_err(|e| anyhow!("YuNet input: {e}"))?;
+        let outputs = self.session.run(ort::inputs!["input" => tensor]).map_err(|e| anyhow!("YuNet inference: {e}"))?;
         let get = |name: String| -> Result<Vec<f32>> {
-            let (_, data) = outputs[name.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| anyhow!("YuNet output {name}: {e}"))?;
+            let (_, data) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("YuNet output {name}: {e}"))?;
             Ok(data.to_vec())
         };
         STRIDES
@@ -79,10 +59,7 @@ impl YuNet {
                 };
                 let cells = (width / stride) * (height / stride);
                 ensure!(
-                    out.cls.len() == cells
-                        && out.obj.len() == cells
-                        && out.bbox.len() == cells * 4
-                        && out.kps.len() == cells * 10,
+                    out.cls.len() == cells && out.obj.len() == cells && out.bbox.len() == cells * 4 && out.kps.len() == cells * 10,
                     "YuNet output shapes for stride {stride} are not as expected"
                 );
                 Ok(out)

@@ -6,13 +6,7 @@ use image::RgbImage;
 pub const ALIGNED_SIZE: usize = 112;
 
 /// ArcFace template: right eye, left eye, nose, right and left mouth corners (112x112 pixels).
-pub const TEMPLATE: [[f32; 2]; 5] = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+pub const TEMPLATE: [[f32; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 pub struct AlignedFace {
     /// 112x112 RGB, row-major.
@@ -33,9 +27,7 @@ impl Similarity {
     pub fn fit(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> Option<Self> {
         let n = src.len() as f64;
         let mean = |p: &[[f32; 2]; 5]| {
-            let (sx, sy) = p.iter().fold((0.0, 0.0), |(x, y), q| {
-                (x + f64::from(q[0]), y + f64::from(q[1]))
-            });
+            let (sx, sy) = p.iter().fold((0.0, 0.0), |(x, y), q| (x + f64::from(q[0]), y + f64::from(q[1])));
             (sx / n, sy / n)
         };
         let (mx, my) = mean(src);
@@ -52,19 +44,11 @@ impl Similarity {
             return None;
         }
         let (a, b) = (num_a / den, num_b / den);
-        Some(Self {
-            a,
-            b,
-            tx: nx - (a * mx - b * my),
-            ty: ny - (b * mx + a * my),
-        })
+        Some(Self { a, b, tx: nx - (a * mx - b * my), ty: ny - (b * mx + a * my) })
     }
 
     pub fn apply(&self, x: f64, y: f64) -> (f64, f64) {
-        (
-            self.a * x - self.b * y + self.tx,
-            self.b * x + self.a * y + self.ty,
-        )
+        (self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty)
     }
 
     pub fn inverse(&self) -> Option<Self> {
@@ -73,12 +57,7 @@ impl Similarity {
             return None;
         }
         let (a, b) = (self.a / det, -self.b / det);
-        Some(Self {
-            a,
-            b,
-            tx: -(a * self.tx - b * self.ty),
-            ty: -(b * self.tx + a * self.ty),
-        })
+        Some(Self { a, b, tx: -(a * self.tx - b * self.ty), ty: -(b * self.tx + a * self.ty) })
     }
 }
 
@@ -107,12 +86,7 @@ pub fn bilinear(image: &RgbImage, x: f64, y: f64) -> [u8; 3] {
     let (fx, fy) = (x - x0, y - y0);
     let (x0, y0) = (x0 as i64, y0 as i64);
     let mut acc = [0f64; 3];
-    for (dx, dy, wgt) in [
-        (0, 0, (1.0 - fx) * (1.0 - fy)),
-        (1, 0, fx * (1.0 - fy)),
-        (0, 1, (1.0 - fx) * fy),
-        (1, 1, fx * fy),
-    ] {
+    for (dx, dy, wgt) in [(0, 0, (1.0 - fx) * (1.0 - fy)), (1, 0, fx * (1.0 - fy)), (0, 1, (1.0 - fx) * fy), (1, 1, fx * fy)] {
         let (xi, yi) = (x0 + dx, y0 + dy);
         if xi < 0 || yi < 0 || xi >= w || yi >= h || wgt == 0.0 {
             continue;
@@ -131,12 +105,7 @@ mod tests {
 
     #[test]
     fn fit_recovers_a_known_similarity() {
-        let t = Similarity {
-            a: 0.5 * 0.3f64.cos(),
-            b: 0.5 * 0.3f64.sin(),
-            tx: 12.0,
-            ty: -7.0,
-        };
+        let t = Similarity { a: 0.5 * 0.3f64.cos(), b: 0.5 * 0.3f64.sin(), tx: 12.0, ty: -7.0 };
         let inv = t.inverse().unwrap();
         let src: [[f32; 2]; 5] = TEMPLATE.map(|[x, y]| {
             let (sx, sy) = inv.apply(f64::from(x), f64::from(y));
@@ -160,10 +129,7 @@ mod tests {
             *p = image::Rgb([x as u8, y as u8, 200]);
         }
         let a = align(&img, &TEMPLATE).unwrap();
-        assert_eq!(
-            &a.rgb[(50 * 112 + 60) * 3..(50 * 112 + 60) * 3 + 3],
-            &[60, 50, 200]
-        );
+        assert_eq!(&a.rgb[(50 * 112 + 60) * 3..(50 * 112 + 60) * 3 + 3], &[60, 50, 200]);
         // Shift the landmarks 200 px right: the face is off-image, so the crop is black.
         let shifted = TEMPLATE.map(|[x, y]| [x + 200.0, y]);
         assert!(align(&img, &shifted).unwrap().rgb.iter().all(|&v| v == 0));

@@ -46,29 +46,20 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(anyhow!("empty file (0 bytes)"));
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .context("reading image header")?;
-    let format = reader
-        .format()
-        .ok_or_else(|| anyhow!("not a supported image (unrecognised content)"))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("reading image header")?;
+    let format = reader.format().ok_or_else(|| anyhow!("not a supported image (unrecognised content)"))?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // The decoder would fill the missing part with grey and call it a success.
-        return Err(anyhow!("truncated JPEG (no end-of-image marker after the image data); the file is incomplete, copy it again from its source"));
+        return Err(anyhow!(
+            "truncated JPEG (no end-of-image marker after the image data); the file is incomplete, copy it again from its source"
+        ));
     }
     reader.limits(limits());
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
+    let mut decoder = reader.into_decoder().map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder)
-        .map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
     image.apply_orientation(orientation);
-    Ok(Decoded {
-        rgb: image.into_rgb8(),
-        format: format_name(format),
-        orientation: orientation_exif(orientation),
-    })
+    Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: orientation_exif(orientation) })
 }
 
 /// Whether a JPEG's main image data is followed by its end-of-image marker. Segments before the
@@ -92,17 +83,12 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
             0xD9 => return true, // EOI before any scan: nothing to decode, but complete
             0x01 | 0xD0..=0xD7 => pos += 2,
             _ => {
-                let Some(len) = bytes
-                    .get(pos + 2..pos + 4)
-                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-                else {
+                let Some(len) = bytes.get(pos + 2..pos + 4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
                     return false;
                 };
                 if marker == 0xDA {
                     let scan = pos + 2 + len;
-                    return bytes
-                        .get(scan..)
-                        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+                    return bytes.get(scan..).is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
                 }
                 pos += 2 + len;
             }
@@ -129,19 +115,14 @@ mod tests {
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();
-        RgbImage::new(w, h)
-            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-            .unwrap();
+        RgbImage::new(w, h).write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
         out
     }
 
     #[test]
     fn decodes_png_by_content() {
         let d = decode(&png(7, 5)).unwrap();
-        assert_eq!(
-            (d.rgb.width(), d.rgb.height(), d.format, d.orientation),
-            (7, 5, "png", 1)
-        );
+        assert_eq!((d.rgb.width(), d.rgb.height(), d.format, d.orientation), (7, 5, "png", 1));
     }
 
     #[test]
@@ -155,9 +136,7 @@ mod tests {
     #[test]
     fn truncated_jpeg_is_detected_even_with_a_thumbnail_eoi_before_the_scan() {
         let mut jpeg = Vec::new();
-        RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10]))
-            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
-            .unwrap();
+        RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10])).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
         assert!(jpeg_is_complete(&jpeg));
         assert!(decode(&jpeg).is_ok());
         // An APP1 segment holding FF D9 (like an EXIF thumbnail) must not count as the end.
@@ -167,10 +146,7 @@ mod tests {
         assert!(jpeg_is_complete(&with_app1));
         let cut = &with_app1[..with_app1.len() - 40];
         assert!(!jpeg_is_complete(cut));
-        assert!(decode(cut)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated JPEG"));
+        assert!(decode(cut).unwrap_err().to_string().contains("truncated JPEG"));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
     }
 
@@ -183,9 +159,6 @@ mod tests {
         let crc = crc32fast::hash(&p[12..29]);
         p[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = decode(&p).unwrap_err().to_string();
-        assert!(
-            err.contains("limit") || err.contains("dimension") || err.contains("large"),
-            "{err}"
-        );
+        assert!(err.contains("limit") || err.contains("dimension") || err.contains("large"), "{err}");
     }
 }

@@ -28,11 +28,7 @@ pub struct DetectParams {
 
 impl Default for DetectParams {
     fn default() -> Self {
-        Self {
-            max_side: 1280,
-            score_threshold: 0.6,
-            nms_iou: 0.3,
-        }
+        Self { max_side: 1280, score_threshold: 0.6, nms_iou: 0.3 }
     }
 }
 
@@ -58,32 +54,20 @@ pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Res
         let input = to_input(image, long_side);
         let raw = yunet.run(input.data, input.height, input.width)?;
         calls += 1;
-        Ok(decode(&raw, params.score_threshold)
-            .into_iter()
-            .map(|d| scaled(&d, 1.0 / input.scale))
-            .collect())
+        Ok(decode(&raw, params.score_threshold).into_iter().map(|d| scaled(&d, 1.0 / input.scale)).collect())
     };
     let whole = nms(run(INPUT_SIZE as u32)?, params.nms_iou);
     let detail_side = params.max_side.min(long);
     let detail = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
         let to_detail = detail_side as f32 / long as f32;
-        let small: Vec<Detection> = run(detail_side)?
-            .into_iter()
-            .filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE)
-            .collect();
+        let small: Vec<Detection> = run(detail_side)?.into_iter().filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE).collect();
         nms(small, params.nms_iou)
     } else {
         Vec::new()
     };
     // Whole-frame detections win over detail ones for the same face.
-    let faces = merge(whole, detail, params.nms_iou)
-        .into_iter()
-        .filter_map(|d| clamp_to_image(d, w, h))
-        .collect();
-    Ok(DetectOutcome {
-        faces,
-        detector_calls: calls,
-    })
+    let faces = merge(whole, detail, params.nms_iou).into_iter().filter_map(|d| clamp_to_image(d, w, h)).collect();
+    Ok(DetectOutcome { faces, detector_calls: calls })
 }
 
 /// A detector input: BGR planar f32, sides padded up to multiples of 32 with black.
@@ -108,10 +92,7 @@ pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
         resized = resize_bilinear(image, nw, nh);
         &resized
     };
-    let (width, height) = (
-        (nw as usize).div_ceil(ALIGN) * ALIGN,
-        (nh as usize).div_ceil(ALIGN) * ALIGN,
-    );
+    let (width, height) = ((nw as usize).div_ceil(ALIGN) * ALIGN, (nh as usize).div_ceil(ALIGN) * ALIGN);
     let plane = width * height;
     let mut data = vec![0f32; 3 * plane];
     for (x, y, px) in src.enumerate_pixels() {
@@ -120,12 +101,7 @@ pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
         data[plane + i] = f32::from(px[1]);
         data[2 * plane + i] = f32::from(px[0]);
     }
-    Input {
-        data,
-        width,
-        height,
-        scale,
-    }
+    Input { data, width, height, scale }
 }
 
 /// Bilinear resize with half-pixel centres and no antialiasing: what OpenCV's
@@ -146,15 +122,11 @@ pub fn resize_bilinear(src: &RgbImage, nw: u32, nh: u32) -> RgbImage {
     let mut out = Vec::with_capacity(nw as usize * nh as usize * 3);
     for y in 0..nh {
         let (y0, y1, fy) = axis(y, sy, h);
-        let (r0, r1) = (
-            &raw[y0 * stride..(y0 + 1) * stride],
-            &raw[y1 * stride..(y1 + 1) * stride],
-        );
+        let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
         for &(x0, x1, fx) in &xs {
             for c in 0..3 {
                 let top = f32::from(r0[x0 * 3 + c]) * (1.0 - fx) + f32::from(r0[x1 * 3 + c]) * fx;
-                let bottom =
-                    f32::from(r1[x0 * 3 + c]) * (1.0 - fx) + f32::from(r1[x1 * 3 + c]) * fx;
+                let bottom = f32::from(r1[x0 * 3 + c]) * (1.0 - fx) + f32::from(r1[x1 * 3 + c]) * fx;
                 out.push((top * (1.0 - fy) + bottom * fy).round() as u8);
             }
         }
@@ -181,16 +153,8 @@ pub fn decode(outputs: &[StrideOutput], score_threshold: f32) -> Vec<Detection> 
                 continue;
             }
             let k = &out.kps[i * 10..i * 10 + 10];
-            let landmarks =
-                std::array::from_fn(|n| [(k[2 * n] + col) * s, (k[2 * n + 1] + row) * s]);
-            dets.push(Detection {
-                x: cx - bw / 2.0,
-                y: cy - bh / 2.0,
-                w: bw,
-                h: bh,
-                score,
-                landmarks,
-            });
+            let landmarks = std::array::from_fn(|n| [(k[2 * n] + col) * s, (k[2 * n + 1] + row) * s]);
+            dets.push(Detection { x: cx - bw / 2.0, y: cy - bh / 2.0, w: bw, h: bh, score, landmarks });
         }
     }
     dets
@@ -223,9 +187,7 @@ pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::new();
     for d in dets {
-        let overlaps = kept
-            .iter()
-            .any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8);
+        let overlaps = kept.iter().any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8);
         if !overlaps {
             kept.push(d);
         }
@@ -234,18 +196,11 @@ pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
 }
 
 /// `primary` plus every `secondary` detection that overlaps none of them, by score.
-pub fn merge(
-    primary: Vec<Detection>,
-    secondary: Vec<Detection>,
-    iou_threshold: f32,
-) -> Vec<Detection> {
+pub fn merge(primary: Vec<Detection>, secondary: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
     let mut out = primary;
     let n = out.len();
     for d in secondary {
-        if !out[..n]
-            .iter()
-            .any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8)
-        {
+        if !out[..n].iter().any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8) {
             out.push(d);
         }
     }
@@ -279,14 +234,7 @@ mod tests {
     use super::*;
 
     fn det(x: f32, y: f32, w: f32, h: f32, score: f32) -> Detection {
-        Detection {
-            x,
-            y,
-            w,
-            h,
-            score,
-            landmarks: [[0.0; 2]; 5],
-        }
+        Detection { x, y, w, h, score, landmarks: [[0.0; 2]; 5] }
     }
 
     #[test]
@@ -310,17 +258,11 @@ mod tests {
         let img = RgbImage::from_pixel(1000, 500, image::Rgb([10, 20, 30]));
         let input = to_input(&img, 640);
         assert_eq!((input.width, input.height, input.scale), (640, 320, 0.64));
-        let small = to_input(
-            &RgbImage::from_pixel(100, 71, image::Rgb([10, 20, 30])),
-            640,
-        );
+        let small = to_input(&RgbImage::from_pixel(100, 71, image::Rgb([10, 20, 30])), 640);
         assert_eq!((small.width, small.height), (640, 480));
         // BGR planes; padding is black.
         let plane = small.width * small.height;
-        assert_eq!(
-            (small.data[0], small.data[plane], small.data[2 * plane]),
-            (30.0, 20.0, 10.0)
-        );
+        assert_eq!((small.data[0], small.data[plane], small.data[2 * plane]), (30.0, 20.0, 10.0));
         assert_eq!(small.data[plane - 1], 0.0);
     }
 
@@ -362,9 +304,7 @@ mod tests {
         let d = d[0];
         assert!((d.score - 0.9).abs() < 1e-6);
         assert!((d.w - 32.0).abs() < 1e-4 && (d.h - 64.0).abs() < 1e-4);
-        assert!(
-            (d.x - (3.5 * 32.0 - 16.0)).abs() < 1e-4 && (d.y - (2.25 * 32.0 - 32.0)).abs() < 1e-4
-        );
+        assert!((d.x - (3.5 * 32.0 - 16.0)).abs() < 1e-4 && (d.y - (2.25 * 32.0 - 32.0)).abs() < 1e-4);
         assert_eq!(d.landmarks[0], [4.0 * 32.0, 2.0 * 32.0]);
     }
 }

@@ -17,12 +17,7 @@ pub struct FaceRecord {
     pub embedding: Option<Embedding>,
 }
 
-pub fn embed_faces(
-    image: &RgbImage,
-    faces: &[Detection],
-    embedder: &mut SFace,
-    times: &mut StageTimes,
-) -> Result<(Vec<FaceRecord>, u32)> {
+pub fn embed_faces(image: &RgbImage, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
     let mut out = Vec::with_capacity(faces.len());
     let mut calls = 0;
     for face in faces {
@@ -38,11 +33,7 @@ pub fn embed_faces(
         let t = Instant::now();
         let quality = quality::measure(image, face);
         times.quality += ms_since(t);
-        out.push(FaceRecord {
-            detection: *face,
-            quality,
-            embedding,
-        });
+        out.push(FaceRecord { detection: *face, quality, embedding });
     }
     Ok((out, calls))
 }

@@ -70,8 +70,7 @@ pub fn analyze(
     let outcome = detect::detect(detector, &decoded.rgb, params)?;
     times.detect += ms_since(t);
 
-    let (faces, embedder_calls) =
-        embed::embed_faces(&decoded.rgb, &outcome.faces, embedder, times)?;
+    let (faces, embedder_calls) = embed::embed_faces(&decoded.rgb, &outcome.faces, embedder, times)?;
     Ok(AnalyzedImage {
         width: decoded.rgb.width(),
         height: decoded.rgb.height(),
@@ -85,9 +84,7 @@ pub fn analyze(
 
 /// The largest face (by box area), used for reference photos.
 pub fn largest(faces: &[FaceRecord]) -> Option<&FaceRecord> {
-    faces
-        .iter()
-        .max_by(|a, b| area(&a.detection).total_cmp(&area(&b.detection)))
+    faces.iter().max_by(|a, b| area(&a.detection).total_cmp(&area(&b.detection)))
 }
 
 fn area(d: &Detection) -> f32 {

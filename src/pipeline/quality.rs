@@ -23,13 +23,7 @@ pub struct Quality {
 pub fn measure(image: &RgbImage, face: &Detection) -> Quality {
     let (yaw, roll) = pose(&face.landmarks);
     let (sharpness, brightness) = sharpness_and_brightness(image, face);
-    Quality {
-        size_px: face.w.min(face.h),
-        sharpness,
-        yaw,
-        roll,
-        brightness,
-    }
+    Quality { size_px: face.w.min(face.h), sharpness, yaw, roll, brightness }
 }
 
 /// Yaw and roll in degrees from five landmarks.
@@ -72,11 +66,7 @@ fn sharpness_and_brightness(image: &RgbImage, face: &Detection) -> (f32, f32) {
     for y in 1..bh - 1 {
         for x in 1..bw - 1 {
             let c = luma[y * bw + x];
-            let lap = luma[(y - 1) * bw + x]
-                + luma[(y + 1) * bw + x]
-                + luma[y * bw + x - 1]
-                + luma[y * bw + x + 1]
-                - 4.0 * c;
+            let lap = luma[(y - 1) * bw + x] + luma[(y + 1) * bw + x] + luma[y * bw + x - 1] + luma[y * bw + x + 1] - 4.0 * c;
             sum += f64::from(lap);
             sum_sq += f64::from(lap) * f64::from(lap);
             n += 1.0;
@@ -92,14 +82,7 @@ mod tests {
     use crate::pipeline::align::TEMPLATE;
 
     fn face(x: f32, y: f32, w: f32, h: f32) -> Detection {
-        Detection {
-            x,
-            y,
-            w,
-            h,
-            score: 0.9,
-            landmarks: TEMPLATE,
-        }
+        Detection { x, y, w, h, score: 0.9, landmarks: TEMPLATE }
     }
 
     #[test]
@@ -121,15 +104,8 @@ mod tests {
         let blurred = image::imageops::blur(&checker, 3.0);
         let flat = RgbImage::from_pixel(64, 64, image::Rgb([120, 120, 120]));
         let f = face(0.0, 0.0, 64.0, 64.0);
-        let (s_sharp, s_blur, s_flat) = (
-            measure(&checker, &f).sharpness,
-            measure(&blurred, &f).sharpness,
-            measure(&flat, &f).sharpness,
-        );
-        assert!(
-            s_sharp > 10.0 * s_blur && s_blur > s_flat,
-            "{s_sharp} {s_blur} {s_flat}"
-        );
+        let (s_sharp, s_blur, s_flat) = (measure(&checker, &f).sharpness, measure(&blurred, &f).sharpness, measure(&flat, &f).sharpness);
+        assert!(s_sharp > 10.0 * s_blur && s_blur > s_flat, "{s_sharp} {s_blur} {s_flat}");
         assert!((measure(&flat, &f).brightness - 120.0).abs() < 0.5);
     }
 

@@ -8,19 +8,11 @@ use walkdir::WalkDir;
 
 /// File extensions that are treated as photos (case-insensitive). Formats this build cannot
 /// decode (HEIC) are still listed so they are reported as failures, never silently skipped.
-pub const PHOTO_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif",
-];
+pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"];
 /// Marker file facedb writes into every crop output folder, so indexing never picks crops up.
 pub const OUTPUT_MARKER: &str = ".facedb-output";
 /// Names at the dataset root that belong to facedb itself.
-pub const OWN_FILES: &[&str] = &[
-    "facedb.sqlite",
-    "facedb.sqlite-wal",
-    "facedb.sqlite-shm",
-    "facedb.sqlite-journal",
-    "facedb.lock",
-];
+pub const OWN_FILES: &[&str] = &["facedb.sqlite", "facedb.sqlite-wal", "facedb.sqlite-shm", "facedb.sqlite-journal", "facedb.lock"];
 
 #[derive(Debug, Clone)]
 pub struct FileEntry {
@@ -41,14 +33,7 @@ pub struct Stat {
 
 impl Stat {
     pub fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            size: meta.len(),
-            mtime_ns: meta
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(meta.mtime_nsec()),
-            inode: meta.ino(),
-        }
+        Self { size: meta.len(), mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()), inode: meta.ino() }
     }
 }
 
@@ -60,9 +45,7 @@ pub struct WalkProblem {
 }
 
 pub fn is_photo(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| PHOTO_EXTENSIONS.iter().any(|p| p.eq_ignore_ascii_case(e)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| PHOTO_EXTENSIONS.iter().any(|p| p.eq_ignore_ascii_case(e)))
 }
 
 /// Lists photos under `root`, sorted by path. Symlinks to files are followed; symlinked
@@ -70,32 +53,25 @@ pub fn is_photo(path: &Path) -> bool {
 pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    let walker = WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            if e.depth() == 0 {
-                return true;
-            }
-            let name = e.file_name().as_bytes();
-            if name.starts_with(b".") {
-                return false;
-            }
-            if e.file_type().is_dir() && e.path().join(OUTPUT_MARKER).exists() {
-                return false;
-            }
-            !(e.depth() == 1 && OWN_FILES.iter().any(|own| own.as_bytes() == name))
-        });
+    let walker = WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| {
+        if e.depth() == 0 {
+            return true;
+        }
+        let name = e.file_name().as_bytes();
+        if name.starts_with(b".") {
+            return false;
+        }
+        if e.file_type().is_dir() && e.path().join(OUTPUT_MARKER).exists() {
+            return false;
+        }
+        !(e.depth() == 1 && OWN_FILES.iter().any(|own| own.as_bytes() == name))
+    });
     for entry in walker {
         let entry = match entry {
             Ok(e) => e,
             Err(err) => {
                 let rel = err.path().map(|p| relative(root, p).0).unwrap_or_default();
-                problems.push(WalkProblem {
-                    rel,
-                    error: err.to_string(),
-                });
+                problems.push(WalkProblem { rel, error: err.to_string() });
                 continue;
             }
         };
@@ -106,10 +82,7 @@ pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
         let meta = match std::fs::metadata(entry.path()) {
             Ok(m) => m,
             Err(err) => {
-                problems.push(WalkProblem {
-                    rel: relative(root, entry.path()).0,
-                    error: format!("cannot stat: {err}"),
-                });
+                problems.push(WalkProblem { rel: relative(root, entry.path()).0, error: format!("cannot stat: {err}") });
                 continue;
             }
         };
@@ -117,12 +90,7 @@ pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
             continue;
         }
         let (rel, raw) = relative(root, entry.path());
-        files.push(FileEntry {
-            rel,
-            raw,
-            abs: entry.path().to_path_buf(),
-            stat: Stat::of(&meta),
-        });
+        files.push(FileEntry { rel, raw, abs: entry.path().to_path_buf(), stat: Stat::of(&meta) });
     }
     (files, problems)
 }
@@ -132,10 +100,7 @@ fn relative(root: &Path, path: &Path) -> (String, Option<Vec<u8>>) {
     let bytes = rel.as_os_str().as_bytes();
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_string(), None),
-        Err(_) => (
-            String::from_utf8_lossy(bytes).into_owned(),
-            Some(bytes.to_vec()),
-        ),
+        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), Some(bytes.to_vec())),
     }
 }
 
@@ -155,15 +120,7 @@ mod tests {
     fn finds_photos_and_skips_own_files_outputs_and_hidden() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
-        for p in [
-            "a.jpg",
-            "sub/b.PNG",
-            "notes.txt",
-            "facedb.sqlite",
-            ".hidden/c.jpg",
-            "crops/d.jpg",
-            "sub/e.heic",
-        ] {
+        for p in ["a.jpg", "sub/b.PNG", "notes.txt", "facedb.sqlite", ".hidden/c.jpg", "crops/d.jpg", "sub/e.heic"] {
             let path = r.join(p);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, b"x").unwrap();
@@ -183,9 +140,6 @@ mod tests {
         let (files, _) = walk(dir.path());
         assert_eq!(files.len(), 1);
         let raw = files[0].raw.as_deref().unwrap();
-        assert_eq!(
-            resolve(dir.path(), &files[0].rel, Some(raw)),
-            dir.path().join(name)
-        );
+        assert_eq!(resolve(dir.path(), &files[0].rel, Some(raw)), dir.path().join(name));
     }
 }

@@ -13,29 +13,16 @@ pub fn repo() -> PathBuf {
 /// The public-domain test portraits fetched by scripts/setup.sh (run by scripts/test.sh).
 pub fn photo(name: &str) -> PathBuf {
     let p = repo().join("tests/data/photos").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup.sh (scripts/test.sh does this first)",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is missing: run scripts/setup.sh (scripts/test.sh does this first)", p.display());
     p
 }
 
-pub const ALL_PHOTOS: [&str; 7] = [
-    "32bit.png",
-    "biden.jpg",
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-];
+pub const ALL_PHOTOS: [&str; 7] =
+    ["32bit.png", "biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg"];
 
 pub fn facedb() -> Command {
     let mut c = Command::cargo_bin("facedb").expect("binary built");
-    c.env_remove("FACEDB_MODELS")
-        .env_remove("FACEDB_DB")
-        .env("NO_COLOR", "1");
+    c.env_remove("FACEDB_MODELS").env_remove("FACEDB_DB").env("NO_COLOR", "1");
     c
 }
 
@@ -60,23 +47,14 @@ pub fn db(dir: &Path) -> rusqlite::Connection {
 }
 
 pub fn query_i64(conn: &rusqlite::Connection, sql: &str) -> i64 {
-    conn.query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Rows of a manifest.csv as (header -> value) maps.
 pub fn manifest(out: &Path) -> Vec<std::collections::HashMap<String, String>> {
     let mut rdr = csv::Reader::from_path(out.join("manifest.csv")).unwrap();
     let headers = rdr.headers().unwrap().clone();
-    rdr.records()
-        .map(|r| {
-            headers
-                .iter()
-                .zip(r.unwrap().iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+    rdr.records().map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()).collect()
 }
 
 /// Saves `img` as a photo in `dir` (backdated like the others).
@@ -93,12 +71,7 @@ pub fn rgb(name: &str) -> image::RgbImage {
 /// Two photos side by side at the height of the first.
 pub fn side_by_side(left: &image::RgbImage, right: &image::RgbImage) -> image::RgbImage {
     use image::imageops::{self, FilterType};
-    let right = imageops::resize(
-        right,
-        right.width() * left.height() / right.height(),
-        left.height(),
-        FilterType::Triangle,
-    );
+    let right = imageops::resize(right, right.width() * left.height() / right.height(), left.height(), FilterType::Triangle);
     let mut both = image::RgbImage::new(left.width() + right.width(), left.height());
     imageops::replace(&mut both, left, 0, 0);
     imageops::replace(&mut both, &right, i64::from(left.width()), 0);
@@ -111,11 +84,7 @@ pub fn rotated(img: &image::RgbImage, deg: f32) -> image::RgbImage {
     let (cx, cy) = (img.width() as f32 / 2.0, img.height() as f32 / 2.0);
     image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
         let (dx, dy) = (x as f32 - cx, y as f32 - cy);
-        image::Rgb(facedb::pipeline::align::bilinear(
-            img,
-            f64::from(cx + dx * c + dy * s),
-            f64::from(cy - dx * s + dy * c),
-        ))
+        image::Rgb(facedb::pipeline::align::bilinear(img, f64::from(cx + dx * c + dy * s), f64::from(cy - dx * s + dy * c)))
     })
 }
 
@@ -123,28 +92,13 @@ pub fn rotated(img: &image::RgbImage, deg: f32) -> image::RgbImage {
 /// cast, tilted 25 degrees.
 pub fn variants(img: &image::RgbImage) -> Vec<(&'static str, image::RgbImage)> {
     use image::imageops::{self, FilterType};
-    let dark = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
-        image::Rgb(img.get_pixel(x, y).0.map(|v| (f32::from(v) * 0.35) as u8))
-    });
-    let small = imageops::resize(
-        img,
-        img.width() * 15 / 100,
-        img.height() * 15 / 100,
-        FilterType::Triangle,
-    );
+    let dark =
+        image::RgbImage::from_fn(img.width(), img.height(), |x, y| image::Rgb(img.get_pixel(x, y).0.map(|v| (f32::from(v) * 0.35) as u8)));
+    let small = imageops::resize(img, img.width() * 15 / 100, img.height() * 15 / 100, FilterType::Triangle);
     let grey = image::DynamicImage::ImageRgb8(small).grayscale().to_rgb8();
     let warm = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
         let p = img.get_pixel(img.width() - 1 - x, y).0;
-        image::Rgb([
-            (f32::from(p[0]) * 1.3).min(255.0) as u8,
-            (f32::from(p[1]) * 0.9) as u8,
-            (f32::from(p[2]) * 0.7) as u8,
-        ])
+        image::Rgb([(f32::from(p[0]) * 1.3).min(255.0) as u8, (f32::from(p[1]) * 0.9) as u8, (f32::from(p[2]) * 0.7) as u8])
     });
-    vec![
-        ("dark_blur", imageops::blur(&dark, 3.0)),
-        ("small_grey", grey),
-        ("mirror_warm", warm),
-        ("tilt25", rotated(img, 25.0)),
-    ]
+    vec![("dark_blur", imageops::blur(&dark, 3.0)), ("small_grey", grey), ("mirror_warm", warm), ("tilt25", rotated(img, 25.0))]
 }

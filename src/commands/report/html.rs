@@ -22,10 +22,7 @@ const MAX_REJECTED_THUMBS: usize = 300;
 pub fn write(conn: &Connection, root: &Path, file: &Path, run: Option<i64>) -> Result<()> {
     let runs = read::match_runs(conn)?;
     let summary = match run {
-        Some(id) => runs
-            .iter()
-            .find(|m| m.run_id == id)
-            .with_context(|| format!("no match run {id}; `facedb report` lists them"))?,
+        Some(id) => runs.iter().find(|m| m.run_id == id).with_context(|| format!("no match run {id}; `facedb report` lists them"))?,
         None => match runs.last() {
             Some(m) => m,
             None => bail!("no match run yet; run `facedb match --ref IMG` first"),
@@ -58,9 +55,7 @@ fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
         .map(|d| d.rgb)
         .or_else(|| {
             let path = r.path.as_ref()?;
-            let rgb = decode::decode(&std::fs::read(walk::resolve(root, path, None)).ok()?)
-                .ok()?
-                .rgb;
+            let rgb = decode::decode(&std::fs::read(walk::resolve(root, path, None)).ok()?).ok()?.rgb;
             let [x, y, w, h] = r.face;
             let m = 0.2;
             let (x0, y0) = ((x - w * m).max(0.0) as u32, (y - h * m).max(0.0) as u32);
@@ -82,23 +77,12 @@ fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
         image
     };
     let mut jpeg = Vec::new();
-    small
-        .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-            &mut jpeg, 80,
-        ))
-        .ok()?;
-    Some(format!(
-        "data:image/jpeg;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(jpeg)
-    ))
+    small.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)).ok()?;
+    Some(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg)))
 }
 
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>]) -> String {
@@ -134,44 +118,24 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     h.push_str(&histogram_svg(results, m.threshold as f32));
 
     let sections: [(&str, &str, Box<dyn Fn(&ResultRow) -> bool>); 3] = [
-        (
-            "Matched (sorted by distance)",
-            "",
-            Box::new(|r: &ResultRow| r.decision == "matched"),
-        ),
+        ("Matched (sorted by distance)", "", Box::new(|r: &ResultRow| r.decision == "matched")),
         (
             "Ambiguous (another face in the photo is within the threshold)",
             "amb",
             Box::new(|r: &ResultRow| r.decision != "matched" && r.ambiguous),
         ),
-        (
-            "Rejected",
-            "rej",
-            Box::new(|r: &ResultRow| r.decision != "matched" && !r.ambiguous),
-        ),
+        ("Rejected", "rej", Box::new(|r: &ResultRow| r.decision != "matched" && !r.ambiguous)),
     ];
     for (heading, class, keep) in &sections {
-        let rows: Vec<(usize, &ResultRow)> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| keep(r))
-            .collect();
-        let _ = write!(
-            h,
-            "<h2>{heading}: {}</h2><div class=\"grid {class}\">",
-            rows.len()
-        );
+        let rows: Vec<(usize, &ResultRow)> = results.iter().enumerate().filter(|(_, r)| keep(r)).collect();
+        let _ = write!(h, "<h2>{heading}: {}</h2><div class=\"grid {class}\">", rows.len());
         for (i, r) in rows {
             let img = match &thumbs[i] {
                 Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
                 None => "<div class=\"noimg\">no preview</div>".to_string(),
             };
             let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
-            let reason = r
-                .reason
-                .as_ref()
-                .map(|x| format!(" · {}", escape(x)))
-                .unwrap_or_default();
+            let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
             let _ = write!(
                 h,
                 "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
@@ -190,11 +154,7 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
 
 /// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line.
 fn histogram_svg(results: &[ResultRow], threshold: f32) -> String {
-    let distances: Vec<f32> = results
-        .iter()
-        .filter_map(|r| r.distance)
-        .map(|d| d as f32)
-        .collect();
+    let distances: Vec<f32> = results.iter().filter_map(|r| r.distance).map(|d| d as f32).collect();
     if distances.is_empty() {
         return String::new();
     }
@@ -203,13 +163,22 @@ fn histogram_svg(results: &[ResultRow], threshold: f32) -> String {
     let peak = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
     let (w, hgt, pad) = (600.0f32, 160.0f32, 24.0f32);
     let bw = w / bins as f32;
-    let mut s = format!("<h2>Distance of the best face per photo</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">", w + 2.0 * pad, hgt + 2.0 * pad);
+    let mut s = format!(
+        "<h2>Distance of the best face per photo</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">",
+        w + 2.0 * pad,
+        hgt + 2.0 * pad
+    );
     for (i, &c) in counts.iter().enumerate() {
         let bh = c as f32 / peak * hgt;
         let x = pad + i as f32 * bw;
         let mid = lo + (i as f32 + 0.5) * (hi - lo) / bins as f32;
         let fill = if mid <= threshold { "#4a8" } else { "#bbb" };
-        let _ = write!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{fill}\"><title>{c}</title></rect>", pad + hgt - bh, bw - 1.0);
+        let _ = write!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{fill}\"><title>{c}</title></rect>",
+            pad + hgt - bh,
+            bw - 1.0
+        );
     }
     let tx = pad + (threshold - lo) / (hi - lo) * w;
     let _ = write!(s, "<line x1=\"{tx:.1}\" y1=\"{pad}\" x2=\"{tx:.1}\" y2=\"{:.1}\" stroke=\"#d00\" stroke-width=\"2\"/>", pad + hgt);
@@ -230,9 +199,6 @@ fn histogram_svg(results: &[ResultRow], threshold: f32) -> String {
 mod tests {
     #[test]
     fn escapes_markup() {
-        assert_eq!(
-            super::escape("<a href='x'>&\"</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
-        );
+        assert_eq!(super::escape("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
     }
 }

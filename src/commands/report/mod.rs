@@ -69,25 +69,10 @@ pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
         .enumerate()
         .map(|(i, &from)| {
             let to = edges.get(i + 1).copied();
-            Bin {
-                from,
-                to,
-                count: v
-                    .iter()
-                    .filter(|&&x| x >= from && to.is_none_or(|t| x < t))
-                    .count(),
-            }
+            Bin { from, to, count: v.iter().filter(|&&x| x >= from && to.is_none_or(|t| x < t)).count() }
         })
         .collect();
-    Distribution {
-        count: v.len(),
-        min: q(0.0),
-        p10: q(0.1),
-        median: q(0.5),
-        p90: q(0.9),
-        max: q(1.0),
-        bins,
-    }
+    Distribution { count: v.len(), min: q(0.0), p10: q(0.1), median: q(0.5), p90: q(0.9), max: q(1.0), bins }
 }
 
 pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
@@ -105,23 +90,15 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let report = Report {
         dataset: root.to_string_lossy().into_owned(),
         totals: read::totals(conn)?,
-        no_face: read::photos_by_face_count(conn, false)?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect(),
-        several_faces: read::photos_by_face_count(conn, true)?
-            .into_iter()
-            .map(|(path, faces)| PathCount { path, faces })
-            .collect(),
-        failed: read::failed_files(conn)?
-            .into_iter()
-            .map(|(path, error)| PathError { path, error })
-            .collect(),
+        no_face: read::photos_by_face_count(conn, false)?.into_iter().map(|(p, _)| p).collect(),
+        several_faces: read::photos_by_face_count(conn, true)?.into_iter().map(|(path, faces)| PathCount { path, faces }).collect(),
+        failed: read::failed_files(conn)?.into_iter().map(|(path, error)| PathError { path, error }).collect(),
         face_size_px: distribution(&sizes, &FACE_SIZE_EDGES),
         sharpness: distribution(&sharpness, &SHARPNESS_EDGES),
         match_runs: read::match_runs(conn)?,
     };
-    match args.format {
+    let format = if globals.json { OutputFormat::Json } else { args.format };
+    match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Csv => print_csv(&report)?,
         OutputFormat::Table => print_table(&report),
@@ -132,14 +109,8 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
 fn print_table(r: &Report) {
     let t = &r.totals;
     println!("dataset {}", r.dataset);
-    println!(
-        "  files {}  images {} ({} decoded)  faces {}",
-        t.files, t.images, t.images_ok, t.faces
-    );
-    println!(
-        "  photos with no face {}  with several faces {}  failed files {}",
-        t.no_face, t.several_faces, t.failed
-    );
+    println!("  files {}  images {} ({} decoded)  faces {}", t.files, t.images, t.images_ok, t.faces);
+    println!("  photos with no face {}  with several faces {}  failed files {}", t.no_face, t.several_faces, t.failed);
     println!("\nphotos with no face ({}):", r.no_face.len());
     for p in &r.no_face {
         println!("  {p}");
@@ -152,46 +123,23 @@ fn print_table(r: &Report) {
     for p in &r.failed {
         println!("  {}: {}", p.path, p.error);
     }
-    for (title, d) in [
-        ("face size (shorter side, px)", &r.face_size_px),
-        (
-            "sharpness (variance of Laplacian; <20 blurry, >100 sharp)",
-            &r.sharpness,
-        ),
-    ] {
+    for (title, d) in
+        [("face size (shorter side, px)", &r.face_size_px), ("sharpness (variance of Laplacian; <20 blurry, >100 sharp)", &r.sharpness)]
+    {
         println!("\n{title}: {} faces", d.count);
-        if let (Some(min), Some(p10), Some(med), Some(p90), Some(max)) =
-            (d.min, d.p10, d.median, d.p90, d.max)
-        {
+        if let (Some(min), Some(p10), Some(med), Some(p90), Some(max)) = (d.min, d.p10, d.median, d.p90, d.max) {
             println!("  min {min:.0}  p10 {p10:.0}  median {med:.0}  p90 {p90:.0}  max {max:.0}");
         }
         let peak = d.bins.iter().map(|b| b.count).max().unwrap_or(0).max(1);
         for b in &d.bins {
-            let range = b.to.map_or(format!("{:>5.0}+     ", b.from), |to| {
-                format!("{:>5.0}-{:<5.0}", b.from, to)
-            });
-            println!(
-                "  {range} {:>6} {}",
-                b.count,
-                "#".repeat((b.count * 40).div_ceil(peak))
-            );
+            let range = b.to.map_or(format!("{:>5.0}+     ", b.from), |to| format!("{:>5.0}-{:<5.0}", b.from, to));
+            println!("  {range} {:>6} {}", b.count, "#".repeat((b.count * 40).div_ceil(peak)));
         }
     }
     println!("\nmatch runs ({}):", r.match_runs.len());
     if !r.match_runs.is_empty() {
-        let columns: Vec<String> = [
-            "run",
-            "started",
-            "mode",
-            "threshold",
-            "references",
-            "not",
-            "matched",
-            "rejected",
-            "ambiguous",
-        ]
-        .map(String::from)
-        .to_vec();
+        let columns: Vec<String> =
+            ["run", "started", "mode", "threshold", "references", "not", "matched", "rejected", "ambiguous"].map(String::from).to_vec();
         let rows: Vec<Vec<String>> = r
             .match_runs
             .iter()
@@ -240,13 +188,9 @@ fn print_csv(r: &Report) -> Result<()> {
     for p in &r.failed {
         w.write_record(["failed", &p.path, "", &p.error])?;
     }
-    for (name, d) in [
-        ("face_size_px", &r.face_size_px),
-        ("sharpness", &r.sharpness),
-    ] {
+    for (name, d) in [("face_size_px", &r.face_size_px), ("sharpness", &r.sharpness)] {
         for b in &d.bins {
-            let range =
-                b.to.map_or(format!("{}+", b.from), |to| format!("{}-{}", b.from, to));
+            let range = b.to.map_or(format!("{}+", b.from), |to| format!("{}-{}", b.from, to));
             w.write_record([name, &range, &b.count.to_string(), ""])?;
         }
     }
@@ -271,14 +215,8 @@ mod tests {
 
     #[test]
     fn distribution_quantiles_and_bins() {
-        let d = distribution(
-            &[5.0, 50.0, 70.0, 300.0, 2000.0, f64::NAN],
-            &FACE_SIZE_EDGES,
-        );
-        assert_eq!(
-            (d.count, d.min, d.median, d.max),
-            (5, Some(5.0), Some(70.0), Some(2000.0))
-        );
+        let d = distribution(&[5.0, 50.0, 70.0, 300.0, 2000.0, f64::NAN], &FACE_SIZE_EDGES);
+        assert_eq!((d.count, d.min, d.median, d.max), (5, Some(5.0), Some(70.0), Some(2000.0)));
         let counts: Vec<usize> = d.bins.iter().map(|b| b.count).collect();
         assert_eq!(counts, vec![1, 1, 1, 0, 1, 0, 1]);
         assert_eq!(distribution(&[], &SHARPNESS_EDGES).min, None);

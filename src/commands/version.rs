@@ -1,0 +1,53 @@
+//! `facedb --version` (facedb, schema, ONNX Runtime, model hashes) and `facedb models install`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use super::Globals;
+use crate::cli::{ModelsAction, ModelsArgs};
+use crate::db::SCHEMA_VERSION;
+use crate::models::runtime::{self, ModelFiles, ORT_LIB_FILE, ORT_VERSION, SFACE_FILE, YUNET_FILE};
+
+pub fn print(globals: &Globals) {
+    println!("facedb {}", env!("CARGO_PKG_VERSION"));
+    println!("database schema {SCHEMA_VERSION}");
+    match ModelFiles::locate(globals.models.as_deref()) {
+        Ok(m) => {
+            println!("ONNX Runtime {ORT_VERSION} ({})", m.ort_lib.display());
+            println!("detector {} blake3 {}", m.detector_name, m.detector_hash);
+            println!("embedder {} blake3 {}", m.embedder_name, m.embedder_hash);
+            println!("models in {}", m.dir.display());
+        }
+        Err(e) => {
+            println!("ONNX Runtime {ORT_VERSION} (expected as {ORT_LIB_FILE})");
+            println!("models: {e:#}");
+        }
+    }
+}
+
+pub fn models(_globals: &Globals, args: ModelsArgs) -> Result<ExitCode> {
+    match args.action {
+        ModelsAction::Install { from } => install(&from),
+    }
+}
+
+fn install(from: &Path) -> Result<ExitCode> {
+    let Some(data) = runtime::user_data_dir() else { bail!("cannot tell the user data folder: set HOME or XDG_DATA_HOME") };
+    let dest = data.join("facedb").join("models");
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    for name in [YUNET_FILE, SFACE_FILE, ORT_LIB_FILE] {
+        let src = from.join(name);
+        if !src.is_file() {
+            bail!("{} is missing; run scripts/setup.sh first or pass the folder holding {name}", src.display());
+        }
+        let tmp = dest.join(format!("{name}.part"));
+        std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::rename(&tmp, dest.join(name))?;
+    }
+    // Verify what was installed loads the same way the binary will find it.
+    let m = ModelFiles::locate(Some(&dest))?;
+    println!("installed to {}\ndetector blake3 {}\nembedder blake3 {}", dest.display(), m.detector_hash, m.embedder_hash);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! The CLI around the pipeline: versions, JSON summaries, completions, man page, more formats,
+//! and an installed binary finding its models in the user location.
+
+mod common;
+
+use common::*;
+use predicates::prelude::*;
+
+#[test]
+fn version_names_schema_runtime_and_model_hashes() {
+    facedb().arg("--version").assert().success().stdout(
+        predicate::str::contains(concat!("facedb ", env!("CARGO_PKG_VERSION")))
+            .and(predicate::str::contains("database schema"))
+            .and(predicate::str::contains("ONNX Runtime 1.31.1"))
+            .and(predicate::str::contains("detector face_detection_yunet_2023mar_int8bq blake3 "))
+            .and(predicate::str::contains("embedder face_recognition_sface_2021dec_int8bq blake3 ")),
+    );
+}
+
+#[test]
+fn json_summaries_completions_and_man_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_photos(tmp.path(), &["obama.jpg", "biden.jpg"]);
+    let out = facedb().arg("--json").arg("index").arg(tmp.path()).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["counters"]["images_new"], 2);
+    assert_eq!(v["status"], "ok");
+    let out = facedb()
+        .arg("--json")
+        .arg("match")
+        .arg(tmp.path())
+        .arg("--ref")
+        .arg(photo("obama2.jpg"))
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!((v["matched"].as_u64(), v["rejected"]["too far"].as_u64()), (Some(1), Some(1)));
+
+    facedb().args(["completions", "bash"]).assert().success().stdout(predicate::str::contains("_facedb()"));
+    facedb().args(["completions", "zsh"]).assert().success().stdout(predicate::str::contains("#compdef facedb"));
+    facedb().arg("man").assert().success().stdout(predicate::str::contains(".TH facedb").and(predicate::str::contains("match")));
+    facedb().assert().code(2).stderr(predicate::str::contains("Exit codes"));
+}
+
+#[test]
+fn tiff_bmp_webp_png_gif_and_jpeg_are_all_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let face = image::imageops::resize(&rgb("obama.jpg"), 364, 455, image::imageops::FilterType::Triangle);
+    for (i, ext) in ["jpg", "png", "webp", "tif", "bmp", "gif"].iter().enumerate() {
+        // Distinct content per file, so none is linked to another.
+        let mut img = face.clone();
+        img.put_pixel(0, 0, image::Rgb([i as u8 * 40, 0, 0]));
+        save(tmp.path(), &format!("face.{ext}"), &img);
+    }
+    facedb().arg("index").arg(tmp.path()).assert().success();
+    let conn = db(tmp.path());
+    let formats: Vec<(String, i64)> = conn
+        .prepare("SELECT format, face_count FROM photos_v ORDER BY format")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let expected: Vec<(String, i64)> = ["bmp", "gif", "jpeg", "png", "tiff", "webp"].iter().map(|f| (f.to_string(), 1)).collect();
+    assert_eq!(formats, expected);
+}
+
+#[test]
+fn an_installed_binary_finds_models_in_the_user_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    facedb().env("XDG_DATA_HOME", &data).args(["models", "install"]).arg(repo().join("models")).assert().success();
+    assert!(data.join("facedb/models/libonnxruntime.so.1.31.1").is_file());
+    // A copy of the binary far from the checkout, run from an empty folder.
+    let bin = tmp.path().join("bin/facedb");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(assert_cmd::cargo::cargo_bin("facedb"), &bin).unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg"]);
+    let out = std::process::Command::new(&bin)
+        .env("XDG_DATA_HOME", &data)
+        .env_remove("FACEDB_MODELS")
+        .current_dir(tmp.path())
+        .arg("index")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without the user location it says what to do.
+    let out = std::process::Command::new(&bin)
+        .env("XDG_DATA_HOME", tmp.path().join("none"))
+        .env_remove("FACEDB_MODELS")
+        .current_dir(tmp.path())
+        .arg("index")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/setup.sh"));
+}
