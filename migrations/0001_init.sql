@@ -46,6 +46,7 @@ CREATE TABLE images (
     error       TEXT,
     detector_id INTEGER REFERENCES models(id),     -- set when faces were detected with this model
     run_id      INTEGER NOT NULL REFERENCES runs(id),
+    stage_ms_json TEXT,                            -- milliseconds per pipeline stage for this image
     created_at  TEXT NOT NULL
 );
 

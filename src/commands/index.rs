@@ -349,7 +349,7 @@ fn store(
                         counters.faces_found += img.faces.len() as u64;
                         counters.detector_calls += u64::from(img.detector_calls);
                         counters.embedder_calls += u64::from(img.embedder_calls);
-                        let id = write::insert_image(&tx, run_id, &blake3, size, &img, detector_id, embedder_id)?;
+                        let id = write::insert_image(&tx, run_id, &blake3, size, &img, &times, detector_id, embedder_id)?;
                         let msg = format!(
                             "indexed {}x{} {} (orientation {}): {} face(s), {} detector and {} embedder calls",
                             img.width,

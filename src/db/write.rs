@@ -83,14 +83,15 @@ pub fn insert_image(
     blake3: &str,
     size: u64,
     img: &AnalyzedImage,
+    times: &StageTimes,
     detector_id: i64,
     embedder_id: i64,
 ) -> Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9)",
+        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339()])?;
+    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339(), serde_json::to_string(times)?])?;
     let image_id = conn.last_insert_rowid();
     for (idx, face) in img.faces.iter().enumerate() {
         insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Benchmarks facedb against its floor and its peers on the same photos, in one run, and prints
+# ratios (never absolute targets in tests). Everything it builds lives in .cache/bench/.
+#   scripts/bench.sh            # 40 photos of 12 MP; 100 000-file no-op; 1 000 000-face match
+# Environment: BENCH_PHOTOS (40), BENCH_NOOP_FILES (100000), BENCH_MATCH_FACES (1000000),
+#              BENCH_FR_PHOTOS (face_recognition is slow: 6), BENCH_SKIP_PEERS=1 to skip peers.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh >/dev/null
+cargo build --release --locked --bins --examples 2>&1 | grep -v "^\s*\(Compiling\|Finished\)" || true
+facedb=$PWD/target/release/facedb
+bench=$PWD/.cache/bench
+n=${BENCH_PHOTOS:-40}
+noop_files=${BENCH_NOOP_FILES:-100000}
+match_faces=${BENCH_MATCH_FACES:-1000000}
+fr_photos=${BENCH_FR_PHOTOS:-6}
+mkdir -p "$bench"
+cores=$(nproc)
+echo "machine: $cores cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+
+# Peak RSS (MiB) of a command, via GNU time.
+rss() { grep "Maximum resident set size" "$1" | awk '{printf "%.0f", $6/1024}'; }
+
+# 1. The photo set (deterministic; rebuilt only when missing).
+set_dir=$bench/photos-$n
+if [ ! -f "$bench/photos-$n.done" ]; then
+  rm -rf "$set_dir"
+  target/release/examples/make_bench_set "$set_dir" "$n"
+  touch "$bench/photos-$n.done"
+fi
+
+# 2. facedb index, from scratch.
+rm -f "$set_dir"/facedb.sqlite* "$set_dir"/facedb.lock
+/usr/bin/time -v "$facedb" --json index "$set_dir" >"$bench/index.json" 2>"$bench/index.time" || true
+index_rss=$(rss "$bench/index.time")
+
+# 3. The floor: per stage, the fastest single photo (among photos with exactly one face).
+floor_json=$("$facedb" sql "$set_dir" --format json "
+  SELECT min(json_extract(i.stage_ms_json, '\$.read_hash')) AS read_hash, min(json_extract(i.stage_ms_json, '\$.decode')) AS decode,
+         min(json_extract(i.stage_ms_json, '\$.detect')) AS detect, min(json_extract(i.stage_ms_json, '\$.align_embed')) AS align_embed,
+         min(json_extract(i.stage_ms_json, '\$.quality')) AS quality
+  FROM images i WHERE (SELECT count(*) FROM faces f WHERE f.image_id = i.id) = 1")
+
+# 4. Peers on the same photos.
+opencv_json='{}'; fr_json='{}'
+if [ "${BENCH_SKIP_PEERS:-0}" != 1 ]; then
+  venv=$bench/venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -c "import cv2" 2>/dev/null || "$venv/bin/pip" install -q "opencv-python-headless>=4.9,<5" "numpy<2.3"
+  opencv_json=$("$venv/bin/python" scripts/bench_opencv.py models "$set_dir")
+  if "$venv/bin/python" -c "import face_recognition" 2>/dev/null || \
+     { "$venv/bin/pip" install -q dlib-bin face_recognition_models "setuptools<81" && "$venv/bin/pip" install -q --no-deps face_recognition==1.3.0; } >/dev/null 2>&1; then
+    fr_json=$("$venv/bin/python" scripts/bench_face_recognition.py "$set_dir" "$fr_photos" 2>/dev/null || echo '{}')
+  else
+    echo "face_recognition (dlib-bin) did not install; skipping that peer"
+  fi
+fi
+
+# 5. No-op re-index of a big unchanged folder (hard links to one small photo).
+noop_dir=$bench/noop-$noop_files
+if [ ! -f "$bench/noop-$noop_files.done" ]; then
+  rm -rf "$noop_dir"
+  python3 - "$noop_dir" "$noop_files" tests/data/photos/obama.jpg <<'PY'
+import os, sys, shutil
+d, n, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.makedirs(d)
+first = os.path.join(d, "seed.jpg")
+shutil.copy(src, first)
+os.utime(first, (1e9, 1e9))
+for i in range(1, n):
+    sub = os.path.join(d, f"d{i // 1000:03}")
+    if i % 1000 == 0 or i == 1:
+        os.makedirs(sub, exist_ok=True)
+    os.link(first, os.path.join(sub, f"p{i:06}.jpg"))
+PY
+  "$facedb" -q index "$noop_dir" >/dev/null
+  touch "$bench/noop-$noop_files.done"
+fi
+/usr/bin/time -v "$facedb" --json index "$noop_dir" >"$bench/noop.json" 2>"$bench/noop.time"
+noop_rss=$(rss "$bench/noop.time")
+
+# 6. match against a million stored faces (synthetic embeddings on top of the real set).
+big=$bench/match-$match_faces
+if [ ! -f "$bench/match-$match_faces.done" ]; then
+  rm -rf "$big" && mkdir -p "$big"
+  cp tests/data/photos/obama2.jpg "$big/"
+  "$facedb" -q index "$big"
+  target/release/examples/make_synthetic_faces "$big" "$match_faces" >/dev/null
+  "$facedb" -q match "$big" --ref tests/data/photos/obama.jpg --out "$bench/match-out" >/dev/null  # embeds the reference once
+  touch "$bench/match-$match_faces.done"
+fi
+/usr/bin/time -v "$facedb" --json match "$big" --ref tests/data/photos/obama.jpg --threshold 0.3 --out "$bench/match-out" >"$bench/match.json" 2>"$bench/match.time"
+match_rss=$(rss "$bench/match.time")
+
+python3 - "$cores" "$bench/index.json" "$floor_json" "$opencv_json" "$fr_json" "$bench/noop.json" "$bench/match.json" "$index_rss" "$noop_rss" "$match_rss" "$noop_files" "$match_faces" <<'PY'
+import json, sys
+cores = int(sys.argv[1])
+index = json.load(open(sys.argv[2])); floor = json.loads(sys.argv[3])[0]
+opencv = json.loads(sys.argv[4]); fr = json.loads(sys.argv[5])
+noop = json.load(open(sys.argv[6])); match = json.load(open(sys.argv[7]))
+index_rss, noop_rss, match_rss, noop_files, match_faces = sys.argv[8:13]
+c = index["counters"]; photos = c["images_new"]; secs = index["seconds"]; rate = photos / secs
+print(f"\nindex: {photos} photos of 12 MP, {c['faces_found']} faces in {secs:.1f} s = {rate:.2f} photos/s ({cores} cores), peak RSS {index_rss} MiB")
+stages = c["stage_ms"]
+print("  per-stage time per photo (ms, summed over workers):", ", ".join(f"{k} {v / photos:.1f}" for k, v in stages.items()))
+floor_ms = sum(v for v in floor.values() if v is not None)
+floor_rate = cores * 1000.0 / floor_ms if floor_ms else float("nan")
+print(f"  floor (fastest single photo per stage, one face): {floor_ms:.1f} ms/photo/core = {floor_rate:.2f} photos/s on {cores} cores; facedb is at {rate / floor_rate:.2f}x of the floor")
+if opencv.get("photos_per_s"):
+    print(f"  OpenCV YuNet+SFace script (detect at 1280): {opencv['photos_per_s']:.2f} photos/s -> facedb is {rate / opencv['photos_per_s']:.2f}x")
+if fr.get("photos_per_s"):
+    print(f"  face_recognition (dlib HOG, {fr['photos']} photos): {fr['photos_per_s']:.3f} photos/s -> facedb is {rate / fr['photos_per_s']:.1f}x")
+print(f"no-op re-index of {noop_files} unchanged files: {noop['seconds']:.2f} s, peak RSS {noop_rss} MiB")
+print(f"match against {int(match_faces) + 1} stored faces: {match['seconds']:.2f} s (database load included), peak RSS {match_rss} MiB")
+PY
