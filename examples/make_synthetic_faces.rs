@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
     let db = facedb::db::Db::open(&dir.join(facedb::db::DB_FILE))?;
     let conn = &db.conn;
     let (run_id, detector_id, embedder_id): (i64, i64, i64) =
-        conn.query_row("SELECT id, detector_id, embedder_id FROM runs WHERE command = 'index' ORDER BY id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        conn.query_row("SELECT id, detector_id, embedder_id FROM runs WHERE command = 'index' ORDER BY id LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let tx = conn.unchecked_transaction()?;
     {

@@ -70,7 +70,8 @@ pub struct Filters {
 impl Filters {
     pub const NONE: Filters = Filters { min_face: 0.0, min_sharpness: 0.0, max_yaw: 180.0, min_score: 0.0 };
 
-    fn reject(&self, f: &FaceRow) -> Option<Reason> {
+    /// The first filter the face fails, if any.
+    pub fn reject(&self, f: &FaceRow) -> Option<Reason> {
         if f.size_px < self.min_face {
             Some(Reason::TooSmall)
         } else if f.score < self.min_score {

@@ -76,17 +76,17 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
     let opts =
         Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
-    let decisions = if args.all {
+    let (decisions, face_rows) = if args.all {
         decide_all(&tx, embedder_id, &pos_vecs, &filters)?
     } else {
         let table = read::embeddings(&tx, embedder_id)?;
-        matching::decide(&table.faces, &table.vectors, EMBEDDING_DIM, &pos_vecs, &neg_vecs, &opts)
+        (matching::decide(&table.faces, &table.vectors, EMBEDDING_DIM, &pos_vecs, &neg_vecs, &opts), table.faces)
     };
     let paths = read::image_paths(&tx)?;
-    let quality: HashMap<i64, matching::FaceRow> = read::all_faces(&tx)?.into_iter().map(|f| (f.face_id, f)).collect();
+    let quality: HashMap<i64, matching::FaceRow> = face_rows.into_iter().map(|f| (f.face_id, f)).collect();
 
     if args.dry_run {
-        print_dry_run(&tx, &decisions, &paths, args.threshold)?;
+        print_dry_run(&decisions, &paths, &quality, args.threshold);
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     }
@@ -191,21 +191,23 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
 }
 
 /// `--all`: every face is its own decision (distance to the references if any were given).
-fn decide_all(conn: &Connection, embedder_id: i64, refs: &[Vec<f32>], filters: &Filters) -> Result<Vec<Decision>> {
+fn decide_all(
+    conn: &Connection,
+    embedder_id: i64,
+    refs: &[Vec<f32>],
+    filters: &Filters,
+) -> Result<(Vec<Decision>, Vec<matching::FaceRow>)> {
     let table = read::embeddings(conn, embedder_id)?;
     let embedded: HashMap<i64, usize> = table.faces.iter().enumerate().map(|(i, f)| (f.face_id, i)).collect();
     let faces = read::all_faces(conn)?;
-    let no_threshold =
-        Options { threshold: f32::INFINITY, combine: matching::Combine::Nearest, filters: *filters, allow_ambiguous: true, expand: None };
-    Ok(faces
+    let decisions = faces
         .iter()
         .map(|f| {
             let distance = embedded
                 .get(&f.face_id)
                 .and_then(|&i| table.vectors.get(i * EMBEDDING_DIM..(i + 1) * EMBEDDING_DIM))
                 .map_or(f32::NAN, |v| refs.iter().map(|r| matching::cosine_distance(v, r)).min_by(f32::total_cmp).unwrap_or(f32::NAN));
-            let one = [*f];
-            let reason = matching::decide(&one, &[0.0], 1, &[vec![1.0]], &[], &no_threshold).first().and_then(|d| d.reason);
+            let reason = filters.reject(f);
             Decision {
                 image_id: f.image_id,
                 face_id: f.face_id,
@@ -217,7 +219,8 @@ fn decide_all(conn: &Connection, embedder_id: i64, refs: &[Vec<f32>], filters: &
                 reason,
             }
         })
-        .collect())
+        .collect();
+    Ok((decisions, faces))
 }
 
 /// Loads reference embeddings, computing (and storing) each new reference photo's once.
@@ -564,7 +567,7 @@ impl Manifest {
     }
 }
 
-fn print_dry_run(conn: &Connection, decisions: &[Decision], paths: &HashMap<i64, String>, threshold: f32) -> Result<()> {
+fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: &HashMap<i64, matching::FaceRow>, threshold: f32) {
     let distances: Vec<f32> = decisions.iter().map(|d| d.distance).filter(|d| d.is_finite()).collect();
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
@@ -584,11 +587,8 @@ fn print_dry_run(conn: &Connection, decisions: &[Decision], paths: &HashMap<i64,
         let verdict = if d.distance <= threshold { "in " } else { "out" };
         println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?", String::as_str));
     }
-    let mut sharp: Vec<f32> = decisions
-        .iter()
-        .filter(|d| d.distance <= threshold)
-        .filter_map(|d| read::face_info(conn, d.face_id).ok().map(|i| i.sharpness))
-        .collect();
+    let mut sharp: Vec<f32> =
+        decisions.iter().filter(|d| d.distance <= threshold).filter_map(|d| quality.get(&d.face_id).map(|q| q.sharpness)).collect();
     sharp.sort_by(f32::total_cmp);
     if !sharp.is_empty() {
         let q = |p: f32| sharp[((sharp.len() - 1) as f32 * p).round() as usize];
@@ -600,7 +600,6 @@ fn print_dry_run(conn: &Connection, decisions: &[Decision], paths: &HashMap<i64,
     let reasons = count_reasons(decisions);
     println!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
     println!("(dry run: nothing was written)");
-    Ok(())
 }
 
 fn count_reasons(decisions: &[Decision]) -> String {

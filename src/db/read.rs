@@ -56,10 +56,11 @@ pub struct EmbeddingTable {
 
 pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable> {
     let mut stmt = conn.prepare(
+        // Primary-key order, no sort: a photo's faces are inserted together, so their ids are
+        // consecutive (checked below).
         "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
          FROM embeddings e JOIN faces f ON f.id = e.face_id
-         JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
-         WHERE e.model_id = ?1 ORDER BY f.image_id, e.face_id",
+         WHERE e.model_id = ?1 ORDER BY e.face_id",
     )?;
     let mut rows = stmt.query([embedder_id])?;
     let mut table = EmbeddingTable { faces: Vec::new(), vectors: Vec::new() };
@@ -79,7 +80,21 @@ pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable>
         });
         table.vectors.extend_from_slice(&v);
     }
+    if !table.faces.is_sorted_by_key(|f| f.image_id) {
+        table = sorted_by_image(table);
+    }
     Ok(table)
+}
+
+/// Reorders a table so each photo's faces are adjacent (only needed for hand-edited databases).
+fn sorted_by_image(t: EmbeddingTable) -> EmbeddingTable {
+    let mut order: Vec<usize> = (0..t.faces.len()).collect();
+    order.sort_by_key(|&i| (t.faces[i].image_id, t.faces[i].face_id));
+    let dim = EMBEDDING_DIM;
+    EmbeddingTable {
+        faces: order.iter().map(|&i| t.faces[i]).collect(),
+        vectors: order.iter().flat_map(|&i| t.vectors[i * dim..(i + 1) * dim].iter().copied()).collect(),
+    }
 }
 
 /// Every face of every decoded photo (for `match --all`), ordered by photo.
@@ -239,9 +254,14 @@ pub fn failed_files(conn: &Connection) -> Result<Vec<(String, String)>> {
 
 /// image id -> its first present path (one scan), for listings.
 pub fn image_paths(conn: &Connection) -> Result<HashMap<i64, String>> {
-    let mut stmt = conn.prepare("SELECT image_id, min(path) FROM files WHERE missing = 0 AND image_id IS NOT NULL GROUP BY image_id")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    // Scanned in path order (the primary key), so the first path seen per image is the smallest.
+    let mut stmt = conn.prepare("SELECT image_id, path FROM files WHERE missing = 0 AND image_id IS NOT NULL")?;
+    let mut rows = stmt.query([])?;
+    let mut out: HashMap<i64, String> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        out.entry(r.get(0)?).or_insert(r.get(1)?);
+    }
+    Ok(out)
 }
 
 /// A match run as `report` lists it.

@@ -80,58 +80,46 @@ pub struct Input {
 }
 
 /// Resizes the image so its long side is `long_side` and pads it (right/bottom) to multiples of 32.
+/// Resampling (OpenCV's INTER_LINEAR rule) and the BGR planar layout happen in one pass.
 pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
     let (w, h) = image.dimensions();
     let scale = long_side as f32 / w.max(h).max(1) as f32;
-    let nw = ((w as f32 * scale).round() as u32).clamp(1, long_side);
-    let nh = ((h as f32 * scale).round() as u32).clamp(1, long_side);
-    let resized;
-    let src = if (nw, nh) == (w, h) {
-        image
-    } else {
-        resized = resize_bilinear(image, nw, nh);
-        &resized
-    };
-    let (width, height) = ((nw as usize).div_ceil(ALIGN) * ALIGN, (nh as usize).div_ceil(ALIGN) * ALIGN);
+    let nw = ((w as f32 * scale).round() as u32).clamp(1, long_side) as usize;
+    let nh = ((h as f32 * scale).round() as u32).clamp(1, long_side) as usize;
+    let (width, height) = (nw.div_ceil(ALIGN) * ALIGN, nh.div_ceil(ALIGN) * ALIGN);
     let plane = width * height;
     let mut data = vec![0f32; 3 * plane];
-    for (x, y, px) in src.enumerate_pixels() {
-        let i = y as usize * width + x as usize;
-        data[i] = f32::from(px[2]);
-        data[plane + i] = f32::from(px[1]);
-        data[2 * plane + i] = f32::from(px[0]);
+    let xs = taps(nw, w);
+    let raw = image.as_raw();
+    let stride = w as usize * 3;
+    for (y, &(y0, y1, fy)) in taps(nh, h).iter().enumerate() {
+        let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
+        let row = y * width;
+        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+            let (a, b) = (x0 * 3, x1 * 3);
+            for c in 0..3 {
+                let top = f32::from(r0[a + c]) + (f32::from(r0[b + c]) - f32::from(r0[a + c])) * fx;
+                let bottom = f32::from(r1[a + c]) + (f32::from(r1[b + c]) - f32::from(r1[a + c])) * fx;
+                // Rounded like OpenCV's 8-bit resize output; channel c goes to plane 2 - c (BGR).
+                data[(2 - c) * plane + row + x] = (top + (bottom - top) * fy).round();
+            }
+        }
     }
     Input { data, width, height, scale }
 }
 
-/// Bilinear resize with half-pixel centres and no antialiasing: what OpenCV's
-/// `resize(INTER_LINEAR)` does, and so what YuNet sees in OpenCV's FaceDetectorYN pipeline.
-/// Landmarks (and therefore embeddings) follow the input closely, so this parity matters.
-pub fn resize_bilinear(src: &RgbImage, nw: u32, nh: u32) -> RgbImage {
-    let (w, h) = src.dimensions();
-    let (sx, sy) = (w as f32 / nw as f32, h as f32 / nh as f32);
-    let axis = |d: u32, scale: f32, len: u32| -> (usize, usize, f32) {
-        let f = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (f.floor() as u32).min(len - 1);
-        let i1 = (i0 + 1).min(len - 1);
-        (i0 as usize, i1 as usize, f - i0 as f32)
-    };
-    let xs: Vec<(usize, usize, f32)> = (0..nw).map(|x| axis(x, sx, w)).collect();
-    let raw = src.as_raw();
-    let stride = w as usize * 3;
-    let mut out = Vec::with_capacity(nw as usize * nh as usize * 3);
-    for y in 0..nh {
-        let (y0, y1, fy) = axis(y, sy, h);
-        let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
-        for &(x0, x1, fx) in &xs {
-            for c in 0..3 {
-                let top = f32::from(r0[x0 * 3 + c]) * (1.0 - fx) + f32::from(r0[x1 * 3 + c]) * fx;
-                let bottom = f32::from(r1[x0 * 3 + c]) * (1.0 - fx) + f32::from(r1[x1 * 3 + c]) * fx;
-                out.push((top * (1.0 - fy) + bottom * fy).round() as u8);
-            }
-        }
-    }
-    RgbImage::from_raw(nw, nh, out).unwrap_or_else(|| RgbImage::new(nw, nh))
+/// For each output index: the two source indices and the weight of the second
+/// (half-pixel centres, no antialiasing, clamped at the edges).
+fn taps(out_len: usize, in_len: u32) -> Vec<(usize, usize, f32)> {
+    let scale = in_len as f32 / out_len as f32;
+    (0..out_len)
+        .map(|d| {
+            let f = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (f.floor() as u32).min(in_len - 1);
+            let i1 = (i0 + 1).min(in_len - 1);
+            (i0 as usize, i1 as usize, f - i0 as f32)
+        })
+        .collect()
 }
 
 /// Decodes YuNet's raw outputs as OpenCV's FaceDetectorYN does (coordinates in input pixels).
@@ -272,9 +260,10 @@ mod tests {
         for x in 0..4 {
             img.put_pixel(x, 0, image::Rgb([x as u8 * 60, 0, 0]));
         }
-        let r = resize_bilinear(&img, 2, 1);
-        // Centres of output pixels map to source x = 0.5 and 2.5.
-        assert_eq!((r.get_pixel(0, 0)[0], r.get_pixel(1, 0)[0]), (30, 150));
+        let input = to_input(&img, 2);
+        let red = 2 * input.width * input.height; // BGR planes: red is the third
+                                                  // Centres of output pixels map to source x = 0.5 and 2.5.
+        assert_eq!((input.data[red], input.data[red + 1]), (30.0, 150.0));
     }
 
     #[test]
