@@ -49,7 +49,7 @@ if [ "${BENCH_SKIP_PEERS:-0}" != 1 ]; then
   "$venv/bin/python" -c "import cv2" 2>/dev/null || "$venv/bin/pip" install -q "opencv-python-headless>=4.9,<5" "numpy<2.3"
   opencv_json=$("$venv/bin/python" scripts/bench_opencv.py models "$set_dir")
   if "$venv/bin/python" -c "import face_recognition" 2>/dev/null || \
-     { "$venv/bin/pip" install -q dlib-bin face_recognition_models "setuptools<81" && "$venv/bin/pip" install -q --no-deps face_recognition==1.3.0; } >/dev/null 2>&1; then
+     { "$venv/bin/pip" install -q dlib-bin face_recognition_models pillow click "setuptools<81" && "$venv/bin/pip" install -q --no-deps face_recognition==1.3.0; } >/dev/null 2>&1; then
     fr_json=$("$venv/bin/python" scripts/bench_face_recognition.py "$set_dir" "$fr_photos" 2>/dev/null || echo '{}')
   else
     echo "face_recognition (dlib-bin) did not install; skipping that peer"

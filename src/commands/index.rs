@@ -87,9 +87,16 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     }
 
     let mut counters = RunCounters::default();
-    let (entries, problems) = walk::walk(&root);
+    // Walk the folder while the stat cache loads: both are big on a no-op re-index.
+    let (walked, cache) = std::thread::scope(|s| {
+        let walker = s.spawn(|| walk::walk(&root));
+        let cache = read::file_cache(conn);
+        (walker.join(), cache)
+    });
+    // A failed walk must not look like an empty folder (that would mark every file missing).
+    let (entries, problems) = walked.map_err(|_| anyhow!("listing {} failed", root.display()))?;
+    let cache = cache?;
     counters.files_seen = entries.len() as u64 + problems.len() as u64;
-    let cache = read::file_cache(conn)?;
 
     let tx = conn.unchecked_transaction()?;
     for p in &problems {
