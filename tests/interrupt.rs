@@ -117,7 +117,8 @@ fn ctrl_c_stops_cleanly_and_the_next_run_finishes() {
             break;
         }
     }
-    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
