@@ -90,6 +90,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     }
+    // Commit the run row and any new references now: cropping can take minutes and must not
+    // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
+    tx.commit()?;
 
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating output folder {}", out_dir.display()))?;
     let old_ledger = Ledger::load(&out_dir);
@@ -100,6 +103,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let crops = write_crops(&db_file, &root, &out_dir, &to_crop, &spec, args.format, args.quality, &bar);
     bar.finish();
 
+    let tx = db.conn.unchecked_transaction()?;
     let ref_list: Vec<&RefRow> = positives.iter().collect();
     let mut manifest = Manifest::create(&out_dir)?;
     let mut written: HashSet<String> = HashSet::new();

@@ -446,14 +446,17 @@ pub fn image_id_for_face(conn: &Connection, face_id: i64) -> Result<Option<i64>>
     Ok(conn.query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| r.get(0)).optional()?)
 }
 
+/// A `logs` row joined with its run: (run_id, command, at, level, path, message).
+fn log_line(r: &rusqlite::Row) -> rusqlite::Result<LogLine> {
+    Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
+}
+
 /// Log lines about a path that never became an image (unreadable files).
 pub fn logs_for_path(conn: &Connection, rel: &str) -> Result<Vec<LogLine>> {
     let mut stmt = conn.prepare(
         "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id WHERE l.path = ?1 ORDER BY l.id",
     )?;
-    let rows = stmt.query_map([rel], |r| {
-        Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
-    })?;
+    let rows = stmt.query_map([rel], log_line)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -511,28 +514,7 @@ pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
             OR l.path IN (SELECT path FROM files WHERE image_id = ?1)
          ORDER BY l.id",
     )?;
-    info.logs = stmt
-        .query_map([image_id], |r| {
-            Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
-        "SELECT m.run_id, r.started_at, m.face_id, m.distance, m.decision, m.reason, m.crop_path FROM match_results m JOIN runs r ON r.id = m.run_id
-         WHERE m.image_id = ?1 ORDER BY m.run_id, m.face_id",
-    )?;
-    info.match_decisions = stmt
-        .query_map([image_id], |r| {
-            Ok(MatchLine {
-                run_id: r.get(0)?,
-                at: r.get(1)?,
-                face_id: r.get(2)?,
-                distance: r.get(3)?,
-                decision: r.get(4)?,
-                reason: r.get(5)?,
-                crop_path: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    info.logs = stmt.query_map([image_id], log_line)?.collect::<rusqlite::Result<_>>()?;
     let mut stmt = conn.prepare(
         "SELECT m.run_id, r.started_at, m.face_id, m.distance, m.decision, m.reason, m.crop_path FROM match_results m JOIN runs r ON r.id = m.run_id
          WHERE m.image_id = ?1 ORDER BY m.run_id, m.face_id",
