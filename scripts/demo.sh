@@ -25,3 +25,6 @@ echo "== facedb report demo/photos"
 echo
 echo "== facedb sql demo/photos 'SELECT path, face_count FROM photos_v'"
 "$facedb" sql demo/photos "SELECT path, face_count FROM photos_v ORDER BY path"
+echo
+"$facedb" report demo/photos --html demo/sheet.html
+echo "open demo/sheet.html in a browser for the contact sheet of this match"
