@@ -47,7 +47,14 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
         return Err(anyhow!("empty file (0 bytes)"));
     }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("reading image header")?;
-    let format = reader.format().ok_or_else(|| anyhow!("not a supported image (unrecognised content)"))?;
+    let Some(format) = reader.format() else {
+        if let Some(brand) = heif_brand(bytes) {
+            return Err(anyhow!(
+                "not a supported image: HEIF/HEIC/AVIF ({brand}) is not decoded by this build of facedb; convert it to JPEG first (e.g. `heif-convert`)"
+            ));
+        }
+        return Err(anyhow!("not a supported image (unrecognised content)"));
+    };
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // The decoder would fill the missing part with grey and call it a success.
         return Err(anyhow!(
@@ -60,6 +67,13 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
     image.apply_orientation(orientation);
     Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: orientation_exif(orientation) })
+}
+
+/// The ISO-BMFF brand of a HEIF-family file (iPhone HEIC, AVIF), if it is one.
+fn heif_brand(bytes: &[u8]) -> Option<String> {
+    let brand = bytes.get(4..12).filter(|b| b.starts_with(b"ftyp"))?.get(4..8)?;
+    let known: [&[u8]; 8] = [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"avif"];
+    known.contains(&brand).then(|| String::from_utf8_lossy(brand).into_owned())
 }
 
 /// Whether a JPEG's main image data is followed by its end-of-image marker. Segments before the
@@ -148,6 +162,12 @@ mod tests {
         assert!(!jpeg_is_complete(cut));
         assert!(decode(cut).unwrap_err().to_string().contains("truncated JPEG"));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
+    }
+
+    #[test]
+    fn heic_gets_a_clear_message() {
+        let err = decode(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap_err().to_string();
+        assert!(err.contains("HEIF/HEIC") && err.contains("convert it to JPEG"), "{err}");
     }
 
     #[test]
