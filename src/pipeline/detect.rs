@@ -89,20 +89,27 @@ pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
     let (width, height) = (nw.div_ceil(ALIGN) * ALIGN, nh.div_ceil(ALIGN) * ALIGN);
     let plane = width * height;
     let mut data = vec![0f32; 3 * plane];
-    let xs = taps(nw, w);
+    // Byte offsets of the two source pixels and the weight of the second, per output column.
+    let xs: Vec<(usize, usize, f32)> = taps(nw, w).into_iter().map(|(x0, x1, f)| (x0 * 3, x1 * 3, f)).collect();
     let raw = image.as_raw();
     let stride = w as usize * 3;
+    let (blue, rest) = data.split_at_mut(plane);
+    let (green, red) = rest.split_at_mut(plane);
     for (y, &(y0, y1, fy)) in taps(nh, h).iter().enumerate() {
         let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
-        let row = y * width;
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let (a, b) = (x0 * 3, x1 * 3);
-            for c in 0..3 {
-                let top = f32::from(r0[a + c]) + (f32::from(r0[b + c]) - f32::from(r0[a + c])) * fx;
-                let bottom = f32::from(r1[a + c]) + (f32::from(r1[b + c]) - f32::from(r1[a + c])) * fx;
-                // Rounded like OpenCV's 8-bit resize output; channel c goes to plane 2 - c (BGR).
-                data[(2 - c) * plane + row + x] = (top + (bottom - top) * fy).round();
-            }
+        let row = y * width..y * width + nw;
+        let (b_row, g_row, r_row) = (&mut blue[row.clone()], &mut green[row.clone()], &mut red[row]);
+        for (x, &(a, b, fx)) in xs.iter().enumerate() {
+            let (p0, p1, q0, q1) = (&r0[a..a + 3], &r0[b..b + 3], &r1[a..a + 3], &r1[b..b + 3]);
+            let sample = |c: usize| {
+                let top = f32::from(p0[c]) + (f32::from(p1[c]) - f32::from(p0[c])) * fx;
+                let bottom = f32::from(q0[c]) + (f32::from(q1[c]) - f32::from(q0[c])) * fx;
+                // Rounded like OpenCV's 8-bit resize output.
+                (top + (bottom - top) * fy).round()
+            };
+            r_row[x] = sample(0);
+            g_row[x] = sample(1);
+            b_row[x] = sample(2);
         }
     }
     Input { data, width, height, scale }
