@@ -1,5 +1,5 @@
 //! Times one YuNet call per input size and one SFace call, single-threaded, on this machine.
-//!     cargo run --release --example model_timing
+//!     cargo run --release --example model_timing [PHOTO.jpg]   (decode timing needs a photo)
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
@@ -21,7 +21,14 @@ fn main() -> anyhow::Result<()> {
         sface.embed(&face)?;
     }
     println!("SFace: {:.1} ms", t.elapsed().as_secs_f64() * 100.0);
-    let bytes = std::fs::read(".cache/bench/photos-40/bench001.jpg")?;
+    let Some(photo) = std::env::args()
+        .nth(1)
+        .or_else(|| Some(".cache/bench/photos-40/bench001.jpg".into()))
+        .filter(|p| std::path::Path::new(p).is_file())
+    else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(photo)?;
     let t = Instant::now();
     for _ in 0..3 {
         facedb::pipeline::decode::decode(&bytes)?;

@@ -124,7 +124,6 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     tx.commit()?;
 
     let mut known = read::image_hashes(conn)?;
-    let cached_images: HashMap<String, Option<i64>> = cache.iter().map(|(p, c)| (p.clone(), c.image_id)).collect();
     let status = if work.is_empty() {
         "ok"
     } else {
@@ -139,7 +138,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
             jobs,
             claimed,
             &mut known,
-            &cached_images,
+            &cache,
             run_id,
             detector_id,
             embedder_id,
@@ -221,7 +220,7 @@ fn process(
     jobs: usize,
     claimed: HashSet<String>,
     known: &mut HashMap<String, i64>,
-    cached_images: &HashMap<String, Option<i64>>,
+    cache: &HashMap<String, read::CachedFile>,
     run_id: i64,
     detector_id: i64,
     embedder_id: i64,
@@ -252,7 +251,7 @@ fn process(
             }
         });
 
-        let result = store(conn, &out_rx, known, cached_images, run_id, detector_id, embedder_id, counters, &bar);
+        let result = store(conn, &out_rx, known, cache, run_id, detector_id, embedder_id, counters, &bar);
         bar.finish();
         // Stop the feeder and workers if storing failed, then surface the first error.
         interrupted.store(interrupted.load(Ordering::SeqCst) || result.is_err(), Ordering::SeqCst);
@@ -314,7 +313,7 @@ fn store(
     conn: &Connection,
     rx: &Receiver<Outcome>,
     known: &mut HashMap<String, i64>,
-    cached_images: &HashMap<String, Option<i64>>,
+    cache: &HashMap<String, read::CachedFile>,
     run_id: i64,
     detector_id: i64,
     embedder_id: i64,
@@ -338,7 +337,7 @@ fn store(
                 counters.stage_ms.read_hash += read_ms;
                 match known.get(&blake3) {
                     // Same path, same content: re-verified (its timestamp was too recent to trust).
-                    Some(&image_id) if cached_images.get(&file.rel) == Some(&Some(image_id)) => {
+                    Some(&image_id) if cache.get(&file.rel).and_then(|c| c.image_id) == Some(image_id) => {
                         counters.files_unchanged += 1;
                         write::upsert_file(&tx, run_id, &file, stat, checked, Some(image_id), None)?;
                     }

@@ -101,9 +101,9 @@ impl ModelFiles {
     /// Loads the runtime (once per process) and prepares the model bytes for session creation.
     pub fn load(&self) -> Result<Models> {
         let env = environment(&self.ort_lib)?;
-        let (detector, patched_nodes) = patch::patch_yunet(&self.detector_bytes)
+        let (detector, _patched_nodes) = patch::patch_yunet(&self.detector_bytes)
             .with_context(|| format!("reading {} as an ONNX model", self.dir.join(YUNET_FILE).display()))?;
-        Ok(Models { env, detector, embedder: self.embedder_bytes.clone(), patched_nodes })
+        Ok(Models { env, detector, embedder: self.embedder_bytes.clone() })
     }
 }
 
@@ -126,7 +126,6 @@ pub struct Models {
     env: Environment,
     detector: Vec<u8>,
     embedder: Vec<u8>,
-    pub patched_nodes: usize,
 }
 
 impl Models {
