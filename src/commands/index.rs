@@ -296,7 +296,13 @@ fn worker(
         let is_new = claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true);
         let outcome = if is_new {
             let mut times = StageTimes { read_hash: read_ms, ..StageTimes::default() };
-            let result = analyze(&bytes, detector, embedder, params, &mut times).map_err(|e| format!("{e:#}"));
+            // A bug tripped by one strange file must cost that file, not the run.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze(&bytes, detector, embedder, params, &mut times)))
+                .unwrap_or_else(|panic| {
+                    let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                    Err(anyhow::anyhow!("internal error while analysing this file ({}); please report it", why.unwrap_or_default()))
+                })
+                .map_err(|e| format!("{e:#}"));
             Outcome::Analyzed { file, stat, blake3, size, result, times }
         } else {
             Outcome::KnownContent { file, stat, blake3, size, read_ms }
