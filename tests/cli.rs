@@ -87,7 +87,7 @@ fn in_a_two_person_photo_the_crop_is_obamas() {
     let conn = db(&photos);
     assert_eq!(query_i64(&conn, "SELECT face_count FROM photos_v WHERE path = 'together.jpg'"), 2);
     let out = tmp.path().join("crops");
-    facedb().arg("match").arg(&photos).arg("--ref").arg(photo("obama.jpg")).arg("--out").arg(&out).assert().success();
+    match_ref(&photos, "obama.jpg").arg("--out").arg(&out).assert().success();
     let rows = manifest(&out);
     assert_eq!(rows.len(), 1);
     let face_x: f32 = rows[0]["face_x"].parse().unwrap();

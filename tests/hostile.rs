@@ -178,7 +178,7 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
 
     // The crop of the non-UTF-8 file works too, and crops stay inside --out.
     let crops = tmp.path().join("crops");
-    facedb().arg("match").arg(d).arg("--ref").arg(photo("obama.jpg")).arg("--out").arg(&crops).assert().success();
+    match_ref(&d, "obama.jpg").arg("--out").arg(&crops).assert().success();
     assert!(manifest(&crops).iter().any(|r| r["source_path"].starts_with("caf")));
     for r in manifest(&crops) {
         assert!(Path::new(&r["crop_path"]).parent() == Some(crops.as_path()), "{r:?}");

@@ -150,15 +150,7 @@ fn a_second_indexer_is_refused_while_readers_keep_working() {
     std::thread::sleep(Duration::from_millis(500));
     facedb().arg("index").arg(tmp.path()).assert().code(2).stderr(predicate::str::contains("already running"));
     facedb().arg("report").arg(tmp.path()).assert().success();
-    facedb()
-        .arg("match")
-        .arg(tmp.path())
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--out")
-        .arg(tmp.path().join("crops"))
-        .assert()
-        .success();
+    match_ref(tmp.path(), "obama.jpg").arg("--out").arg(tmp.path().join("crops")).assert().success();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(integrity(tmp.path()), "ok");

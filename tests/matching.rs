@@ -73,11 +73,7 @@ fn a_mirror_image_makes_the_photo_ambiguous() {
     add_photos(tmp.path(), &["obama3.jpg"]);
     index(tmp.path());
     let out = tmp.path().join("out");
-    facedb()
-        .arg("match")
-        .arg(tmp.path())
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
+    match_ref(tmp.path(), "obama.jpg")
         .arg("--out")
         .arg(&out)
         .assert()
@@ -90,16 +86,7 @@ fn a_mirror_image_makes_the_photo_ambiguous() {
     assert!(rejected.lines().any(|l| l.starts_with("mirror.jpg,") && l.contains("ambiguous")), "{rejected}");
     assert!(!manifest(&out).iter().any(|r| r["source_path"] == "mirror.jpg"));
 
-    facedb()
-        .arg("match")
-        .arg(tmp.path())
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--allow-ambiguous")
-        .assert()
-        .success();
+    match_ref(tmp.path(), "obama.jpg").arg("--out").arg(&out).arg("--allow-ambiguous").assert().success();
     let rows = manifest(&out);
     assert_eq!(rows.iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "1").count(), 1);
 }
@@ -157,21 +144,11 @@ fn dry_run_prints_the_histogram_and_writes_nothing() {
     let conn = db(tmp.path());
     let runs = query_i64(&conn, "SELECT count(*) FROM runs");
     let out = tmp.path().join("out");
-    facedb()
-        .arg("match")
-        .arg(tmp.path())
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--dry-run")
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains("<- threshold")
-                .and(predicate::str::contains("sharpness"))
-                .and(predicate::str::contains("nothing was written")),
-        );
+    match_ref(tmp.path(), "obama.jpg").arg("--dry-run").arg("--out").arg(&out).assert().success().stdout(
+        predicate::str::contains("<- threshold")
+            .and(predicate::str::contains("sharpness"))
+            .and(predicate::str::contains("nothing was written")),
+    );
     assert!(!out.exists());
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs"), runs);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM refs"), 0);
@@ -201,7 +178,7 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     }
 
     // Re-run with other settings: the PNGs are replaced by JPEGs; the user's file stays.
-    facedb().arg("match").arg(&photos).arg("--ref").arg(photo("obama.jpg")).args(["--align", "--out"]).arg(&out).assert().success();
+    match_ref(&photos, "obama.jpg").args(["--align", "--out"]).arg(&out).assert().success();
     let rows = manifest(&out);
     assert_eq!(rows.len(), 2);
     let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -221,7 +198,7 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
     assert!(first["quality"]["sharpness"].as_f64().unwrap() > 0.0 && first["face"]["landmarks"].as_array().unwrap().len() == 5);
     // Indexing the dataset again never picks up crops written inside it.
-    facedb().arg("match").arg(&photos).arg("--ref").arg(photo("obama.jpg")).assert().success();
+    match_ref(&photos, "obama.jpg").assert().success();
     facedb().arg("index").arg(&photos).assert().success();
     assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM files"), 2);
 }

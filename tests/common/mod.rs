@@ -102,3 +102,10 @@ pub fn variants(img: &image::RgbImage) -> Vec<(&'static str, image::RgbImage)> {
     });
     vec![("dark_blur", imageops::blur(&dark, 3.0)), ("small_grey", grey), ("mirror_warm", warm), ("tilt25", rotated(img, 25.0))]
 }
+
+/// `facedb match DIR --ref <test photo>`; callers add the rest.
+pub fn match_ref(dir: &Path, reference: &str) -> Command {
+    let mut c = facedb();
+    c.arg("match").arg(dir).arg("--ref").arg(photo(reference));
+    c
+}
