@@ -54,9 +54,15 @@ fn obama_reference_matches_obama_photos_not_biden() {
         assert!((0.0..0.6).contains(&d), "{row:?}");
     }
     let conn = db(&photos);
-    assert_eq!(query_i64(&conn, "SELECT count(*) FROM match_results WHERE decision = 'rejected'"), 1);
+    // Biden is counted as rejected but, far beyond the threshold, neither stored nor listed.
+    assert_eq!(query_i64(&conn, "SELECT rejected FROM match_runs ORDER BY run_id DESC LIMIT 1"), 1);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM match_results WHERE decision = 'rejected'"), 0);
+    assert!(!std::fs::read_to_string(out.join("rejected.csv")).unwrap().contains("biden"));
+    // With the threshold just below his distance he is a near miss: stored and listed.
+    facedb().args(["match", "--threshold", "0.8", "--ref"]).arg(photo("obama.jpg")).arg("--out").arg(&out).arg(&photos).assert().success();
     let biden_distance: f64 = conn.query_row("SELECT distance FROM matches_v WHERE path = 'biden.jpg'", [], |r| r.get(0)).unwrap();
     assert!(biden_distance > 0.8, "biden is far from obama: {biden_distance}");
+    assert!(std::fs::read_to_string(out.join("rejected.csv")).unwrap().contains("biden.jpg"));
     // The match compared vectors only.
     assert_eq!(last_run(&conn, "detector_calls"), 0);
     // The reference photo and its face were stored.

@@ -18,7 +18,7 @@ use crate::cli::MatchArgs;
 use crate::crop::{self, CropPlan, CropSpec, FaceGeometry, Ledger};
 use crate::db::read::{self, FaceInfo, RefRow};
 use crate::db::write::{self, MatchRow, NewMatchRun, NewRef, RunCounters};
-use crate::db::Db;
+use crate::db::{vectors, Db};
 use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
@@ -76,13 +76,22 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
     let opts =
         Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
+    let mut matrix = vectors::load(&tx, &db_file, embedder_id, EMBEDDING_DIM)?;
     let (decisions, face_rows) = if args.all {
-        decide_all(&tx, embedder_id, &pos_vecs, &filters)?
+        decide_all(&tx, &mut matrix, &pos_vecs, &filters)?
     } else {
-        let table = read::embeddings(&tx, embedder_id)?;
-        (matching::decide(&table.faces, &table.vectors, EMBEDDING_DIM, &pos_vecs, &neg_vecs, &opts), table.faces)
+        let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
+        (decisions, std::mem::take(&mut matrix.faces))
     };
-    let paths = read::image_paths(&tx)?;
+    drop(matrix);
+    // Photos far beyond the threshold are counted, not listed: at a million photos one row each
+    // per run would dwarf everything else, and they say nothing a threshold change would need.
+    let recorded: Vec<&Decision> = decisions.iter().filter(|d| is_recorded(d, args.threshold)).collect();
+    let mut wanted_paths: Vec<i64> = recorded.iter().map(|d| d.image_id).collect();
+    if args.dry_run {
+        wanted_paths.extend(decisions.iter().filter(|d| (d.distance - args.threshold).abs() <= DRY_RUN_BAND).map(|d| d.image_id));
+    }
+    let paths = read::paths_of_images(&tx, &wanted_paths)?;
     let quality: HashMap<i64, matching::FaceRow> = face_rows.into_iter().map(|f| (f.face_id, f)).collect();
 
     if args.dry_run {
@@ -112,6 +121,10 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     for d in &decisions {
         ambiguous += u64::from(d.ambiguous);
         let reason = d.reason.map(Reason::as_str);
+        if !is_recorded(d, args.threshold) {
+            rejected += 1;
+            continue;
+        }
         match crops.get(&d.face_id) {
             Some(Ok(c)) => {
                 matched += 1;
@@ -194,23 +207,30 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
 }
 
+/// Rejected photos farther than this beyond the threshold are counted but not listed in
+/// `rejected.csv` or stored as match results.
+pub const NEAR_MISS_BAND: f32 = 0.10;
+/// `--dry-run` lists photos this close to the threshold on either side.
+const DRY_RUN_BAND: f32 = 0.05;
+
+fn is_recorded(d: &Decision, threshold: f32) -> bool {
+    d.reason != Some(Reason::TooFar) || d.distance <= threshold + NEAR_MISS_BAND
+}
+
 /// `--all`: every face is its own decision (distance to the references if any were given).
 fn decide_all(
     conn: &Connection,
-    embedder_id: i64,
+    matrix: &mut vectors::FaceMatrix,
     refs: &[Vec<f32>],
     filters: &Filters,
 ) -> Result<(Vec<Decision>, Vec<matching::FaceRow>)> {
-    let table = read::embeddings(conn, embedder_id)?;
-    let embedded: HashMap<i64, usize> = table.faces.iter().enumerate().map(|(i, f)| (f.face_id, i)).collect();
+    let (nearest, _) = matching::distances(&mut matrix.vectors, refs, &[])?;
+    let embedded: HashMap<i64, f32> = matrix.faces.iter().zip(nearest).map(|(f, d)| (f.face_id, d)).collect();
     let faces = read::all_faces(conn)?;
     let decisions = faces
         .iter()
         .map(|f| {
-            let distance = embedded
-                .get(&f.face_id)
-                .and_then(|&i| table.vectors.get(i * EMBEDDING_DIM..(i + 1) * EMBEDDING_DIM))
-                .map_or(f32::NAN, |v| refs.iter().map(|r| matching::cosine_distance(v, r)).min_by(f32::total_cmp).unwrap_or(f32::NAN));
+            let distance = embedded.get(&f.face_id).copied().filter(|d| d.is_finite()).unwrap_or(f32::NAN);
             let reason = filters.reject(f);
             Decision {
                 image_id: f.image_id,
@@ -583,7 +603,7 @@ fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: 
         let mark = if (a..b).contains(&threshold) { "  <- threshold" } else { "" };
         println!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
     }
-    let band = 0.05;
+    let band = DRY_RUN_BAND;
     let mut near: Vec<&Decision> = decisions.iter().filter(|d| (d.distance - threshold).abs() <= band).collect();
     near.sort_by(|a, b| a.distance.total_cmp(&b.distance));
     println!("\nphotos within {band:.2} of the threshold ({}):", near.len());

@@ -2,6 +2,7 @@
 //! `write` holds the single writer's statements, `read` the queries behind match and report.
 
 pub mod read;
+pub mod vectors;
 pub mod write;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use rusqlite::{Connection, OpenFlags};
 pub const DB_FILE: &str = "facedb.sqlite";
 
 /// Append-only migrations, applied in order; `PRAGMA user_version` is the count applied.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    ("0002_vector_cache", include_str!("../../migrations/0002_vector_cache.sql")),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -47,56 +47,6 @@ pub fn image_hashes(conn: &Connection) -> Result<HashMap<String, i64>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// All stored embeddings of one model, contiguous: `vectors[i*128..]` belongs to `faces[i]`,
-/// faces of one photo adjacent. One scan; nothing per photo.
-pub struct EmbeddingTable {
-    pub faces: Vec<FaceRow>,
-    pub vectors: Vec<f32>,
-}
-
-pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<EmbeddingTable> {
-    let mut stmt = conn.prepare(
-        // Primary-key order, no sort: a photo's faces are inserted together, so their ids are
-        // consecutive (checked below).
-        "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
-         FROM embeddings e JOIN faces f ON f.id = e.face_id
-         WHERE e.model_id = ?1 ORDER BY e.face_id",
-    )?;
-    let mut rows = stmt.query([embedder_id])?;
-    let mut table = EmbeddingTable { faces: Vec::new(), vectors: Vec::new() };
-    while let Some(r) = rows.next()? {
-        let blob = r.get_ref(6)?.as_blob()?;
-        // A malformed vector (hand-edited database) is skipped rather than trusted.
-        let Some(v) = blob_to_vector(blob).filter(|v| v.len() == EMBEDDING_DIM) else {
-            continue;
-        };
-        table.faces.push(FaceRow {
-            image_id: r.get(0)?,
-            face_id: r.get(1)?,
-            size_px: r.get(2)?,
-            sharpness: r.get(3)?,
-            yaw: r.get(4)?,
-            score: r.get(5)?,
-        });
-        table.vectors.extend_from_slice(&v);
-    }
-    if !table.faces.is_sorted_by_key(|f| f.image_id) {
-        table = sorted_by_image(table);
-    }
-    Ok(table)
-}
-
-/// Reorders a table so each photo's faces are adjacent (only needed for hand-edited databases).
-fn sorted_by_image(t: EmbeddingTable) -> EmbeddingTable {
-    let mut order: Vec<usize> = (0..t.faces.len()).collect();
-    order.sort_by_key(|&i| (t.faces[i].image_id, t.faces[i].face_id));
-    let dim = EMBEDDING_DIM;
-    EmbeddingTable {
-        faces: order.iter().map(|&i| t.faces[i]).collect(),
-        vectors: order.iter().flat_map(|&i| t.vectors[i * dim..(i + 1) * dim].iter().copied()).collect(),
-    }
-}
-
 /// Every face of every decoded photo (for `match --all`), ordered by photo.
 pub fn all_faces(conn: &Connection) -> Result<Vec<FaceRow>> {
     let mut stmt = conn.prepare(
@@ -260,6 +210,25 @@ pub fn image_paths(conn: &Connection) -> Result<HashMap<i64, String>> {
     let mut out: HashMap<i64, String> = HashMap::new();
     while let Some(r) = rows.next()? {
         out.entry(r.get(0)?).or_insert(r.get(1)?);
+    }
+    Ok(out)
+}
+
+/// image id -> its first present path, for just these images (a handful of lookups, or one
+/// scan when asked for many).
+pub fn paths_of_images(conn: &Connection, ids: &[i64]) -> Result<HashMap<i64, String>> {
+    if ids.len() > 20_000 {
+        let wanted: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        let mut all = image_paths(conn)?;
+        all.retain(|id, _| wanted.contains(id));
+        return Ok(all);
+    }
+    let mut stmt = conn.prepare_cached("SELECT min(path) FROM files WHERE image_id = ?1 AND missing = 0")?;
+    let mut out = HashMap::new();
+    for &id in ids {
+        if let Some(path) = stmt.query_row([id], |r| r.get::<_, Option<String>>(0))? {
+            out.insert(id, path);
+        }
     }
     Ok(out)
 }

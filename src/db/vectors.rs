@@ -1,0 +1,305 @@
+//! A cached copy of one embedder's vectors beside the database (`<db>.vectors`), so `match` reads
+//! one contiguous file instead of decoding a million SQLite rows, and streams it in chunks
+//! instead of holding it.
+//!
+//! The cache is a pure function of the database: it is keyed by the database's id and the
+//! generation counter that triggers bump on every change to embeddings (migration 0002), and
+//! is rebuilt from SQLite whenever the key differs. Deleting it is always safe.
+//!
+//! Layout, little-endian: header (magic, database id, generation, embedder id, face count,
+//! dimension), then `count * dim` f32 vectors, then `count` face records.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::Connection;
+
+use crate::matching::{FaceRow, Vectors};
+
+const MAGIC: &[u8; 8] = b"FACEDBV1";
+const HEADER_LEN: u64 = 8 + 32 + 8 + 8 + 8 + 4 + 4;
+const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
+/// Faces per read while streaming (2 MiB of 128-d vectors).
+const CHUNK_FACES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    database_id: String,
+    generation: i64,
+    embedder_id: i64,
+}
+
+/// Stored faces of one embedder with their vectors on disk.
+pub struct FaceMatrix {
+    pub faces: Vec<FaceRow>,
+    /// `faces[i]`'s vector is the i-th in here.
+    pub vectors: VectorFile,
+    /// Whether this call had to (re)build the cache from SQLite.
+    pub rebuilt: bool,
+}
+
+/// The vector section of an open cache file, streamed on each scan.
+pub struct VectorFile {
+    file: File,
+    dim: usize,
+    count: usize,
+}
+
+pub fn cache_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path.file_name().unwrap_or_default().to_os_string();
+    name.push(".vectors");
+    db_path.with_file_name(name)
+}
+
+/// Opens the cache for `embedder_id`, rebuilding it first if the database changed since it was
+/// written. `conn` should be inside a transaction so the key and the rows come from one snapshot.
+pub fn load(conn: &Connection, db_path: &Path, embedder_id: i64, dim: usize) -> Result<FaceMatrix> {
+    let key = current_key(conn, embedder_id)?;
+    let path = cache_path(db_path);
+    if let Ok(m) = open_cached(&path, &key, dim) {
+        return Ok(m);
+    }
+    build(conn, &path, &key, dim).with_context(|| format!("writing the vector cache {}", path.display()))?;
+    let mut m = open_cached(&path, &key, dim).with_context(|| format!("reading the vector cache {}", path.display()))?;
+    m.rebuilt = true;
+    Ok(m)
+}
+
+fn current_key(conn: &Connection, embedder_id: i64) -> Result<Key> {
+    let get = |k: &str| conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, rusqlite::types::Value>(0));
+    let database_id = match get("database_id")? {
+        rusqlite::types::Value::Text(s) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => s,
+        other => bail!("database meta 'database_id' is malformed ({other:?})"),
+    };
+    let generation = match get("embeddings_generation")? {
+        rusqlite::types::Value::Integer(g) => g,
+        other => bail!("database meta 'embeddings_generation' is malformed ({other:?})"),
+    };
+    Ok(Key { database_id, generation, embedder_id })
+}
+
+fn header(key: &Key, count: u64, dim: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN as usize);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(key.database_id.as_bytes());
+    h.extend_from_slice(&key.generation.to_le_bytes());
+    h.extend_from_slice(&key.embedder_id.to_le_bytes());
+    h.extend_from_slice(&count.to_le_bytes());
+    h.extend_from_slice(&(dim as u32).to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h
+}
+
+fn open_cached(path: &Path, key: &Key, dim: usize) -> Result<FaceMatrix> {
+    let mut file = File::open(path)?;
+    let mut h = [0u8; HEADER_LEN as usize];
+    file.read_exact(&mut h)?;
+    let count = u64::from_le_bytes(h[56..64].try_into()?);
+    if h[..HEADER_LEN as usize] != header(key, count, dim)[..] {
+        bail!("stale or foreign cache");
+    }
+    let vectors_len = count.checked_mul((dim * 4) as u64).context("size overflow")?;
+    let faces_len = count.checked_mul(FACE_RECORD_LEN as u64).context("size overflow")?;
+    if file.metadata()?.len() != HEADER_LEN + vectors_len + faces_len {
+        bail!("cache has the wrong length");
+    }
+    file.seek(SeekFrom::Start(HEADER_LEN + vectors_len))?;
+    let mut raw = vec![0u8; usize::try_from(faces_len)?];
+    file.read_exact(&mut raw)?;
+    let faces: Vec<FaceRow> = raw.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
+    let count = faces.len();
+    Ok(FaceMatrix { faces, vectors: VectorFile { file, dim, count }, rebuilt: false })
+}
+
+fn build(conn: &Connection, path: &Path, key: &Key, dim: usize) -> Result<()> {
+    // A private temporary name, renamed into place: readers never see a half-written cache, and
+    // two concurrent builders each finish a whole one.
+    let tmp = path.with_extension(format!("vectors.{}.part", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        out.write_all(&header(key, 0, dim))?;
+        let mut stmt = conn.prepare(
+            // Primary-key order, no sort; `decide` groups faces by photo itself.
+            "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
+             FROM embeddings e JOIN faces f ON f.id = e.face_id
+             WHERE e.model_id = ?1 ORDER BY e.face_id",
+        )?;
+        let mut rows = stmt.query([key.embedder_id])?;
+        let mut faces = Vec::new();
+        while let Some(r) = rows.next()? {
+            let blob = r.get_ref(6)?.as_blob()?;
+            // A malformed vector (hand-edited database) is skipped rather than trusted.
+            if blob.len() != dim * 4 {
+                continue;
+            }
+            out.write_all(blob)?;
+            faces.push(FaceRow {
+                image_id: r.get(0)?,
+                face_id: r.get(1)?,
+                size_px: r.get(2)?,
+                sharpness: r.get(3)?,
+                yaw: r.get(4)?,
+                score: r.get(5)?,
+            });
+        }
+        for f in &faces {
+            out.write_all(&encode_face(f))?;
+        }
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&header(key, faces.len() as u64, dim))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn encode_face(f: &FaceRow) -> [u8; FACE_RECORD_LEN] {
+    let mut b = [0u8; FACE_RECORD_LEN];
+    b[0..8].copy_from_slice(&f.image_id.to_le_bytes());
+    b[8..16].copy_from_slice(&f.face_id.to_le_bytes());
+    for (k, v) in [f.size_px, f.sharpness, f.yaw, f.score].iter().enumerate() {
+        b[16 + 4 * k..20 + 4 * k].copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+fn decode_face(b: &[u8]) -> FaceRow {
+    let i64_at = |o: usize| i64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+    let f32_at = |o: usize| f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    FaceRow { image_id: i64_at(0), face_id: i64_at(8), size_px: f32_at(16), sharpness: f32_at(20), yaw: f32_at(24), score: f32_at(28) }
+}
+
+impl Vectors for VectorFile {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        self.file.seek(SeekFrom::Start(HEADER_LEN))?;
+        let mut raw = vec![0u8; CHUNK_FACES * self.dim * 4];
+        let mut floats = Vec::with_capacity(CHUNK_FACES * self.dim);
+        let mut first = 0;
+        while first < self.count {
+            let n = CHUNK_FACES.min(self.count - first);
+            let bytes = &mut raw[..n * self.dim * 4];
+            self.file.read_exact(bytes).context("reading the vector cache")?;
+            floats.clear();
+            floats.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            visit(first, &floats);
+            first += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{vector_to_blob, Db};
+
+    fn add_face(conn: &Connection, image_id: i64, face_id: i64, v: &[f32]) {
+        conn.execute(
+            "INSERT INTO faces (id, image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
+             VALUES (?1, ?2, 1, ?1, 0, 0, 50, 50, 0.9, '[]', 50, 100, 0, 0, 128)",
+            rusqlite::params![face_id, image_id],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, 2, ?2)",
+            rusqlite::params![face_id, vector_to_blob(v)],
+        )
+        .unwrap();
+    }
+
+    fn collect(m: &mut FaceMatrix) -> Vec<f32> {
+        let mut all = Vec::new();
+        m.vectors
+            .scan(&mut |first, chunk| {
+                assert_eq!(first * 3, all.len());
+                all.extend_from_slice(chunk);
+            })
+            .unwrap();
+        all
+    }
+
+    #[test]
+    fn built_once_reused_and_rebuilt_after_any_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("facedb.sqlite");
+        let db = Db::open(&db_path).unwrap();
+        let c = &db.conn;
+        c.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
+        )
+        .unwrap();
+        add_face(c, 7, 1, &[1.0, 0.0, 0.0]);
+        add_face(c, 8, 2, &[0.0, 1.0, 0.0]);
+
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        assert!(m.rebuilt);
+        assert_eq!(m.faces.iter().map(|f| (f.image_id, f.face_id)).collect::<Vec<_>>(), vec![(7, 1), (8, 2)]);
+        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert!(!load(c, &db_path, 2, 3).unwrap().rebuilt, "unchanged database reuses the cache");
+
+        // A hand-written update is seen too (trigger), as is a new face.
+        c.execute("UPDATE embeddings SET vector = ?1 WHERE face_id = 2", [vector_to_blob(&[0.0, 0.0, 1.0])]).unwrap();
+        add_face(c, 9, 3, &[0.6, 0.8, 0.0]);
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        assert!(m.rebuilt);
+        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.6, 0.8, 0.0]);
+
+        c.execute("DELETE FROM embeddings WHERE face_id = 1", []).unwrap();
+        let m = load(c, &db_path, 2, 3).unwrap();
+        assert!(m.rebuilt);
+        assert_eq!(m.faces.len(), 2);
+
+        // A damaged cache file is rebuilt, not trusted.
+        let p = cache_path(&db_path);
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 5).unwrap();
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        assert!(m.rebuilt);
+        assert_eq!(collect(&mut m).len(), 6);
+        // Another embedder id gets its own (empty) matrix.
+        assert!(load(c, &db_path, 1, 3).unwrap().faces.is_empty());
+    }
+
+    #[test]
+    fn streams_in_chunks_covering_every_face() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("facedb.sqlite");
+        let db = Db::open(&db_path).unwrap();
+        let c = &db.conn;
+        c.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
+        )
+        .unwrap();
+        let n = CHUNK_FACES * 2 + 5;
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..n {
+            add_face(&tx, i as i64 / 2, i as i64 + 1, &[i as f32, 0.0, 1.0]);
+        }
+        tx.commit().unwrap();
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        let mut chunks = 0;
+        let mut seen = 0;
+        m.vectors
+            .scan(&mut |first, chunk| {
+                assert_eq!(first, seen);
+                assert_eq!(chunk[0], first as f32);
+                seen += chunk.len() / 3;
+                chunks += 1;
+            })
+            .unwrap();
+        assert_eq!((seen, chunks), (n, 3));
+    }
+}
