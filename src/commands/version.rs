@@ -9,6 +9,7 @@ use super::Globals;
 use crate::cli::{ModelsAction, ModelsArgs};
 use crate::db::SCHEMA_VERSION;
 use crate::models::runtime::{self, ModelFiles, ORT_LIB_FILE, ORT_VERSION, SFACE_FILE, YUNET_FILE};
+use crate::pipeline::heif;
 
 pub fn print(globals: &Globals) {
     println!("facedb {}", env!("CARGO_PKG_VERSION"));
@@ -24,6 +25,10 @@ pub fn print(globals: &Globals) {
             println!("ONNX Runtime {ORT_VERSION} (expected as {ORT_LIB_FILE})");
             println!("models: {e:#}");
         }
+    }
+    match heif::loaded_from() {
+        Ok(path) => println!("HEIC/HEIF via libheif ({})", path.display()),
+        Err(e) => println!("HEIC/HEIF: unavailable: {e:#}"),
     }
 }
 
@@ -45,6 +50,19 @@ fn install(from: &Path) -> Result<ExitCode> {
         let tmp = dest.join(format!("{name}.part"));
         std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
         std::fs::rename(&tmp, dest.join(name))?;
+    }
+    // libheif for HEIC photos, where setup.sh put it (optional: only HEIC files need it).
+    let heif_src = from.join(heif::HEIF_DIR);
+    if heif_src.is_dir() {
+        let heif_dest = dest.join(heif::HEIF_DIR);
+        std::fs::create_dir_all(&heif_dest).with_context(|| format!("creating {}", heif_dest.display()))?;
+        for entry in std::fs::read_dir(&heif_src)? {
+            let src = entry?.path();
+            let Some(name) = src.file_name().filter(|_| src.is_file()) else { continue };
+            let tmp = heif_dest.join(format!("{}.part", name.to_string_lossy()));
+            std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::rename(&tmp, heif_dest.join(name))?;
+        }
     }
     // Verify what was installed loads the same way the binary will find it.
     let m = ModelFiles::locate(Some(&dest))?;

@@ -79,6 +79,8 @@ impl ModelFiles {
                 })?
             }
         };
+        // libheif (for HEIC photos) is installed beside the models.
+        crate::pipeline::heif::set_models_dir(&dir);
         let ort_lib = match std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()) {
             Some(p) => PathBuf::from(p),
             None => dir.join(ORT_LIB_FILE),

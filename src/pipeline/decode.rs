@@ -49,9 +49,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("reading image header")?;
     let Some(format) = reader.format() else {
         if let Some(brand) = heif_brand(bytes) {
-            return Err(anyhow!(
-                "not a supported image: HEIF/HEIC/AVIF ({brand}) is not decoded by this build of facedb; convert it to JPEG first (e.g. `heif-convert`)"
-            ));
+            let rgb = super::heif::decode(bytes, MAX_SIDE, MAX_ALLOC).map_err(|e| anyhow!("cannot decode HEIF ({brand}): {e:#}"))?;
+            // libheif has already applied the file's rotation and mirroring.
+            return Ok(Decoded { rgb, format: "heif", orientation: 1 });
         }
         return Err(anyhow!("not a supported image (unrecognised content)"));
     };
@@ -165,9 +165,9 @@ mod tests {
     }
 
     #[test]
-    fn heic_gets_a_clear_message() {
+    fn broken_heic_gets_a_clear_message() {
         let err = decode(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap_err().to_string();
-        assert!(err.contains("HEIF/HEIC") && err.contains("convert it to JPEG"), "{err}");
+        assert!(err.contains("cannot decode HEIF (heic)"), "{err}");
     }
 
     #[test]

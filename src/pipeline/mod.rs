@@ -6,6 +6,7 @@ pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod hash;
+pub mod heif;
 pub mod quality;
 pub mod walk;
 

@@ -9,7 +9,7 @@ use walkdir::WalkDir;
 
 /// File extensions that are treated as photos (case-insensitive). Formats this build cannot
 /// decode (HEIC) are still listed so they are reported as failures, never silently skipped.
-pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"];
+pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "hif", "avif"];
 /// Marker file facedb writes into every crop output folder, so indexing never picks crops up.
 pub const OUTPUT_MARKER: &str = ".facedb-output";
 /// Names at the dataset root that belong to facedb itself.
