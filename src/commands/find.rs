@@ -92,7 +92,14 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         wanted_paths.extend(decisions.iter().filter(|d| (d.distance - args.threshold).abs() <= DRY_RUN_BAND).map(|d| d.image_id));
     }
     let paths = read::paths_of_images(&tx, &wanted_paths)?;
-    let quality: HashMap<i64, matching::FaceRow> = face_rows.into_iter().map(|f| (f.face_id, f)).collect();
+    // Quality rows of just the faces that get listed (a million-entry map costs more than the match).
+    let listed: HashSet<i64> = recorded
+        .iter()
+        .map(|d| d.face_id)
+        .chain(args.dry_run.then_some(&decisions).into_iter().flatten().filter(|d| d.distance <= args.threshold).map(|d| d.face_id))
+        .collect();
+    let quality: HashMap<i64, matching::FaceRow> =
+        face_rows.into_iter().filter(|f| listed.contains(&f.face_id)).map(|f| (f.face_id, f)).collect();
 
     if args.dry_run {
         print_dry_run(&decisions, &paths, &quality, args.threshold);
@@ -184,7 +191,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         neg_ref_ids: &neg_ids,
     };
     write::insert_match_run(&tx, run_id, &run)?;
-    let photos = decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len() as u64;
+    let photos = distinct_photos(&decisions) as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
     write::finish_run(&tx, run_id, if crop_failures > 0 { "failures" } else { "ok" }, &counters)?;
@@ -212,6 +219,16 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
 pub const NEAR_MISS_BAND: f32 = 0.10;
 /// `--dry-run` lists photos this close to the threshold on either side.
 const DRY_RUN_BAND: f32 = 0.05;
+
+/// Number of photos among the decisions (one per photo, or one per face with `--all`; both
+/// come grouped by photo).
+fn distinct_photos(decisions: &[Decision]) -> usize {
+    if decisions.is_sorted_by_key(|d| d.image_id) {
+        decisions.chunk_by(|a, b| a.image_id == b.image_id).count()
+    } else {
+        decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len()
+    }
+}
 
 fn is_recorded(d: &Decision, threshold: f32) -> bool {
     d.reason != Some(Reason::TooFar) || d.distance <= threshold + NEAR_MISS_BAND
@@ -649,7 +666,7 @@ fn print_summary(
     started: Instant,
 ) {
     eprintln!("facedb match {}", root.display());
-    let photos = decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len();
+    let photos = distinct_photos(decisions);
     if args.all {
         eprintln!("  {written} face crops from {photos} photos; rejected: {}", count_reasons(decisions));
     } else {
