@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let models = facedb::models::ModelFiles::locate(None)?.load()?;
+    let models = facedb::models::ModelFiles::locate(None, facedb::models::runtime::Device::Cpu)?.load()?;
     let (mut yunet, mut sface) = (models.detector()?, models.embedder()?);
     for (w, h) in [(640usize, 480usize), (640, 640), (1280, 960)] {
         let input = vec![100f32; 3 * w * h];

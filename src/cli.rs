@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::models::runtime::Device;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "facedb",
@@ -22,6 +24,10 @@ pub struct Cli {
     /// Read the models and ONNX Runtime library from DIR [default: ./models, models/ beside the binary, ~/.local/share/facedb/models].
     #[arg(long, global = true, value_name = "DIR", env = "FACEDB_MODELS")]
     pub models: Option<PathBuf>,
+
+    /// Run the models on DEVICE: cpu, or cuda (an NVIDIA GPU; needs ONNX Runtime's GPU build from `scripts/setup.sh --gpu`). Falls back to the CPU with a message when CUDA cannot start.
+    #[arg(long, global = true, value_name = "DEVICE", value_enum, default_value_t = Device::Cpu, env = "FACEDB_DEVICE")]
+    pub device: Device,
 
     /// Use the database at PATH instead of DIR/facedb.sqlite (for folders you cannot write).
     #[arg(long, global = true, value_name = "PATH", env = "FACEDB_DB")]

@@ -48,7 +48,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
     // simply rolls it back, so it writes nothing.
     let tx = db.conn.unchecked_transaction()?;
-    let files = ModelFiles::locate(globals.models.as_deref())?;
+    let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let ref_params = DetectParams::default();
     let detector_id =
         write::ensure_model(&tx, "detector", &files.detector_name, &files.detector_hash, &super::index::detector_params_json(&ref_params))?;

@@ -70,7 +70,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     })?;
     let conn = &db.conn;
 
-    let files = ModelFiles::locate(globals.models.as_deref())?;
+    let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let params =
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
     let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;

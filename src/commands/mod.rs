@@ -25,13 +25,14 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 pub struct Globals {
     pub models: Option<PathBuf>,
+    pub device: crate::models::runtime::Device,
     pub db: Option<PathBuf>,
     pub quiet: bool,
     pub json: bool,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let globals = Globals { models: cli.models, db: cli.db, quiet: cli.quiet, json: cli.json };
+    let globals = Globals { models: cli.models, device: cli.device, db: cli.db, quiet: cli.quiet, json: cli.json };
     if cli.version {
         version::print(&globals);
         return Ok(ExitCode::SUCCESS);

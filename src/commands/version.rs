@@ -14,7 +14,7 @@ use crate::pipeline::heif;
 pub fn print(globals: &Globals) {
     println!("facedb {}", env!("CARGO_PKG_VERSION"));
     println!("database schema {SCHEMA_VERSION}");
-    match ModelFiles::locate(globals.models.as_deref()) {
+    match ModelFiles::locate(globals.models.as_deref(), globals.device) {
         Ok(m) => {
             println!("ONNX Runtime {ORT_VERSION} ({})", m.ort_lib.display());
             println!("detector {} blake3 {}", m.detector_name, m.detector_hash);
@@ -65,7 +65,7 @@ fn install(from: &Path) -> Result<ExitCode> {
         }
     }
     // Verify what was installed loads the same way the binary will find it.
-    let m = ModelFiles::locate(Some(&dest))?;
+    let m = ModelFiles::locate(Some(&dest), runtime::Device::Cpu)?;
     println!("installed to {}\ndetector blake3 {}\nembedder blake3 {}", dest.display(), m.detector_hash, m.embedder_hash);
     Ok(ExitCode::SUCCESS)
 }

@@ -19,11 +19,32 @@ pub const MODELS_ENV: &str = "FACEDB_MODELS";
 /// Environment variable naming the ONNX Runtime library file, overriding `<models>/libonnxruntime…`.
 pub const ORT_LIB_ENV: &str = "FACEDB_ORT_LIB";
 
+/// Where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// NVIDIA GPU through ONNX Runtime's CUDA execution provider.
+    Cuda,
+}
+
+/// Sub-folder of the models folder holding ONNX Runtime's GPU build (`scripts/setup.sh --gpu`).
+pub const CUDA_DIR: &str = "cuda";
+
+/// Says once per process that CUDA is not used, and why.
+fn warn_cpu_fallback(why: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| eprintln!("facedb: --device cuda: {why}; running on the CPU instead"));
+}
+
 /// The files on disk and their identities (blake3 of the file as shipped, before any patch).
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub dir: PathBuf,
     pub ort_lib: PathBuf,
+    /// The device asked for, after falling back to the CPU when the GPU build is missing.
+    pub device: Device,
     pub detector_name: String,
     pub detector_hash: String,
     pub embedder_name: String,
@@ -57,7 +78,7 @@ pub fn user_data_dir() -> Option<PathBuf> {
 
 impl ModelFiles {
     /// Finds and reads the model files. `explicit` comes from `--models` / `FACEDB_MODELS`.
-    pub fn locate(explicit: Option<&Path>) -> Result<Self> {
+    pub fn locate(explicit: Option<&Path>, device: Device) -> Result<Self> {
         let dir = match explicit {
             Some(dir) => {
                 if !dir.join(YUNET_FILE).is_file() || !dir.join(SFACE_FILE).is_file() {
@@ -81,9 +102,18 @@ impl ModelFiles {
         };
         // libheif (for HEIC photos) is installed beside the models.
         crate::pipeline::heif::set_models_dir(&dir);
-        let ort_lib = match std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()) {
-            Some(p) => PathBuf::from(p),
-            None => dir.join(ORT_LIB_FILE),
+        let gpu_lib = dir.join(CUDA_DIR).join(ORT_LIB_FILE);
+        let (ort_lib, device) = match (std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()), device) {
+            (Some(p), device) => (PathBuf::from(p), device),
+            (None, Device::Cuda) if gpu_lib.is_file() => (gpu_lib, Device::Cuda),
+            (None, Device::Cuda) => {
+                warn_cpu_fallback(&format!(
+                    "ONNX Runtime's GPU build is not installed ({} is missing; run `scripts/setup.sh --gpu` or set {ORT_LIB_ENV} to onnxruntime-gpu's library)",
+                    gpu_lib.display()
+                ));
+                (dir.join(ORT_LIB_FILE), Device::Cpu)
+            }
+            (None, Device::Cpu) => (dir.join(ORT_LIB_FILE), Device::Cpu),
         };
         let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("reading model {}", dir.join(name).display()));
         let detector_bytes = read(YUNET_FILE)?;
@@ -95,6 +125,7 @@ impl ModelFiles {
             embedder_name: SFACE_FILE.trim_end_matches(".onnx").to_string(),
             dir,
             ort_lib,
+            device,
             detector_bytes,
             embedder_bytes,
         })
@@ -105,7 +136,7 @@ impl ModelFiles {
         let env = environment(&self.ort_lib)?;
         let (detector, _patched_nodes) = patch::patch_yunet(&self.detector_bytes)
             .with_context(|| format!("reading {} as an ONNX model", self.dir.join(YUNET_FILE).display()))?;
-        Ok(Models { env, detector, embedder: self.embedder_bytes.clone() })
+        Ok(Models { env, detector, embedder: self.embedder_bytes.clone(), device: self.device })
     }
 }
 
@@ -128,14 +159,40 @@ pub struct Models {
     env: Environment,
     detector: Vec<u8>,
     embedder: Vec<u8>,
+    device: Device,
 }
 
 impl Models {
     fn session(&self, bytes: &[u8], what: &str) -> Result<Session> {
+        if self.device == Device::Cuda {
+            // TF32 off: GPU embeddings then agree with CPU ones to float rounding, so one
+            // database can mix runs from both.
+            // Heuristic algorithm choice: the exhaustive default benchmarks every convolution
+            // again for each new input shape, and photos come in many shapes.
+            let cuda = ort::ep::CUDA::default()
+                .with_tf32(false)
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+                .build()
+                .error_on_failure();
+            let gpu = self.builder(what)?.with_execution_providers([cuda]).map_err(|e| anyhow!("{e}"));
+            match gpu.and_then(|mut b| b.commit_from_memory(bytes).map_err(|e| anyhow!("{e}"))) {
+                Ok(session) => return Ok(session),
+                Err(e) => warn_cpu_fallback(&format!(
+                    "CUDA could not start ({}); the CUDA 13 and cuDNN 9 libraries must be findable (e.g. LD_LIBRARY_PATH)",
+                    e.to_string().trim()
+                )),
+            }
+        }
+        let mut builder = self.builder(what)?;
+        builder.commit_from_memory(bytes).map_err(|err| anyhow!("loading {what} model: {err}"))
+    }
+
+    /// Session options shared by every device.
+    fn builder(&self, what: &str) -> Result<ort::session::builder::SessionBuilder> {
         // One intra-op thread per session: parallelism comes from one worker per core, and ORT's
         // spinning pool threads slow down badly when oversubscribed.
         let e = |err: ort::Error<_>| anyhow!("creating {what} session: {err}");
-        let mut builder = Session::builder(&self.env)
+        let builder = Session::builder(&self.env)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
             .with_intra_threads(1)
             .map_err(e)?
@@ -155,7 +212,7 @@ impl Models {
             // Off: index peak RSS 558 -> 456 MiB with 2 workers, same speed.
             .with_memory_pattern(false)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?;
-        builder.commit_from_memory(bytes).map_err(|err| anyhow!("loading {what} model: {err}"))
+        Ok(builder)
     }
 
     pub fn detector(&self) -> Result<YuNet> {
