@@ -6,7 +6,17 @@
 #   tests/data/photos/  public-domain test portraits (PyPI sdist face_recognition==1.3.0)
 # Idempotent: files already present with the right sha256 are left alone.
 # Only PyPI is contacted; nothing is fetched at build or run time.
+#   scripts/setup.sh --gpu   also fetches ONNX Runtime's GPU build (PyPI onnxruntime-gpu==1.31.1,
+#             255 MB) into models/cuda/ for `--device cuda`; the CUDA 13 and cuDNN 9 libraries
+#             come from your system or the nvidia-* PyPI wheels.
 set -euo pipefail
+gpu=0
+for arg in "$@"; do
+  case $arg in
+    --gpu) gpu=1 ;;
+    *) echo "usage: scripts/setup.sh [--gpu]" >&2; exit 2 ;;
+  esac
+done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 models="${FACEDB_SETUP_MODELS:-$root/models}"
@@ -109,5 +119,24 @@ for entry in $PHOTOS; do
   name=${entry%%:*}; sha=${entry##*:}
   extract tar "$cache/$FR_SDIST" "face_recognition-1.3.0/tests/test_images/$name" "$photos/$name" "$sha"
 done
+
+if [ "$gpu" = 1 ]; then
+  GPU_WHEEL=onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl
+  GPU_WHEEL_SHA=e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6
+  fetch "$GPU_WHEEL" "$GPU_WHEEL_SHA" --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --python-version 311 --implementation cp --abi cp311 onnxruntime-gpu==1.31.1
+  mkdir -p "$models/cuda"
+  for name in libonnxruntime.so.1.31.1 libonnxruntime_providers_shared.so libonnxruntime_providers_cuda.so; do
+    # Covered by the wheel's hash, checked above.
+    [ -f "$models/cuda/$name" ] && continue
+    python3 - "$cache/$GPU_WHEEL" "onnxruntime/capi/$name" "$models/cuda/$name.part" <<'PY' || die "could not extract $name"
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]) as src, open(sys.argv[3], "wb") as out:
+    shutil.copyfileobj(src, out)
+PY
+    mv -f "$models/cuda/$name.part" "$models/cuda/$name"
+  done
+  echo "setup: GPU build of ONNX Runtime in $models/cuda (use: facedb --device cuda ...)"
+fi
 
 echo "setup: ok: models and runtime in $models, test photos in $photos"

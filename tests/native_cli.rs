@@ -95,6 +95,35 @@ fn heic_photos_are_decoded_matched_and_cropped() {
 }
 
 #[test]
+fn device_cuda_without_the_gpu_runtime_falls_back_to_the_cpu_with_one_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A models folder without cuda/ (the GPU build), as on a machine that never ran setup.sh --gpu.
+    let models = tmp.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::os::unix::fs::symlink(&path, models.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg", "biden.jpg"]);
+    let out = facedb()
+        .env_remove("FACEDB_ORT_LIB")
+        .args(["--device", "cuda", "--models"])
+        .arg(&models)
+        .arg("index")
+        .arg(&photos)
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(stderr.matches("running on the CPU instead").count(), 1, "{stderr}");
+    assert!(stderr.contains("setup.sh --gpu"), "{stderr}");
+    assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM faces"), 2);
+}
+
+#[test]
 fn an_installed_binary_finds_models_in_the_user_location() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
