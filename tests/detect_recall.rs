@@ -16,7 +16,7 @@ fn largest(dets: &[Detection]) -> Detection {
 
 #[test]
 fn small_faces_in_group_photos_and_frame_filling_faces_are_found() {
-    let models = ModelFiles::locate(Some(&common::repo().join("models"))).unwrap().load().unwrap();
+    let models = ModelFiles::locate(Some(&common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
     let mut yunet = models.detector().unwrap();
     let params = DetectParams::default();
     let portraits: Vec<(RgbImage, Detection)> = ["obama.jpg", "biden.jpg", "obama3.jpg", "obama2.jpg"]

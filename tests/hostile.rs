@@ -170,7 +170,7 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
     assert!(failed["zero.jpg"].contains("empty"));
     assert!(failed["random.jpg"].contains("not a supported image"));
     assert!(failed["bomb.png"].to_lowercase().contains("limit"), "{}", failed["bomb.png"]);
-    assert!(failed["photo.heic"].contains("not a supported image"), "{}", failed["photo.heic"]);
+    assert!(failed["photo.heic"].contains("cannot decode HEIF (heic)"), "{}", failed["photo.heic"]);
     assert_eq!(failed.contains_key("locked.jpg"), !locked_readable);
     assert_eq!(failed.len(), 4 + usize::from(!locked_readable), "{failed:?}");
     // Nothing was indexed twice through the links.

@@ -16,7 +16,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn embeddings_match_opencv() {
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/fixtures/opencv_sface.json")).unwrap()).unwrap();
-    let models = ModelFiles::locate(Some(&common::repo().join("models"))).unwrap().load().unwrap();
+    let models = ModelFiles::locate(Some(&common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
     let (mut detector, mut embedder) = (models.detector().unwrap(), models.embedder().unwrap());
     let photos = fixture["photos"].as_object().unwrap();
     assert_eq!(photos.len(), 7);
