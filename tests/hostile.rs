@@ -223,3 +223,27 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }
+
+#[test]
+fn a_damaged_model_file_is_one_clear_fatal_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, models.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let sface = models.join("face_recognition_sface_2021dec_int8bq.onnx");
+    let bytes = std::fs::read(&sface).unwrap();
+    std::fs::write(&sface, &bytes[..bytes.len() / 2]).unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg", "biden.jpg"]);
+    let out = facedb().arg("--models").arg(&models).arg("index").arg(&photos).assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("facedb: ") && stderr.contains("face_recognition_sface_2021dec_int8bq.onnx"), "{stderr}");
+    assert!(stderr.contains("scripts/setup.sh"), "{stderr}");
+}

@@ -238,8 +238,12 @@ fn process(
         let mut workers = Vec::new();
         for _ in 0..jobs.min(total) {
             let (rx, tx, claimed) = (work_rx.clone(), out_tx.clone(), &claimed);
-            let (mut detector, mut embedder) = (models.detector()?, models.embedder()?);
-            workers.push(scope.spawn(move || worker(rx, tx, claimed, &mut detector, &mut embedder, params, interrupted)));
+            // Each worker builds its own sessions, so the cores load the models in parallel.
+            workers.push(scope.spawn(move || -> Result<()> {
+                let (mut detector, mut embedder) = (models.detector()?, models.embedder()?);
+                worker(rx, tx, claimed, &mut detector, &mut embedder, params, interrupted);
+                Ok(())
+            }));
         }
         drop(out_tx);
         drop(work_rx);
@@ -256,10 +260,16 @@ fn process(
         // Stop the feeder and workers if storing failed, then surface the first error.
         interrupted.store(interrupted.load(Ordering::SeqCst) || result.is_err(), Ordering::SeqCst);
         drop(out_rx);
+        let mut worker_error = None;
         for w in workers {
-            w.join().map_err(|_| anyhow!("an indexing worker panicked"))?;
+            if let Err(e) = w.join().map_err(|_| anyhow!("an indexing worker panicked"))? {
+                worker_error.get_or_insert(e);
+            }
         }
         result?;
+        if let Some(e) = worker_error {
+            return Err(e);
+        }
         Ok(if interrupted.load(Ordering::SeqCst) { "interrupted" } else { "ok" })
     })
 }

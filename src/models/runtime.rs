@@ -76,6 +76,14 @@ pub fn user_data_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share"))
 }
 
+/// The models folder `locate` would use, without reading the models (`None` if there is none).
+pub fn models_dir(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(dir) => Some(dir.to_path_buf()),
+        None => default_model_dirs().into_iter().find(|d| d.join(YUNET_FILE).is_file() && d.join(SFACE_FILE).is_file()),
+    }
+}
+
 impl ModelFiles {
     /// Finds and reads the model files. `explicit` comes from `--models` / `FACEDB_MODELS`.
     pub fn locate(explicit: Option<&Path>, device: Device) -> Result<Self> {
@@ -136,7 +144,7 @@ impl ModelFiles {
         let env = environment(&self.ort_lib)?;
         let (detector, _patched_nodes) = patch::patch_yunet(&self.detector_bytes)
             .with_context(|| format!("reading {} as an ONNX model", self.dir.join(YUNET_FILE).display()))?;
-        Ok(Models { env, detector, embedder: self.embedder_bytes.clone(), device: self.device })
+        Ok(Models { dir: self.dir.clone(), env, detector, embedder: self.embedder_bytes.clone(), device: self.device })
     }
 }
 
@@ -156,6 +164,7 @@ fn environment(lib: &Path) -> Result<Environment> {
 
 /// Model bytes ready to become sessions; cheap to share across worker threads.
 pub struct Models {
+    dir: PathBuf,
     env: Environment,
     detector: Vec<u8>,
     embedder: Vec<u8>,
@@ -184,7 +193,12 @@ impl Models {
             }
         }
         let mut builder = self.builder(what)?;
-        builder.commit_from_memory(bytes).map_err(|err| anyhow!("loading {what} model: {err}"))
+        builder.commit_from_memory(bytes).map_err(|err| {
+            anyhow!(
+                "loading {what}: {}; the file may be damaged: run scripts/setup.sh again (it checks every sha256)",
+                err.to_string().trim_end_matches('.')
+            )
+        })
     }
 
     /// Session options shared by every device.
@@ -216,10 +230,10 @@ impl Models {
     }
 
     pub fn detector(&self) -> Result<YuNet> {
-        YuNet::new(self.session(&self.detector, "YuNet detector")?)
+        YuNet::new(self.session(&self.detector, &format!("YuNet detector {}", self.dir.join(YUNET_FILE).display()))?)
     }
 
     pub fn embedder(&self) -> Result<SFace> {
-        SFace::new(self.session(&self.embedder, "SFace embedder")?)
+        SFace::new(self.session(&self.embedder, &format!("SFace embedder {}", self.dir.join(SFACE_FILE).display()))?)
     }
 }

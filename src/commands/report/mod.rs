@@ -80,6 +80,10 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let db = Db::open_read_only(&database_path(globals, &root))?;
     let conn = &db.conn;
     if let Some(file) = &args.html {
+        // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.
+        if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
+            crate::pipeline::heif::set_models_dir(&dir);
+        }
         html::write(conn, &root, file, args.run)?;
         if !globals.quiet {
             eprintln!("wrote {}", file.display());
