@@ -227,14 +227,7 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
 #[test]
 fn a_damaged_model_file_is_one_clear_fatal_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = tmp.path().join("models");
-    std::fs::create_dir(&models).unwrap();
-    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, models.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let models = models_folder(tmp.path(), true);
     let sface = models.join("face_recognition_sface_2021dec_int8bq.onnx");
     let bytes = std::fs::read(&sface).unwrap();
     std::fs::write(&sface, &bytes[..bytes.len() / 2]).unwrap();

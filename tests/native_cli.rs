@@ -98,14 +98,7 @@ fn heic_photos_are_decoded_matched_and_cropped() {
 fn device_cuda_without_the_gpu_runtime_falls_back_to_the_cpu_with_one_message() {
     let tmp = tempfile::tempdir().unwrap();
     // A models folder without cuda/ (the GPU build), as on a machine that never ran setup.sh --gpu.
-    let models = tmp.path().join("models");
-    std::fs::create_dir(&models).unwrap();
-    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::os::unix::fs::symlink(&path, models.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let models = models_folder(tmp.path(), false);
     let photos = tmp.path().join("photos");
     std::fs::create_dir(&photos).unwrap();
     add_photos(&photos, &["obama.jpg", "biden.jpg"]);

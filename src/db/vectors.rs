@@ -229,17 +229,24 @@ mod tests {
         all
     }
 
-    #[test]
-    fn built_once_reused_and_rebuilt_after_any_change() {
+    /// A new database with one detector (id 1) and one embedder (id 2) registered.
+    fn fresh_db() -> (tempfile::TempDir, std::path::PathBuf, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("facedb.sqlite");
         let db = Db::open(&db_path).unwrap();
+        db.conn
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
+            )
+            .unwrap();
+        (dir, db_path, db)
+    }
+
+    #[test]
+    fn built_once_reused_and_rebuilt_after_any_change() {
+        let (_dir, db_path, db) = fresh_db();
         let c = &db.conn;
-        c.execute_batch(
-            "PRAGMA foreign_keys = OFF;
-             INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
-        )
-        .unwrap();
         add_face(c, 7, 1, &[1.0, 0.0, 0.0]);
         add_face(c, 8, 2, &[0.0, 1.0, 0.0]);
 
@@ -274,15 +281,8 @@ mod tests {
 
     #[test]
     fn streams_in_chunks_covering_every_face() {
-        let dir = tempfile::tempdir().unwrap();
-        let db_path = dir.path().join("facedb.sqlite");
-        let db = Db::open(&db_path).unwrap();
+        let (_dir, db_path, db) = fresh_db();
         let c = &db.conn;
-        c.execute_batch(
-            "PRAGMA foreign_keys = OFF;
-             INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
-        )
-        .unwrap();
         let n = CHUNK_FACES * 2 + 5;
         let tx = c.unchecked_transaction().unwrap();
         for i in 0..n {
