@@ -176,8 +176,8 @@ impl Models {
         if self.device == Device::Cuda {
             // TF32 off: GPU embeddings then agree with CPU ones to float rounding, so one
             // database can mix runs from both.
-            // Heuristic algorithm choice: the exhaustive default benchmarks every convolution
-            // again for each new input shape, and photos come in many shapes.
+            // Heuristic convolution algorithms: with ORT's default exhaustive search, detection
+            // ran at 0.43 photos/s on an H100 against 3.4 with this (one worker, 12 MP photos).
             let cuda = ort::ep::CUDA::default()
                 .with_tf32(false)
                 .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
