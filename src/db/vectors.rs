@@ -3,8 +3,10 @@
 //! instead of holding it.
 //!
 //! The cache is a pure function of the database: it is keyed by the database's id and the
-//! generation counter that triggers bump on every change to embeddings (migration 0002), and
-//! is rebuilt from SQLite whenever the key differs. Deleting it is always safe.
+//! generation counter that triggers bump on every change to embeddings (migration 0002). When
+//! only appends happened since it was written (the triggers' second counter, rewrites, is
+//! unchanged), the new faces are appended to a copy; otherwise it is rebuilt from SQLite.
+//! Deleting it is always safe.
 //!
 //! Layout, little-endian: header (magic, database id, generation, embedder id, face count,
 //! dimension), then `count * dim` f32 vectors, then `count` face records.
@@ -19,7 +21,7 @@ use rusqlite::Connection;
 use crate::matching::{FaceRow, Vectors};
 
 const MAGIC: &[u8; 8] = b"FACEDBV1";
-const HEADER_LEN: u64 = 8 + 32 + 8 + 8 + 8 + 4 + 4;
+const HEADER_LEN: u64 = 8 + 32 + 8 + 8 + 8 + 8 + 4 + 4;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
 /// Faces per read while streaming (2 MiB of 128-d vectors).
 const CHUNK_FACES: usize = 4096;
@@ -28,6 +30,8 @@ const CHUNK_FACES: usize = 4096;
 struct Key {
     database_id: String,
     generation: i64,
+    /// Changes that were not appends; while equal, an older cache is extended, not rebuilt.
+    rewrites: i64,
     embedder_id: i64,
 }
 
@@ -36,8 +40,18 @@ pub struct FaceMatrix {
     pub faces: Vec<FaceRow>,
     /// `faces[i]`'s vector is the i-th in here.
     pub vectors: VectorFile,
-    /// Whether this call had to (re)build the cache from SQLite.
-    pub rebuilt: bool,
+    /// What this call had to do to bring the cache up to date.
+    pub refresh: Refresh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The cache was current.
+    None,
+    /// Faces added since were appended.
+    Appended,
+    /// Rebuilt from SQLite (first use, a non-append change, or a damaged file).
+    Rebuilt,
 }
 
 /// The vector section of an open cache file, streamed on each scan.
@@ -58,12 +72,23 @@ pub fn cache_path(db_path: &Path) -> PathBuf {
 pub fn load(conn: &Connection, db_path: &Path, embedder_id: i64, dim: usize) -> Result<FaceMatrix> {
     let key = current_key(conn, embedder_id)?;
     let path = cache_path(db_path);
-    if let Ok(m) = open_cached(&path, &key, dim) {
-        return Ok(m);
+    let appended = match open_cached(&path, &key, dim) {
+        Ok((m, true)) => return Ok(m),
+        // Only faces were added since: copy the old vectors, append the new rows.
+        Ok((old, false)) => write_cache(conn, &path, &key, dim, Some(old)).is_ok(),
+        Err(_) => false,
+    };
+    let refresh = if appended {
+        Refresh::Appended
+    } else {
+        write_cache(conn, &path, &key, dim, None).with_context(|| format!("writing the vector cache {}", path.display()))?;
+        Refresh::Rebuilt
+    };
+    let (mut m, current) = open_cached(&path, &key, dim).with_context(|| format!("reading the vector cache {}", path.display()))?;
+    if !current {
+        bail!("the vector cache {} did not take; delete it and retry", path.display());
     }
-    build(conn, &path, &key, dim).with_context(|| format!("writing the vector cache {}", path.display()))?;
-    let mut m = open_cached(&path, &key, dim).with_context(|| format!("reading the vector cache {}", path.display()))?;
-    m.rebuilt = true;
+    m.refresh = refresh;
     Ok(m)
 }
 
@@ -73,11 +98,13 @@ fn current_key(conn: &Connection, embedder_id: i64) -> Result<Key> {
         rusqlite::types::Value::Text(s) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => s,
         other => bail!("database meta 'database_id' is malformed ({other:?})"),
     };
-    let generation = match get("embeddings_generation")? {
-        rusqlite::types::Value::Integer(g) => g,
-        other => bail!("database meta 'embeddings_generation' is malformed ({other:?})"),
+    let counter = |k: &str| -> Result<i64> {
+        match get(k)? {
+            rusqlite::types::Value::Integer(g) => Ok(g),
+            other => bail!("database meta '{k}' is malformed ({other:?})"),
+        }
     };
-    Ok(Key { database_id, generation, embedder_id })
+    Ok(Key { database_id, generation: counter("embeddings_generation")?, rewrites: counter("embeddings_rewrites")?, embedder_id })
 }
 
 fn header(key: &Key, count: u64, dim: usize) -> Vec<u8> {
@@ -85,6 +112,7 @@ fn header(key: &Key, count: u64, dim: usize) -> Vec<u8> {
     h.extend_from_slice(MAGIC);
     h.extend_from_slice(key.database_id.as_bytes());
     h.extend_from_slice(&key.generation.to_le_bytes());
+    h.extend_from_slice(&key.rewrites.to_le_bytes());
     h.extend_from_slice(&key.embedder_id.to_le_bytes());
     h.extend_from_slice(&count.to_le_bytes());
     h.extend_from_slice(&(dim as u32).to_le_bytes());
@@ -92,12 +120,17 @@ fn header(key: &Key, count: u64, dim: usize) -> Vec<u8> {
     h
 }
 
-fn open_cached(path: &Path, key: &Key, dim: usize) -> Result<FaceMatrix> {
+/// The cache file and whether it is current (`false`: same database and embedder, older
+/// generation, no rewrites since, so it can be extended).
+fn open_cached(path: &Path, key: &Key, dim: usize) -> Result<(FaceMatrix, bool)> {
     let mut file = File::open(path)?;
     let mut h = [0u8; HEADER_LEN as usize];
     file.read_exact(&mut h)?;
-    let count = u64::from_le_bytes(h[56..64].try_into()?);
-    if h[..HEADER_LEN as usize] != header(key, count, dim)[..] {
+    let count = u64::from_le_bytes(h[64..72].try_into()?);
+    let generation = i64::from_le_bytes(h[40..48].try_into()?);
+    let current = h[..] == header(key, count, dim)[..];
+    let older = Key { generation, ..key.clone() };
+    if !current && !(generation < key.generation && h[..] == header(&older, count, dim)[..]) {
         bail!("stale or foreign cache");
     }
     let vectors_len = count.checked_mul((dim * 4) as u64).context("size overflow")?;
@@ -110,24 +143,38 @@ fn open_cached(path: &Path, key: &Key, dim: usize) -> Result<FaceMatrix> {
     file.read_exact(&mut raw)?;
     let faces: Vec<FaceRow> = raw.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
     let count = faces.len();
-    Ok(FaceMatrix { faces, vectors: VectorFile { file, dim, count }, rebuilt: false })
+    Ok((FaceMatrix { faces, vectors: VectorFile { file, dim, count }, refresh: Refresh::None }, current))
 }
 
-fn build(conn: &Connection, path: &Path, key: &Key, dim: usize) -> Result<()> {
+/// Writes the cache for `key`: every row from SQLite, or with `base`, an older cache's vectors
+/// copied as they are plus the rows added after its highest face id.
+fn write_cache(conn: &Connection, path: &Path, key: &Key, dim: usize, base: Option<FaceMatrix>) -> Result<()> {
     // A private temporary name, renamed into place: readers never see a half-written cache, and
     // two concurrent builders each finish a whole one.
     let tmp = path.with_extension(format!("vectors.{}.part", std::process::id()));
     let result = (|| -> Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         out.write_all(&header(key, 0, dim))?;
+        let (mut faces, after_id) = match base {
+            Some(old) => {
+                let mut src = old.vectors.file;
+                src.seek(SeekFrom::Start(HEADER_LEN))?;
+                let len = (old.faces.len() * dim * 4) as u64;
+                if std::io::copy(&mut (&mut src).take(len), &mut out)? != len {
+                    bail!("old cache ended early");
+                }
+                let after = old.faces.iter().map(|f| f.face_id).max().unwrap_or(i64::MIN);
+                (old.faces, after)
+            }
+            None => (Vec::new(), i64::MIN),
+        };
         let mut stmt = conn.prepare(
             // Primary-key order, no sort; `decide` groups faces by photo itself.
             "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
              FROM embeddings e JOIN faces f ON f.id = e.face_id
-             WHERE e.model_id = ?1 ORDER BY e.face_id",
+             WHERE e.model_id = ?1 AND e.face_id > ?2 ORDER BY e.face_id",
         )?;
-        let mut rows = stmt.query([key.embedder_id])?;
-        let mut faces = Vec::new();
+        let mut rows = stmt.query([key.embedder_id, after_id])?;
         while let Some(r) = rows.next()? {
             let blob = r.get_ref(6)?.as_blob()?;
             // A malformed vector (hand-edited database) is skipped rather than trusted.
@@ -244,28 +291,43 @@ mod tests {
     }
 
     #[test]
-    fn built_once_reused_and_rebuilt_after_any_change() {
+    fn built_once_then_reused_appended_or_rebuilt() {
         let (_dir, db_path, db) = fresh_db();
         let c = &db.conn;
         add_face(c, 7, 1, &[1.0, 0.0, 0.0]);
         add_face(c, 8, 2, &[0.0, 1.0, 0.0]);
 
         let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert!(m.rebuilt);
+        assert_eq!(m.refresh, Refresh::Rebuilt);
         assert_eq!(m.faces.iter().map(|f| (f.image_id, f.face_id)).collect::<Vec<_>>(), vec![(7, 1), (8, 2)]);
         assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
-        assert!(!load(c, &db_path, 2, 3).unwrap().rebuilt, "unchanged database reuses the cache");
+        assert_eq!(load(c, &db_path, 2, 3).unwrap().refresh, Refresh::None, "unchanged database reuses the cache");
+
+        // New faces (higher ids) are appended to the old cache, not rebuilt.
+        add_face(c, 10, 5, &[0.0, 0.0, 1.0]);
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        assert_eq!(m.refresh, Refresh::Appended);
+        assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), vec![1, 2, 5]);
+        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(load(c, &db_path, 2, 3).unwrap().refresh, Refresh::None);
+        // One below the highest id cannot be appended: rebuilt, in id order.
+        add_face(c, 11, 4, &[0.0, 0.6, 0.8]);
+        let mut m = load(c, &db_path, 2, 3).unwrap();
+        assert_eq!(m.refresh, Refresh::Rebuilt);
+        assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
+        assert_eq!(collect(&mut m)[6..9], [0.0, 0.6, 0.8]);
+        c.execute_batch("DELETE FROM embeddings WHERE face_id IN (4, 5); DELETE FROM faces WHERE id IN (4, 5);").unwrap();
 
         // A hand-written update is seen too (trigger), as is a new face.
         c.execute("UPDATE embeddings SET vector = ?1 WHERE face_id = 2", [vector_to_blob(&[0.0, 0.0, 1.0])]).unwrap();
         add_face(c, 9, 3, &[0.6, 0.8, 0.0]);
         let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert!(m.rebuilt);
+        assert_eq!(m.refresh, Refresh::Rebuilt);
         assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.6, 0.8, 0.0]);
 
         c.execute("DELETE FROM embeddings WHERE face_id = 1", []).unwrap();
         let m = load(c, &db_path, 2, 3).unwrap();
-        assert!(m.rebuilt);
+        assert_eq!(m.refresh, Refresh::Rebuilt);
         assert_eq!(m.faces.len(), 2);
 
         // A damaged cache file is rebuilt, not trusted.
@@ -273,7 +335,7 @@ mod tests {
         let len = std::fs::metadata(&p).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 5).unwrap();
         let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert!(m.rebuilt);
+        assert_eq!(m.refresh, Refresh::Rebuilt);
         assert_eq!(collect(&mut m).len(), 6);
         // Another embedder id gets its own (empty) matrix.
         assert!(load(c, &db_path, 1, 3).unwrap().faces.is_empty());
