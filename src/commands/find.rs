@@ -83,6 +83,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
         (decisions, std::mem::take(&mut matrix.faces))
     };
+    let cache_refresh = matrix.refresh;
     drop(matrix);
     // Photos far beyond the threshold are counted, not listed: at a million photos one row each
     // per run would dwarf everything else, and they say nothing a threshold change would need.
@@ -205,7 +206,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         let summary = serde_json::json!({
             "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
-            "reference_model_calls": refs.model_calls, "seconds": started.elapsed().as_secs_f64(),
+            "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{summary}");
     } else if !globals.quiet {

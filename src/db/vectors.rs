@@ -54,6 +54,16 @@ pub enum Refresh {
     Rebuilt,
 }
 
+impl Refresh {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refresh::None => "current",
+            Refresh::Appended => "appended",
+            Refresh::Rebuilt => "rebuilt",
+        }
+    }
+}
+
 /// The vector section of an open cache file, streamed on each scan.
 pub struct VectorFile {
     file: File,
