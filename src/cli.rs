@@ -99,15 +99,15 @@ pub struct IndexArgs {
     pub dir: Option<PathBuf>,
 
     /// Use N worker threads, each with its own model sessions [default: number of CPUs].
-    #[arg(long, short = 'j', value_name = "N")]
-    pub jobs: Option<usize>,
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
 
     /// Cut detection tiles from a copy whose long side is at most PX pixels (small faces need more).
-    #[arg(long, value_name = "PX", default_value_t = 1280)]
+    #[arg(long, value_name = "PX", default_value_t = 1280, value_parser = clap::value_parser!(u32).range(320..=16384))]
     pub detect_size: u32,
 
     /// Keep detections scoring at least S (0-1).
-    #[arg(long, value_name = "S", default_value_t = 0.6)]
+    #[arg(long, value_name = "S", default_value_t = 0.6, value_parser = fraction)]
     pub min_score: f32,
 }
 
@@ -126,7 +126,7 @@ pub struct MatchArgs {
     pub negatives: Vec<PathBuf>,
 
     /// Accept faces within this cosine distance of the references (0-2; lower is stricter).
-    #[arg(long, value_name = "D", default_value_t = crate::matching::DEFAULT_THRESHOLD)]
+    #[arg(long, value_name = "D", default_value_t = crate::matching::DEFAULT_THRESHOLD, value_parser = distance)]
     pub threshold: f32,
 
     /// Combine several references by distance to the nearest one or to their mean.
@@ -134,7 +134,7 @@ pub struct MatchArgs {
     pub combine: crate::matching::Combine,
 
     /// Add matches within D of the references to the references and match again, until nothing changes (at most 5 passes).
-    #[arg(long, value_name = "D", num_args = 0..=1, default_missing_value = "0.35")]
+    #[arg(long, value_name = "D", num_args = 0..=1, default_missing_value = "0.35", value_parser = distance)]
     pub expand: Option<f32>,
 
     /// Crop a photo even when another face in it is also within the threshold (a mirror, a twin).
@@ -154,7 +154,7 @@ pub struct MatchArgs {
     pub out: Option<PathBuf>,
 
     /// Add this fraction of the face box on every side of a crop.
-    #[arg(long, value_name = "F", default_value_t = 0.3)]
+    #[arg(long, value_name = "F", default_value_t = 0.3, value_parser = margin)]
     pub margin: f32,
 
     /// Make crops square (shifted to stay inside the photo).
@@ -162,7 +162,7 @@ pub struct MatchArgs {
     pub square: bool,
 
     /// Resize crops so the long side is N pixels (never enlarging unless --upscale).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub size: Option<u32>,
 
     /// Let --size enlarge crops smaller than N.
@@ -178,23 +178,23 @@ pub struct MatchArgs {
     pub format: crate::crop::Format,
 
     /// JPEG quality of crops (1-100).
-    #[arg(long, value_name = "Q", default_value_t = 95)]
+    #[arg(long, value_name = "Q", default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
 
     /// Skip faces whose shorter side is under PX pixels in the source photo.
-    #[arg(long, value_name = "PX", default_value_t = 40.0)]
+    #[arg(long, value_name = "PX", default_value_t = 40.0, value_parser = pixels)]
     pub min_face: f32,
 
     /// Skip faces with sharpness (variance of Laplacian at full resolution) under X.
-    #[arg(long, value_name = "X", default_value_t = 10.0)]
+    #[arg(long, value_name = "X", default_value_t = 10.0, value_parser = non_negative)]
     pub min_sharpness: f32,
 
     /// Skip faces turned more than DEG degrees left or right.
-    #[arg(long, value_name = "DEG", default_value_t = 60.0)]
+    #[arg(long, value_name = "DEG", default_value_t = 60.0, value_parser = degrees)]
     pub max_yaw: f32,
 
     /// Skip faces whose detection score is under S (0-1).
-    #[arg(long, value_name = "S", default_value_t = 0.7)]
+    #[arg(long, value_name = "S", default_value_t = 0.7, value_parser = fraction)]
     pub min_score: f32,
 }
 
@@ -241,4 +241,74 @@ pub struct SqlArgs {
     /// Print as an aligned table, JSON (an array of objects) or CSV.
     #[arg(long, value_enum, value_name = "FMT", default_value = "table")]
     pub format: OutputFormat,
+}
+
+/// A finite number within `lo..=hi`; NaN and infinities are refused here, once, so no filter
+/// downstream is silently switched off by a comparison with NaN.
+fn finite_in(text: &str, lo: f32, hi: f32, what: &str) -> Result<f32, String> {
+    let v: f32 = text.trim().parse().map_err(|_| format!("`{text}` is not a number ({what})"))?;
+    if !v.is_finite() || v < lo || v > hi {
+        return Err(format!("{text} is outside {lo}-{hi} ({what})"));
+    }
+    Ok(v)
+}
+
+fn distance(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, 2.0, "a cosine distance; lower is stricter")
+}
+
+fn fraction(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, 1.0, "a detection score")
+}
+
+fn margin(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, 5.0, "a fraction of the face box")
+}
+
+fn pixels(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, 100_000.0, "pixels")
+}
+
+fn degrees(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, 180.0, "degrees")
+}
+
+fn non_negative(text: &str) -> Result<f32, String> {
+    finite_in(text, 0.0, f32::MAX, "a sharpness score")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numbers_are_validated_once_at_the_edge() {
+        let parse = |extra: &[&str]| Cli::try_parse_from(["facedb", "match", "--ref", "r.jpg"].iter().chain(extra));
+        assert!(parse(&[]).is_ok());
+        for bad in [
+            &["--threshold", "nan"][..],
+            &["--threshold=-0.1"],
+            &["--threshold", "inf"],
+            &["--min-face", "nan"],
+            &["--max-yaw", "NaN"],
+            &["--expand", "nan"],
+            &["--min-score", "2"],
+            &["--margin", "6"],
+            &["--size", "0"],
+            &["--quality", "0"],
+            &["--min-sharpness=-1"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
+        assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
+    }
 }

@@ -129,7 +129,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     } else {
         let models = files.load()?;
         let claimed: HashSet<String> = known.keys().cloned().collect();
-        let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 256);
+        let jobs = args.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
         process(
             conn,
             &models,

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use super::{database_path, find_dataset, Globals};
+use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::InfoArgs;
-use crate::db::{read, Db, DB_FILE};
+use crate::db::{read, DB_FILE};
 use crate::pipeline::hash;
 
 pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
@@ -16,7 +16,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         Some(d) => find_dataset(Some(d))?,
         None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
     };
-    let db = Db::open_read_only(&database_path(globals, &root))?;
+    let db = open_database(globals, &root, false)?;
     let conn = &db.conn;
     let image_id = if as_path.is_file() {
         let canonical = as_path.canonicalize()?;
@@ -46,24 +46,24 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             bail!("{} is not in the database of {}; run `facedb index {}` first", args.target, root.display(), root.display());
         }
         for l in logs {
-            println!("{}  run {} ({})  {:5}  {}", l.at, l.run_id, l.command, l.level, l.message);
+            outln!("{}  run {} ({})  {:5}  {}", l.at, l.run_id, l.command, l.level, l.message);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let info = read::image_info(conn, image_id)?;
     if globals.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("image {}  blake3 {}", info.image_id, info.blake3);
+    outln!("image {}  blake3 {}", info.image_id, info.blake3);
     for p in &info.paths {
-        println!("  path {p}");
+        outln!("  path {p}");
     }
     let dims = match (info.width, info.height) {
         (Some(w), Some(h)) => format!("{w}x{h}"),
         _ => "?".into(),
     };
-    println!(
+    outln!(
         "  {} bytes, {} {}, EXIF orientation {}, status {}{}",
         info.size_bytes,
         info.format.as_deref().unwrap_or("?"),
@@ -72,11 +72,11 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         info.status,
         info.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
-    println!("  indexed {}", info.indexed_at);
-    println!("\nfaces ({}):", info.faces.len());
+    outln!("  indexed {}", info.indexed_at);
+    outln!("\nfaces ({}):", info.faces.len());
     for f in &info.faces {
         let [x, y, w, h] = f.box_xywh;
-        println!(
+        outln!(
             "  face {} (#{}): box {x:.0},{y:.0} {w:.0}x{h:.0}  score {:.3}  size {:.0} px  sharpness {:.0}  yaw {:.0}°  roll {:.0}°  brightness {:.0}{}",
             f.face_id,
             f.idx,
@@ -88,11 +88,11 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             f.brightness,
             if f.embedded { "" } else { "  (not embedded)" }
         );
-        println!("    landmarks {}", f.landmarks);
+        outln!("    landmarks {}", f.landmarks);
     }
-    println!("\nlog ({} lines, oldest first):", info.logs.len());
+    outln!("\nlog ({} lines, oldest first):", info.logs.len());
     for l in &info.logs {
-        println!(
+        outln!(
             "  {}  run {} ({})  {:5}  {}{}",
             l.at,
             l.run_id,
@@ -103,9 +103,9 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         );
     }
     if !info.match_decisions.is_empty() {
-        println!("\nmatch decisions:");
+        outln!("\nmatch decisions:");
         for m in &info.match_decisions {
-            println!(
+            outln!(
                 "  run {} ({}): face {} {} distance {}{}{}",
                 m.run_id,
                 m.at,

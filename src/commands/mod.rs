@@ -17,7 +17,17 @@ use clap::CommandFactory;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{Cli, Command};
-use crate::db::{db_path, DB_FILE};
+use crate::db::{db_path, Db, DB_FILE};
+
+/// `println!` that hands a write error back instead of panicking: with `| head` the pipe closes
+/// early, and `main` ends such a run quietly with exit 0, as ripgrep does.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+pub(crate) use outln;
 
 /// Exit codes: 0 ok, 1 some files failed, 2 usage or fatal error (clap also uses 2).
 pub const EXIT_FILES_FAILED: u8 = 1;
@@ -34,7 +44,7 @@ pub struct Globals {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let globals = Globals { models: cli.models, device: cli.device, db: cli.db, quiet: cli.quiet, json: cli.json };
     if cli.version {
-        version::print(&globals);
+        version::print(&globals)?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(command) = cli.command else {
@@ -49,7 +59,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "facedb", &mut std::io::stdout());
+            // Rendered to memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "facedb", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
@@ -79,6 +92,19 @@ pub fn find_dataset(dir: Option<&Path>) -> Result<PathBuf> {
 
 pub fn database_path(globals: &Globals, dataset: &Path) -> PathBuf {
     globals.db.clone().unwrap_or_else(|| db_path(dataset))
+}
+
+/// Opens the dataset's database (read-only or for writing) and warns when it was made for
+/// another folder.
+pub fn open_database(globals: &Globals, root: &Path, write: bool) -> Result<Db> {
+    let path = database_path(globals, root);
+    let db = if write { Db::open(&path)? } else { Db::open_read_only(&path)? };
+    if let Some(warning) = db.check_dataset(root, &path)? {
+        if !globals.quiet {
+            eprintln!("{warning}");
+        }
+    }
+    Ok(db)
 }
 
 /// Progress: a bar with rate and ETA on a terminal, a plain line every 10 s otherwise (logs,

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Result};
 use rusqlite::types::ValueRef;
 
-use super::{database_path, find_dataset, Globals};
+use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::{OutputFormat, SqlArgs};
-use crate::db::Db;
 
 pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     let (dir, query) = match args.args.as_slice() {
@@ -17,8 +16,7 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
         _ => return Err(anyhow!("usage: facedb sql [DIR] QUERY")),
     };
     let root = find_dataset(dir)?;
-    let path = database_path(globals, &root);
-    let db = if args.write { Db::open(&path)? } else { Db::open_read_only(&path)? };
+    let db = open_database(globals, &root, args.write)?;
     let sql_error = |e: rusqlite::Error| {
         let msg = e.to_string();
         if msg.contains("readonly") || msg.contains("read-only") {
@@ -28,6 +26,11 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
         }
     };
     let mut stmt = db.conn.prepare(query).map_err(sql_error)?;
+    // Refused before it runs: SQLite creates the target of `VACUUM INTO` before noticing that
+    // the connection is read-only, which would leave an empty file behind.
+    if !args.write && !stmt.readonly() {
+        return Err(anyhow!("this statement changes the database or writes a file; pass --write to run it"));
+    }
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
     let mut cursor = stmt.query([]).map_err(sql_error)?;
@@ -39,9 +42,9 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     match format {
         OutputFormat::Table => {
             let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(table_cell).collect()).collect();
-            print!("{}", render_table(&columns, &cells));
+            { use std::io::Write as _; write!(std::io::stdout().lock(), "{}", render_table(&columns, &cells))? };
             if args.write && columns.is_empty() {
-                println!("({changed} row(s) changed)");
+                outln!("({changed} row(s) changed)");
             }
         }
         OutputFormat::Csv => {
@@ -55,7 +58,7 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
         OutputFormat::Json => {
             let objects: Vec<serde_json::Map<String, serde_json::Value>> =
                 rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect();
-            println!("{}", serde_json::to_string_pretty(&objects)?);
+            outln!("{}", serde_json::to_string_pretty(&objects)?);
         }
     }
     Ok(ExitCode::SUCCESS)

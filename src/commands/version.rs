@@ -5,31 +5,32 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use super::Globals;
+use super::{outln, Globals};
 use crate::cli::{ModelsAction, ModelsArgs};
 use crate::db::SCHEMA_VERSION;
 use crate::models::runtime::{self, ModelFiles, ORT_LIB_FILE, ORT_VERSION, SFACE_FILE, YUNET_FILE};
 use crate::pipeline::heif;
 
-pub fn print(globals: &Globals) {
-    println!("facedb {}", env!("CARGO_PKG_VERSION"));
-    println!("database schema {SCHEMA_VERSION}");
+pub fn print(globals: &Globals) -> Result<()> {
+    outln!("facedb {}", env!("CARGO_PKG_VERSION"));
+    outln!("database schema {SCHEMA_VERSION}");
     match ModelFiles::locate(globals.models.as_deref(), globals.device) {
         Ok(m) => {
-            println!("ONNX Runtime {ORT_VERSION} ({})", m.ort_lib.display());
-            println!("detector {} blake3 {}", m.detector_name, m.detector_hash);
-            println!("embedder {} blake3 {}", m.embedder_name, m.embedder_hash);
-            println!("models in {}", m.dir.display());
+            outln!("ONNX Runtime {ORT_VERSION} ({})", m.ort_lib.display());
+            outln!("detector {} blake3 {}", m.detector_name, m.detector_hash);
+            outln!("embedder {} blake3 {}", m.embedder_name, m.embedder_hash);
+            outln!("models in {}", m.dir.display());
         }
         Err(e) => {
-            println!("ONNX Runtime {ORT_VERSION} (expected as {ORT_LIB_FILE})");
-            println!("models: {e:#}");
+            outln!("ONNX Runtime {ORT_VERSION} (expected as {ORT_LIB_FILE})");
+            outln!("models: {e:#}");
         }
     }
     match heif::loaded_from() {
-        Ok(path) => println!("HEIC/HEIF via libheif ({})", path.display()),
-        Err(e) => println!("HEIC/HEIF: unavailable: {e:#}"),
+        Ok(path) => outln!("HEIC/HEIF via libheif ({})", path.display()),
+        Err(e) => outln!("HEIC/HEIF: unavailable: {e:#}"),
     }
+    Ok(())
 }
 
 pub fn models(_globals: &Globals, args: ModelsArgs) -> Result<ExitCode> {
@@ -66,6 +67,6 @@ fn install(from: &Path) -> Result<ExitCode> {
     }
     // Verify what was installed loads the same way the binary will find it.
     let m = ModelFiles::locate(Some(&dest), runtime::Device::Cpu)?;
-    println!("installed to {}\ndetector blake3 {}\nembedder blake3 {}", dest.display(), m.detector_hash, m.embedder_hash);
+    outln!("installed to {}\ndetector blake3 {}\nembedder blake3 {}", dest.display(), m.detector_hash, m.embedder_hash);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Database file name inside the dataset directory.
 pub const DB_FILE: &str = "facedb.sqlite";
@@ -18,7 +18,11 @@ pub const DB_FILE: &str = "facedb.sqlite";
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
     ("0002_vector_cache", include_str!("../../migrations/0002_vector_cache.sql")),
+    ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
 ];
+
+/// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.
+pub const APPLICATION_ID: i64 = 0x6664_6231;
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -33,8 +37,11 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database for writing.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+        refuse_non_regular(path)?;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        check_is_facedb(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("cannot write the database {}; is the folder writable?", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -44,15 +51,36 @@ impl Db {
         Ok(db)
     }
 
-    /// Opens an existing database that SQLite itself refuses to write to.
+    /// Opens an existing database without writing to it or beside it. In a folder the user may
+    /// not write (a mounted archive, a read-only share) SQLite cannot create the `-shm` file a
+    /// WAL database needs to be read; then the file is opened as immutable, which is exact as long
+    /// as no write-ahead log is pending (facedb folds it back at the end of every index).
     pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
             bail!("no database at {}; run `facedb index DIR` first", path.display());
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match Connection::open_with_flags(path, flags).and_then(|c| probe(&c).map(|()| c)) {
+            Ok(conn) => conn,
+            Err(first) => {
+                let wal = sidecar(path, "-wal");
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(first).with_context(|| {
+                        format!(
+                            "cannot read {} ({} holds changes not yet folded in); make the folder writable, or copy the database with its -wal file elsewhere",
+                            path.display(),
+                            wal.display()
+                        )
+                    });
+                }
+                Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
+                    .and_then(|c| probe(&c).map(|()| c))
+                    .with_context(|| format!("cannot open database {}", path.display()))?
+            }
+        };
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "query_only", "ON")?;
+        check_is_facedb(&conn, path)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         check_not_newer(version, path)?;
         if version < SCHEMA_VERSION {
@@ -62,6 +90,33 @@ impl Db {
             );
         }
         Ok(Self { conn })
+    }
+
+    /// Checks that this database indexes `root`, remembering the folder on first use. A database
+    /// inside its folder follows the folder when it is moved or renamed; one kept elsewhere
+    /// (`--db`, `FACEDB_DB`) that was made for another folder gets a warning, since using it mixes
+    /// two datasets. Returns the warning to show, if any.
+    pub fn check_dataset(&self, root: &Path, db_file: &Path) -> Result<Option<String>> {
+        let root_text = root.to_string_lossy();
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'dataset_root'", [], |r| r.get::<_, String>("value"))
+            .optional()?;
+        let writable = !self.conn.is_readonly(rusqlite::MAIN_DB)? && !self.conn.pragma_query_value(None, "query_only", |r| r.get::<_, bool>(0))?;
+        let inside = db_file.parent().is_some_and(|p| p == root);
+        match stored {
+            Some(s) if s == root_text => Ok(None),
+            Some(s) if !inside => Ok(Some(format!(
+                "warning: the database {} was made for the folder {s}, not {}; results mix both folders (pass --db another file to keep them apart)",
+                db_file.display(),
+                root.display()
+            ))),
+            _ if writable => {
+                self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dataset_root', ?1)", [root_text.as_ref()])?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -75,6 +130,71 @@ impl Db {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Reads the schema, which is where a read-only open of a WAL database fails when its `-shm`
+/// cannot be created.
+fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// `file:` URI for SQLite with every byte outside the unreserved set percent-encoded, so names
+/// holding `?`, `#` or `%` still mean the file.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
+/// A database path must be a regular file or not exist yet: `--db /dev/null` or a FIFO would
+/// make SQLite (and the lock beside it) write where facedb has no business.
+fn refuse_non_regular(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{} is a symbolic link; pass the database file itself with --db", path.display())
+        }
+        Ok(m) if !m.is_file() => bail!("{} is not a regular file; pass --db a database file (new or existing)", path.display()),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a SQLite file that is not facedb's: a new empty file, a facedb database, or one made
+/// by facedb before it set its application id (schema 1 or 2 with its tables) are accepted.
+fn check_is_facedb(conn: &Connection, path: &Path) -> Result<()> {
+    let not_a_database = |e: rusqlite::Error| {
+        anyhow::anyhow!("{} is not a SQLite database ({e}); pass --db a new file name or a facedb database", path.display())
+    };
+    let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(not_a_database)?;
+    if app_id == APPLICATION_ID {
+        return Ok(());
+    }
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let facedb_tables: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('runs', 'images', 'files', 'faces')", [], |r| r.get(0))?;
+    let fresh = app_id == 0 && version == 0 && tables == 0;
+    let older_facedb = app_id == 0 && version >= 1 && facedb_tables == 4;
+    if fresh || older_facedb {
+        return Ok(());
+    }
+    bail!(
+        "{} is a SQLite database of another program (application id {app_id}, {tables} schema objects); facedb will not add its tables to it. Pass --db a new file name or a facedb database",
+        path.display()
+    )
 }
 
 fn check_not_newer(version: i64, path: &Path) -> Result<()> {
@@ -113,6 +233,76 @@ mod tests {
         drop(db);
         let err = Db::open(&p).err().unwrap();
         assert!(format!("{err:#}").contains("upgrade facedb"), "{err:#}");
+    }
+
+    #[test]
+    fn refuses_other_sqlite_files_and_non_files_but_accepts_older_facedb_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.sqlite");
+        Connection::open(&other).unwrap().execute_batch("CREATE TABLE notes (x); INSERT INTO notes VALUES (1);").unwrap();
+        let before = std::fs::read(&other).unwrap();
+        let err = format!("{:#}", Db::open(&other).err().unwrap());
+        assert!(err.contains("another program") && err.contains("other.sqlite"), "{err}");
+        assert_eq!(std::fs::read(&other).unwrap(), before, "the other program's file is untouched");
+        assert!(Db::open_read_only(&other).is_err());
+
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "not a database at all, just some text that is long enough to have a header").unwrap();
+        assert!(format!("{:#}", Db::open(&text).err().unwrap()).contains("not a SQLite database"));
+        assert!(format!("{:#}", Db::open(Path::new("/dev/null")).err().unwrap()).contains("not a regular file"));
+
+        // A database made before the application id existed (schema 2, with data) migrates.
+        let old = dir.path().join(DB_FILE);
+        {
+            let conn = Connection::open(&old).unwrap();
+            for (_, sql) in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO runs (command, args_json, facedb_version, started_at) VALUES ('index', '{}', '0.1.0', 'then');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&old).unwrap();
+        let app_id: i64 = db.conn.pragma_query_value(None, "application_id", |r| r.get(0)).unwrap();
+        assert_eq!(app_id, APPLICATION_ID);
+        let runs: i64 = db.conn.query_row("SELECT count(*) FROM runs WHERE pid IS NULL", [], |r| r.get(0)).unwrap();
+        assert_eq!(runs, 1, "rows survive the upgrade");
+    }
+
+    #[test]
+    fn remembers_its_folder_and_warns_when_used_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let inside = a.join(DB_FILE);
+        let db = Db::open(&inside).unwrap();
+        assert_eq!(db.check_dataset(&a, &inside).unwrap(), None);
+        assert_eq!(db.check_dataset(&a, &inside).unwrap(), None);
+        // Kept elsewhere and pointed at another folder: a warning naming both.
+        let elsewhere = dir.path().join("kept.sqlite");
+        let db2 = Db::open(&elsewhere).unwrap();
+        assert_eq!(db2.check_dataset(&a, &elsewhere).unwrap(), None);
+        let warning = db2.check_dataset(&b, &elsewhere).unwrap().unwrap();
+        assert!(warning.contains("kept.sqlite") && warning.contains("/a") && warning.contains("/b"), "{warning}");
+        // Inside its folder, a moved folder is simply followed.
+        let moved = dir.path().join("moved");
+        assert_eq!(db.check_dataset(&moved, &moved.join(DB_FILE)).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_a_database_whose_folder_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("odd ?#% name.sqlite");
+        drop(Db::open(&p).unwrap());
+        assert!(immutable_uri(&p).ends_with("odd%20%3F%23%25%20name.sqlite?immutable=1"), "{}", immutable_uri(&p));
+        // Opened immutably, the file is read exactly (the case where -shm cannot be created
+        // needs a non-root user; tests/trust_db.rs covers it with the real binary).
+        let conn = Connection::open_with_flags(immutable_uri(&p), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[test]

@@ -45,11 +45,50 @@ pub fn begin_run(
     detector_id: Option<i64>,
     embedder_id: Option<i64>,
 ) -> Result<i64> {
+    close_abandoned_runs(conn)?;
     conn.execute(
-        "INSERT INTO runs (command, args_json, facedb_version, ort_version, detector_id, embedder_id, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![command, args_json, env!("CARGO_PKG_VERSION"), ort_version, detector_id, embedder_id, now_rfc3339()],
+        "INSERT INTO runs (command, args_json, facedb_version, ort_version, detector_id, embedder_id, started_at, pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![command, args_json, env!("CARGO_PKG_VERSION"), ort_version, detector_id, embedder_id, now_rfc3339(), std::process::id()],
     )?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Marks runs left `running` by a process that no longer exists (killed, crashed, power cut) as
+/// `interrupted`, so `report` never shows a dead run as going on. Runs from before pids were
+/// recorded cannot still be going either.
+pub fn close_abandoned_runs(conn: &Connection) -> Result<usize> {
+    let mut stmt = conn.prepare("SELECT id, pid FROM runs WHERE status = 'running'")?;
+    let running: Vec<(i64, Option<i64>)> = stmt.query_map([], |r| Ok((r.get("id")?, r.get("pid")?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut closed = 0;
+    for (id, pid) in running {
+        if pid.is_none_or(|p| !process_alive(p)) {
+            closed += conn.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?2) WHERE id = ?1 AND status = 'running'",
+                params![id, now_rfc3339()],
+            )?;
+        }
+    }
+    Ok(closed)
+}
+
+/// Whether a process with this id exists on this machine (signal 0 checks without sending).
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Records that a run ended abnormally (an error after it began), unless it already finished.
+pub fn abort_run(conn: &Connection, run_id: i64, status: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'running'",
+        params![run_id, status, now_rfc3339()],
+    )?;
+    Ok(())
 }
 
 pub fn finish_run(conn: &Connection, run_id: i64, status: &str, c: &RunCounters) -> Result<()> {
@@ -290,4 +329,34 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
         m.plan.map(|p| p.out_h)
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn runs_left_running_by_a_dead_process_are_closed_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("facedb.sqlite")).unwrap();
+        let conn = &db.conn;
+        // A pid that existed and has exited, and a run from before pids were recorded.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        conn.execute(
+            "INSERT INTO runs (command, args_json, facedb_version, started_at, pid) VALUES ('match', '{}', 'x', 't', ?1), ('index', '{}', 'x', 't', NULL)",
+            [dead],
+        )
+        .unwrap();
+        let alive = begin_run(conn, "index", "{}", None, None, None).unwrap();
+        let status = |id: i64| conn.query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!((status(1), status(2), status(alive)), ("interrupted".into(), "interrupted".into(), "running".into()));
+        // This process is alive: its run is left alone by another one starting.
+        begin_run(conn, "match", "{}", None, None, None).unwrap();
+        assert_eq!(status(alive), "running");
+        abort_run(conn, alive, "error").unwrap();
+        assert_eq!(status(alive), "error");
+    }
 }

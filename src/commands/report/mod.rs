@@ -9,10 +9,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::sql::render_table;
-use super::{database_path, find_dataset, Globals};
+use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::{OutputFormat, ReportArgs};
 use crate::db::read::{self, MatchRunSummary, Totals};
-use crate::db::Db;
 
 #[derive(Serialize)]
 struct Report {
@@ -77,7 +76,7 @@ pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
 
 pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let root = find_dataset(args.dir.as_deref())?;
-    let db = Db::open_read_only(&database_path(globals, &root))?;
+    let db = open_database(globals, &root, false)?;
     let conn = &db.conn;
     if let Some(file) = &args.html {
         // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.
@@ -103,44 +102,44 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     };
     let format = if globals.json { OutputFormat::Json } else { args.format };
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Csv => print_csv(&report)?,
-        OutputFormat::Table => print_table(&report),
+        OutputFormat::Table => print_table(&report)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(r: &Report) {
+fn print_table(r: &Report) -> Result<()> {
     let t = &r.totals;
-    println!("dataset {}", r.dataset);
-    println!("  files {}  images {} ({} decoded)  faces {}", t.files, t.images, t.images_ok, t.faces);
-    println!("  photos with no face {}  with several faces {}  failed files {}", t.no_face, t.several_faces, t.failed);
-    println!("\nphotos with no face ({}):", r.no_face.len());
+    outln!("dataset {}", r.dataset);
+    outln!("  files {}  images {} ({} decoded)  faces {}", t.files, t.images, t.images_ok, t.faces);
+    outln!("  photos with no face {}  with several faces {}  failed files {}", t.no_face, t.several_faces, t.failed);
+    outln!("\nphotos with no face ({}):", r.no_face.len());
     for p in &r.no_face {
-        println!("  {p}");
+        outln!("  {p}");
     }
-    println!("\nphotos with several faces ({}):", r.several_faces.len());
+    outln!("\nphotos with several faces ({}):", r.several_faces.len());
     for p in &r.several_faces {
-        println!("  {}  ({} faces)", p.path, p.faces);
+        outln!("  {}  ({} faces)", p.path, p.faces);
     }
-    println!("\nfailed files ({}):", r.failed.len());
+    outln!("\nfailed files ({}):", r.failed.len());
     for p in &r.failed {
-        println!("  {}: {}", p.path, p.error);
+        outln!("  {}: {}", p.path, p.error);
     }
     for (title, d) in
         [("face size (shorter side, px)", &r.face_size_px), ("sharpness (variance of Laplacian; <20 blurry, >100 sharp)", &r.sharpness)]
     {
-        println!("\n{title}: {} faces", d.count);
+        outln!("\n{title}: {} faces", d.count);
         if let (Some(min), Some(p10), Some(med), Some(p90), Some(max)) = (d.min, d.p10, d.median, d.p90, d.max) {
-            println!("  min {min:.0}  p10 {p10:.0}  median {med:.0}  p90 {p90:.0}  max {max:.0}");
+            outln!("  min {min:.0}  p10 {p10:.0}  median {med:.0}  p90 {p90:.0}  max {max:.0}");
         }
         let peak = d.bins.iter().map(|b| b.count).max().unwrap_or(0).max(1);
         for b in &d.bins {
             let range = b.to.map_or(format!("{:>5.0}+     ", b.from), |to| format!("{:>5.0}-{:<5.0}", b.from, to));
-            println!("  {range} {:>6} {}", b.count, "#".repeat((b.count * 40).div_ceil(peak)));
+            outln!("  {range} {:>6} {}", b.count, "#".repeat((b.count * 40).div_ceil(peak)));
         }
     }
-    println!("\nmatch runs ({}):", r.match_runs.len());
+    outln!("\nmatch runs ({}):", r.match_runs.len());
     if !r.match_runs.is_empty() {
         let columns: Vec<String> =
             ["run", "started", "mode", "threshold", "references", "not", "matched", "rejected", "ambiguous"].map(String::from).to_vec();
@@ -162,9 +161,10 @@ fn print_table(r: &Report) {
             })
             .collect();
         for line in render_table(&columns, &rows).lines() {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
+    Ok(())
 }
 
 /// One CSV table: section, path, value, detail.
