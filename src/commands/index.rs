@@ -60,7 +60,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     }
     let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let db_file = database_path(globals, &root);
-    let _lock = lock_dataset(&db_file)?;
+    // Opened (and so checked to be facedb's own, regular file) before its lock file is made.
     let db = Db::open(&db_file).map_err(|e| {
         if globals.db.is_none() {
             anyhow!("{e:#}; if {} is read-only, pass --db PATH to keep the database elsewhere", root.display())
@@ -68,6 +68,12 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
             e
         }
     })?;
+    let _lock = lock_dataset(&db_file)?;
+    if let Some(warning) = db.check_dataset(&root, &db_file)? {
+        if !globals.quiet {
+            eprintln!("{warning}");
+        }
+    }
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;

@@ -42,7 +42,10 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     match format {
         OutputFormat::Table => {
             let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(table_cell).collect()).collect();
-            { use std::io::Write as _; write!(std::io::stdout().lock(), "{}", render_table(&columns, &cells))? };
+            {
+                use std::io::Write as _;
+                write!(std::io::stdout().lock(), "{}", render_table(&columns, &cells))?
+            };
             if args.write && columns.is_empty() {
                 outln!("({changed} row(s) changed)");
             }

@@ -38,8 +38,11 @@ impl Db {
     /// Opens (creating if needed) and migrates the database for writing.
     pub fn open(path: &Path) -> Result<Self> {
         refuse_non_regular(path)?;
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
         check_is_facedb(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -98,11 +101,10 @@ impl Db {
     /// two datasets. Returns the warning to show, if any.
     pub fn check_dataset(&self, root: &Path, db_file: &Path) -> Result<Option<String>> {
         let root_text = root.to_string_lossy();
-        let stored: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'dataset_root'", [], |r| r.get::<_, String>("value"))
-            .optional()?;
-        let writable = !self.conn.is_readonly(rusqlite::MAIN_DB)? && !self.conn.pragma_query_value(None, "query_only", |r| r.get::<_, bool>(0))?;
+        let stored: Option<String> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'dataset_root'", [], |r| r.get::<_, String>("value")).optional()?;
+        let writable =
+            !self.conn.is_readonly(rusqlite::MAIN_DB)? && !self.conn.pragma_query_value(None, "query_only", |r| r.get::<_, bool>(0))?;
         let inside = db_file.parent().is_some_and(|p| p == root);
         match stored {
             Some(s) if s == root_text => Ok(None),
@@ -184,8 +186,11 @@ fn check_is_facedb(conn: &Connection, path: &Path) -> Result<()> {
     }
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
-    let facedb_tables: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('runs', 'images', 'files', 'faces')", [], |r| r.get(0))?;
+    let facedb_tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('runs', 'images', 'files', 'faces')",
+        [],
+        |r| r.get(0),
+    )?;
     let fresh = app_id == 0 && version == 0 && tables == 0;
     let older_facedb = app_id == 0 && version >= 1 && facedb_tables == 4;
     if fresh || older_facedb {

@@ -1,0 +1,213 @@
+//! The database facedb opens is the one it should, opened the way the folder allows: other
+//! programs' SQLite files are refused untouched, read-only folders can still be reported on,
+//! runs killed mid-way are closed by the next one, and `| head` ends a command quietly.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use predicates::prelude::*;
+
+/// A migrated, empty dataset database, made without the models (`sql --write` creates it).
+fn empty_dataset(dir: &Path) {
+    facedb().arg("sql").arg(dir).arg("SELECT 1").arg("--write").assert().success();
+}
+
+#[test]
+fn another_programs_sqlite_file_is_refused_and_left_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let other = tmp.path().join("notes.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+        .unwrap();
+    let before = std::fs::read(&other).unwrap();
+    for args in [&["index"][..], &["report"], &["sql", "SELECT 1"], &["sql", "SELECT 1", "--write"]] {
+        let (cmd, rest) = args.split_first().unwrap();
+        facedb()
+            .arg("--db")
+            .arg(&other)
+            .arg(cmd)
+            .arg(&photos)
+            .args(rest)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("notes.sqlite").and(predicate::str::contains("another program")));
+        assert_eq!(std::fs::read(&other).unwrap(), before, "{args:?} changed the other program's database");
+    }
+    // A device is not a database either, and nothing is created beside it.
+    facedb()
+        .args(["--db", "/dev/null", "sql"])
+        .arg(&photos)
+        .args(["SELECT 1", "--write"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/dev/null is not a regular file"));
+    facedb().args(["--db", "/dev/null", "index"]).arg(&photos).assert().code(2);
+    assert!(!Path::new("/dev/null.lock").exists());
+}
+
+#[test]
+fn a_database_kept_elsewhere_warns_when_used_for_another_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    let kept = tmp.path().join("kept.sqlite");
+    facedb().arg("--db").arg(&kept).arg("sql").arg(&a).args(["SELECT 1", "--write"]).assert().success().stderr("");
+    facedb().arg("--db").arg(&kept).arg("report").arg(&a).assert().success().stderr("");
+    facedb()
+        .arg("--db")
+        .arg(&kept)
+        .arg("report")
+        .arg(&b)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("was made for the folder").and(predicate::str::contains("kept.sqlite")));
+}
+
+#[test]
+fn sql_refuses_a_write_before_running_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    empty_dataset(tmp.path());
+    let target = tmp.path().join("copy.sqlite");
+    facedb()
+        .arg("sql")
+        .arg(tmp.path())
+        .arg(format!("VACUUM INTO '{}'", target.display()))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--write"));
+    assert!(!target.exists(), "a refused VACUUM INTO left a file behind");
+    facedb().arg("sql").arg(tmp.path()).arg("DELETE FROM runs").assert().code(2).stderr(predicate::str::contains("--write"));
+}
+
+#[test]
+fn invalid_flag_values_get_one_message_each() {
+    for (flag, value) in [("--threshold", "nan"), ("--min-face", "nan"), ("--max-yaw", "nan"), ("--expand", "nan"), ("--min-score", "2")] {
+        facedb()
+            .args(["match", "--ref", "r.jpg", flag, value])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!("invalid value '{value}' for '{flag}")));
+    }
+}
+
+/// Runs `facedb ARGS` with its stdout closed before it writes: a reader that went away.
+fn with_closed_stdout(args: &[&str], dir: Option<&Path>) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("facedb"));
+    cmd.args(args).env_remove("FACEDB_DB").stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (child.wait().unwrap(), stderr)
+}
+
+#[test]
+fn a_closed_output_pipe_ends_every_command_quietly_with_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    empty_dataset(tmp.path());
+    for args in [
+        &["man"][..],
+        &["completions", "bash"],
+        &["--version"],
+        &["report"],
+        &["report", "--format", "csv"],
+        &["--json", "report"],
+        &["sql", "SELECT * FROM runs"],
+        &["sql", "--format", "csv", "SELECT 1"],
+    ] {
+        let (status, stderr) = with_closed_stdout(args, Some(tmp.path()));
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn report_sql_and_info_work_on_a_read_only_folder() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        // Root ignores permissions, so the folder is made unwritable for user `nobody`; without
+        // root and setpriv this check cannot be made here.
+        eprintln!("skipped: needs root and setpriv to run facedb as another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg"]);
+    facedb().arg("index").arg(&photos).assert().success();
+    let _ = std::fs::remove_file(photos.join("facedb.sqlite-shm"));
+    std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("facedb");
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .env_remove("FACEDB_DB")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let p = photos.to_str().unwrap();
+    let (code, stdout, stderr) = as_nobody(&["report", p]);
+    assert_eq!(code, Some(0), "report: {stderr}");
+    assert!(stdout.contains("files 1"), "{stdout}");
+    let (code, stdout, stderr) = as_nobody(&["sql", p, "SELECT count(*) AS n FROM faces"]);
+    assert_eq!(code, Some(0), "sql: {stderr}");
+    assert!(stdout.contains('1'), "{stdout}");
+    let photo = photos.join("obama.jpg");
+    let (code, stdout, stderr) = as_nobody(&["info", photo.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "info: {stderr}");
+    assert!(stdout.contains("faces (1)"), "{stdout}");
+    assert!(!photos.join("facedb.sqlite-shm").exists(), "nothing was written into the read-only folder");
+    std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_run_killed_mid_way_is_marked_interrupted_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg", "biden.jpg"]);
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("facedb"))
+        .arg("index")
+        .arg(&photos)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run row exists, then kill -9.
+    let db_file = photos.join("facedb.sqlite");
+    let started = std::time::Instant::now();
+    loop {
+        let running = db_file.exists()
+            && rusqlite::Connection::open(&db_file)
+                .ok()
+                .and_then(|c| c.query_row("SELECT count(*) FROM runs WHERE status = 'running'", [], |r| r.get::<_, i64>(0)).ok())
+                .unwrap_or(0)
+                > 0;
+        if running || started.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let conn = db(&photos);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 1, "the killed run is left running");
+    facedb().arg("index").arg(&photos).assert().success();
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 0);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'interrupted'"), 1);
+}
