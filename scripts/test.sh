@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# The test command: fetch everything the tests need (models, runtime, photos), then run every
-# test against the real models and photos. Used by CI (.ci/run).
+# The test command, in tiers, fastest first (as ripgrep's CI): formatting, lints, unit tests
+# (no models needed), then fetch the models, runtime and photos, check that the fuzz targets
+# still build, and run the whole suite against the real models and photos. Used by CI (.ci/run).
+# Extra arguments go to the last step: scripts/test.sh --test cli
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+tier() { echo "== test tier: $1" >&2; }
+
+tier "format (cargo fmt --check)"
+cargo fmt --all --check
+# Release mode throughout, so every tier shares one build: the tests run real inference, which
+# is ~10x slower unoptimised.
+tier "lints (clippy, warnings are errors)"
+cargo clippy --release --locked --all-targets -- -D warnings
+tier "unit tests"
+cargo test --release --locked --lib
+tier "models, runtime and test photos (scripts/setup.sh)"
 scripts/setup.sh
-# Release mode: the tests run real inference, which is ~10x slower unoptimised.
+tier "fuzz targets build"
+(cd fuzz && CARGO_TARGET_DIR=../target/fuzz-check cargo check --release --locked --bins)
+tier "whole suite (real models, real photos)"
 cargo test --release --locked "$@"
