@@ -185,8 +185,8 @@ pub struct MatchArgs {
     #[arg(long, value_name = "PX", default_value_t = 40.0, value_parser = pixels)]
     pub min_face: f32,
 
-    /// Skip faces with sharpness (variance of Laplacian at full resolution) under X.
-    #[arg(long, value_name = "X", default_value_t = 10.0, value_parser = non_negative)]
+    /// Skip faces with sharpness under X (detail at a fixed face scale, the same for any resolution or exposure: under 25 blurred, 25-50 soft, over 50 sharp).
+    #[arg(long, value_name = "X", default_value_t = crate::pipeline::quality::BLURRY, value_parser = non_negative)]
     pub min_sharpness: f32,
 
     /// Skip faces turned more than DEG degrees left or right.

@@ -57,7 +57,7 @@ pub struct Bin {
 }
 
 pub const FACE_SIZE_EDGES: [f64; 7] = [0.0, 40.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
-pub const SHARPNESS_EDGES: [f64; 7] = [0.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+pub const SHARPNESS_EDGES: [f64; 7] = [0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0];
 
 pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -126,9 +126,7 @@ fn print_table(r: &Report) -> Result<()> {
     for p in &r.failed {
         outln!("  {}: {}", p.path, p.error);
     }
-    for (title, d) in
-        [("face size (shorter side, px)", &r.face_size_px), ("sharpness (variance of Laplacian; <20 blurry, >100 sharp)", &r.sharpness)]
-    {
+    for (title, d) in [("face size (shorter side, px)", &r.face_size_px), ("sharpness (<25 blurry, 25-50 soft, >50 sharp)", &r.sharpness)] {
         outln!("\n{title}: {} faces", d.count);
         if let (Some(min), Some(p10), Some(med), Some(p90), Some(max)) = (d.min, d.p10, d.median, d.p90, d.max) {
             outln!("  min {min:.0}  p10 {p10:.0}  median {med:.0}  p90 {p90:.0}  max {max:.0}");
