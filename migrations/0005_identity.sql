@@ -1,6 +1,9 @@
--- 0005: who owns this file and which process is running each run.
+-- 0005: who owns this file, which process is running each run, and faces seen twice.
 -- application_id marks the file as a facedb database, so `--db` can refuse any other SQLite file
 -- instead of adding facedb's tables to it. runs.pid lets the next run tell a run that is still
 -- going from one that was killed (status left 'running').
 PRAGMA application_id = 1717854769;
 ALTER TABLE runs ADD COLUMN pid INTEGER;
+-- Other faces of the photo within the threshold that are the chosen face again (a mirror, a
+-- reflection, a photo of the photo): the photo is kept, the closest face cropped, and this says so.
+ALTER TABLE match_results ADD COLUMN same_face_copies INTEGER NOT NULL DEFAULT 0;

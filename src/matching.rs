@@ -8,6 +8,11 @@ use serde::Serialize;
 pub const DEFAULT_THRESHOLD: f32 = 0.60;
 /// `--expand` adds matched faces at most this far from the references (high confidence only).
 pub const DEFAULT_EXPAND_THRESHOLD: f32 = 0.35;
+/// Two faces of one photo this close to each other are the same face seen twice (a mirror, a
+/// reflection, a photo of the photo), not two people. Measured with SFace on the test portraits:
+/// a face and its mirror image 0.05-0.08, the same person in different photos 0.22-0.27,
+/// different people 0.69-0.89. Look-alikes and twins usually sit above it, so they stay ambiguous.
+pub const SAME_FACE_DISTANCE: f32 = 0.30;
 /// `--expand` stops after this many passes even if the set still grows.
 pub const MAX_PASSES: u32 = 5;
 
@@ -107,8 +112,12 @@ pub struct Decision {
     pub runner_up: Option<(i64, f32)>,
     /// Distance of the best face to the nearest negative reference.
     pub negative_distance: Option<f32>,
-    /// More than one face in the photo is within the threshold (a mirror, a twin, a poster).
+    /// Another face in the photo is within the threshold and is someone else to the chosen face
+    /// (a twin, a look-alike): which one is the person cannot be told.
     pub ambiguous: bool,
+    /// Other faces within the threshold that are the chosen face seen again (a mirror, a
+    /// reflection, a photo of the photo); the closest was chosen and the photo kept.
+    pub same_face_copies: u32,
     /// Pass that first matched this photo (1 unless `--expand` found it later).
     pub pass: u32,
     /// `None`: matched.
@@ -274,33 +283,79 @@ fn evaluate(
     };
     let (dist, neg) = distances(vectors, refs, negatives)?;
     let negative_of = |i: usize| neg.get(i).copied();
-    let mut out = Vec::new();
+    let within = |d: f32| d <= opts.threshold;
+    // Per photo: the closest face and the other faces within the threshold that no negative
+    // reference explains (someone we were told it is not).
+    let mut photos: Vec<(i64, Vec<(usize, f32)>, Option<(i64, f32)>)> = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let image_id = faces[order[start]].image_id;
         let end = start + order[start..].iter().take_while(|&&i| faces[i].image_id == image_id).count();
-        let mut ranked: Vec<(usize, f32)> = order[start..end].iter().filter_map(|&i| dist.get(i).map(|&d| (i, d))).collect();
+        let mut ranked: Vec<(usize, f32)> = order[start..end].iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some(&(best, distance)) = ranked.first() {
-            let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
-            let negative_distance = negative_of(best);
-            // A second face within the threshold makes the photo ambiguous, unless that face is
-            // explained by a negative reference (it is someone we were told it is not).
-            let ambiguous = ranked.get(1).is_some_and(|&(i, d)| d <= opts.threshold && !negative_of(i).is_some_and(|n| n < d));
-            let reason = if distance > opts.threshold {
-                Some(Reason::TooFar)
-            } else if negative_distance.is_some_and(|n| n < distance) {
-                Some(Reason::NegativeReference)
-            } else if ambiguous && !opts.allow_ambiguous {
-                Some(Reason::Ambiguous)
-            } else {
-                opts.filters.reject(&faces[best])
-            };
-            out.push(Decision { image_id, face_id: faces[best].face_id, distance, runner_up, negative_distance, ambiguous, pass, reason });
+        let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
+        ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
+        let first = ranked.first().map(|r| r.0);
+        ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
+        if !ranked.is_empty() {
+            photos.push((image_id, ranked, runner_up));
         }
         start = end;
     }
+    // Whether the other faces within the threshold are the chosen face again or someone else
+    // needs their vectors: one more scan, for just those faces.
+    let contested: Vec<usize> = photos.iter().filter(|(_, r, _)| r.len() > 1).flat_map(|(_, r, _)| r.iter().map(|&(i, _)| i)).collect();
+    let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
+        if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
+    let mut out = Vec::with_capacity(photos.len());
+    for (image_id, ranked, runner_up) in photos {
+        let (best, distance) = ranked[0];
+        let negative_distance = negative_of(best);
+        let (mut copies, mut others) = (0u32, 0u32);
+        for &(i, _) in &ranked[1..] {
+            let same = match (contested_vectors.get(&best), contested_vectors.get(&i)) {
+                (Some(a), Some(b)) => sane(cosine_distance(a, b)) <= SAME_FACE_DISTANCE,
+                _ => false,
+            };
+            if same {
+                copies += 1;
+            } else {
+                others += 1;
+            }
+        }
+        let ambiguous = others > 0;
+        let reason = if !within(distance) {
+            Some(Reason::TooFar)
+        } else if negative_distance.is_some_and(|n| n < distance) {
+            Some(Reason::NegativeReference)
+        } else if ambiguous && !opts.allow_ambiguous {
+            Some(Reason::Ambiguous)
+        } else {
+            opts.filters.reject(&faces[best])
+        };
+        out.push(Decision {
+            image_id,
+            face_id: faces[best].face_id,
+            distance,
+            runner_up,
+            negative_distance,
+            ambiguous,
+            same_face_copies: copies,
+            pass,
+            reason,
+        });
+    }
     Ok(out)
+}
+
+/// A distance that cannot be computed (a NaN from a damaged vector) is as far as it gets: it
+/// must never pass a `<=` test by accident or sort before real distances.
+fn sane(d: f32) -> f32 {
+    if d.is_nan() {
+        f32::INFINITY
+    } else {
+        d
+    }
 }
 
 /// Counts of `values` in `bins` equal-width bins over `[lo, hi)`; values outside go to the ends.
@@ -353,14 +408,36 @@ mod tests {
     }
 
     #[test]
-    fn second_face_within_threshold_is_ambiguous() {
+    fn someone_else_within_threshold_is_ambiguous() {
+        // Both 40 degrees from the reference (distance 0.23), 80 degrees apart (0.83): two people.
         let faces = [row(1, 10), row(1, 11)];
-        let vectors = flat(&[unit(5.0), unit(-5.0)]);
+        let vectors = flat(&[unit(40.0), unit(-41.0)]);
         let d = run(&faces, &vectors, &[unit(0.0)], &[], &opts(0.3));
         assert!(d[0].ambiguous);
-        assert_eq!(d[0].reason, Some(Reason::Ambiguous));
+        assert_eq!((d[0].reason, d[0].same_face_copies), (Some(Reason::Ambiguous), 0));
         let allowed = Options { allow_ambiguous: true, ..opts(0.3) };
         assert_eq!(run(&faces, &vectors, &[unit(0.0)], &[], &allowed)[0].reason, None);
+    }
+
+    #[test]
+    fn the_same_face_seen_twice_is_kept_and_flagged() {
+        // A face and its mirror image: both near the reference and 10 degrees (0.015) apart. The
+        // closer one is chosen; a third face, someone else, still makes a photo ambiguous.
+        let faces = [row(1, 10), row(1, 11), row(2, 20), row(2, 21), row(2, 22)];
+        let vectors = flat(&[unit(35.0), unit(25.0), unit(25.0), unit(35.0), unit(-40.0)]);
+        let d = run(&faces, &vectors, &[unit(0.0)], &[], &opts(0.3));
+        assert_eq!((d[0].face_id, d[0].reason, d[0].ambiguous, d[0].same_face_copies), (11, None, false, 1));
+        assert_eq!((d[1].face_id, d[1].reason, d[1].ambiguous, d[1].same_face_copies), (20, Some(Reason::Ambiguous), true, 1));
+    }
+
+    #[test]
+    fn a_nan_distance_never_matches() {
+        let faces = [row(1, 10), row(1, 11), row(2, 20)];
+        let nan = f32::NAN;
+        let vectors = [nan, nan, 1.0, 0.0, -nan, nan];
+        let d = run(&faces, &vectors, &[unit(0.0)], &[], &opts(0.6));
+        assert_eq!((d[0].face_id, d[0].reason, d[0].ambiguous), (11, None, false));
+        assert_eq!(d[1].reason, Some(Reason::TooFar));
     }
 
     #[test]

@@ -65,30 +65,46 @@ fn several_references_beat_one() {
 }
 
 #[test]
-fn a_mirror_image_makes_the_photo_ambiguous() {
+fn a_mirror_image_keeps_the_photo_and_two_people_make_it_ambiguous() {
     let tmp = tempfile::tempdir().unwrap();
     let obama = rgb("obama2.jpg");
     let mirror = image::imageops::flip_horizontal(&obama);
     save(tmp.path(), "mirror.jpg", &side_by_side(&obama, &mirror));
+    save(tmp.path(), "two_people.jpg", &side_by_side(&obama, &rgb("biden.jpg")));
     add_photos(tmp.path(), &["obama3.jpg"]);
     index(tmp.path());
     let out = tmp.path().join("out");
+    // The mirror pair: both faces are the person and the same face to each other, so the photo
+    // is kept, the closer face cropped, and the copy counted.
+    match_ref(tmp.path(), "obama.jpg").arg("--out").arg(&out).assert().success();
+    let r = results(tmp.path());
+    assert_eq!((r["mirror.jpg"].1.as_str(), r["obama3.jpg"].1.as_str()), ("matched", "matched"));
+    let conn = db(tmp.path());
+    let copies = query_i64(
+        &conn,
+        "SELECT same_face_copies FROM matches_v m JOIN match_results r USING (run_id, face_id) WHERE m.path = 'mirror.jpg' AND m.run_id = (SELECT max(run_id) FROM match_runs)",
+    );
+    assert_eq!(copies, 1);
+    assert_eq!(manifest(&out).iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "0").count(), 1);
+
+    // Two different people both within a (too loose) threshold: which one is meant cannot be
+    // told, so the photo is listed, not cropped, unless asked.
     match_ref(tmp.path(), "obama.jpg")
-        .arg("--out")
+        .args(["--threshold", "0.95", "--out"])
         .arg(&out)
         .assert()
         .success()
-        .stderr(predicate::str::contains("ambiguous").and(predicate::str::contains("mirror.jpg")));
+        .stderr(predicate::str::contains("ambiguous").and(predicate::str::contains("two_people.jpg")));
     let r = results(tmp.path());
-    assert_eq!(r["mirror.jpg"].2.as_deref(), Some("ambiguous"));
-    assert_eq!(r["obama3.jpg"].1, "matched");
+    assert_eq!(r["two_people.jpg"].2.as_deref(), Some("ambiguous"));
+    assert_eq!(r["mirror.jpg"].1, "matched");
     let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
-    assert!(rejected.lines().any(|l| l.starts_with("mirror.jpg,") && l.contains("ambiguous")), "{rejected}");
-    assert!(!manifest(&out).iter().any(|r| r["source_path"] == "mirror.jpg"));
+    assert!(rejected.lines().any(|l| l.starts_with("two_people.jpg,") && l.contains("ambiguous")), "{rejected}");
+    assert!(!manifest(&out).iter().any(|r| r["source_path"] == "two_people.jpg"));
 
-    match_ref(tmp.path(), "obama.jpg").arg("--out").arg(&out).arg("--allow-ambiguous").assert().success();
+    match_ref(tmp.path(), "obama.jpg").args(["--threshold", "0.95", "--out"]).arg(&out).arg("--allow-ambiguous").assert().success();
     let rows = manifest(&out);
-    assert_eq!(rows.iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "1").count(), 1);
+    assert_eq!(rows.iter().filter(|r| r["source_path"] == "two_people.jpg" && r["ambiguous"] == "1").count(), 1);
 }
 
 #[test]

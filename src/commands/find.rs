@@ -257,6 +257,7 @@ fn decide_all(
                 runner_up: None,
                 negative_distance: None,
                 ambiguous: false,
+                same_face_copies: 0,
                 pass: 1,
                 reason,
             }

@@ -304,8 +304,8 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
     let rect = m.plan.map(|p| p.rect.map(i64::from));
     conn.prepare_cached(
         "INSERT OR REPLACE INTO match_results (run_id, face_id, image_id, distance, runner_up_face_id, runner_up_distance, negative_distance,
-             ambiguous, pass, decision, reason, crop_path, crop_x, crop_y, crop_w, crop_h, crop_angle, crop_out_w, crop_out_h)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+             ambiguous, pass, decision, reason, crop_path, crop_x, crop_y, crop_w, crop_h, crop_angle, crop_out_w, crop_out_h, same_face_copies)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?
     .execute(params![
         run_id,
@@ -326,7 +326,8 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
         rect.map(|r| r[3]),
         m.plan.map(|p| p.angle),
         m.plan.map(|p| p.out_w),
-        m.plan.map(|p| p.out_h)
+        m.plan.map(|p| p.out_h),
+        d.same_face_copies
     ])?;
     Ok(())
 }
