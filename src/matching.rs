@@ -261,7 +261,47 @@ pub fn decide(
             })
             .collect();
     }
+    // Faces that joined the references would measure 0 against themselves: report every
+    // distance against the references the user gave (the `pass` column says how it was found).
+    if !added.is_empty() {
+        let (dist, _) = distances(vectors, &combined(positives, opts.combine), &[])?;
+        let original = |face_id: i64| index.get(&face_id).and_then(|&i| dist.get(i)).map_or(f32::INFINITY, |&x| sane(x));
+        for d in &mut decisions {
+            d.distance = original(d.face_id);
+            d.runner_up = d.runner_up.map(|(id, _)| (id, original(id)));
+        }
+    }
     Ok(decisions)
+}
+
+/// The references as matching uses them: each one, or their normalised mean.
+fn combined(refs: &[Vec<f32>], combine: Combine) -> Vec<Vec<f32>> {
+    match combine {
+        Combine::Nearest => refs.to_vec(),
+        Combine::Mean => mean_vector(refs).into_iter().collect(),
+    }
+}
+
+/// References that disagree with the rest: for each reference, its median distance to the
+/// others, listed when above `threshold` (a folder of references holding two people, or a
+/// reference photo of someone else). Needs at least three references to tell which is odd; with
+/// two that disagree, both are listed.
+pub fn odd_references(refs: &[Vec<f32>], threshold: f32) -> Vec<(usize, f32)> {
+    if refs.len() < 2 {
+        return Vec::new();
+    }
+    let mut odd: Vec<(usize, f32)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut ds: Vec<f32> = refs.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, b)| sane(cosine_distance(a, b))).collect();
+            ds.sort_by(f32::total_cmp);
+            (i, ds[ds.len() / 2])
+        })
+        .filter(|&(_, median)| median > threshold)
+        .collect();
+    odd.sort_by(|a, b| b.1.total_cmp(&a.1));
+    odd
 }
 
 fn evaluate(
@@ -356,6 +396,18 @@ fn sane(d: f32) -> f32 {
     } else {
         d
     }
+}
+
+/// A `--threshold` above this is most likely a similarity typed where a distance is expected
+/// (similarity 0.8 is distance 0.2): it would accept nearly everyone.
+pub const SUSPICIOUS_THRESHOLD: f32 = 0.8;
+
+/// The widest empty stretch between consecutive finite distances (per photo, this run) within
+/// 0.05-1.2: where a threshold would separate the person from everyone else best.
+pub fn widest_gap(distances: &[f32]) -> Option<(f32, f32)> {
+    let mut v: Vec<f32> = distances.iter().copied().filter(|d| d.is_finite() && (0.05..=1.2).contains(d)).collect();
+    v.sort_by(f32::total_cmp);
+    v.windows(2).map(|w| (w[0], w[1])).max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
 }
 
 /// Counts of `values` in `bins` equal-width bins over `[lo, hi)`; values outside go to the ends.
@@ -476,6 +528,20 @@ mod tests {
         let grown = run(&faces, &vectors, &[unit(0.0)], &[], &Options { expand: Some(0.2), ..base });
         let passes: Vec<_> = grown.iter().map(|d| (d.matched(), d.pass)).collect();
         assert_eq!(passes, vec![(true, 1), (true, 2), (true, 3)]);
+        // Distances are to the reference the user gave, not to the faces that joined it.
+        for (d, angle) in grown.iter().zip([30.0f32, 60.0, 90.0]) {
+            assert!((d.distance - (1.0 - angle.to_radians().cos())).abs() < 1e-5, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_reference_of_someone_else_is_named() {
+        let refs = [unit(0.0), unit(10.0), unit(-8.0), unit(100.0)];
+        let odd = odd_references(&refs, 0.6);
+        assert_eq!(odd.iter().map(|o| o.0).collect::<Vec<_>>(), vec![3]);
+        assert!(odd_references(&refs[..3], 0.6).is_empty());
+        assert_eq!(odd_references(&[unit(0.0), unit(100.0)], 0.6).len(), 2);
+        assert!(odd_references(&[unit(0.0)], 0.6).is_empty());
     }
 
     #[test]
@@ -506,6 +572,12 @@ mod tests {
             let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert!((dot(&a, &b) - plain).abs() < 1e-4, "n={n}");
         }
+    }
+
+    #[test]
+    fn the_widest_gap_is_where_people_separate() {
+        assert_eq!(widest_gap(&[0.2, 0.25, 0.3, 0.85, 0.9, f32::NAN, 1.5]), Some((0.3, 0.85)));
+        assert_eq!(widest_gap(&[0.3]), None);
     }
 
     #[test]
