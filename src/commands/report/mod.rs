@@ -77,16 +77,17 @@ pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
 
 pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let root = find_dataset(args.dir.as_deref())?;
-    let db = Db::open_read_only(&database_path(globals, &root))?;
+    let db_file = database_path(globals, &root);
+    let db = Db::open_read_only(&db_file)?;
     let conn = &db.conn;
     if let Some(file) = &args.html {
         // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.
         if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
             crate::pipeline::heif::set_models_dir(&dir);
         }
-        html::write(conn, &root, file, args.run)?;
+        html::write(conn, &root, &db_file, file, args.run)?;
         if !globals.quiet {
-            eprintln!("wrote {}", file.display());
+            eprintln!("wrote {}", crate::util::display_path(file));
         }
         return Ok(ExitCode::SUCCESS);
     }
