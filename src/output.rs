@@ -128,10 +128,7 @@ fn hash_file(path: &Path) -> Option<String> {
 
 /// The fix every refusal to touch a file ends with.
 fn not_ours(path: &Path, what: &str) -> anyhow::Error {
-    anyhow!(
-        "refusing to overwrite {}: {what}; move it away or pass another --out",
-        display_path(path)
-    )
+    anyhow!("refusing to overwrite {}: {what}; move it away or pass another --out", display_path(path))
 }
 
 impl OutputDir {
@@ -149,7 +146,10 @@ impl OutputDir {
         }
         let canonical = path.canonicalize().with_context(|| format!("resolving {shown}"))?;
         if canonical == dataset {
-            bail!("--out {shown} is the dataset folder: crops there would be indexed as photos; pass a new folder such as {}", display_path(&path.join("facedb-crops")));
+            bail!(
+                "--out {shown} is the dataset folder: crops there would be indexed as photos; pass a new folder such as {}",
+                display_path(&path.join("facedb-crops"))
+            );
         }
         let db_dir = db_file.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
         if dataset.starts_with(&canonical) || db_dir.is_some_and(|d| d.starts_with(&canonical)) {
@@ -175,7 +175,10 @@ impl OutputDir {
                 }
                 (BTreeMap::new(), BTreeSet::new())
             }
-            Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is a link or a folder, not facedb's ledger")),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(not_ours(&ledger_path, "it is a symbolic link and facedb never writes through links"))
+            }
+            Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is not a regular file, so not facedb's ledger")),
             Ok(m) => Self::read_ledger(path, &ledger_path, &m, &owner)?,
         };
         remove_leftover_temps(path, &tokens);
@@ -205,7 +208,12 @@ impl OutputDir {
 
     /// Parses and verifies a ledger: the files it lists that still hold the bytes facedb wrote,
     /// and the run tokens whose temp files may be left over.
-    fn read_ledger(dir: &Path, ledger: &Path, meta: &std::fs::Metadata, owner: &Owner) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+    fn read_ledger(
+        dir: &Path,
+        ledger: &Path,
+        meta: &std::fs::Metadata,
+        owner: &Owner,
+    ) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
         if meta.len() > MAX_LEDGER {
             return Err(not_ours(ledger, "it is too big to be facedb's ledger"));
         }
@@ -269,9 +277,16 @@ impl OutputDir {
             let path = self.path.join(name);
             match path.symlink_metadata() {
                 Err(_) => {}
-                Ok(m) if m.file_type().is_symlink() => return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links")),
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links"))
+                }
                 Ok(_) if self.owned.contains_key(name) => {}
-                Ok(_) => return Err(not_ours(&path, &format!("facedb did not write it (it is not in {OUTPUT_MARKER} with the hash facedb wrote)"))),
+                Ok(_) => {
+                    return Err(not_ours(
+                        &path,
+                        &format!("facedb did not write it (it is not in {OUTPUT_MARKER} with the hash facedb wrote)"),
+                    ))
+                }
             }
         }
         Ok(())
@@ -563,8 +578,11 @@ mod tests {
         // A camera photo that an old facedb listed: Exif first, not facedb's encoder.
         std::fs::write(d.join("b_face2.jpg"), b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00").unwrap();
         std::fs::write(d.join("notes.txt"), b"mine").unwrap();
-        std::fs::write(d.join(OUTPUT_MARKER), "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:\na_face1.jpg\nb_face2.jpg\nnotes.txt\n")
-            .unwrap();
+        std::fs::write(
+            d.join(OUTPUT_MARKER),
+            "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:\na_face1.jpg\nb_face2.jpg\nnotes.txt\n",
+        )
+        .unwrap();
         let out = open(d, "a").unwrap();
         assert_eq!(out.owned.keys().collect::<Vec<_>>(), ["a_face1.jpg"]);
         assert_eq!(out.finish().unwrap(), 1);

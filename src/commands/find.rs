@@ -20,9 +20,9 @@ use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
+use crate::output::{OutputDir, Owner};
 use crate::pipeline::detect::DetectParams;
 use crate::pipeline::walk;
-use crate::output::{OutputDir, Owner};
 use crate::pipeline::{analyze, hash, largest, StageTimes};
 use crate::util::{display_path, display_str, read_photo_file};
 
@@ -124,7 +124,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     tx.commit()?;
 
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
-    let job = output::CropJob { db_file: &db_file, root: &root, out: &out, names: &names, spec, format: args.format, quality: args.quality };
+    let job =
+        output::CropJob { db_file: &db_file, root: &root, out: &out, names: &names, spec, format: args.format, quality: args.quality };
     let crops = job.run(&to_crop, &bar);
     bar.finish();
 
@@ -303,7 +304,7 @@ impl References<'_> {
             if arg.is_dir() {
                 let (entries, _) = walk::walk(arg);
                 if entries.is_empty() {
-                    bail!("{flag} {}: the folder holds no photos", display_path(&arg));
+                    bail!("{flag} {}: the folder holds no photos", display_path(arg));
                 }
                 for e in entries {
                     match self.load(conn, &e.abs) {
@@ -330,7 +331,7 @@ impl References<'_> {
         let blake3 = hash::content_hash(&bytes);
         if let Some(r) = read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)? {
             if r.faces_in_photo > 1 && !self.quiet {
-                eprintln!("note: {} has {} faces; using the largest", display_path(&path), r.faces_in_photo);
+                eprintln!("note: {} has {} faces; using the largest", display_path(path), r.faces_in_photo);
             }
             return Ok(r);
         }
@@ -340,18 +341,18 @@ impl References<'_> {
         }
         let Some((detector, embedder)) = self.sessions.as_mut() else { bail!("model sessions unavailable") };
         let img = analyze(&bytes, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
-            .with_context(|| format!("reference photo {}", display_path(&path)))?;
+            .with_context(|| format!("reference photo {}", display_path(path)))?;
         self.model_calls += i64::from(img.detector_calls + img.embedder_calls);
         let Some(face) = largest(&img.faces) else {
-            bail!("no face found in {}; pass a photo where the face is clearly visible and at least 40 px wide", display_path(&path));
+            bail!("no face found in {}; pass a photo where the face is clearly visible and at least 40 px wide", display_path(path));
         };
         let Some(vector) = face.embedding else {
-            bail!("the face in {} could not be aligned (landmarks degenerate); pass a clearer, more frontal photo", display_path(&path));
+            bail!("the face in {} could not be aligned (landmarks degenerate); pass a clearer, more frontal photo", display_path(path));
         };
         if img.faces.len() > 1 && !self.quiet {
             eprintln!(
                 "note: {} has {} faces; using the largest ({}x{} px)",
-                display_path(&path),
+                display_path(path),
                 img.faces.len(),
                 face.detection.w.round(),
                 face.detection.h.round()
@@ -377,7 +378,7 @@ impl References<'_> {
             &format!("reference embedded: {} face(s), largest used", img.faces.len()),
         )?;
         read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)?
-            .ok_or_else(|| anyhow!("reference {} was not stored", display_path(&path)))
+            .ok_or_else(|| anyhow!("reference {} was not stored", display_path(path)))
     }
 }
 

@@ -41,10 +41,7 @@ pub(super) struct CropJob<'a> {
 /// face id -> the name of its crop: from the photo's first path, so the names can be checked
 /// before any file is written (a photo without a present path gets no name and fails to crop).
 pub(super) fn crop_names(chosen: &[&Decision], paths: &HashMap<i64, String>, format: crop::Format) -> HashMap<i64, String> {
-    chosen
-        .iter()
-        .filter_map(|d| paths.get(&d.image_id).map(|p| (d.face_id, crop::crop_file_name(p, d.face_id, format))))
-        .collect()
+    chosen.iter().filter_map(|d| paths.get(&d.image_id).map(|p| (d.face_id, crop::crop_file_name(p, d.face_id, format)))).collect()
 }
 
 impl CropJob<'_> {
@@ -94,7 +91,8 @@ impl CropJob<'_> {
                     let result = (|| {
                         let geometry = FaceGeometry { x: info.x, y: info.y, w: info.w, h: info.h, landmarks: info.landmarks };
                         let plan = crop::plan(&geometry, &self.spec, rgb.width(), rgb.height());
-                        let file_name = self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
+                        let file_name =
+                            self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
                         let mut file = self.out.create(file_name)?;
                         crop::encode(&crop::render(&rgb, &plan), self.format, self.quality, &mut file)
                             .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
@@ -269,4 +267,3 @@ impl<'a> Manifest<'a> {
         unwrap(self.rejected)?.finish()
     }
 }
-

@@ -24,7 +24,8 @@ const THUMB: u32 = 160;
 const MAX_REJECTED_THUMBS: usize = 300;
 
 /// The first line of every sheet: facedb replaces an existing file only when it starts so.
-const SIGNATURE: &str = "<!doctype html><!-- facedb contact sheet; `facedb report --html` replaces this file only while this line is first -->";
+const SIGNATURE: &str =
+    "<!doctype html><!-- facedb contact sheet; `facedb report --html` replaces this file only while this line is first -->";
 /// How sheets written before the signature started (`facedb match run <id>` follows).
 const OLD_SIGNATURE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>facedb match run ";
 
@@ -172,7 +173,8 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     let _ = write!(h, " · crops in {}</p>", escape(&m.out_dir));
     h.push_str(&histogram_svg(results, m.threshold as f32));
 
-    let sections: [(&str, &str, Box<dyn Fn(&ResultRow) -> bool>); 3] = [
+    type Keep = Box<dyn Fn(&ResultRow) -> bool>;
+    let sections: [(&str, &str, Keep); 3] = [
         ("Matched (sorted by distance)", "", Box::new(|r: &ResultRow| r.decision == "matched")),
         (
             "Ambiguous (another face in the photo is within the threshold)",
