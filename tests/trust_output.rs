@@ -460,3 +460,44 @@ fn ledgers_of_earlier_versions_keep_working() {
     assert_eq!(names_in(&out), expected);
     assert!(std::fs::read_to_string(out.join(".facedb-output")).unwrap().contains("# facedb-ledger 2 "));
 }
+
+/// A small tmpfs, unmounted on drop (needs root; see the test).
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_names_the_file_and_leaves_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), "photos", &["obama.jpg", "obama2.jpg", "biden.jpg"]);
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = StdCommand::new("mount").args(["-t", "tmpfs", "-o", "size=300k", "tmpfs"]).arg(&mnt).stderr(Stdio::null()).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        // Without root there is no full disk to be had; every other path is tested above.
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _disk = SmallDisk(mnt.clone());
+    let out = mnt.join("out");
+    let run = facedb()
+        .arg("match")
+        .arg(&d)
+        .args(["--all", "--size", "2000", "--upscale", "--format", "png", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 crop(s) failed"), "{stderr}");
+    let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
+    assert!(
+        rejected.contains(&format!("crop failed: encoding {}/obama_face", out.display())) && rejected.contains("No space left on device"),
+        "{rejected}"
+    );
+    assert_eq!(names_in(&out), expected_after_run(&out), "no temp file left");
+}

@@ -465,6 +465,6 @@ fn print_summary(
         started.elapsed().as_secs_f64()
     );
     if crop_failures > 0 {
-        eprintln!("  {crop_failures} crop(s) failed (source moved or unreadable); see {REJECTED_CSV}");
+        eprintln!("  {crop_failures} crop(s) failed (source moved or unreadable, disk full, ...); the reasons are in {REJECTED_CSV}");
     }
 }
