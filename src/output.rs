@@ -255,7 +255,7 @@ impl OutputDir {
         // manifest included); emptied, it may change hands.
         if theirs.database_id != owner.database_id && !verified.is_empty() {
             bail!(
-                "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset",
+                "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset, or delete that folder if its dataset is gone",
                 display_path(dir),
                 display_str(&theirs.dataset),
                 theirs.database_id,

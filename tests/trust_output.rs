@@ -227,7 +227,7 @@ fn two_datasets_never_share_an_output_folder() {
     assert_eq!(
         line,
         format!(
-            "facedb: {} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset",
+            "facedb: {} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset, or delete that folder if its dataset is gone",
             out.display(),
             a.display(),
             id(&a),
