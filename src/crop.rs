@@ -1,15 +1,14 @@
-//! Crop geometry (pure), rendering and writing crop files, and the output-folder ledger.
+//! Crop geometry (pure), rendering, encoding and crop file names (`output` writes the files).
 
-use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 use serde::Serialize;
 
 use crate::pipeline::align::bilinear;
-use crate::pipeline::walk::OUTPUT_MARKER;
 
 /// A pixel rectangle: x, y, width, height.
 pub type Rect = [u32; 4];
@@ -156,62 +155,37 @@ pub fn render(image: &RgbImage, plan: &CropPlan) -> RgbImage {
     }
 }
 
-/// A file name that is safe anywhere: the source's stem reduced to [A-Za-z0-9_-], plus face id.
+/// A file name that is safe anywhere: the source's stem reduced to [A-Za-z0-9_-] (never starting
+/// with `-`, so no tool reads it as an option), plus the face id, unique within a database.
 pub fn crop_file_name(source_rel: &str, face_id: i64, format: Format) -> String {
     let stem = Path::new(source_rel).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let clean: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(80).collect();
-    let clean = clean.trim_matches('_');
+    let clean = clean.trim_start_matches(['_', '-']).trim_end_matches('_');
     format!("{}_face{face_id}.{}", if clean.is_empty() { "photo" } else { clean }, format.extension())
 }
 
-/// Writes atomically (temp file + rename) so a crop is never half-written.
-pub fn write_crop(crop: &RgbImage, path: &Path, format: Format, quality: u8) -> Result<()> {
-    let tmp = path.with_extension("part");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let result = match format {
-        Format::Jpg => crop.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality.clamp(1, 100))),
-        Format::Png => crop.write_with_encoder(image::codecs::png::PngEncoder::new(&mut w)),
-        Format::Webp => crop.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut w)),
-    };
-    result.with_context(|| format!("encoding {}", path.display()))?;
-    drop(w);
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+/// Whether `name` has the shape of [`crop_file_name`]'s names.
+pub fn is_crop_name(name: &str) -> bool {
+    let Some((stem, ext)) = name.rsplit_once('.') else { return false };
+    let Some((prefix, id)) = stem.rsplit_once("_face") else { return false };
+    [Format::Jpg, Format::Png, Format::Webp].iter().any(|f| f.extension() == ext)
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && !prefix.is_empty()
+        && !prefix.starts_with(['-', '_'])
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Encodes a crop into `w` (the output folder's writer makes that atomic).
+pub fn encode(crop: &RgbImage, format: Format, quality: u8, w: &mut impl std::io::Write) -> Result<()> {
+    let mut w = std::io::BufWriter::new(w);
+    match format {
+        Format::Jpg => crop.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality.clamp(1, 100)))?,
+        Format::Png => crop.write_with_encoder(image::codecs::png::PngEncoder::new(&mut w))?,
+        Format::Webp => crop.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut w))?,
+    }
+    w.flush()?;
     Ok(())
-}
-
-/// The output folder's ledger: the marker file that keeps `index` out, listing every file facedb
-/// wrote there, so a re-run replaces its own crops and never touches anyone else's files.
-pub struct Ledger {
-    pub files: BTreeSet<String>,
-}
-
-const LEDGER_HEADER: &str = "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:";
-
-impl Ledger {
-    pub fn load(out_dir: &Path) -> Self {
-        let text = std::fs::read_to_string(out_dir.join(OUTPUT_MARKER)).unwrap_or_default();
-        let files = text.lines().filter(|l| !l.starts_with('#') && is_plain_name(l)).map(str::to_string).collect();
-        Self { files }
-    }
-
-    pub fn save(&self, out_dir: &Path) -> Result<()> {
-        let mut text = String::from(LEDGER_HEADER);
-        text.push('\n');
-        for f in &self.files {
-            text.push_str(f);
-            text.push('\n');
-        }
-        let tmp = out_dir.join(format!("{OUTPUT_MARKER}.part"));
-        std::fs::write(&tmp, text).with_context(|| format!("writing to {}", out_dir.display()))?;
-        std::fs::rename(&tmp, out_dir.join(OUTPUT_MARKER)).with_context(|| format!("writing to {}", out_dir.display()))?;
-        Ok(())
-    }
-}
-
-/// A bare file name: no separators, not `.`/`..` (a tampered ledger cannot reach outside).
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
 #[cfg(test)]
@@ -304,6 +278,13 @@ mod tests {
         assert_eq!(crop_file_name("a/b/IMG 001.JPG", 7, Format::Jpg), "IMG_001_face7.jpg");
         assert_eq!(crop_file_name("../../etc/passwd", 3, Format::Png), "passwd_face3.png");
         assert_eq!(crop_file_name("...jpg", 1, Format::Webp), "photo_face1.webp");
-        assert!(!is_plain_name("../x") && !is_plain_name("..") && is_plain_name("a_face1.jpg"));
+        assert_eq!(crop_file_name("-rf --no-preserve-root.jpg", 2, Format::Jpg), "rf_--no-preserve-root_face2.jpg");
+        assert_eq!(crop_file_name("--.jpg", 4, Format::Jpg), "photo_face4.jpg");
+        for name in ["IMG_001_face7.jpg", "passwd_face3.png", "photo_face1.webp", "rf_--no-preserve-root_face2.jpg"] {
+            assert!(is_crop_name(name), "{name}");
+        }
+        for name in ["-rf_face1.jpg", "a_face.jpg", "a_face1.gif", "a.jpg", "_face1.jpg", "a b_face1.jpg"] {
+            assert!(!is_crop_name(name), "{name}");
+        }
     }
 }

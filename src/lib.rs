@@ -6,7 +6,9 @@ pub mod crop;
 pub mod db;
 pub mod matching;
 pub mod models;
+pub mod output;
 pub mod pipeline;
+pub mod util;
 
 /// Makes glibc hand buffers of 4 MiB and more (decoded photos, detector tensors) straight back to
 /// the kernel when freed. By default its mmap threshold grows after the first big free, after

@@ -179,11 +179,11 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     add_photos(&photos, &["obama3.jpg"]);
     index(&photos);
     let out = tmp.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    std::fs::write(out.join("mine.txt"), b"the user's own file").unwrap();
 
     // --all: every face, square, 64 px, PNG.
     facedb().arg("match").arg(&photos).args(["--all", "--square", "--size", "64", "--format", "png", "--out"]).arg(&out).assert().success();
+    // A file the user adds to facedb's folder later (a folder with files and no ledger is refused).
+    std::fs::write(out.join("mine.txt"), b"the user's own file").unwrap();
     let rows = manifest(&out);
     assert_eq!(rows.len(), 3, "two faces in pair.jpg, one in obama3.jpg");
     for r in &rows {

@@ -3,29 +3,32 @@
 //! (Named `find` because `match` is a Rust keyword.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rayon::prelude::*;
 use rusqlite::Connection;
-use serde::Serialize;
 
 use super::{database_path, find_dataset, progress, Globals};
 use crate::cli::MatchArgs;
-use crate::crop::{self, CropPlan, CropSpec, FaceGeometry, Ledger};
-use crate::db::read::{self, FaceInfo, RefRow};
+use crate::crop::CropSpec;
+use crate::db::read::{self, RefRow};
 use crate::db::write::{self, MatchRow, NewMatchRun, NewRef, RunCounters};
 use crate::db::{vectors, Db};
 use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
+use crate::output::{OutputDir, Owner};
 use crate::pipeline::detect::DetectParams;
 use crate::pipeline::walk;
-use crate::pipeline::{analyze, decode, hash, largest, StageTimes};
+use crate::pipeline::{analyze, hash, largest, StageTimes};
+use crate::util::{display_path, display_str, read_photo_file};
+
+mod output;
+
+pub use output::{MANIFEST_COLUMNS, REJECTED_COLUMNS};
 
 pub const MANIFEST_CSV: &str = "manifest.csv";
 pub const MANIFEST_JSONL: &str = "manifest.jsonl";
@@ -42,7 +45,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {
-        bail!("no database at {}; run `facedb index {}` first", db_file.display(), root.display());
+        bail!("no database at {}; run `facedb index {}` first", display_path(&db_file), display_path(&root));
     }
     let db = Db::open(&db_file)?;
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
@@ -53,6 +56,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let detector_id =
         write::ensure_model(&tx, "detector", &files.detector_name, &files.detector_hash, &super::index::detector_params_json(&ref_params))?;
     let embedder_id = write::ensure_model(&tx, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    if !args.refs.is_empty() || !args.all {
+        check_embeddings(&tx, &files, embedder_id, &root)?;
+    }
     let out_dir = args.out.clone().unwrap_or_else(|| root.join("facedb-crops"));
     let spec = CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align };
     let filters = Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
@@ -107,23 +113,25 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     }
+    // Take the output folder and check every name this run writes before anything is written
+    // (or committed): a refusal leaves the folder and the database as they were.
+    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched()).collect();
+    let out = open_output(&tx, &out_dir, &root, &db_file)?;
+    let names = output::crop_names(&to_crop, &paths, args.format);
+    out.check_free(names.values().map(String::as_str).chain([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV]))?;
     // Commit the run row and any new references now: cropping can take minutes and must not
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
 
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating output folder {}", out_dir.display()))?;
-    let old_ledger = Ledger::load(&out_dir);
-    // Record the folder as facedb's before writing into it, so `index` never picks crops up.
-    old_ledger.save(&out_dir)?;
-    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched()).collect();
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
-    let crops = write_crops(&db_file, &root, &out_dir, &to_crop, &spec, args.format, args.quality, &bar);
+    let job =
+        output::CropJob { db_file: &db_file, root: &root, out: &out, names: &names, spec, format: args.format, quality: args.quality };
+    let crops = job.run(&to_crop, &bar);
     bar.finish();
 
     let tx = db.conn.unchecked_transaction()?;
     let ref_list: Vec<&RefRow> = positives.iter().collect();
-    let mut manifest = Manifest::create(&out_dir)?;
-    let mut written: HashSet<String> = HashSet::new();
+    let mut manifest = output::Manifest::create(&out)?;
     let (mut crop_failures, mut matched, mut rejected, mut ambiguous) = (0u64, 0u64, 0u64, 0u64);
     let distance_of = |d: &Decision| (!(args.all && pos_vecs.is_empty())).then_some(d.distance);
     for d in &decisions {
@@ -136,8 +144,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         match crops.get(&d.face_id) {
             Some(Ok(c)) => {
                 matched += 1;
-                written.insert(c.file_name.clone());
-                manifest.add(c, d, distance_of(d), &ref_list, &out_dir)?;
+                manifest.add(c, d, distance_of(d), &ref_list)?;
                 write::insert_match_result(
                     &tx,
                     run_id,
@@ -167,16 +174,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             }
         }
     }
-    manifest.finish(&out_dir)?;
-    // Replace this folder's earlier crops: remove what facedb wrote before and did not write now.
-    for stale in old_ledger.files.difference(&written.iter().cloned().collect()) {
-        if !matches!(stale.as_str(), MANIFEST_CSV | MANIFEST_JSONL | REJECTED_CSV) {
-            let _ = std::fs::remove_file(out_dir.join(stale));
-        }
-    }
-    let mut ledger = Ledger { files: written.into_iter().collect() };
-    ledger.files.extend([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from));
-    ledger.save(&out_dir)?;
+    manifest.finish()?;
+    // Remove what facedb wrote here before and did not write now (still byte-identical only).
+    out.finish()?;
 
     let ref_ids: Vec<i64> = positives.iter().map(|r| r.id).collect();
     let neg_ids: Vec<i64> = negatives.iter().map(|r| r.id).collect();
@@ -266,6 +266,27 @@ fn decide_all(
     Ok((decisions, faces))
 }
 
+/// With no stored embedding from the embedder in use (its model file was replaced), every photo
+/// would be "not considered" and every earlier crop removed as stale: stop before that.
+fn check_embeddings(conn: &Connection, files: &ModelFiles, embedder_id: i64, root: &Path) -> Result<()> {
+    let (current, all) = read::embedding_counts(conn, embedder_id)?;
+    if current == 0 && all > 0 {
+        bail!(
+            "the database holds no embeddings from the embedder model {} now in use (blake3 {}), only {all} from another version of it; run `facedb index {}` to re-embed the stored faces (nothing was matched, written or deleted)",
+            files.embedder_name,
+            files.embedder_hash.get(..16).unwrap_or(&files.embedder_hash),
+            display_path(root)
+        );
+    }
+    Ok(())
+}
+
+/// The output folder, owned by this database (two datasets in one folder are refused).
+fn open_output(conn: &Connection, out_dir: &Path, root: &Path, db_file: &Path) -> Result<OutputDir> {
+    let owner = Owner { database_id: read::database_id(conn)?, dataset: root.to_string_lossy().into_owned() };
+    OutputDir::open(out_dir, root, db_file, owner)
+}
+
 /// Loads reference embeddings, computing (and storing) each new reference photo's once.
 struct References<'a> {
     files: &'a ModelFiles,
@@ -284,13 +305,13 @@ impl References<'_> {
             if arg.is_dir() {
                 let (entries, _) = walk::walk(arg);
                 if entries.is_empty() {
-                    bail!("{flag} {}: the folder holds no photos", arg.display());
+                    bail!("{flag} {}: the folder holds no photos", display_path(arg));
                 }
                 for e in entries {
                     match self.load(conn, &e.abs) {
                         Ok(r) => out.push(r),
                         Err(err) if !self.quiet => {
-                            eprintln!("warning: skipping reference {}: {err:#}", e.abs.display())
+                            eprintln!("warning: skipping reference {}: {err:#}", display_path(&e.abs))
                         }
                         Err(_) => {}
                     }
@@ -306,11 +327,12 @@ impl References<'_> {
     }
 
     fn load(&mut self, conn: &Connection, path: &Path) -> Result<RefRow> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read reference photo {}", path.display()))?;
+        // Only a regular file under the size cap: a FIFO or /dev/zero is refused at once.
+        let bytes = read_photo_file(path).context("reading a reference photo")?;
         let blake3 = hash::content_hash(&bytes);
         if let Some(r) = read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)? {
             if r.faces_in_photo > 1 && !self.quiet {
-                eprintln!("note: {} has {} faces; using the largest", path.display(), r.faces_in_photo);
+                eprintln!("note: {} has {} faces; using the largest", display_path(path), r.faces_in_photo);
             }
             return Ok(r);
         }
@@ -320,18 +342,18 @@ impl References<'_> {
         }
         let Some((detector, embedder)) = self.sessions.as_mut() else { bail!("model sessions unavailable") };
         let img = analyze(&bytes, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
-            .with_context(|| format!("reference photo {}", path.display()))?;
+            .with_context(|| format!("reference photo {}", display_path(path)))?;
         self.model_calls += i64::from(img.detector_calls + img.embedder_calls);
         let Some(face) = largest(&img.faces) else {
-            bail!("no face found in {}; pass a photo where the face is clearly visible and at least 40 px wide", path.display());
+            bail!("no face found in {}; pass a photo where the face is clearly visible and at least 40 px wide", display_path(path));
         };
         let Some(vector) = face.embedding else {
-            bail!("the face in {} could not be aligned (landmarks degenerate); pass a clearer, more frontal photo", path.display());
+            bail!("the face in {} could not be aligned (landmarks degenerate); pass a clearer, more frontal photo", display_path(path));
         };
         if img.faces.len() > 1 && !self.quiet {
             eprintln!(
                 "note: {} has {} faces; using the largest ({}x{} px)",
-                path.display(),
+                display_path(path),
                 img.faces.len(),
                 face.detection.w.round(),
                 face.detection.h.round()
@@ -357,256 +379,7 @@ impl References<'_> {
             &format!("reference embedded: {} face(s), largest used", img.faces.len()),
         )?;
         read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)?
-            .ok_or_else(|| anyhow!("reference {} was not stored", path.display()))
-    }
-}
-
-struct Crop {
-    info: FaceInfo,
-    source: String,
-    file_name: String,
-    plan: CropPlan,
-}
-
-/// Crops every chosen face; each photo is read and decoded once, photos in parallel.
-#[allow(clippy::too_many_arguments)]
-fn write_crops(
-    db_file: &Path,
-    root: &Path,
-    out_dir: &Path,
-    chosen: &[&Decision],
-    spec: &CropSpec,
-    format: crop::Format,
-    quality: u8,
-    bar: &super::Progress,
-) -> HashMap<i64, Result<Crop>> {
-    let mut by_image: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for d in chosen {
-        by_image.entry(d.image_id).or_default().push(d.face_id);
-    }
-    let groups: Vec<(i64, Vec<i64>)> = by_image.into_iter().collect();
-    groups
-        .par_iter()
-        .flat_map_iter(|(_, face_ids)| {
-            let results = crop_photo(db_file, root, out_dir, face_ids, spec, format, quality);
-            bar.inc(face_ids.len() as u64);
-            results
-        })
-        .collect()
-}
-
-fn crop_photo(
-    db_file: &Path,
-    root: &Path,
-    out_dir: &Path,
-    face_ids: &[i64],
-    spec: &CropSpec,
-    format: crop::Format,
-    quality: u8,
-) -> Vec<(i64, Result<Crop>)> {
-    let loaded = (|| -> Result<(Vec<FaceInfo>, String, image::RgbImage)> {
-        // rusqlite connections are not shared across threads: each photo opens its own reader.
-        let db = Db::open_read_only(db_file)?;
-        let infos = face_ids.iter().map(|&id| read::face_info(&db.conn, id)).collect::<Result<Vec<_>>>()?;
-        let first = infos.first().ok_or_else(|| anyhow!("no face"))?;
-        let (source, bytes) = first
-            .paths
-            .iter()
-            .find_map(|(rel, raw)| {
-                let p = walk::resolve(root, rel, raw.as_deref());
-                std::fs::read(&p).ok().filter(|b| hash::content_hash(b) == first.blake3).map(|b| (rel.clone(), b))
-            })
-            .ok_or_else(|| anyhow!("no file with this content is left in the folder; re-run `facedb index`"))?;
-        Ok((infos, source, decode::decode(&bytes)?.rgb))
-    })();
-    match loaded {
-        Err(e) => {
-            let msg = format!("{e:#}");
-            face_ids.iter().map(|&id| (id, Err(anyhow!("{msg}")))).collect()
-        }
-        Ok((infos, source, rgb)) => infos
-            .into_iter()
-            .map(|info| {
-                let id = info.face_id;
-                let result = (|| {
-                    let geometry = FaceGeometry { x: info.x, y: info.y, w: info.w, h: info.h, landmarks: info.landmarks };
-                    let plan = crop::plan(&geometry, spec, rgb.width(), rgb.height());
-                    let file_name = crop::crop_file_name(&source, id, format);
-                    crop::write_crop(&crop::render(&rgb, &plan), &out_dir.join(&file_name), format, quality)?;
-                    Ok(Crop { info, source: source.clone(), file_name, plan })
-                })();
-                (id, result)
-            })
-            .collect(),
-    }
-}
-
-/// A reference as the manifest records it.
-#[derive(Serialize)]
-struct RefEntry<'a> {
-    path: &'a str,
-    blake3: &'a str,
-    width: u32,
-    height: u32,
-    face: [f32; 4],
-}
-
-/// manifest.csv + manifest.jsonl (one row per crop) and rejected.csv, written to .part files and
-/// renamed into place at the end so readers never see half a manifest.
-struct Manifest {
-    csv: csv::Writer<std::fs::File>,
-    jsonl: std::io::BufWriter<std::fs::File>,
-    rejected: csv::Writer<std::fs::File>,
-}
-
-pub const MANIFEST_COLUMNS: [&str; 29] = [
-    "crop_path",
-    "source_path",
-    "source_blake3",
-    "face_id",
-    "distance",
-    "pass",
-    "face_x",
-    "face_y",
-    "face_w",
-    "face_h",
-    "crop_x",
-    "crop_y",
-    "crop_w",
-    "crop_h",
-    "crop_angle",
-    "crop_out_w",
-    "crop_out_h",
-    "det_score",
-    "size_px",
-    "sharpness",
-    "yaw",
-    "roll",
-    "brightness",
-    "source_w",
-    "source_h",
-    "landmarks",
-    "runner_up_distance",
-    "ambiguous",
-    "references",
-];
-pub const REJECTED_COLUMNS: [&str; 11] = [
-    "source_path",
-    "face_id",
-    "distance",
-    "runner_up_distance",
-    "negative_distance",
-    "ambiguous",
-    "reason",
-    "pass",
-    "size_px",
-    "sharpness",
-    "yaw",
-];
-
-fn part(out_dir: &Path, name: &str) -> PathBuf {
-    out_dir.join(format!("{name}.part"))
-}
-
-fn opt(v: Option<f32>) -> String {
-    v.filter(|x| x.is_finite()).map(|x| format!("{x:.4}")).unwrap_or_default()
-}
-
-impl Manifest {
-    fn create(out_dir: &Path) -> Result<Self> {
-        let open =
-            |name: &str| std::fs::File::create(part(out_dir, name)).with_context(|| format!("writing {name} in {}", out_dir.display()));
-        let mut csv = csv::Writer::from_writer(open(MANIFEST_CSV)?);
-        csv.write_record(MANIFEST_COLUMNS)?;
-        let mut rejected = csv::Writer::from_writer(open(REJECTED_CSV)?);
-        rejected.write_record(REJECTED_COLUMNS)?;
-        Ok(Self { csv, jsonl: std::io::BufWriter::new(open(MANIFEST_JSONL)?), rejected })
-    }
-
-    fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow], out_dir: &Path) -> Result<()> {
-        let i = &c.info;
-        let p = &c.plan;
-        let refs: Vec<RefEntry> =
-            refs.iter().map(|r| RefEntry { path: &r.path, blake3: &r.blake3, width: r.width, height: r.height, face: r.face }).collect();
-        let crop_path = out_dir.join(&c.file_name).to_string_lossy().into_owned();
-        let [cx, cy, cw, ch] = p.rect;
-        self.csv.write_record([
-            crop_path.clone(),
-            c.source.clone(),
-            i.blake3.clone(),
-            i.face_id.to_string(),
-            opt(distance),
-            d.pass.to_string(),
-            format!("{:.1}", i.x),
-            format!("{:.1}", i.y),
-            format!("{:.1}", i.w),
-            format!("{:.1}", i.h),
-            cx.to_string(),
-            cy.to_string(),
-            cw.to_string(),
-            ch.to_string(),
-            format!("{:.2}", p.angle),
-            p.out_w.to_string(),
-            p.out_h.to_string(),
-            format!("{:.3}", i.score),
-            format!("{:.1}", i.size_px),
-            format!("{:.1}", i.sharpness),
-            format!("{:.1}", i.yaw),
-            format!("{:.1}", i.roll),
-            format!("{:.1}", i.brightness),
-            i.width.to_string(),
-            i.height.to_string(),
-            serde_json::to_string(&i.landmarks)?,
-            opt(d.runner_up.map(|r| r.1)),
-            u8::from(d.ambiguous).to_string(),
-            serde_json::to_string(&refs)?,
-        ])?;
-        let json = serde_json::json!({
-            "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
-            "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous,
-            "runner_up": d.runner_up.map(|(id, dist)| serde_json::json!({"face_id": id, "distance": dist})),
-            "face": {"x": i.x, "y": i.y, "w": i.w, "h": i.h, "landmarks": i.landmarks},
-            "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h},
-            "quality": {"det_score": i.score, "size_px": i.size_px, "sharpness": i.sharpness, "yaw": i.yaw, "roll": i.roll, "brightness": i.brightness},
-            "source_size": [i.width, i.height], "references": refs,
-        });
-        writeln!(self.jsonl, "{json}")?;
-        Ok(())
-    }
-
-    fn reject(
-        &mut self,
-        d: &Decision,
-        distance: Option<f32>,
-        reason: &str,
-        path: Option<&String>,
-        q: Option<&matching::FaceRow>,
-    ) -> Result<()> {
-        self.rejected.write_record([
-            path.cloned().unwrap_or_default(),
-            d.face_id.to_string(),
-            opt(distance),
-            opt(d.runner_up.map(|r| r.1)),
-            opt(d.negative_distance),
-            u8::from(d.ambiguous).to_string(),
-            reason.to_string(),
-            d.pass.to_string(),
-            q.map(|q| format!("{:.1}", q.size_px)).unwrap_or_default(),
-            q.map(|q| format!("{:.1}", q.sharpness)).unwrap_or_default(),
-            q.map(|q| format!("{:.1}", q.yaw)).unwrap_or_default(),
-        ])?;
-        Ok(())
-    }
-
-    fn finish(mut self, out_dir: &Path) -> Result<()> {
-        self.csv.flush()?;
-        self.rejected.flush()?;
-        self.jsonl.flush()?;
-        drop(self);
-        for name in [MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV] {
-            std::fs::rename(part(out_dir, name), out_dir.join(name)).with_context(|| format!("writing {name}"))?;
-        }
-        Ok(())
+            .ok_or_else(|| anyhow!("reference {} was not stored", display_path(path)))
     }
 }
 
@@ -628,7 +401,7 @@ fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: 
     println!("\nphotos within {band:.2} of the threshold ({}):", near.len());
     for d in near.iter().take(50) {
         let verdict = if d.distance <= threshold { "in " } else { "out" };
-        println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?", String::as_str));
+        println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
     }
     let mut sharp: Vec<f32> =
         decisions.iter().filter(|d| d.distance <= threshold).filter_map(|d| quality.get(&d.face_id).map(|q| q.sharpness)).collect();
@@ -667,7 +440,7 @@ fn print_summary(
     crop_failures: u64,
     started: Instant,
 ) {
-    eprintln!("facedb match {}", root.display());
+    eprintln!("facedb match {}", display_path(root));
     let photos = distinct_photos(decisions);
     if args.all {
         eprintln!("  {written} face crops from {photos} photos; rejected: {}", count_reasons(decisions));
@@ -684,15 +457,15 @@ fn print_summary(
         let verb = if args.allow_ambiguous { "cropped anyway" } else { "not cropped; --allow-ambiguous crops them" };
         eprintln!("  ambiguous (another face within the threshold; {verb}):");
         for d in ambiguous.iter().take(20) {
-            eprintln!("    {}", paths.get(&d.image_id).map_or("?", String::as_str));
+            eprintln!("    {}", paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
         }
     }
     eprintln!(
         "  {written} crops, {MANIFEST_CSV}, {MANIFEST_JSONL} and {REJECTED_CSV} in {} ({:.2} s)",
-        out_dir.display(),
+        display_path(out_dir),
         started.elapsed().as_secs_f64()
     );
     if crop_failures > 0 {
-        eprintln!("  {crop_failures} crop(s) failed (source moved or unreadable); see {REJECTED_CSV}");
+        eprintln!("  {crop_failures} crop(s) failed (source moved or unreadable, disk full, ...); the reasons are in {REJECTED_CSV}");
     }
 }

@@ -503,3 +503,17 @@ pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
         .collect::<rusqlite::Result<_>>()?;
     Ok(info)
 }
+
+/// This database's random id (migration 0002), which output folders record as their owner.
+pub fn database_id(conn: &Connection) -> Result<String> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'database_id'", [], |r| r.get(0))?)
+}
+
+/// (embeddings made by `embedder_id`, all embeddings).
+pub fn embedding_counts(conn: &Connection, embedder_id: i64) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1), (SELECT count(*) FROM embeddings)",
+        [embedder_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}

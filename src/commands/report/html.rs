@@ -5,7 +5,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use image::imageops::FilterType;
 use rayon::prelude::*;
@@ -14,12 +17,20 @@ use rusqlite::Connection;
 use crate::db::read::{self, MatchRunSummary, ResultRow};
 use crate::matching;
 use crate::pipeline::{decode, walk};
+use crate::util::display_path;
 
 const THUMB: u32 = 160;
 /// Rejected candidates get thumbnails up to this many (each needs its photo decoded).
 const MAX_REJECTED_THUMBS: usize = 300;
 
-pub fn write(conn: &Connection, root: &Path, file: &Path, run: Option<i64>) -> Result<()> {
+/// The first line of every sheet: facedb replaces an existing file only when it starts so.
+const SIGNATURE: &str =
+    "<!doctype html><!-- facedb contact sheet; `facedb report --html` replaces this file only while this line is first -->";
+/// How sheets written before the signature started (`facedb match run <id>` follows).
+const OLD_SIGNATURE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>facedb match run ";
+
+pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<i64>) -> Result<()> {
+    check_target(file, root, db_file)?;
     let runs = read::match_runs(conn)?;
     let summary = match run {
         Some(id) => runs.iter().find(|m| m.run_id == id).with_context(|| format!("no match run {id}; `facedb report` lists them"))?,
@@ -39,9 +50,54 @@ pub fn write(conn: &Connection, root: &Path, file: &Path, run: Option<i64>) -> R
         })
         .collect();
     let html = render(summary, &results, &thumbs);
-    let tmp = file.with_extension("html.part");
-    std::fs::write(&tmp, html).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+    crate::output::write_beside(file, html.as_bytes())
+}
+
+/// `--html FILE` may name a new file or a sheet facedb wrote; never the database (or its
+/// companions), a photo, a folder, a link, or any other existing file.
+fn check_target(file: &Path, root: &Path, db_file: &Path) -> Result<()> {
+    let shown = display_path(file);
+    let refuse = |why: &str| anyhow!("refusing to write the sheet to {shown}: {why}; pass a new file name such as sheet.html");
+    // Compare by real location: the folder resolved, the name as given.
+    let resolved = |p: &Path| -> Option<std::path::PathBuf> {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    let target = resolved(file).ok_or_else(|| refuse("it is not a file name"))?;
+    if let Some(db) = resolved(db_file) {
+        let db = db.as_os_str().to_string_lossy().into_owned();
+        let own = ["", "-wal", "-shm", "-journal", ".vectors", ".lock"];
+        if own.iter().any(|suffix| target.as_os_str().to_string_lossy() == format!("{db}{suffix}")) {
+            return Err(refuse("it is the dataset's database"));
+        }
+    }
+    let meta = match file.symlink_metadata() {
+        Err(_) if walk::is_photo(file) => return Err(refuse("a photo's name (the sheet is HTML: name it .html)")),
+        Err(_) => return Ok(()),
+        Ok(m) => m,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link and facedb never writes through links"));
+    }
+    if meta.is_dir() {
+        return Err(refuse("it is a folder"));
+    }
+    if walk::is_photo(file) {
+        let why = if target.starts_with(root) { "it is a photo of the dataset" } else { "it is a photo" };
+        return Err(refuse(why));
+    }
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    let mut head = Vec::new();
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(file);
+    opened.and_then(|f| f.take(SIGNATURE.len() as u64).read_to_end(&mut head)).map_err(|e| refuse(&e.to_string()))?;
+    if !(head.starts_with(SIGNATURE.as_bytes()) || head.starts_with(OLD_SIGNATURE.as_bytes())) {
+        return Err(refuse("it exists and facedb did not write it (no facedb signature on its first line)"));
+    }
     Ok(())
 }
 
@@ -90,7 +146,7 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     let title = format!("facedb match run {}", m.run_id);
     let _ = write!(
         h,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
+        "{SIGNATURE}\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
          body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} h2{{margin-top:32px}}\
          .grid{{display:flex;flex-wrap:wrap;gap:12px}} figure{{margin:0;width:{THUMB}px}}\
          figure img{{width:{THUMB}px;height:{THUMB}px;object-fit:contain;background:#eee;display:block}}\
@@ -117,7 +173,8 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     let _ = write!(h, " · crops in {}</p>", escape(&m.out_dir));
     h.push_str(&histogram_svg(results, m.threshold as f32));
 
-    let sections: [(&str, &str, Box<dyn Fn(&ResultRow) -> bool>); 3] = [
+    type Keep = Box<dyn Fn(&ResultRow) -> bool>;
+    let sections: [(&str, &str, Keep); 3] = [
         ("Matched (sorted by distance)", "", Box::new(|r: &ResultRow| r.decision == "matched")),
         (
             "Ambiguous (another face in the photo is within the threshold)",

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::sql::render_table;
-use super::{find_dataset, open_database, outln, Globals};
+use super::{database_path, find_dataset, open_database, outln, Globals};
 use crate::cli::{OutputFormat, ReportArgs};
 use crate::db::read::{self, MatchRunSummary, Totals};
 
@@ -76,6 +76,7 @@ pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
 
 pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let root = find_dataset(args.dir.as_deref())?;
+    let db_file = database_path(globals, &root);
     let db = open_database(globals, &root, false)?;
     let conn = &db.conn;
     if let Some(file) = &args.html {
@@ -83,9 +84,9 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
         if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
             crate::pipeline::heif::set_models_dir(&dir);
         }
-        html::write(conn, &root, file, args.run)?;
+        html::write(conn, &root, &db_file, file, args.run)?;
         if !globals.quiet {
-            eprintln!("wrote {}", file.display());
+            eprintln!("wrote {}", crate::util::display_path(file));
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,0 +1,591 @@
+//! The output folder of `match`: the only code that writes or deletes files there.
+//!
+//! facedb writes or deletes a file there only if it can prove it wrote it: the ledger
+//! (`.facedb-output`) lists each file with the blake3 of the bytes facedb wrote, and a name is
+//! replaced or removed only while the file still has those bytes. Anything else (a user's file,
+//! a link, a file changed since) is refused with one line, never touched.
+//!
+//! Ledger format (text, one entry a line, later lines win):
+//! ```text
+//! # facedb writes crops here; `facedb index` skips this folder. ...
+//! # facedb-ledger 2 {"database_id":"…","dataset":"/photos"}
+//! file <blake3> <name>        a file facedb wrote, with the hash of its bytes
+//! run <token>                 a run started; its temp files are `.facedb-<token>-<n>.part`
+//! ```
+//! A run appends `run` before creating any temp file and `file` before renaming each file into
+//! place, so a run killed at any point leaves only files the next run can prove are its own:
+//! that run removes the temp files and, at its end, the crops no longer in its manifest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+
+use crate::pipeline::walk::OUTPUT_MARKER;
+use crate::util::{display_path, display_str};
+
+const HEADER: &str = "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote (blake3 of the bytes, name):";
+/// Every ledger facedb ever wrote starts with this (the version 1 header did too).
+const HEADER_PREFIX: &str = "# facedb writes crops here";
+const OWNER_PREFIX: &str = "# facedb-ledger 2 ";
+/// A ledger is a few lines per crop; anything this big is not one.
+const MAX_LEDGER: u64 = 256 << 20;
+
+/// Which dataset writes into the folder: two datasets in one folder would replace each other's
+/// manifest and remove each other's crops, so a folder belongs to one database.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub database_id: String,
+    pub dataset: String,
+}
+
+/// What a run may do in its output folder. Holds the folder's lock (`flock` on the folder
+/// itself, so no lock file is left behind) until dropped.
+pub struct OutputDir {
+    path: PathBuf,
+    _lock: File,
+    /// Files facedb wrote earlier that still hold exactly the bytes it wrote (checked at open).
+    owned: BTreeMap<String, String>,
+    /// Files written by this run, with their hashes.
+    written: Mutex<BTreeMap<String, String>>,
+    journal: Mutex<File>,
+    token: String,
+    next_tmp: AtomicU64,
+    owner: Owner,
+}
+
+/// A random token for temp-file names: 64 bits from the clock, pid and addresses, hashed.
+fn random_token() -> String {
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let local = 0u8;
+    h.update(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
+    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// Creates a new file that did not exist, never through a link: `O_CREAT|O_EXCL|O_NOFOLLOW`.
+fn create_exclusive(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).mode(0o644).open(path)
+}
+
+/// A fresh temp file in `dir` named `.facedb-<token>-<n>.part`, retrying on a clash so an
+/// existing file (anyone's) is never opened.
+fn create_temp(dir: &Path, token: &str, counter: &AtomicU64) -> Result<(PathBuf, File)> {
+    for _ in 0..100 {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".facedb-{token}-{n}.part"));
+        match create_exclusive(&path) {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow!(e).context(format!("cannot create a file in {}; is it writable?", display_path(dir)))),
+        }
+    }
+    bail!("cannot create a temporary file in {}: every name tried exists", display_path(dir))
+}
+
+/// Renames `tmp` onto `dest` without replacing anything that appeared there (`RENAME_NOREPLACE`),
+/// or replacing when the caller proved `dest` is its own.
+fn place(tmp: &Path, dest: &Path, replace: bool) -> Result<()> {
+    if replace {
+        return std::fs::rename(tmp, dest).map_err(Into::into);
+    }
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("a path with a NUL byte"));
+    let (from, to) = (c(tmp)?, c(dest)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the current directory.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => bail!("{} appeared while facedb was writing; it was left alone", display_path(dest)),
+        // File systems without RENAME_NOREPLACE: check, then rename (a narrow window only).
+        Some(libc::EINVAL | libc::ENOSYS) if dest.symlink_metadata().is_err() => std::fs::rename(tmp, dest).map_err(Into::into),
+        Some(libc::EINVAL | libc::ENOSYS) => bail!("{} appeared while facedb was writing; it was left alone", display_path(dest)),
+        _ => Err(err.into()),
+    }
+}
+
+fn hash_file(path: &Path) -> Option<String> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update_reader(file).ok()?;
+    Some(h.finalize().to_hex().to_string())
+}
+
+/// The fix every refusal to touch a file ends with.
+fn not_ours(path: &Path, what: &str) -> anyhow::Error {
+    anyhow!("refusing to overwrite {}: {what}; move it away or pass another --out", display_path(path))
+}
+
+impl OutputDir {
+    /// Takes the folder for one run: checks it is facedb's (or new, or empty), locks it, verifies
+    /// the ledger's files by hash, removes what a killed run left, and records this run.
+    pub fn open(path: &Path, dataset: &Path, db_file: &Path, owner: Owner) -> Result<Self> {
+        let shown = display_path(path);
+        match path.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                bail!("--out {shown} is a symbolic link; facedb never writes through links: pass the folder it points to")
+            }
+            Ok(m) if !m.is_dir() => bail!("--out {shown} is not a folder; pass a new or empty folder"),
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir_all(path).with_context(|| format!("cannot create the output folder {shown}"))?,
+        }
+        let canonical = path.canonicalize().with_context(|| format!("resolving {shown}"))?;
+        if canonical == dataset {
+            bail!(
+                "--out {shown} is the dataset folder: crops there would be indexed as photos; pass a new folder such as {}",
+                display_path(&path.join("facedb-crops"))
+            );
+        }
+        let db_dir = db_file.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        if dataset.starts_with(&canonical) || db_dir.is_some_and(|d| d.starts_with(&canonical)) {
+            bail!("--out {shown} contains the dataset or its database; pass a new folder inside or beside the dataset");
+        }
+        let lock = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .with_context(|| format!("cannot open the output folder {shown}"))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!("another facedb match is writing into {shown}; wait for it to finish (one match at a time per output folder)");
+        }
+        let ledger_path = path.join(OUTPUT_MARKER);
+        let (owned, tokens) = match ledger_path.symlink_metadata() {
+            Err(_) => {
+                if let Some(other) = std::fs::read_dir(path)?.filter_map(Result::ok).next() {
+                    bail!(
+                        "--out {shown} already holds files facedb did not write (such as {}) and no {OUTPUT_MARKER}; pass a new or empty folder",
+                        display_path(Path::new(&other.file_name()))
+                    );
+                }
+                (BTreeMap::new(), BTreeSet::new())
+            }
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(not_ours(&ledger_path, "it is a symbolic link and facedb never writes through links"))
+            }
+            Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is not a regular file, so not facedb's ledger")),
+            Ok(m) => Self::read_ledger(path, &ledger_path, &m, &owner)?,
+        };
+        remove_leftover_temps(path, &tokens);
+        let token = random_token();
+        let mut out = Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+            owned,
+            written: Mutex::new(BTreeMap::new()),
+            journal: Mutex::new(File::open("/dev/null")?),
+            token,
+            next_tmp: AtomicU64::new(0),
+            owner,
+        };
+        // Rewrite the ledger (current format, verified entries only) with this run recorded,
+        // before any temp file exists; `index` skips the folder from here on.
+        let entries = out.owned.clone();
+        out.save_ledger(&entries, true)?;
+        let journal = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&ledger_path)
+            .with_context(|| format!("cannot write {}", display_path(&ledger_path)))?;
+        out.journal = Mutex::new(journal);
+        Ok(out)
+    }
+
+    /// Parses and verifies a ledger: the files it lists that still hold the bytes facedb wrote,
+    /// and the run tokens whose temp files may be left over.
+    fn read_ledger(
+        dir: &Path,
+        ledger: &Path,
+        meta: &std::fs::Metadata,
+        owner: &Owner,
+    ) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+        if meta.len() > MAX_LEDGER {
+            return Err(not_ours(ledger, "it is too big to be facedb's ledger"));
+        }
+        let mut text = String::new();
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(ledger)
+            .and_then(|f| f.take(MAX_LEDGER).read_to_string(&mut text))
+            .with_context(|| format!("cannot read {}", display_path(ledger)))?;
+        if !text.starts_with(HEADER_PREFIX) {
+            return Err(not_ours(ledger, "it is not a ledger facedb wrote"));
+        }
+        let owner_line = text.lines().find_map(|l| l.strip_prefix(OWNER_PREFIX));
+        let Some(owner_line) = owner_line else {
+            // Version 1: names only.
+            let names: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && is_plain_name(l)).collect();
+            return Ok((adopt_v1(dir, &names, meta), BTreeSet::new()));
+        };
+        let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged"))?;
+        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        let mut tokens = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("file ") {
+                if let Some((hash, name)) = rest.split_once(' ') {
+                    if hash.len() == 64 && is_plain_name(name) && name != OUTPUT_MARKER {
+                        listed.insert(name.to_string(), hash.to_string());
+                    }
+                }
+            } else if let Some(token) = line.strip_prefix("run ") {
+                if !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    tokens.insert(token.to_string());
+                }
+            }
+        }
+        let verified: BTreeMap<String, String> =
+            listed.into_par_iter().filter(|(name, hash)| hash_file(&dir.join(name)).as_deref() == Some(hash.as_str())).collect();
+        // Another dataset's folder is refused while it holds any of that dataset's files (its
+        // manifest included); emptied, it may change hands.
+        if theirs.database_id != owner.database_id && !verified.is_empty() {
+            bail!(
+                "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset, or delete that folder if its dataset is gone",
+                display_path(dir),
+                display_str(&theirs.dataset),
+                theirs.database_id,
+                display_str(&owner.dataset),
+                owner.database_id
+            );
+        }
+        Ok((verified, tokens))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refuses (before anything is written) when a name this run will write exists and is not a
+    /// file facedb wrote with the bytes it wrote.
+    pub fn check_free<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        for name in names {
+            let path = self.path.join(name);
+            match path.symlink_metadata() {
+                Err(_) => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links"))
+                }
+                Ok(_) if self.owned.contains_key(name) => {}
+                Ok(_) => {
+                    return Err(not_ours(
+                        &path,
+                        &format!("facedb did not write it (it is not in {OUTPUT_MARKER} with the hash facedb wrote)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing `name`: a temp file in the folder (`O_EXCL|O_NOFOLLOW`), renamed into place
+    /// by [`NewFile::finish`] and removed if dropped unfinished (an error, a full disk).
+    pub fn create(&self, name: &str) -> Result<NewFile<'_>> {
+        if !is_plain_name(name) || name == OUTPUT_MARKER {
+            bail!("facedb will not write a file named {}", display_str(name));
+        }
+        let (tmp, file) = create_temp(&self.path, &self.token, &self.next_tmp)?;
+        Ok(NewFile { out: self, name: name.to_string(), tmp, w: Some(BufWriter::new(file)), hasher: blake3::Hasher::new() })
+    }
+
+    fn journal(&self, line: &str) -> Result<()> {
+        let mut j = self.journal.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+        j.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", display_path(&self.path.join(OUTPUT_MARKER))))
+    }
+
+    /// Ends the run: removes the files facedb wrote before and did not write now (only while
+    /// they still hold facedb's bytes), and rewrites the ledger to list exactly this run's files.
+    /// Returns how many earlier files were removed.
+    pub fn finish(self) -> Result<usize> {
+        let written = self.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.clone();
+        let mut removed = 0;
+        for (name, hash) in &self.owned {
+            if written.contains_key(name) {
+                continue;
+            }
+            let path = self.path.join(name);
+            if hash_file(&path).as_deref() == Some(hash.as_str()) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        self.save_ledger(&written, false)?;
+        Ok(removed)
+    }
+
+    /// Writes the ledger atomically: a temp file renamed over it (the old one was verified
+    /// as facedb's, or there was none).
+    fn save_ledger(&self, entries: &BTreeMap<String, String>, with_run: bool) -> Result<()> {
+        let mut text = format!("{HEADER}\n{OWNER_PREFIX}{}\n", serde_json::to_string(&self.owner)?);
+        for (name, hash) in entries {
+            text.push_str(&format!("file {hash} {name}\n"));
+        }
+        if with_run {
+            text.push_str(&format!("run {}\n", self.token));
+        }
+        let ledger = self.path.join(OUTPUT_MARKER);
+        let (tmp, mut file) = create_temp(&self.path, &self.token, &self.next_tmp)?;
+        let result = file.write_all(text.as_bytes()).map_err(anyhow::Error::from).and_then(|()| place(&tmp, &ledger, true));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("cannot write {}", display_path(&ledger)))
+    }
+}
+
+/// A file being written into the output folder; see [`OutputDir::create`].
+pub struct NewFile<'a> {
+    out: &'a OutputDir,
+    name: String,
+    tmp: PathBuf,
+    w: Option<BufWriter<File>>,
+    hasher: blake3::Hasher,
+}
+
+impl Write for NewFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let w = self.w.as_mut().ok_or_else(|| std::io::Error::other("file already finished"))?;
+        let n = w.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl NewFile<'_> {
+    /// Flushes, records the name with its hash in the ledger, then renames it into place.
+    pub fn finish(mut self) -> Result<()> {
+        let dest = self.out.path.join(&self.name);
+        let result = (|| -> Result<()> {
+            let w = self.w.take().ok_or_else(|| anyhow!("file already finished"))?;
+            w.into_inner().map_err(|e| anyhow!(e.into_error()))?;
+            let hash = self.hasher.finalize().to_hex().to_string();
+            self.out.journal(&format!("file {hash} {}\n", self.name))?;
+            place(&self.tmp, &dest, self.out.owned.contains_key(&self.name))?;
+            self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), hash);
+            Ok(())
+        })();
+        result.with_context(|| format!("writing {}", display_path(&dest)))
+    }
+}
+
+impl Drop for NewFile<'_> {
+    fn drop(&mut self) {
+        // Renamed into place, or to be removed: either way the temp name must not stay.
+        drop(self.w.take());
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Removes temp files of earlier runs recorded in the ledger (a run killed mid-write).
+fn remove_leftover_temps(dir: &Path, tokens: &BTreeSet<String>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(".facedb-").and_then(|r| r.strip_suffix(".part")) else { continue };
+        let Some((token, n)) = rest.rsplit_once('-') else { continue };
+        if tokens.contains(token) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Version 1 ledgers listed names without hashes, and could list a user's file that an earlier
+/// facedb overwrote. A listed file is adopted as facedb's only when it is what facedb writes: a
+/// regular file with a name facedb generates, content that starts the way facedb's encoders or
+/// manifests start, and not modified after the ledger was (facedb saved the ledger after writing
+/// its files). Everything else is forgotten: never deleted, never overwritten.
+fn adopt_v1(dir: &Path, names: &[&str], ledger_meta: &std::fs::Metadata) -> BTreeMap<String, String> {
+    let ledger_time = (ledger_meta.mtime(), ledger_meta.mtime_nsec());
+    names
+        .par_iter()
+        .filter_map(|&name| {
+            let path = dir.join(name);
+            let meta = path.symlink_metadata().ok()?;
+            if !meta.is_file() || (meta.mtime(), meta.mtime_nsec()) > ledger_time {
+                return None;
+            }
+            let mut head = Vec::with_capacity(4096);
+            File::open(&path).ok()?.take(4096).read_to_end(&mut head).ok()?;
+            looks_like_facedb_output(name, &head).then_some(())?;
+            Some((name.to_string(), hash_file(&path)?))
+        })
+        .collect()
+}
+
+/// The start of a file facedb writes under `name`.
+fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
+    let line = |cols: &[&str]| head.starts_with(format!("{}\n", cols.join(",")).as_bytes());
+    match name {
+        crate::commands::find::MANIFEST_CSV => line(&crate::commands::find::MANIFEST_COLUMNS),
+        crate::commands::find::REJECTED_CSV => line(&crate::commands::find::REJECTED_COLUMNS),
+        crate::commands::find::MANIFEST_JSONL => head.is_empty() || head.starts_with(b"{\"ambiguous\":"),
+        _ if !crate::crop::is_crop_name(name) => false,
+        // image's JPEG encoder starts with a JFIF APP0 segment (cameras start with Exif).
+        _ if name.ends_with(".jpg") => head.starts_with(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"),
+        _ if name.ends_with(".png") => head.starts_with(b"\x89PNG\r\n\x1a\n"),
+        _ if name.ends_with(".webp") => head.len() >= 16 && head.starts_with(b"RIFF") && &head[8..16] == b"WEBPVP8L",
+        _ => false,
+    }
+}
+
+/// A bare file name: no separators, not `.`/`..` (a tampered ledger cannot reach outside).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0') && !name.contains('\n')
+}
+
+/// Writes a file the user named outside any output folder (the HTML sheet): into a temp file
+/// beside it (`O_EXCL|O_NOFOLLOW`), then renamed over it. The caller has checked that `dest` is
+/// new or a file facedb wrote.
+pub fn write_beside(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (tmp, mut file) = create_temp(dir, &random_token(), &AtomicU64::new(0))?;
+    let result = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| place(&tmp, dest, true));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", display_path(dest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(id: &str) -> Owner {
+        Owner { database_id: id.into(), dataset: "/photos".into() }
+    }
+
+    fn open(dir: &Path, id: &str) -> Result<OutputDir> {
+        let fake_dataset = Path::new("/nonexistent-dataset");
+        OutputDir::open(dir, fake_dataset, &fake_dataset.join("facedb.sqlite"), owner(id))
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn rerun_replaces_and_removes_only_its_own_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        for name in ["x_face1.jpg", "x_face2.jpg"] {
+            let mut f = out.create(name).unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            f.finish().unwrap();
+        }
+        out.finish().unwrap();
+        assert_eq!(names(&d), [".facedb-output", "x_face1.jpg", "x_face2.jpg"]);
+        // The user replaces one crop: it is no longer facedb's.
+        std::fs::write(d.join("x_face2.jpg"), b"mine").unwrap();
+        let out = open(&d, "a").unwrap();
+        let err = out.check_free(["x_face2.jpg"]).unwrap_err().to_string();
+        assert!(err.starts_with("refusing to overwrite") && err.contains("x_face2.jpg: facedb did not write it"), "{err}");
+        out.check_free(["x_face1.jpg", "new.jpg"]).unwrap();
+        assert_eq!(out.finish().unwrap(), 1);
+        assert_eq!(names(&d), [".facedb-output", "x_face2.jpg"]);
+        assert_eq!(std::fs::read(d.join("x_face2.jpg")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temp_and_one_run_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        let err = open(&d, "a").err().unwrap().to_string();
+        assert!(err.starts_with("another facedb match is writing into"), "{err}");
+        let mut f = out.create("x_face1.jpg").unwrap();
+        f.write_all(b"half").unwrap();
+        drop(f); // an encoder error
+        assert_eq!(names(&d), [".facedb-output"]);
+        drop(out);
+        let out = open(&d, "b");
+        assert!(out.is_ok(), "a ledger listing no file that is still there: the folder is free");
+    }
+
+    #[test]
+    fn a_killed_runs_leftovers_are_removed_by_the_next_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        let mut f = out.create("x_face1.jpg").unwrap();
+        f.write_all(b"crop").unwrap();
+        f.finish().unwrap();
+        let mut half = out.create("x_face2.jpg").unwrap();
+        half.write_all(b"half").unwrap();
+        half.flush().unwrap();
+        // Killed here: the temp file stays, the ledger lists x_face1.jpg but the run never ended.
+        std::mem::forget(half);
+        drop(out);
+        assert_eq!(names(&d).len(), 3, "{:?}", names(&d));
+        let out = open(&d, "a").unwrap();
+        assert_eq!(names(&d), [".facedb-output", "x_face1.jpg"], "the temp file is gone");
+        assert_eq!(out.finish().unwrap(), 1);
+        assert_eq!(names(&d), [".facedb-output"], "the unlisted crop is gone at the end of the run");
+    }
+
+    #[test]
+    fn another_datasets_folder_and_strange_ledgers_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        out.create("manifest.csv").unwrap().finish().unwrap();
+        out.finish().unwrap();
+        let err = open(&d, "b").err().unwrap().to_string();
+        assert!(err.contains("holds crops of the dataset /photos (database a), not of /photos (database b)"), "{err}");
+        std::fs::write(d.join(OUTPUT_MARKER), "photos I like\n").unwrap();
+        let err = open(&d, "a").err().unwrap().to_string();
+        assert!(err.contains("it is not a ledger facedb wrote"), "{err}");
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("a.jpg"), b"photo").unwrap();
+        let err = open(&other, "a").err().unwrap().to_string();
+        assert!(err.contains("already holds files facedb did not write (such as a.jpg)"), "{err}");
+    }
+
+    #[test]
+    fn version_1_ledgers_adopt_only_what_facedb_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let mut jpeg = Vec::new();
+        image::RgbImage::new(4, 4).write_with_encoder(image::codecs::jpeg::JpegEncoder::new(&mut jpeg)).unwrap();
+        std::fs::write(d.join("a_face1.jpg"), &jpeg).unwrap();
+        // A camera photo that an old facedb listed: Exif first, not facedb's encoder.
+        std::fs::write(d.join("b_face2.jpg"), b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00").unwrap();
+        std::fs::write(d.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(
+            d.join(OUTPUT_MARKER),
+            "# facedb writes crops here; `facedb index` skips this folder. Files facedb wrote:\na_face1.jpg\nb_face2.jpg\nnotes.txt\n",
+        )
+        .unwrap();
+        let out = open(d, "a").unwrap();
+        assert_eq!(out.owned.keys().collect::<Vec<_>>(), ["a_face1.jpg"]);
+        assert_eq!(out.finish().unwrap(), 1);
+        assert!(!d.join("a_face1.jpg").exists() && d.join("b_face2.jpg").exists() && d.join("notes.txt").exists());
+    }
+}
