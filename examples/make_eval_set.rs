@@ -32,13 +32,15 @@ struct Writer {
 impl Writer {
     /// Saves a photo (JPEG quality 92 unless given) with its label: `face` is the person's box.
     fn save(&mut self, name: &str, kind: &str, img: &RgbImage, face: Option<[u32; 4]>) -> anyhow::Result<()> {
-        self.save_bytes(name, kind, &jpeg(img, 92, None)?, face)
+        self.save_bytes(name, kind, &jpeg(img, 92, None)?, face, None)
     }
 
-    fn save_bytes(&mut self, name: &str, kind: &str, bytes: &[u8], face: Option<[u32; 4]>) -> anyhow::Result<()> {
+    /// `also`: a second box that is the person too (the mirror image in a mirror pair).
+    fn save_bytes(&mut self, name: &str, kind: &str, bytes: &[u8], face: Option<[u32; 4]>, also: Option<[u32; 4]>) -> anyhow::Result<()> {
         std::fs::write(self.out.join(name), bytes)?;
         let [x, y, w, h] = face.unwrap_or_default();
-        writeln!(self.labels, "{name},{kind},{},{x},{y},{w},{h}", u8::from(face.is_some()))?;
+        let [x2, y2, w2, h2] = also.unwrap_or_default();
+        writeln!(self.labels, "{name},{kind},{},{x},{y},{w},{h},{x2},{y2},{w2},{h2}", u8::from(face.is_some()))?;
         Ok(())
     }
 }
@@ -75,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let labels = std::fs::File::create(out.join("labels.csv"))?;
     let mut w = Writer { out: out.to_path_buf(), labels };
-    writeln!(w.labels, "file,kind,person,x,y,w,h")?;
+    writeln!(w.labels, "file,kind,person,x,y,w,h,x2,y2,w2,h2")?;
     let open = |dir: &Path, name: &str| image::open(dir.join(name)).map(|i| i.to_rgb8());
     let groups: Vec<RgbImage> = (1..=6).map(|i| open(samples, &format!("sample{i}.jpg"))).collect::<Result<_, _>>()?;
 
@@ -91,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         w.save(&format!("{stem}_original.jpg"), "original", img, label(*face))?;
         // Stored sideways with EXIF orientation 6 (a phone held upright).
         let stored = imageops::rotate270(img);
-        w.save_bytes(&format!("{stem}_exif6.jpg"), "exif_rotated", &jpeg(&stored, 92, Some(6))?, label(*face))?;
+        w.save_bytes(&format!("{stem}_exif6.jpg"), "exif_rotated", &jpeg(&stored, 92, Some(6))?, label(*face), None)?;
         // Sideways pixels and no EXIF (a scan, some cameras): upright after turning 90 degrees.
         let sideways = imageops::rotate90(img);
         let [x, y, fw_, fh] = *face;
@@ -101,11 +103,13 @@ fn main() -> anyhow::Result<()> {
         let mut pair = RgbImage::new(img.width() * 2, img.height());
         imageops::replace(&mut pair, img, 0, 0);
         imageops::replace(&mut pair, &mirror, i64::from(img.width()), 0);
-        w.save(&format!("{stem}_mirror_pair.jpg"), "mirror_pair", &pair, label(*face))?;
-        let dark = RgbImage::from_fn(img.width(), img.height(), |x, y| image::Rgb(img.get_pixel(x, y).0.map(|v| (f32::from(v) * 0.3) as u8)));
+        let mirrored = [2 * img.width() - face[0] - face[2], face[1], face[2], face[3]];
+        w.save_bytes(&format!("{stem}_mirror_pair.jpg"), "mirror_pair", &jpeg(&pair, 92, None)?, label(*face), label(mirrored))?;
+        let dark =
+            RgbImage::from_fn(img.width(), img.height(), |x, y| image::Rgb(img.get_pixel(x, y).0.map(|v| (f32::from(v) * 0.3) as u8)));
         w.save(&format!("{stem}_dark.jpg"), "dark", &dark, label(*face))?;
         w.save(&format!("{stem}_blurred.jpg"), "blurred", &imageops::blur(img, (0.02 * fw) as f32), label(*face))?;
-        w.save_bytes(&format!("{stem}_jpeg15.jpg"), "jpeg15", &jpeg(img, 15, None)?, label(*face))?;
+        w.save_bytes(&format!("{stem}_jpeg15.jpg"), "jpeg15", &jpeg(img, 15, None)?, label(*face), None)?;
         let grey = image::DynamicImage::ImageRgb8(img.clone()).grayscale().to_rgb8();
         w.save(&format!("{stem}_grey.jpg"), "grey", &grey, label(*face))?;
         // Up to a 4000 px long side, as an upscaled studio portrait.

@@ -7,3 +7,6 @@ ALTER TABLE runs ADD COLUMN pid INTEGER;
 -- Other faces of the photo within the threshold that are the chosen face again (a mirror, a
 -- reflection, a photo of the photo): the photo is kept, the closest face cropped, and this says so.
 ALTER TABLE match_results ADD COLUMN same_face_copies INTEGER NOT NULL DEFAULT 0;
+-- Degrees (clockwise) a sideways photo without EXIF orientation was turned to find its faces;
+-- width, height and face coordinates are those of the turned image.
+ALTER TABLE images ADD COLUMN rotation INTEGER NOT NULL DEFAULT 0;

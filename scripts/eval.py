@@ -22,10 +22,11 @@ def main():
         crop = crops.get(name)
         right = False
         if crop is not None and lab["person"] == "1":
-            x, y, w, h = (float(lab[c]) for c in "xywh")
             cx = float(crop["face_x"]) + float(crop["face_w"]) / 2
             cy = float(crop["face_y"]) + float(crop["face_h"]) / 2
-            right = x <= cx <= x + w and y <= cy <= y + h
+            for suffix in ("", "2"):
+                x, y, w, h = (float(lab[c + suffix]) for c in "xywh")
+                right = right or (w > 0 and x <= cx <= x + w and y <= cy <= y + h)
         if lab["person"] == "1":
             k["pos"] += 1
             if right:

@@ -85,16 +85,19 @@ fn a_mirror_image_keeps_the_photo_and_two_people_make_it_ambiguous() {
         "SELECT same_face_copies FROM matches_v m JOIN match_results r USING (run_id, face_id) WHERE m.path = 'mirror.jpg' AND m.run_id = (SELECT max(run_id) FROM match_runs)",
     );
     assert_eq!(copies, 1);
-    assert_eq!(manifest(&out).iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "0").count(), 1);
+    assert_eq!(
+        manifest(&out).iter().filter(|r| r["source_path"] == "mirror.jpg" && r["ambiguous"] == "0" && r["same_face_copies"] == "1").count(),
+        1
+    );
 
     // Two different people both within a (too loose) threshold: which one is meant cannot be
     // told, so the photo is listed, not cropped, unless asked.
-    match_ref(tmp.path(), "obama.jpg")
-        .args(["--threshold", "0.95", "--out"])
-        .arg(&out)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("ambiguous").and(predicate::str::contains("two_people.jpg")));
+    match_ref(tmp.path(), "obama.jpg").args(["--threshold", "0.95", "--out"]).arg(&out).assert().success().stderr(
+        predicate::str::contains("ambiguous")
+            .and(predicate::str::contains("two_people.jpg"))
+            .and(predicate::str::contains("--threshold 0.95 is a cosine distance"))
+            .and(predicate::str::contains("widest gap between")),
+    );
     let r = results(tmp.path());
     assert_eq!(r["two_people.jpg"].2.as_deref(), Some("ambiguous"));
     assert_eq!(r["mirror.jpg"].1, "matched");
@@ -217,4 +220,52 @@ fn crops_are_framed_as_asked_and_reruns_replace_only_their_own_files() {
     match_ref(&photos, "obama.jpg").assert().success();
     facedb().arg("index").arg(&photos).assert().success();
     assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM files"), 2);
+}
+
+#[test]
+fn expand_reports_distances_to_the_given_references_and_an_odd_reference_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "biden.jpg"]);
+    index(&photos);
+    let out = tmp.path().join("out");
+    match_ref(&photos, "obama.jpg").arg("--expand").arg("--out").arg(&out).assert().success();
+    let rows = manifest(&out);
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let d: f64 = r["distance"].parse().unwrap();
+        assert!(d > 0.05 && d < 0.6, "distance to obama.jpg, not to itself: {r:?}");
+    }
+    // A reference folder that holds someone else: that photo is named.
+    let refs = tmp.path().join("refs");
+    std::fs::create_dir(&refs).unwrap();
+    add_photos(&refs, &["obama.jpg", "obama_partial_face2.jpg", "biden.jpg"]);
+    facedb().arg("match").arg(&photos).arg("--ref").arg(&refs).arg("--out").arg(&out).assert().success().stderr(
+        predicate::str::contains("warning: reference")
+            .and(predicate::str::contains("biden.jpg"))
+            .and(predicate::str::contains("is it the same person")),
+    );
+}
+
+#[test]
+fn a_sideways_photo_without_exif_is_found_and_cropped_upright() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upright = rgb("obama2.jpg");
+    // Turned a quarter either way, as a scan or a camera without an orientation tag stores it.
+    save(tmp.path(), "left.jpg", &image::imageops::rotate270(&upright));
+    save(tmp.path(), "right.jpg", &image::imageops::rotate90(&upright));
+    index(tmp.path());
+    let conn = db(tmp.path());
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM images WHERE rotation IN (90, 270)"), 2);
+    let out = tmp.path().join("out");
+    match_ref(tmp.path(), "obama.jpg").arg("--out").arg(&out).assert().success();
+    let rows = manifest(&out);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in rows {
+        let crop = image::open(&r["crop_path"]).unwrap();
+        // The face box is taller than wide; so is an upright crop of it.
+        assert!(crop.height() > crop.width(), "{} is {}x{}", r["crop_path"], crop.width(), crop.height());
+        assert_eq!((r["source_w"].as_str(), r["source_h"].as_str()), ("626", "1200"), "sizes of the turned photo: {r:?}");
+    }
 }

@@ -36,12 +36,6 @@ pub const REJECTED_CSV: &str = "rejected.csv";
 
 pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    if !(0.0..=2.0).contains(&args.threshold) {
-        bail!("--threshold {} is outside 0-2 (cosine distance; the default is {})", args.threshold, matching::DEFAULT_THRESHOLD);
-    }
-    if !(0.0..=5.0).contains(&args.margin) {
-        bail!("--margin {} is outside 0-5 (a fraction of the face box)", args.margin);
-    }
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {
@@ -79,6 +73,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     tx.execute("UPDATE runs SET ref_model_calls = ?2 WHERE id = ?1", rusqlite::params![run_id, refs.model_calls])?;
 
     let pos_vecs: Vec<Vec<f32>> = positives.iter().map(|r| r.vector.clone()).collect();
+    if !globals.quiet {
+        warn_odd_references(&positives, &pos_vecs, args.threshold);
+    }
     let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
     let opts =
         Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
@@ -91,6 +88,18 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     };
     let cache_refresh = matrix.refresh;
     drop(matrix);
+    if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !globals.quiet {
+        let best: Vec<f32> = decisions.iter().map(|d| d.distance).collect();
+        let gap = matching::widest_gap(&best)
+            .map(|(a, b)| format!("; this run's distances have their widest gap between {a:.2} and {b:.2}"))
+            .unwrap_or_default();
+        eprintln!(
+            "warning: --threshold {} is a cosine distance (0 = the same face, 1 = unrelated), not a similarity: at {} nearly anyone matches (the default is {}){gap}",
+            args.threshold,
+            args.threshold,
+            matching::DEFAULT_THRESHOLD
+        );
+    }
     // Photos far beyond the threshold are counted, not listed: at a million photos one row each
     // per run would dwarf everything else, and they say nothing a threshold change would need.
     let recorded: Vec<&Decision> = decisions.iter().filter(|d| is_recorded(d, args.threshold)).collect();
@@ -122,6 +131,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     // Commit the run row and any new references now: cropping can take minutes and must not
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
+    let mut run_guard = write::RunGuard::new(&db.conn, run_id);
 
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
     let job =
@@ -197,6 +207,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
     write::finish_run(&tx, run_id, if crop_failures > 0 { "failures" } else { "ok" }, &counters)?;
     tx.commit()?;
+    run_guard.finished();
 
     if globals.json {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
@@ -208,7 +219,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
             "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{summary}");
+        super::outln!("{summary}");
     } else if !globals.quiet {
         print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
     }
@@ -264,6 +275,19 @@ fn decide_all(
         })
         .collect();
     Ok((decisions, faces))
+}
+
+/// Names the references that disagree with the others (a folder of references holding two
+/// people, a reference photo of someone else): each would pull in that other person's photos.
+fn warn_odd_references(refs: &[RefRow], vectors: &[Vec<f32>], threshold: f32) {
+    for (i, median) in matching::odd_references(vectors, threshold) {
+        if let Some(r) = refs.get(i) {
+            eprintln!(
+                "warning: reference {} is {median:.2} from the other references (median cosine distance, over the threshold {threshold}): is it the same person? Matches through it may be someone else",
+                display_str(&r.path)
+            );
+        }
+    }
 }
 
 /// With no stored embedding from the embedder in use (its model file was replaced), every photo
@@ -452,10 +476,14 @@ fn print_summary(
             count_reasons(decisions)
         );
     }
+    let copies = decisions.iter().filter(|d| d.matched() && d.same_face_copies > 0).count();
+    if copies > 0 {
+        eprintln!("  {copies} photo(s) show the face twice (a mirror, a reflection, a photo of the photo): the closer face was cropped (same_face_copies in {MANIFEST_CSV})");
+    }
     let ambiguous: Vec<&Decision> = decisions.iter().filter(|d| d.ambiguous).collect();
     if !ambiguous.is_empty() {
         let verb = if args.allow_ambiguous { "cropped anyway" } else { "not cropped; --allow-ambiguous crops them" };
-        eprintln!("  ambiguous (another face within the threshold; {verb}):");
+        eprintln!("  ambiguous (someone else within the threshold too; {verb}):");
         for d in ambiguous.iter().take(20) {
             eprintln!("    {}", paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
         }

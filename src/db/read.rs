@@ -120,13 +120,15 @@ pub struct FaceInfo {
     pub roll: f32,
     pub brightness: f32,
     pub landmarks: [[f32; 2]; 5],
+    /// Degrees the photo was turned when indexed (face coordinates are in the turned image).
+    pub rotation: u16,
     /// Present paths to the photo: (relative path, raw bytes when not UTF-8).
     pub paths: Vec<(String, Option<Vec<u8>>)>,
 }
 
 pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
     let mut info = conn.query_row(
-        "SELECT fc.id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness, fc.landmarks_json
+        "SELECT fc.id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness, fc.landmarks_json, i.rotation
          FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?1",
         [face_id],
         |r| {
@@ -147,6 +149,7 @@ pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
                 roll: r.get(13)?,
                 brightness: r.get(14)?,
                 landmarks: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or([[0.0; 2]; 5]),
+                rotation: r.get(16)?,
                 paths: Vec::new(),
             })
         },
@@ -309,13 +312,16 @@ pub struct ResultRow {
     pub sharpness: f64,
     pub yaw: f64,
     pub score: f64,
+    /// Degrees the photo was turned when indexed (face coordinates are in the turned image).
+    pub rotation: u16,
 }
 
 pub fn match_results(conn: &Connection, run_id: i64) -> Result<Vec<ResultRow>> {
     let mut stmt = conn.prepare(
         "SELECT r.face_id, r.image_id, (SELECT min(f.path) FROM files f WHERE f.image_id = r.image_id AND f.missing = 0),
                 r.distance, r.runner_up_distance, r.ambiguous, r.pass, r.decision, r.reason, r.crop_path,
-                fc.x, fc.y, fc.w, fc.h, fc.size_px, fc.sharpness, fc.yaw, fc.score
+                fc.x, fc.y, fc.w, fc.h, fc.size_px, fc.sharpness, fc.yaw, fc.score,
+                (SELECT i.rotation FROM images i WHERE i.id = r.image_id)
          FROM match_results r JOIN faces fc ON fc.id = r.face_id WHERE r.run_id = ?1
          ORDER BY r.distance IS NULL, r.distance, r.face_id",
     )?;
@@ -336,6 +342,7 @@ pub fn match_results(conn: &Connection, run_id: i64) -> Result<Vec<ResultRow>> {
             sharpness: r.get(15)?,
             yaw: r.get(16)?,
             score: r.get(17)?,
+            rotation: r.get(18)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

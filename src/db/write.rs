@@ -82,6 +82,32 @@ fn process_alive(pid: i64) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Marks a run `error` if the command returns early (an error, a panic) after the run was
+/// recorded; `finished` disarms it once the run's own status is stored.
+pub struct RunGuard<'a> {
+    conn: &'a Connection,
+    run_id: Option<i64>,
+}
+
+impl<'a> RunGuard<'a> {
+    pub fn new(conn: &'a Connection, run_id: i64) -> Self {
+        Self { conn, run_id: Some(run_id) }
+    }
+
+    pub fn finished(&mut self) {
+        self.run_id = None;
+    }
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.run_id {
+            // Best effort: if even this fails, the next run closes it by its dead pid.
+            let _ = abort_run(self.conn, id, "error");
+        }
+    }
+}
+
 /// Records that a run ended abnormally (an error after it began), unless it already finished.
 pub fn abort_run(conn: &Connection, run_id: i64, status: &str) -> Result<()> {
     conn.execute(
@@ -127,10 +153,10 @@ pub fn insert_image(
     embedder_id: i64,
 ) -> Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10)",
+        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json, rotation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10, ?11)",
     )?
-    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339(), serde_json::to_string(times)?])?;
+    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339(), serde_json::to_string(times)?, img.rotation])?;
     let image_id = conn.last_insert_rowid();
     for (idx, face) in img.faces.iter().enumerate() {
         insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;

@@ -50,6 +50,9 @@ pub struct AnalyzedImage {
     pub height: u32,
     pub format: &'static str,
     pub orientation: u8,
+    /// Degrees (0, 90 or 270, clockwise) the upright image was turned to find faces in a sideways
+    /// photo without EXIF orientation; face coordinates are in the turned image.
+    pub rotation: u16,
     pub faces: Vec<FaceRecord>,
     pub detector_calls: u32,
     pub embedder_calls: u32,
@@ -68,19 +71,86 @@ pub fn analyze(
     times.decode += ms_since(t);
 
     let t = Instant::now();
-    let outcome = detect::detect(detector, &decoded.rgb, params)?;
+    let mut rgb = decoded.rgb;
+    let mut outcome = detect::detect(detector, &rgb, params)?;
+    let mut rotation = 0;
+    // A photo without a clear face may be a sideways scan or a camera that wrote no EXIF
+    // orientation (YuNet finds some faces lying on their side, weakly and with useless
+    // landmarks): look again turned either way (faceswap's --rotate-images) and keep a turn
+    // only if it shows faces clearly better.
+    let upright = Evidence::of(&outcome.faces);
+    if upright.clear == 0 {
+        let mut turns = Vec::with_capacity(2);
+        for degrees in [90, 270] {
+            let turned = rotate(&rgb, degrees);
+            let found = detect::detect(detector, &turned, params)?;
+            outcome.detector_calls += found.detector_calls;
+            turns.push((Evidence::of(&found.faces), degrees, turned, found.faces));
+        }
+        // An upside-down face can score too, so the two turns compete with each other first.
+        let best = turns.into_iter().max_by(|a, b| a.0.clear.cmp(&b.0.clear).then(a.0.best_score.total_cmp(&b.0.best_score)));
+        if let Some((evidence, degrees, turned, faces)) = best {
+            if evidence.beats(&upright) {
+                (rgb, rotation, outcome.faces) = (turned, degrees, faces);
+            }
+        }
+    }
     times.detect += ms_since(t);
 
-    let (faces, embedder_calls) = embed::embed_faces(&decoded.rgb, &outcome.faces, embedder, times)?;
+    let (faces, embedder_calls) = embed::embed_faces(&rgb, &outcome.faces, embedder, times)?;
     Ok(AnalyzedImage {
-        width: decoded.rgb.width(),
-        height: decoded.rgb.height(),
+        width: rgb.width(),
+        height: rgb.height(),
         format: decoded.format,
         orientation: decoded.orientation,
+        rotation,
         faces,
         detector_calls: outcome.detector_calls,
         embedder_calls,
     })
+}
+
+/// How clearly a photo shows faces the right way up. Upright portraits score 0.92-0.95 with
+/// YuNet; the same photos turned sideways gave 0.76 or nothing.
+#[derive(Debug, Clone, Copy)]
+struct Evidence {
+    /// Faces scoring at least `CLEAR_FACE`.
+    clear: usize,
+    best_score: f32,
+}
+
+const CLEAR_FACE: f32 = 0.85;
+
+impl Evidence {
+    fn of(faces: &[Detection]) -> Self {
+        Self {
+            clear: faces.iter().filter(|f| f.score >= CLEAR_FACE).count(),
+            best_score: faces.iter().map(|f| f.score).fold(0.0, f32::max),
+        }
+    }
+
+    /// More clear faces, or as many with a best score higher by a margin that noise between
+    /// orientations does not reach.
+    fn beats(&self, other: &Evidence) -> bool {
+        self.clear > other.clear || (self.clear == other.clear && self.best_score > other.best_score + 0.1)
+    }
+}
+
+/// The image turned clockwise by `degrees` (0, 90, 180 or 270; anything else leaves it as is).
+pub fn rotate(image: &image::RgbImage, degrees: u16) -> image::RgbImage {
+    match degrees {
+        90 => image::imageops::rotate90(image),
+        180 => image::imageops::rotate180(image),
+        270 => image::imageops::rotate270(image),
+        _ => image.clone(),
+    }
+}
+
+/// Decodes a photo the way indexing saw it: EXIF orientation applied, then turned by the
+/// rotation stored for it, so stored face coordinates apply.
+pub fn decode_as_indexed(bytes: &[u8], rotation: u16) -> Result<image::RgbImage> {
+    let rgb = decode::decode(bytes)?.rgb;
+    Ok(if rotation == 0 { rgb } else { rotate(&rgb, rotation) })
 }
 
 /// The largest face (by box area), used for reference photos.

@@ -16,7 +16,7 @@ use crate::db::read::{self, FaceInfo, RefRow};
 use crate::db::Db;
 use crate::matching::{self, Decision};
 use crate::output::{NewFile, OutputDir};
-use crate::pipeline::{decode, hash, walk};
+use crate::pipeline::{hash, walk};
 use crate::util::{display_path, read_photo_file};
 
 pub(super) struct Crop {
@@ -77,7 +77,8 @@ impl CropJob<'_> {
                     read_photo_file(&p).ok().filter(|b| hash::content_hash(b) == first.blake3).map(|b| (rel.clone(), b))
                 })
                 .ok_or_else(|| anyhow!("no file with this content is left in the folder; re-run `facedb index`"))?;
-            Ok((infos, source, decode::decode(&bytes)?.rgb))
+            let rotation = first.rotation;
+            Ok((infos, source, crate::pipeline::decode_as_indexed(&bytes, rotation)?))
         })();
         match loaded {
             Err(e) => {
@@ -125,7 +126,7 @@ pub(super) struct Manifest<'a> {
     out_dir: &'a Path,
 }
 
-pub const MANIFEST_COLUMNS: [&str; 29] = [
+pub const MANIFEST_COLUMNS: [&str; 30] = [
     "crop_path",
     "source_path",
     "source_blake3",
@@ -154,6 +155,7 @@ pub const MANIFEST_COLUMNS: [&str; 29] = [
     "landmarks",
     "runner_up_distance",
     "ambiguous",
+    "same_face_copies",
     "references",
 ];
 pub const REJECTED_COLUMNS: [&str; 11] = [
@@ -220,11 +222,12 @@ impl<'a> Manifest<'a> {
             serde_json::to_string(&i.landmarks)?,
             opt(d.runner_up.map(|r| r.1)),
             u8::from(d.ambiguous).to_string(),
+            d.same_face_copies.to_string(),
             serde_json::to_string(&refs)?,
         ])?;
         let json = serde_json::json!({
             "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
-            "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous,
+            "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous, "same_face_copies": d.same_face_copies,
             "runner_up": d.runner_up.map(|(id, dist)| serde_json::json!({"face_id": id, "distance": dist})),
             "face": {"x": i.x, "y": i.y, "w": i.w, "h": i.h, "landmarks": i.landmarks},
             "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h},

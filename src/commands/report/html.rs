@@ -111,7 +111,7 @@ fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
         .map(|d| d.rgb)
         .or_else(|| {
             let path = r.path.as_ref()?;
-            let rgb = decode::decode(&std::fs::read(walk::resolve(root, path, None)).ok()?).ok()?.rgb;
+            let rgb = crate::pipeline::decode_as_indexed(&std::fs::read(walk::resolve(root, path, None)).ok()?, r.rotation).ok()?;
             let [x, y, w, h] = r.face;
             let m = 0.2;
             let (x0, y0) = ((x - w * m).max(0.0) as u32, (y - h * m).max(0.0) as u32);
