@@ -97,7 +97,8 @@ fn main() -> anyhow::Result<()> {
         // Sideways pixels and no EXIF (a scan, some cameras): upright after turning 90 degrees.
         let sideways = imageops::rotate90(img);
         let [x, y, fw_, fh] = *face;
-        w.save(&format!("{stem}_sideways.jpg"), "sideways", &sideways, label([img.height() - y - fh, x, fh, fw_]))?;
+        // Labelled upright: facedb turns the photo and reports faces in the turned image.
+        w.save(&format!("{stem}_sideways.jpg"), "sideways", &sideways, label(*face))?;
         // The photo beside its mirror image: both faces are the person.
         let mirror = imageops::flip_horizontal(img);
         let mut pair = RgbImage::new(img.width() * 2, img.height());

@@ -58,16 +58,82 @@ pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Res
     };
     let whole = nms(run(INPUT_SIZE as u32)?, params.nms_iou);
     let detail_side = params.max_side.min(long);
-    let detail = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
+    let (detail, detail_scale) = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
         let to_detail = detail_side as f32 / long as f32;
         let small: Vec<Detection> = run(detail_side)?.into_iter().filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE).collect();
-        nms(small, params.nms_iou)
+        (nms(small, params.nms_iou), to_detail)
     } else {
-        Vec::new()
+        (Vec::new(), 1.0)
     };
     // Whole-frame detections win over detail ones for the same face.
-    let faces = merge(whole, detail, params.nms_iou).into_iter().filter_map(|d| clamp_to_image(d, w, h)).collect();
+    let whole_scale = (INPUT_SIZE as f32 / long.max(1) as f32).min(1.0);
+    let merged: Vec<(Detection, f32)> = merge_with_scale(whole, whole_scale, detail, detail_scale, params.nms_iou);
+    let mut faces = Vec::with_capacity(merged.len());
+    for (d, seen_at) in merged {
+        // A face the detector saw at a few dozen pixels has landmarks good to a pixel of that
+        // scale, several pixels of the photo: look again at the photo's own resolution.
+        let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
+            calls += 1;
+            refine(yunet, image, &d)?.unwrap_or(d)
+        } else {
+            d
+        };
+        if let Some(d) = clamp_to_image(d, w, h) {
+            faces.push(d);
+        }
+    }
     Ok(DetectOutcome { faces, detector_calls: calls })
+}
+
+/// Faces seen smaller than this (pixels of the detector's input) get their landmarks refined.
+const REFINE_BELOW: f32 = 64.0;
+/// The refinement crop is this many face sizes wide, resized so the face is `REFINED_FACE` px.
+const REFINE_CONTEXT: f32 = 3.0;
+const REFINED_FACE: f32 = 96.0;
+
+/// Detects the face again on a crop of the full-resolution image around it, and returns the
+/// detection there that overlaps it best (box and landmarks in image pixels).
+fn refine(yunet: &mut YuNet, image: &RgbImage, face: &Detection) -> Result<Option<Detection>> {
+    let (w, h) = image.dimensions();
+    let side = face.w.max(face.h) * REFINE_CONTEXT;
+    let (cx, cy) = (face.x + face.w / 2.0, face.y + face.h / 2.0);
+    let x0 = (cx - side / 2.0).floor().clamp(0.0, w.saturating_sub(1) as f32) as u32;
+    let y0 = (cy - side / 2.0).floor().clamp(0.0, h.saturating_sub(1) as f32) as u32;
+    let cw = (side.ceil() as u32).min(w - x0).max(1);
+    let ch = (side.ceil() as u32).min(h - y0).max(1);
+    let crop = image::imageops::crop_imm(image, x0, y0, cw, ch).to_image();
+    let target = ((REFINED_FACE * REFINE_CONTEXT) as u32).max(ALIGN as u32);
+    let long_side = target.min(cw.max(ch).max(ALIGN as u32) * 4);
+    let input = to_input(&crop, long_side);
+    let raw = yunet.run(input.data, input.height, input.width)?;
+    let local = Detection { x: face.x - x0 as f32, y: face.y - y0 as f32, ..*face };
+    let best = decode(&raw, 0.3)
+        .into_iter()
+        .map(|d| scaled(&d, 1.0 / input.scale))
+        .map(|d| (iou(&d, &local), d))
+        .filter(|(overlap, _)| *overlap > 0.5)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(best.map(|(_, d)| Detection {
+        x: d.x + x0 as f32,
+        y: d.y + y0 as f32,
+        // The score stays the one the whole-photo pass gave: it is what the filters are tuned on.
+        score: face.score,
+        landmarks: d.landmarks.map(|[a, b]| [a + x0 as f32, b + y0 as f32]),
+        ..d
+    }))
+}
+
+/// `merge`, remembering for each face the scale (input pixels per image pixel) it was seen at.
+fn merge_with_scale(whole: Vec<Detection>, whole_scale: f32, detail: Vec<Detection>, detail_scale: f32, iou_threshold: f32) -> Vec<(Detection, f32)> {
+    let n = whole.len();
+    let mut out: Vec<(Detection, f32)> = whole.into_iter().map(|d| (d, whole_scale)).collect();
+    for d in detail {
+        if !out[..n].iter().any(|(k, _)| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8) {
+            out.push((d, detail_scale));
+        }
+    }
+    out.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
+    out
 }
 
 /// A detector input: BGR planar f32, sides padded up to multiples of 32 with black.
