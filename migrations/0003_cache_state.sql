@@ -46,7 +46,7 @@ WHEN OLD.missing IS NOT NEW.missing OR OLD.image_id IS NOT NEW.image_id
 BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'cache_state'; END;
 
 -- The cache also names the embedder's file hash; a hand edit of a model row changes it too.
-CREATE TRIGGER cache_state_models_update AFTER UPDATE ON models
+CREATE TRIGGER cache_state_models_update AFTER UPDATE OF id, kind, file_blake3 ON models
 BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'cache_state'; END;
 CREATE TRIGGER cache_state_models_delete AFTER DELETE ON models
 BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'cache_state'; END;
