@@ -38,7 +38,8 @@ fn match_obama(dir: &Path, out: &Path) -> (Outcome, String) {
 }
 
 fn sources(o: &Outcome) -> Vec<String> {
-    let mut s: Vec<String> = o.manifest.iter().flat_map(|row| row.iter().filter(|(k, _)| k == "source_path").map(|(_, v)| v.clone())).collect();
+    let mut s: Vec<String> =
+        o.manifest.iter().flat_map(|row| row.iter().filter(|(k, _)| k == "source_path").map(|(_, v)| v.clone())).collect();
     s.sort();
     s
 }

@@ -242,7 +242,8 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
     let vectors_len = count.checked_mul(dim as u64 * 4).context("size overflow")?;
     let faces_len = count.checked_mul(FACE_RECORD_LEN as u64).context("size overflow")?;
     let sums_len = chunks * CHUNK_SUM_LEN as u64;
-    let expected = [vectors_len, faces_len, sums_len].iter().try_fold(HEADER_LEN as u64, |a, &b| a.checked_add(b)).context("size overflow")?;
+    let expected =
+        [vectors_len, faces_len, sums_len].iter().try_fold(HEADER_LEN as u64, |a, &b| a.checked_add(b)).context("size overflow")?;
     if meta.len() != expected {
         bail!("cache has the wrong length");
     }
@@ -393,7 +394,8 @@ fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(Face
     )?;
     let mut rows = stmt.query([embedder_id])?;
     while let Some(r) = rows.next()? {
-        let face = FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? };
+        let face =
+            FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? };
         if current.get(face.image_id) != r.get::<_, i64>(7)? {
             continue;
         }
@@ -587,7 +589,10 @@ pub mod fuzzing {
                  VALUES (?1, ?2, 1, 0, 0, 0, 50, 50, 0.9, '[]', 50, 100, 0, 0, 128)",
                 rusqlite::params![face_id, image_id],
             )?;
-            c.execute("INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, 2, ?2)", rusqlite::params![face_id, vector_to_blob(v)])?;
+            c.execute(
+                "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, 2, ?2)",
+                rusqlite::params![face_id, vector_to_blob(v)],
+            )?;
             Ok(face_id)
         }
 
@@ -637,7 +642,14 @@ pub mod fuzzing {
             while let Some(r) = rows.next()? {
                 let blob: Vec<u8> = r.get(6)?;
                 vectors.extend(blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-                faces.push(FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? });
+                faces.push(FaceRow {
+                    image_id: r.get(0)?,
+                    face_id: r.get(1)?,
+                    size_px: r.get(2)?,
+                    sharpness: r.get(3)?,
+                    yaw: r.get(4)?,
+                    score: r.get(5)?,
+                });
             }
             Ok((faces, vectors))
         }
@@ -647,11 +659,20 @@ pub mod fuzzing {
         pub fn toggle_random(&mut self) -> Result<()> {
             let pick = self.random() % self.next_face.max(1) as u64;
             let c = &self.db.conn;
-            c.execute("INSERT OR IGNORE INTO models (id, kind, name, file_blake3, params_json) VALUES (3, 'detector', 'd2', 'z', '{}')", [])?;
-            if pick % 2 == 0 {
-                c.execute("UPDATE files SET missing = 1 - missing WHERE image_id = (SELECT image_id FROM faces WHERE id = ?1)", [pick as i64])?;
+            c.execute(
+                "INSERT OR IGNORE INTO models (id, kind, name, file_blake3, params_json) VALUES (3, 'detector', 'd2', 'z', '{}')",
+                [],
+            )?;
+            if pick.is_multiple_of(2) {
+                c.execute(
+                    "UPDATE files SET missing = 1 - missing WHERE image_id = (SELECT image_id FROM faces WHERE id = ?1)",
+                    [pick as i64],
+                )?;
             } else {
-                c.execute("UPDATE images SET detector_id = 4 - detector_id WHERE id = (SELECT image_id FROM faces WHERE id = ?1)", [pick as i64])?;
+                c.execute(
+                    "UPDATE images SET detector_id = 4 - detector_id WHERE id = (SELECT image_id FROM faces WHERE id = ?1)",
+                    [pick as i64],
+                )?;
             }
             Ok(())
         }
