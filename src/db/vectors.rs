@@ -292,6 +292,7 @@ fn build_temporary(source: &Source) -> Result<File> {
 }
 
 fn save(source: &Source) -> Result<File> {
+    remove_stale_parts(&source.path);
     // A fresh random suffix: O_EXCL never meets a leftover, and two concurrent builders each
     // finish a whole cache; O_NOFOLLOW never writes through a planted link.
     let nonce = random_u64();
@@ -314,6 +315,34 @@ fn save(source: &Source) -> Result<File> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map(|()| file)
+}
+
+/// Removes the temporary caches (`<cache>.<pid>-<nonce>.part`, names only facedb makes) left by
+/// builders that died (kill -9, power loss): each is as big as the cache. A live builder's is kept.
+fn remove_stale_parts(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(name)).and_then(|n| n.strip_prefix('.')) else {
+            continue;
+        };
+        let Some((pid, nonce)) = rest.strip_suffix(".part").and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (Ok(pid), true) = (pid.parse::<libc::pid_t>(), nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit())) else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let dead = pid > 0 && unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if dead && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes the whole cache for `key` into `file` (empty, at offset 0): the rows come from the
@@ -799,6 +828,23 @@ mod tests {
         let (faces, vectors, _) = fx.load().unwrap();
         assert_eq!(faces.iter().map(|f| f.image_id).collect::<Vec<_>>(), vec![-5, 1 << 40, 3]);
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
+    #[test]
+    fn a_dead_builders_temporary_cache_is_removed_a_live_ones_kept() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(3).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let name = |pid: u32| fx.dir.path().join(format!("facedb.sqlite.vectors.{pid}-00112233aabbccdd.part"));
+        let other = fx.dir.path().join("facedb.sqlite.vectors.notes.part");
+        for p in [name(dead), name(std::process::id()), other.clone()] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        fx.load().unwrap();
+        assert!(!name(dead).exists());
+        assert!(name(std::process::id()).exists() && other.exists());
     }
 
     #[test]
