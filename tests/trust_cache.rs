@@ -181,6 +181,9 @@ fn a_deleted_photo_drops_out_of_matching_and_dry_run_writes_no_cache() {
     assert_eq!(after.summary[4], "0", "no crop failures");
     let (again, state) = match_obama(&dir, &out);
     assert_eq!((&again, state.as_str()), (&after, "current"));
+    let all = tmp.path().join("all");
+    facedb().arg("-q").arg("match").arg(&dir).arg("--all").arg("--out").arg(&all).assert().success();
+    assert_eq!(manifest(&all).iter().map(|r| r["source_path"].as_str()).collect::<Vec<_>>(), ["obama2.jpg"], "--all too");
 
     // The photo comes back: it is matched again.
     add_photos(&dir, &["obama3.jpg"]);
