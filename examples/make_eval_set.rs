@@ -96,7 +96,6 @@ fn main() -> anyhow::Result<()> {
         w.save_bytes(&format!("{stem}_exif6.jpg"), "exif_rotated", &jpeg(&stored, 92, Some(6))?, label(*face), None)?;
         // Sideways pixels and no EXIF (a scan, some cameras): upright after turning 90 degrees.
         let sideways = imageops::rotate90(img);
-        let [x, y, fw_, fh] = *face;
         // Labelled upright: facedb turns the photo and reports faces in the turned image.
         w.save(&format!("{stem}_sideways.jpg"), "sideways", &sideways, label(*face))?;
         // The photo beside its mirror image: both faces are the person.

@@ -130,10 +130,16 @@ impl Decision {
     }
 }
 
-/// Cosine distance between L2-normalised vectors, 0 (same direction) to 2 (opposite).
+/// Cosine distance between L2-normalised vectors, 0 (same direction) to 2 (opposite); infinite
+/// when a vector holds NaN or infinity (a damaged or hand-edited one), which is never a match.
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
+    let d = dot(a, b);
+    if !d.is_finite() {
+        // Not clamped: NaN passes every `distance > threshold` test and -inf would clamp to 0.
+        return f32::INFINITY;
+    }
     // Clamped: rounding can put identical vectors a hair below zero.
-    (1.0 - dot(a, b)).clamp(0.0, 2.0)
+    (1.0 - d).clamp(0.0, 2.0)
 }
 
 /// Dot product with eight independent sums, so the compiler can keep them in SIMD lanes (a single
@@ -562,6 +568,40 @@ mod tests {
         let d = run(&faces, &vectors, &[unit(0.0)], &[], &opts(0.3));
         let picked: Vec<_> = d.iter().map(|d| (d.image_id, d.face_id, d.reason)).collect();
         assert_eq!(picked, vec![(1, 10, None), (2, 21, None)]);
+    }
+
+    #[test]
+    fn nan_or_infinite_distances_are_never_a_match() {
+        let nan = [f32::NAN, 0.0];
+        let neg_nan = [-f32::NAN, 0.0];
+        let inf = [f32::INFINITY, 0.0];
+        let neg_inf = [f32::NEG_INFINITY, 1.0];
+        let faces = [row(1, 10), row(2, 20), row(3, 30), row(4, 40), row(5, 50), row(5, 51)];
+        // Photo 5: a damaged face beside a real one; the real one is picked and nothing is ambiguous.
+        let vectors = flat(&[nan.to_vec(), neg_nan.to_vec(), inf.to_vec(), neg_inf.to_vec(), neg_nan.to_vec(), unit(10.0)]);
+        for threshold in [0.6, 2.0] {
+            let d = run(&faces, &vectors, &[unit(0.0)], &[], &opts(threshold));
+            let got: Vec<_> = d.iter().map(|d| (d.face_id, d.reason, d.ambiguous)).collect();
+            assert_eq!(
+                got,
+                vec![
+                    (10, Some(Reason::TooFar), false),
+                    (20, Some(Reason::TooFar), false),
+                    (30, Some(Reason::TooFar), false),
+                    (40, Some(Reason::TooFar), false),
+                    (51, None, false)
+                ],
+                "threshold {threshold}"
+            );
+            assert!(d[..4].iter().all(|d| d.distance == f32::INFINITY));
+        }
+        // A damaged reference or negative matches nothing and rejects nothing.
+        let good = [row(1, 10)];
+        assert_eq!(run(&good, &unit(0.0), &[nan.to_vec()], &[], &opts(2.0))[0].reason, Some(Reason::TooFar));
+        assert_eq!(run(&good, &unit(0.0), &[unit(0.0)], &[neg_nan.to_vec()], &opts(0.6))[0].reason, None);
+        let mean = Options { combine: Combine::Mean, ..opts(2.0) };
+        assert_eq!(run(&good, &unit(0.0), &[unit(0.0), nan.to_vec()], &[], &mean)[0].reason, Some(Reason::TooFar));
+        assert_eq!(cosine_distance(&inf, &unit(0.0)), f32::INFINITY);
     }
 
     #[test]

@@ -41,12 +41,12 @@ fn json_summaries_completions_and_man_page() {
     let v = match_json();
     assert_eq!((v["matched"].as_u64(), v["rejected"]["too far"].as_u64()), (Some(1), Some(1)));
     assert_eq!(v["vector_cache"], "rebuilt");
-    // Matching again reuses the vector cache; after indexing one more photo it is extended.
+    // Matching again reuses the vector cache; after indexing one more photo it is rebuilt.
     assert_eq!(match_json()["vector_cache"], "current");
     add_photos(tmp.path(), &["obama3.jpg"]);
     facedb().arg("-q").arg("index").arg(tmp.path()).assert().success();
     let v = match_json();
-    assert_eq!((v["vector_cache"].as_str(), v["matched"].as_u64()), (Some("appended"), Some(2)));
+    assert_eq!((v["vector_cache"].as_str(), v["matched"].as_u64()), (Some("rebuilt"), Some(2)));
 
     facedb().args(["completions", "bash"]).assert().success().stdout(predicate::str::contains("_facedb()"));
     facedb().args(["completions", "zsh"]).assert().success().stdout(predicate::str::contains("#compdef facedb"));

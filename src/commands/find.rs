@@ -79,14 +79,19 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
     let opts =
         Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
-    let mut matrix = vectors::load(&tx, &db_file, embedder_id, EMBEDDING_DIM)?;
+    // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
+    let cache_write = if args.dry_run { vectors::CacheWrite::Temporary } else { vectors::CacheWrite::Save };
+    let mut matrix = vectors::load(&tx, &db_file, embedder_id, EMBEDDING_DIM, cache_write)?;
+    if let Some(w) = matrix.warning.as_deref().filter(|_| !globals.quiet) {
+        eprintln!("warning: {w}");
+    }
     let (decisions, face_rows) = if args.all {
         decide_all(&tx, &mut matrix, &pos_vecs, &filters)?
     } else {
         let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
         (decisions, std::mem::take(&mut matrix.faces))
     };
-    let cache_refresh = matrix.refresh;
+    let cache_refresh = matrix.refresh();
     drop(matrix);
     if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !globals.quiet {
         let best: Vec<f32> = decisions.iter().map(|d| d.distance).collect();

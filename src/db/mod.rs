@@ -18,6 +18,7 @@ pub const DB_FILE: &str = "facedb.sqlite";
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
     ("0002_vector_cache", include_str!("../../migrations/0002_vector_cache.sql")),
+    ("0003_cache_state", include_str!("../../migrations/0003_cache_state.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
 ];
 

@@ -47,11 +47,13 @@ pub fn image_hashes(conn: &Connection) -> Result<HashMap<String, i64>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Every face of every decoded photo (for `match --all`), ordered by photo.
+/// Every face of every decoded photo that still has a present file (for `match --all`), ordered
+/// by photo.
 pub fn all_faces(conn: &Connection) -> Result<Vec<FaceRow>> {
     let mut stmt = conn.prepare(
         "SELECT f.image_id, f.id, f.size_px, f.sharpness, f.yaw, f.score FROM faces f
-         JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id ORDER BY f.image_id, f.id",
+         JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
+         WHERE EXISTS (SELECT 1 FROM files p WHERE p.image_id = f.image_id AND p.missing = 0) ORDER BY f.image_id, f.id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? })

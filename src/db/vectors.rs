@@ -2,17 +2,30 @@
 //! one contiguous file instead of decoding a million SQLite rows, and streams it in chunks
 //! instead of holding it.
 //!
-//! The cache is a pure function of the database: it is keyed by the database's id and the
-//! generation counter that triggers bump on every change to embeddings (migration 0002). When
-//! only appends happened since it was written (the triggers' second counter, rewrites, is
-//! unchanged), the new faces are appended to a copy; otherwise it is rebuilt from SQLite.
-//! Deleting it is always safe.
+//! The cache may only make `match` faster, never change its result, so it proves what it
+//! mirrors before it is used:
+//! - its key names the database id, the random state token that triggers replace on every change
+//!   the cache could see (migration 0003: two histories diverging from one copy never share a
+//!   token), the embedder's id and model file hash, and the dimension;
+//! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
+//!   on open, and every chunk of vectors is checked against its CRC-32 as it is streamed (CRC-32
+//!   runs at ~4 GB/s here against blake3's ~1.3 GB/s: it keeps the 1 M-face re-match under a
+//!   second, and it catches any damage short of a deliberate forgery).
 //!
-//! Layout, little-endian: header (magic, database id, generation, embedder id, face count,
-//! dimension), then `count * dim` f32 vectors, then `count` face records.
+//! Anything that does not prove itself is rebuilt from SQLite; a chunk found damaged in the middle
+//! of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller always sees
+//! every vector exactly once and only vectors that match the database. There is no append path:
+//! an older cache cannot cheaply prove its faces still mirror the database (a restored copy that
+//! gains new faces reuses their ids), so any change rebuilds it. Deleting it is always safe.
+//!
+//! Layout, little-endian: header, then `count * dim` f32 vectors, then `count` face records,
+//! then one CRC-32 per chunk of `CHUNK_FACES` vectors.
+//! Header: magic, key digest, count (u64), dim (u32), chunk faces (u32), digest of the face
+//! records, digest of the chunk table, digest of the header bytes before it.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -20,37 +33,75 @@ use rusqlite::Connection;
 
 use crate::matching::{FaceRow, Vectors};
 
-const MAGIC: &[u8; 8] = b"FACEDBV1";
-const HEADER_LEN: u64 = 8 + 32 + 8 + 8 + 8 + 8 + 4 + 4;
+const MAGIC: &[u8; 8] = b"FACEDBV2";
+const DIGEST_LEN: usize = 32;
+const HEADER_LEN: usize = 8 + DIGEST_LEN + 8 + 4 + 4 + 3 * DIGEST_LEN;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
-/// Faces per read while streaming (2 MiB of 128-d vectors).
+/// Faces per read while streaming (2 MiB of 128-d vectors) and per checksum.
 const CHUNK_FACES: usize = 4096;
+const CHUNK_SUM_LEN: usize = 4;
 
+type Digest = [u8; DIGEST_LEN];
+
+/// What the cache must mirror: one database state, one embedder, one dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     database_id: String,
-    generation: i64,
-    /// Changes that were not appends; while equal, an older cache is extended, not rebuilt.
-    rewrites: i64,
+    state: String,
     embedder_id: i64,
+    embedder_blake3: String,
+    dim: usize,
+}
+
+impl Key {
+    fn digest(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(b"facedb vector cache 2\0");
+        for part in [&self.database_id, &self.state, &self.embedder_blake3] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&self.embedder_id.to_le_bytes());
+        h.update(&(self.dim as u64).to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+/// Where a cache built by this call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheWrite {
+    /// Beside the database, for later runs.
+    Save,
+    /// An unnamed temporary file, gone when closed (`match --dry-run` writes nothing).
+    Temporary,
 }
 
 /// Stored faces of one embedder with their vectors on disk.
-pub struct FaceMatrix {
+pub struct FaceMatrix<'c> {
     pub faces: Vec<FaceRow>,
     /// `faces[i]`'s vector is the i-th in here.
-    pub vectors: VectorFile,
-    /// What this call had to do to bring the cache up to date.
-    pub refresh: Refresh,
+    pub vectors: VectorFile<'c>,
+    refresh: Refresh,
+    /// Something the user should know (the cache could not be saved), to print once.
+    pub warning: Option<String>,
+}
+
+impl FaceMatrix<'_> {
+    /// What it took to bring the cache up to date, including a rebuild during a scan.
+    pub fn refresh(&self) -> Refresh {
+        if self.vectors.repaired {
+            Refresh::Rebuilt
+        } else {
+            self.refresh
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresh {
-    /// The cache was current.
+    /// The cache proved current.
     None,
-    /// Faces added since were appended.
-    Appended,
-    /// Rebuilt from SQLite (first use, a non-append change, or a damaged file).
+    /// Rebuilt from SQLite (first use, a change, or a cache that failed a check).
     Rebuilt,
 }
 
@@ -58,17 +109,28 @@ impl Refresh {
     pub fn as_str(self) -> &'static str {
         match self {
             Refresh::None => "current",
-            Refresh::Appended => "appended",
             Refresh::Rebuilt => "rebuilt",
         }
     }
 }
 
-/// The vector section of an open cache file, streamed on each scan.
-pub struct VectorFile {
+/// How to rebuild the cache if a chunk fails its checksum mid-scan.
+struct Source<'c> {
+    conn: &'c Connection,
+    key: Key,
+    path: PathBuf,
+    write: CacheWrite,
+}
+
+/// The vector section of a verified cache file, streamed (and checked) on each scan.
+pub struct VectorFile<'c> {
     file: File,
     dim: usize,
     count: usize,
+    chunk_sums: Vec<u32>,
+    faces_digest: Digest,
+    source: Option<Source<'c>>,
+    repaired: bool,
 }
 
 pub fn cache_path(db_path: &Path) -> PathBuf {
@@ -77,144 +139,357 @@ pub fn cache_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(name)
 }
 
-/// Opens the cache for `embedder_id`, rebuilding it first if the database changed since it was
-/// written. `conn` should be inside a transaction so the key and the rows come from one snapshot.
-pub fn load(conn: &Connection, db_path: &Path, embedder_id: i64, dim: usize) -> Result<FaceMatrix> {
-    let key = current_key(conn, embedder_id)?;
+/// Opens the cache for `embedder_id`, rebuilding it first unless it proves it mirrors the
+/// database as `conn` sees it. `conn` should be inside a transaction so the key, the rows and any
+/// rebuild during a later scan come from one snapshot; the matrix borrows it for that reason.
+pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usize, write: CacheWrite) -> Result<FaceMatrix<'c>> {
+    let (key, mut warning) = current_key(conn, embedder_id, dim)?;
     let path = cache_path(db_path);
-    let appended = match open_cached(&path, &key, dim) {
-        Ok((m, true)) => return Ok(m),
-        // Only faces were added since: copy the old vectors, append the new rows.
-        Ok((old, false)) => write_cache(conn, &path, &key, dim, Some(old)).is_ok(),
-        Err(_) => false,
-    };
-    let refresh = if appended {
-        Refresh::Appended
-    } else {
-        write_cache(conn, &path, &key, dim, None).with_context(|| format!("writing the vector cache {}", path.display()))?;
-        Refresh::Rebuilt
-    };
-    let (mut m, current) = open_cached(&path, &key, dim).with_context(|| format!("reading the vector cache {}", path.display()))?;
-    if !current {
-        bail!("the vector cache {} did not take; delete it and retry", path.display());
+    let mut source = Source { conn, key, path, write };
+    if warning.is_some() {
+        source.write = CacheWrite::Temporary;
     }
-    m.refresh = refresh;
-    Ok(m)
-}
-
-fn current_key(conn: &Connection, embedder_id: i64) -> Result<Key> {
-    let get = |k: &str| conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, rusqlite::types::Value>(0));
-    let database_id = match get("database_id")? {
-        rusqlite::types::Value::Text(s) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => s,
-        other => bail!("database meta 'database_id' is malformed ({other:?})"),
-    };
-    let counter = |k: &str| -> Result<i64> {
-        match get(k)? {
-            rusqlite::types::Value::Integer(g) => Ok(g),
-            other => bail!("database meta '{k}' is malformed ({other:?})"),
+    // Never replace what facedb would not have written there (a link, a FIFO, a folder): keep
+    // this run's cache in a temporary file instead.
+    if let Ok(meta) = std::fs::symlink_metadata(&source.path) {
+        if !meta.file_type().is_file() {
+            if write == CacheWrite::Save {
+                warning = warning.or(Some(format!(
+                    "{} is not a regular file, so the vector cache is not saved; remove it to let facedb cache vectors",
+                    source.path.display()
+                )));
+            }
+            source.write = CacheWrite::Temporary;
+        }
+    }
+    let (faces, vectors, refresh) = match open_existing(&source.path).and_then(|f| open_verified(f, &source.key)) {
+        Ok((faces, v)) => (faces, v, Refresh::None),
+        Err(_) => {
+            let (file, note) = build(&mut source)?;
+            warning = warning.or(note);
+            let (faces, v) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+            (faces, v, Refresh::Rebuilt)
         }
     };
-    Ok(Key { database_id, generation: counter("embeddings_generation")?, rewrites: counter("embeddings_rewrites")?, embedder_id })
+    Ok(FaceMatrix { faces, vectors: VectorFile { source: Some(source), ..vectors }, refresh, warning })
 }
 
-fn header(key: &Key, count: u64, dim: usize) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_LEN as usize);
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(key.database_id.as_bytes());
-    h.extend_from_slice(&key.generation.to_le_bytes());
-    h.extend_from_slice(&key.rewrites.to_le_bytes());
-    h.extend_from_slice(&key.embedder_id.to_le_bytes());
-    h.extend_from_slice(&count.to_le_bytes());
-    h.extend_from_slice(&(dim as u32).to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h
-}
-
-/// The cache file and whether it is current (`false`: same database and embedder, older
-/// generation, no rewrites since, so it can be extended).
-fn open_cached(path: &Path, key: &Key, dim: usize) -> Result<(FaceMatrix, bool)> {
-    let mut file = File::open(path)?;
-    let mut h = [0u8; HEADER_LEN as usize];
-    file.read_exact(&mut h)?;
-    let count = u64::from_le_bytes(h[64..72].try_into()?);
-    let generation = i64::from_le_bytes(h[40..48].try_into()?);
-    let current = h[..] == header(key, count, dim)[..];
-    let older = Key { generation, ..key.clone() };
-    if !current && !(generation < key.generation && h[..] == header(&older, count, dim)[..]) {
-        bail!("stale or foreign cache");
+/// Opens the existing cache for reading without blocking on a FIFO or following a link.
+fn open_existing(path: &Path) -> Result<File> {
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        bail!("not a regular file");
     }
-    let vectors_len = count.checked_mul((dim * 4) as u64).context("size overflow")?;
+    Ok(file)
+}
+
+/// The key of the database as `conn` sees it, and a warning when it cannot have one.
+fn current_key(conn: &Connection, embedder_id: i64, dim: usize) -> Result<(Key, Option<String>)> {
+    use rusqlite::types::Value;
+    let (database_id, state, embedder_blake3): (Value, Value, Value) = conn.query_row(
+        "SELECT (SELECT value FROM meta WHERE key = 'database_id'), (SELECT value FROM meta WHERE key = 'cache_state'),
+                (SELECT file_blake3 FROM models WHERE id = ?1 AND kind = 'embedder')",
+        [embedder_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let Value::Text(embedder_blake3) = embedder_blake3 else {
+        bail!("embedder model {embedder_id} is not registered in the database");
+    };
+    let token = |v: Value| match v {
+        Value::Text(s) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Some(s),
+        _ => None,
+    };
+    match (token(database_id), token(state)) {
+        (Some(database_id), Some(state)) => Ok((Key { database_id, state, embedder_id, embedder_blake3, dim }, None)),
+        // A hand-edited meta table: no cache can prove it mirrors this database, so none is used
+        // or saved (a key no file carries), and matching goes on from SQLite.
+        _ => Ok((
+            Key { database_id: String::new(), state: format!("{:016x}", random_u64()), embedder_id, embedder_blake3, dim },
+            Some("the database's 'meta' table lacks a valid database_id or cache_state, so the vector cache is rebuilt on every match; restore the database from a backup".to_string()),
+        )),
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// Checks everything but the vector chunks (those are checked as they are streamed) and reads the
+/// face records. Never trusts a length before comparing it with the file's real size.
+fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
+    let dim = key.dim;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        bail!("not a regular file");
+    }
+    let mut h = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut h, 0).context("cache shorter than its header")?;
+    let (fields, header_digest) = h.split_at(HEADER_LEN - DIGEST_LEN);
+    if &h[..8] != MAGIC || blake3::hash(fields).as_bytes() != header_digest {
+        bail!("not a facedb vector cache, or its header is damaged");
+    }
+    if h[8..40] != key.digest() {
+        bail!("the cache mirrors another database state, embedder or dimension");
+    }
+    let count = u64::from_le_bytes(h[40..48].try_into()?);
+    let stored_dim = u32::from_le_bytes(h[48..52].try_into()?);
+    let chunk_faces = u32::from_le_bytes(h[52..56].try_into()?);
+    if stored_dim as usize != dim || chunk_faces as usize != CHUNK_FACES || dim == 0 {
+        bail!("cache layout differs");
+    }
+    let chunks = count.div_ceil(CHUNK_FACES as u64);
+    let vectors_len = count.checked_mul(dim as u64 * 4).context("size overflow")?;
     let faces_len = count.checked_mul(FACE_RECORD_LEN as u64).context("size overflow")?;
-    if file.metadata()?.len() != HEADER_LEN + vectors_len + faces_len {
+    let sums_len = chunks * CHUNK_SUM_LEN as u64;
+    let expected =
+        [vectors_len, faces_len, sums_len].iter().try_fold(HEADER_LEN as u64, |a, &b| a.checked_add(b)).context("size overflow")?;
+    if meta.len() != expected {
         bail!("cache has the wrong length");
     }
-    file.seek(SeekFrom::Start(HEADER_LEN + vectors_len))?;
-    let mut raw = vec![0u8; usize::try_from(faces_len)?];
-    file.read_exact(&mut raw)?;
-    let faces: Vec<FaceRow> = raw.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
+    // Lengths are now bounded by the file's real size, so these allocations are too.
+    let mut faces_raw = vec![0u8; usize::try_from(faces_len)?];
+    file.read_exact_at(&mut faces_raw, HEADER_LEN as u64 + vectors_len)?;
+    let faces_digest = *blake3::hash(&faces_raw).as_bytes();
+    if faces_digest[..] != h[56..88] {
+        bail!("cache face records are damaged");
+    }
+    let mut sums_raw = vec![0u8; usize::try_from(sums_len)?];
+    file.read_exact_at(&mut sums_raw, HEADER_LEN as u64 + vectors_len + faces_len)?;
+    if blake3::hash(&sums_raw).as_bytes()[..] != h[88..120] {
+        bail!("cache chunk checksums are damaged");
+    }
+    let faces: Vec<FaceRow> = faces_raw.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
+    let chunk_sums = sums_raw.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    file.seek(SeekFrom::Start(0))?;
     let count = faces.len();
-    Ok((FaceMatrix { faces, vectors: VectorFile { file, dim, count }, refresh: Refresh::None }, current))
+    Ok((faces, VectorFile { file, dim, count, chunk_sums, faces_digest, source: None, repaired: false }))
 }
 
-/// Writes the cache for `key`: every row from SQLite, or with `base`, an older cache's vectors
-/// copied as they are plus the rows added after its highest face id.
-fn write_cache(conn: &Connection, path: &Path, key: &Key, dim: usize, base: Option<FaceMatrix>) -> Result<()> {
-    // A private temporary name, renamed into place: readers never see a half-written cache, and
-    // two concurrent builders each finish a whole one.
-    let tmp = path.with_extension(format!("vectors.{}.part", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        out.write_all(&header(key, 0, dim))?;
-        let (mut faces, after_id) = match base {
-            Some(old) => {
-                let mut src = old.vectors.file;
-                src.seek(SeekFrom::Start(HEADER_LEN))?;
-                let len = (old.faces.len() * dim * 4) as u64;
-                if std::io::copy(&mut (&mut src).take(len), &mut out)? != len {
-                    bail!("old cache ended early");
-                }
-                let after = old.faces.iter().map(|f| f.face_id).max().unwrap_or(i64::MIN);
-                (old.faces, after)
+/// Builds the cache for `source.key` from SQLite: saved beside the database (written under a
+/// private temporary name, then renamed into place, so readers never see half a cache), or into
+/// an unnamed temporary file. If it cannot be saved, this run goes on with a temporary one.
+/// Returns the file and, if saving failed, why.
+fn build(source: &mut Source) -> Result<(File, Option<String>)> {
+    if source.write == CacheWrite::Save {
+        match save(source) {
+            Ok(file) => return Ok((file, None)),
+            Err(e) => {
+                source.write = CacheWrite::Temporary;
+                let note = format!("could not save the vector cache {} ({e:#}); matching goes on without saving it", source.path.display());
+                let file = build_temporary(source)?;
+                return Ok((file, Some(note)));
             }
-            None => (Vec::new(), i64::MIN),
-        };
-        let mut stmt = conn.prepare(
-            // Primary-key order, no sort; `decide` groups faces by photo itself.
-            "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
-             FROM embeddings e JOIN faces f ON f.id = e.face_id
-             WHERE e.model_id = ?1 AND e.face_id > ?2 ORDER BY e.face_id",
-        )?;
-        let mut rows = stmt.query([key.embedder_id, after_id])?;
-        while let Some(r) = rows.next()? {
-            let blob = r.get_ref(6)?.as_blob()?;
-            // A malformed vector (hand-edited database) is skipped rather than trusted.
-            if blob.len() != dim * 4 {
-                continue;
-            }
-            out.write_all(blob)?;
-            faces.push(FaceRow {
-                image_id: r.get(0)?,
-                face_id: r.get(1)?,
-                size_px: r.get(2)?,
-                sharpness: r.get(3)?,
-                yaw: r.get(4)?,
-                score: r.get(5)?,
-            });
         }
-        for f in &faces {
-            out.write_all(&encode_face(f))?;
-        }
-        let mut file = out.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&header(key, faces.len() as u64, dim))?;
+    }
+    Ok((build_temporary(source)?, None))
+}
+
+fn build_temporary(source: &Source) -> Result<File> {
+    let mut file = tempfile::tempfile().context("creating a temporary file for the vector cache")?;
+    write_cache(source.conn, &source.key, &mut file).context("building the vector cache in a temporary file")?;
+    Ok(file)
+}
+
+fn save(source: &Source) -> Result<File> {
+    remove_stale_parts(&source.path);
+    // A fresh random suffix: O_EXCL never meets a leftover, and two concurrent builders each
+    // finish a whole cache; O_NOFOLLOW never writes through a planted link.
+    let nonce = random_u64();
+    let mut name = source.path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}-{nonce:016x}.part", std::process::id()));
+    let tmp = source.path.with_file_name(name);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let result = write_cache(source.conn, &source.key, &mut file).and_then(|()| {
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(&tmp, &source.path)?;
         Ok(())
-    })();
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| file)
+}
+
+/// Removes the temporary caches (`<cache>.<pid>-<nonce>.part`, names only facedb makes) left by
+/// builders that died (kill -9, power loss): each is as big as the cache. A live builder's is kept.
+fn remove_stale_parts(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(name)).and_then(|n| n.strip_prefix('.')) else {
+            continue;
+        };
+        let Some((pid, nonce)) = rest.strip_suffix(".part").and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (Ok(pid), true) = (pid.parse::<libc::pid_t>(), nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit())) else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let dead = pid > 0 && unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if dead && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes the whole cache for `key` into `file` (empty, at offset 0): the rows come from the
+/// caller's snapshot, in face id order.
+fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
+    let dim = key.dim;
+    let mut out = BufWriter::with_capacity(1 << 20, &mut *file);
+    out.write_all(&[0u8; HEADER_LEN])?;
+    let mut faces = Vec::new();
+    let mut sums = Vec::new();
+    let mut chunk = crc32fast::Hasher::new();
+    let mut in_chunk = 0;
+    for_each_face(conn, key.embedder_id, |face, blob| {
+        // A malformed vector (hand-edited database) is skipped rather than trusted.
+        if blob.len() != dim * 4 {
+            return Ok(());
+        }
+        out.write_all(blob)?;
+        chunk.update(blob);
+        faces.push(face);
+        in_chunk += 1;
+        if in_chunk == CHUNK_FACES {
+            sums.extend_from_slice(&std::mem::take(&mut chunk).finalize().to_le_bytes());
+            in_chunk = 0;
+        }
+        Ok(())
+    })?;
+    if in_chunk > 0 {
+        sums.extend_from_slice(&chunk.finalize().to_le_bytes());
+    }
+    let mut faces_hash = blake3::Hasher::new();
+    for f in &faces {
+        let rec = encode_face(f);
+        out.write_all(&rec)?;
+        faces_hash.update(&rec);
+    }
+    out.write_all(&sums)?;
+    out.flush()?;
+    drop(out);
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&key.digest());
+    h.extend_from_slice(&(faces.len() as u64).to_le_bytes());
+    h.extend_from_slice(&u32::try_from(dim)?.to_le_bytes());
+    h.extend_from_slice(&(CHUNK_FACES as u32).to_le_bytes());
+    h.extend_from_slice(faces_hash.finalize().as_bytes());
+    h.extend_from_slice(blake3::hash(&sums).as_bytes());
+    let header_digest = blake3::hash(&h);
+    h.extend_from_slice(header_digest.as_bytes());
+    file.write_all_at(&h, 0)?;
+    Ok(())
+}
+
+/// Every face the cache holds, with its vector blob, in face id order: faces found by their
+/// image's current detector (older detections are kept but no longer count), of photos with at
+/// least one present file (a deleted photo must not stay matched).
+fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(FaceRow, &[u8]) -> Result<()>) -> Result<()> {
+    // Photos that count, with their current detector: two sequential scans here and a lookup
+    // per face (at 1 M faces, probing images and files per face in the join doubled the rebuild).
+    let mut current = ImageMap::new(conn)?;
+    let mut stmt = conn.prepare("SELECT image_id FROM files WHERE missing = 0 AND image_id IS NOT NULL")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        current.set(r.get(0)?, PRESENT);
+    }
+    let mut stmt = conn.prepare("SELECT id, detector_id FROM images WHERE detector_id IS NOT NULL")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id = r.get(0)?;
+        if current.get(id) == PRESENT {
+            current.set(id, r.get(1)?);
+        }
+    }
+    let mut stmt = conn.prepare(
+        // Primary-key order, no sort; `decide` groups faces by photo itself.
+        "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector, f.detector_id
+         FROM embeddings e JOIN faces f ON f.id = e.face_id WHERE e.model_id = ?1 ORDER BY e.face_id",
+    )?;
+    let mut rows = stmt.query([embedder_id])?;
+    while let Some(r) = rows.next()? {
+        let face =
+            FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? };
+        if current.get(face.image_id) != r.get::<_, i64>(7)? {
+            continue;
+        }
+        // A vector that is not a blob (hand-edited database) is skipped like a malformed one.
+        let blob = r.get_ref(6)?.as_blob().unwrap_or(&[]);
+        visit(face, blob)?;
+    }
+    Ok(())
+}
+
+/// Not in an `ImageMap`.
+const ABSENT: i64 = i64::MIN;
+/// In an `ImageMap` with no detector yet (no real model id is this).
+const PRESENT: i64 = i64::MIN + 1;
+
+/// Image id -> a value: a vector indexed by id when ids are dense (rowids nearly always are; no
+/// hashing at a million photos), a hash map otherwise (a hand-edited database).
+enum ImageMap {
+    Dense(Vec<i64>),
+    Sparse(std::collections::HashMap<i64, i64>),
+}
+
+impl ImageMap {
+    fn new(conn: &Connection) -> Result<Self> {
+        let (min, max, n): (Option<i64>, Option<i64>, i64) =
+            conn.query_row("SELECT min(id), max(id), count(*) FROM images", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(match (min, max) {
+            (Some(lo), Some(hi)) if lo >= 0 && hi <= 2 * n + 4096 => ImageMap::Dense(vec![ABSENT; usize::try_from(hi)? + 1]),
+            _ => ImageMap::Sparse(std::collections::HashMap::new()),
+        })
+    }
+
+    fn get(&self, id: i64) -> i64 {
+        match self {
+            ImageMap::Dense(v) => usize::try_from(id).ok().and_then(|i| v.get(i)).copied().unwrap_or(ABSENT),
+            ImageMap::Sparse(m) => m.get(&id).copied().unwrap_or(ABSENT),
+        }
+    }
+
+    fn set(&mut self, id: i64, value: i64) {
+        if let ImageMap::Dense(v) = self {
+            match usize::try_from(id).ok().and_then(|i| v.get_mut(i)) {
+                Some(slot) => {
+                    *slot = value;
+                    return;
+                }
+                // An id outside the range counted above (not in this snapshot's images): keep it
+                // anyway, so nothing is silently dropped.
+                None => *self = ImageMap::Sparse(v.iter().enumerate().filter(|(_, &x)| x != ABSENT).map(|(i, &x)| (i as i64, x)).collect()),
+            }
+        }
+        if let ImageMap::Sparse(m) = self {
+            m.insert(id, value);
+        }
+    }
+}
+
+// The file holds little-endian f32, as every target facedb builds for does in memory.
+const _: () = assert!(cfg!(target_endian = "little"), "the vector cache is read as native f32");
+
+/// The floats' bytes, so a chunk is read straight into them: no copy and no conversion pass
+/// (that pass cost as much as checksumming the chunk).
+fn as_bytes_mut(floats: &mut [f32]) -> &mut [u8] {
+    // SAFETY: f32 has no padding and every bit pattern is a valid f32; u8 needs no alignment.
+    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(floats)) }
 }
 
 fn encode_face(f: &FaceRow) -> [u8; FACE_RECORD_LEN] {
@@ -233,145 +508,481 @@ fn decode_face(b: &[u8]) -> FaceRow {
     FaceRow { image_id: i64_at(0), face_id: i64_at(8), size_px: f32_at(16), sharpness: f32_at(20), yaw: f32_at(24), score: f32_at(28) }
 }
 
-impl Vectors for VectorFile {
+impl VectorFile<'_> {
+    /// Reads chunk `k` into `floats` and says whether it matches its checksum (a read error, e.g.
+    /// a file truncated under us, counts as a mismatch).
+    fn read_chunk(&self, k: usize, floats: &mut [f32]) -> bool {
+        let offset = HEADER_LEN as u64 + (k * CHUNK_FACES * self.dim * 4) as u64;
+        let bytes = as_bytes_mut(floats);
+        self.file.read_exact_at(bytes, offset).is_ok() && self.chunk_sums.get(k) == Some(&crc32fast::hash(bytes))
+    }
+
+    /// Replaces a cache that failed a chunk checksum by one rebuilt from the same snapshot. The
+    /// face records were verified on open, so the rebuilt file must hold exactly the same faces.
+    fn repair(&mut self) -> Result<()> {
+        let Some(source) = self.source.as_mut() else {
+            bail!("the vector cache is damaged");
+        };
+        let (file, _) = build(source)?;
+        let (_, fresh) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+        if fresh.faces_digest != self.faces_digest || fresh.count != self.count {
+            bail!("the database changed during the match; run it again");
+        }
+        self.file = fresh.file;
+        self.chunk_sums = fresh.chunk_sums;
+        self.repaired = true;
+        Ok(())
+    }
+}
+
+impl Vectors for VectorFile<'_> {
     fn dim(&self) -> usize {
         self.dim
     }
 
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
-        self.file.seek(SeekFrom::Start(HEADER_LEN))?;
-        let mut raw = vec![0u8; CHUNK_FACES * self.dim * 4];
-        let mut floats = Vec::with_capacity(CHUNK_FACES * self.dim);
+        let mut floats = vec![0f32; CHUNK_FACES * self.dim];
         let mut first = 0;
         while first < self.count {
+            let k = first / CHUNK_FACES;
             let n = CHUNK_FACES.min(self.count - first);
-            let bytes = &mut raw[..n * self.dim * 4];
-            self.file.read_exact(bytes).context("reading the vector cache")?;
-            floats.clear();
-            floats.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            visit(first, &floats);
+            let chunk = &mut floats[..n * self.dim];
+            // Checked before it is visited: a damaged chunk never reaches the caller.
+            if !self.read_chunk(k, chunk) {
+                self.repair().context("rebuilding the damaged vector cache")?;
+                if !self.read_chunk(k, chunk) {
+                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
+                }
+            }
+            visit(first, chunk);
             first += n;
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Support for the fuzz target and the property test: a database fixture and a loader that takes
+/// arbitrary cache bytes. Not part of facedb's interface.
+#[doc(hidden)]
+pub mod fuzzing {
     use super::*;
     use crate::db::{vector_to_blob, Db};
 
-    fn add_face(conn: &Connection, image_id: i64, face_id: i64, v: &[f32]) {
-        conn.execute(
-            "INSERT INTO faces (id, image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
-             VALUES (?1, ?2, 1, ?1, 0, 0, 50, 50, 0.9, '[]', 50, 100, 0, 0, 128)",
-            rusqlite::params![face_id, image_id],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, 2, ?2)",
-            rusqlite::params![face_id, vector_to_blob(v)],
-        )
-        .unwrap();
+    /// A database in a temporary folder with one detector (id 1) and one embedder (id 2).
+    pub struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub db_path: PathBuf,
+        pub db: Db,
+        next_face: i64,
+        seed: u64,
     }
+
+    pub const DIM: usize = 3;
+
+    impl Fixture {
+        pub fn new() -> Result<Self> {
+            let dir = tempfile::tempdir()?;
+            let db_path = dir.path().join("facedb.sqlite");
+            let db = Db::open(&db_path)?;
+            db.conn.execute_batch(
+                "INSERT INTO runs (id, command, args_json, facedb_version, started_at) VALUES (1, 'index', '{}', 'test', '');
+                 INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
+            )?;
+            Ok(Self { dir, db_path, db, next_face: 1, seed: 0x9e37_79b9_7f4a_7c15 })
+        }
+
+        fn random(&mut self) -> u64 {
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            self.seed
+        }
+
+        /// Adds a photo (image, present file) with one embedded face of vector `v`; returns the face id.
+        pub fn add_face(&mut self, v: &[f32]) -> Result<i64> {
+            let tag = self.random();
+            let face_id = self.next_face;
+            self.next_face += 1;
+            let c = &self.db.conn;
+            c.execute(
+                "INSERT INTO images (blake3, size_bytes, status, detector_id, run_id, created_at) VALUES (?1, 1, 'ok', 1, 1, '')",
+                [format!("{tag:016x}-{face_id}")],
+            )?;
+            let image_id = c.last_insert_rowid();
+            c.execute(
+                "INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run) VALUES (?1, ?2, 1, 0, 0, 0, 1, 1)",
+                rusqlite::params![format!("p{tag:016x}-{face_id}.jpg"), image_id],
+            )?;
+            c.execute(
+                "INSERT INTO faces (id, image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
+                 VALUES (?1, ?2, 1, 0, 0, 0, 50, 50, 0.9, '[]', 50, 100, 0, 0, 128)",
+                rusqlite::params![face_id, image_id],
+            )?;
+            c.execute(
+                "INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, 2, ?2)",
+                rusqlite::params![face_id, vector_to_blob(v)],
+            )?;
+            Ok(face_id)
+        }
+
+        /// Adds `n` faces with pseudo-random vectors.
+        pub fn add_random_faces(&mut self, n: usize) -> Result<()> {
+            self.db.conn.execute_batch("BEGIN")?;
+            for _ in 0..n {
+                let v: Vec<f32> = (0..DIM).map(|_| (self.random() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+                self.add_face(&v)?;
+            }
+            self.db.conn.execute_batch("COMMIT")?;
+            Ok(())
+        }
+
+        /// Saves a copy of the database as a user would back it up.
+        pub fn backup(&self, to: &Path) -> Result<()> {
+            self.db.conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+            Ok(())
+        }
+
+        /// Puts a copy back in place of the database, as a user restoring a backup would.
+        pub fn restore(&mut self, from: &Path) -> Result<()> {
+            let placeholder = Db::open(&self.dir.path().join("placeholder.sqlite"))?;
+            drop(std::mem::replace(&mut self.db, placeholder));
+            std::fs::copy(from, &self.db_path)?;
+            self.db = Db::open(&self.db_path)?;
+            Ok(())
+        }
+
+        /// Sets the next face id (a database restored from a copy hands out ids again).
+        pub fn set_next_face(&mut self, id: i64) {
+            self.next_face = id;
+        }
+
+        /// The faces and vectors the cache must hold, by the rule written out in plain SQL
+        /// (independent of the faster code that builds the cache).
+        pub fn truth(&self) -> Result<(Vec<FaceRow>, Vec<f32>)> {
+            let mut faces = Vec::new();
+            let mut vectors = Vec::new();
+            let mut stmt = self.db.conn.prepare(
+                "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
+                 FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
+                 WHERE e.model_id = 2 AND length(e.vector) = ?1 AND EXISTS (SELECT 1 FROM files p WHERE p.image_id = f.image_id AND p.missing = 0)
+                 ORDER BY e.face_id",
+            )?;
+            let mut rows = stmt.query([DIM * 4])?;
+            while let Some(r) = rows.next()? {
+                let blob: Vec<u8> = r.get(6)?;
+                vectors.extend(blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                faces.push(FaceRow {
+                    image_id: r.get(0)?,
+                    face_id: r.get(1)?,
+                    size_px: r.get(2)?,
+                    sharpness: r.get(3)?,
+                    yaw: r.get(4)?,
+                    score: r.get(5)?,
+                });
+            }
+            Ok((faces, vectors))
+        }
+
+        /// A random change of what counts: a photo's file goes missing or comes back, or an
+        /// image's detector changes (models 1 and 3 are detectors).
+        pub fn toggle_random(&mut self) -> Result<()> {
+            let pick = self.random() % self.next_face.max(1) as u64;
+            let c = &self.db.conn;
+            c.execute(
+                "INSERT OR IGNORE INTO models (id, kind, name, file_blake3, params_json) VALUES (3, 'detector', 'd2', 'z', '{}')",
+                [],
+            )?;
+            if pick.is_multiple_of(2) {
+                c.execute(
+                    "UPDATE files SET missing = 1 - missing WHERE image_id = (SELECT image_id FROM faces WHERE id = ?1)",
+                    [pick as i64],
+                )?;
+            } else {
+                c.execute(
+                    "UPDATE images SET detector_id = 4 - detector_id WHERE id = (SELECT image_id FROM faces WHERE id = ?1)",
+                    [pick as i64],
+                )?;
+            }
+            Ok(())
+        }
+
+        /// Loads through the cache and scans every vector.
+        pub fn load(&self) -> Result<(Vec<FaceRow>, Vec<f32>, Refresh)> {
+            let tx = self.db.conn.unchecked_transaction()?;
+            let mut m = load(&tx, &self.db_path, 2, DIM, CacheWrite::Save)?;
+            let all = scan_all(&mut m.vectors)?;
+            let refresh = m.refresh();
+            Ok((std::mem::take(&mut m.faces), all, refresh))
+        }
+
+        pub fn cache_path(&self) -> PathBuf {
+            cache_path(&self.db_path)
+        }
+    }
+
+    pub fn scan_all(v: &mut dyn Vectors) -> Result<Vec<f32>> {
+        let mut all = Vec::new();
+        v.scan(&mut |first, chunk| {
+            assert_eq!(first * DIM, all.len(), "chunks arrive in order, each once");
+            all.extend_from_slice(chunk);
+        })?;
+        Ok(all)
+    }
+
+    /// Same bits (NaN included), for comparing a cache's contents with SQLite's.
+    pub fn same(a: &(Vec<FaceRow>, Vec<f32>), b: &(Vec<FaceRow>, Vec<f32>)) -> bool {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let faces = |f: &[FaceRow]| f.iter().map(encode_face).collect::<Vec<_>>();
+        faces(&a.0) == faces(&b.0) && bits(&a.1) == bits(&b.1)
+    }
+
+    /// Loads arbitrary bytes as a cache for the fixture's current state (without a source to
+    /// rebuild from): must never panic, and whatever it accepts must scan without panicking.
+    pub fn load_bytes(fixture: &Fixture, bytes: &[u8]) -> Result<Vec<f32>> {
+        let mut file = tempfile::tempfile()?;
+        file.write_all(bytes)?;
+        let (key, _) = current_key(&fixture.db.conn, 2, DIM)?;
+        let (_, mut v) = open_verified(file, &key)?;
+        scan_all(&mut v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::{same, scan_all, Fixture, DIM};
+    use super::*;
+    use crate::db::vector_to_blob;
 
     fn collect(m: &mut FaceMatrix) -> Vec<f32> {
-        let mut all = Vec::new();
-        m.vectors
-            .scan(&mut |first, chunk| {
-                assert_eq!(first * 3, all.len());
-                all.extend_from_slice(chunk);
-            })
-            .unwrap();
-        all
-    }
-
-    /// A new database with one detector (id 1) and one embedder (id 2) registered.
-    fn fresh_db() -> (tempfile::TempDir, std::path::PathBuf, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db_path = dir.path().join("facedb.sqlite");
-        let db = Db::open(&db_path).unwrap();
-        db.conn
-            .execute_batch(
-                "PRAGMA foreign_keys = OFF;
-                 INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (1, 'detector', 'd', 'x', '{}'), (2, 'embedder', 'e', 'y', '{}');",
-            )
-            .unwrap();
-        (dir, db_path, db)
+        scan_all(&mut m.vectors).unwrap()
     }
 
     #[test]
-    fn built_once_then_reused_appended_or_rebuilt() {
-        let (_dir, db_path, db) = fresh_db();
-        let c = &db.conn;
-        add_face(c, 7, 1, &[1.0, 0.0, 0.0]);
-        add_face(c, 8, 2, &[0.0, 1.0, 0.0]);
+    fn built_once_reused_and_rebuilt_on_any_change() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_face(&[1.0, 0.0, 0.0]).unwrap();
+        fx.add_face(&[0.0, 1.0, 0.0]).unwrap();
+        let c = &fx.db.conn;
+        let db_path = fx.db_path.clone();
 
-        let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Rebuilt);
-        assert_eq!(m.faces.iter().map(|f| (f.image_id, f.face_id)).collect::<Vec<_>>(), vec![(7, 1), (8, 2)]);
+        let mut m = load(c, &db_path, 2, 3, CacheWrite::Save).unwrap();
+        assert_eq!(m.refresh(), Refresh::Rebuilt);
+        assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
-        assert_eq!(load(c, &db_path, 2, 3).unwrap().refresh, Refresh::None, "unchanged database reuses the cache");
+        drop(m);
+        assert_eq!(load(c, &db_path, 2, 3, CacheWrite::Save).unwrap().refresh(), Refresh::None, "unchanged database reuses the cache");
 
-        // New faces (higher ids) are appended to the old cache, not rebuilt.
-        add_face(c, 10, 5, &[0.0, 0.0, 1.0]);
-        let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Appended);
-        assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), vec![1, 2, 5]);
-        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
-        assert_eq!(load(c, &db_path, 2, 3).unwrap().refresh, Refresh::None);
-        // One below the highest id cannot be appended: rebuilt, in id order.
-        add_face(c, 11, 4, &[0.0, 0.6, 0.8]);
-        let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Rebuilt);
-        assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
-        assert_eq!(collect(&mut m)[6..9], [0.0, 0.6, 0.8]);
-        c.execute_batch("DELETE FROM embeddings WHERE face_id IN (4, 5); DELETE FROM faces WHERE id IN (4, 5);").unwrap();
-
-        // A hand-written update is seen too (trigger), as is a new face.
+        // A hand-written update is seen (trigger).
         c.execute("UPDATE embeddings SET vector = ?1 WHERE face_id = 2", [vector_to_blob(&[0.0, 0.0, 1.0])]).unwrap();
-        add_face(c, 9, 3, &[0.6, 0.8, 0.0]);
-        let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Rebuilt);
-        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.6, 0.8, 0.0]);
+        let mut m = load(c, &db_path, 2, 3, CacheWrite::Save).unwrap();
+        assert_eq!(m.refresh(), Refresh::Rebuilt);
+        assert_eq!(collect(&mut m), vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        drop(m);
 
-        c.execute("DELETE FROM embeddings WHERE face_id = 1", []).unwrap();
-        let m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Rebuilt);
-        assert_eq!(m.faces.len(), 2);
+        // A missing file drops its photo's faces; coming back brings them back.
+        c.execute("UPDATE files SET missing = 1 WHERE image_id = (SELECT image_id FROM faces WHERE id = 1)", []).unwrap();
+        let m = load(c, &db_path, 2, 3, CacheWrite::Save).unwrap();
+        assert_eq!((m.refresh(), m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>()), (Refresh::Rebuilt, vec![2]));
+        drop(m);
+        c.execute("UPDATE files SET missing = 0", []).unwrap();
+        assert_eq!(load(c, &db_path, 2, 3, CacheWrite::Save).unwrap().faces.len(), 2);
+        // A no-op update of those columns keeps the cache current.
+        c.execute("UPDATE files SET missing = 0, last_run = 1", []).unwrap();
+        assert_eq!(load(c, &db_path, 2, 3, CacheWrite::Save).unwrap().refresh(), Refresh::None);
 
-        // A damaged cache file is rebuilt, not trusted.
-        let p = cache_path(&db_path);
-        let len = std::fs::metadata(&p).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 5).unwrap();
-        let mut m = load(c, &db_path, 2, 3).unwrap();
-        assert_eq!(m.refresh, Refresh::Rebuilt);
-        assert_eq!(collect(&mut m).len(), 6);
-        // Another embedder id gets its own (empty) matrix.
-        assert!(load(c, &db_path, 1, 3).unwrap().faces.is_empty());
+        // Faces of an image's former detector are not matched.
+        c.execute("INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (3, 'detector', 'd2', 'z', '{}')", []).unwrap();
+        c.execute("UPDATE images SET detector_id = 3 WHERE id = (SELECT image_id FROM faces WHERE id = 2)", []).unwrap();
+        let m = load(c, &db_path, 2, 3, CacheWrite::Save).unwrap();
+        assert_eq!((m.refresh(), m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>()), (Refresh::Rebuilt, vec![1]));
+        drop(m);
+
+        // The embedder's file hash is part of the key.
+        c.execute("UPDATE models SET file_blake3 = 'y2' WHERE id = 2", []).unwrap();
+        assert_eq!(load(c, &db_path, 2, 3, CacheWrite::Save).unwrap().refresh(), Refresh::Rebuilt);
+        // A hand-edited meta table: matching goes on from SQLite, nothing saved, with a warning.
+        c.execute("DELETE FROM meta WHERE key = 'cache_state'", []).unwrap();
+        let before = std::fs::read(cache_path(&db_path)).unwrap();
+        for _ in 0..2 {
+            let mut m = load(c, &db_path, 2, 3, CacheWrite::Save).unwrap();
+            assert_eq!((m.refresh(), m.warning.is_some(), collect(&mut m)), (Refresh::Rebuilt, true, vec![1.0, 0.0, 0.0]));
+        }
+        assert!(std::fs::read(cache_path(&db_path)).unwrap() == before);
+        // A detector's id is no embedder, and an unknown id is an error.
+        assert!(load(c, &db_path, 1, 3, CacheWrite::Save).is_err());
+        assert!(load(c, &db_path, 99, 3, CacheWrite::Save).is_err());
+    }
+
+    #[test]
+    fn sparse_or_negative_image_ids_still_count() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(3).unwrap();
+        fx.db
+            .conn
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 UPDATE images SET id = -5 WHERE id = 1; UPDATE files SET image_id = -5 WHERE image_id = 1; UPDATE faces SET image_id = -5 WHERE image_id = 1;
+                 UPDATE images SET id = 1 << 40 WHERE id = 2; UPDATE files SET image_id = 1 << 40 WHERE image_id = 2; UPDATE faces SET image_id = 1 << 40 WHERE image_id = 2;",
+            )
+            .unwrap();
+        let (faces, vectors, _) = fx.load().unwrap();
+        assert_eq!(faces.iter().map(|f| f.image_id).collect::<Vec<_>>(), vec![-5, 1 << 40, 3]);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
+    #[test]
+    fn a_dead_builders_temporary_cache_is_removed_a_live_ones_kept() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(3).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let name = |pid: u32| fx.dir.path().join(format!("facedb.sqlite.vectors.{pid}-00112233aabbccdd.part"));
+        let other = fx.dir.path().join("facedb.sqlite.vectors.notes.part");
+        for p in [name(dead), name(std::process::id()), other.clone()] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        fx.load().unwrap();
+        assert!(!name(dead).exists());
+        assert!(name(std::process::id()).exists() && other.exists());
+    }
+
+    #[test]
+    fn temporary_mode_never_writes_the_cache() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(10).unwrap();
+        let mut m = load(&fx.db.conn, &fx.db_path, 2, DIM, CacheWrite::Temporary).unwrap();
+        assert_eq!(collect(&mut m).len(), 10 * DIM);
+        assert!(!fx.cache_path().exists());
+        let names: Vec<_> = std::fs::read_dir(fx.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().contains(".vectors")), "{names:?}");
+    }
+
+    #[test]
+    fn a_link_or_fifo_at_the_cache_path_is_left_alone() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(5).unwrap();
+        let target = fx.dir.path().join("precious.txt");
+        std::fs::write(&target, b"mine").unwrap();
+        std::os::unix::fs::symlink(&target, fx.cache_path()).unwrap();
+        let mut m = load(&fx.db.conn, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+        assert!(m.warning.as_deref().unwrap_or("").contains("not a regular file"));
+        assert_eq!(collect(&mut m).len(), 5 * DIM);
+        assert_eq!(std::fs::read(&target).unwrap(), b"mine");
+        assert!(std::fs::symlink_metadata(fx.cache_path()).unwrap().file_type().is_symlink());
+        std::fs::remove_file(fx.cache_path()).unwrap();
+        let fifo = std::ffi::CString::new(fx.cache_path().into_os_string().into_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let mut m = load(&fx.db.conn, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+        assert_eq!(collect(&mut m).len(), 5 * DIM);
     }
 
     #[test]
     fn streams_in_chunks_covering_every_face() {
-        let (_dir, db_path, db) = fresh_db();
-        let c = &db.conn;
+        let mut fx = Fixture::new().unwrap();
         let n = CHUNK_FACES * 2 + 5;
-        let tx = c.unchecked_transaction().unwrap();
-        for i in 0..n {
-            add_face(&tx, i as i64 / 2, i as i64 + 1, &[i as f32, 0.0, 1.0]);
-        }
-        tx.commit().unwrap();
-        let mut m = load(c, &db_path, 2, 3).unwrap();
+        fx.add_random_faces(n).unwrap();
+        let mut m = load(&fx.db.conn, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
         let mut chunks = 0;
         let mut seen = 0;
         m.vectors
             .scan(&mut |first, chunk| {
                 assert_eq!(first, seen);
-                assert_eq!(chunk[0], first as f32);
-                seen += chunk.len() / 3;
+                seen += chunk.len() / DIM;
                 chunks += 1;
             })
             .unwrap();
         assert_eq!((seen, chunks), (n, 3));
+    }
+
+    /// Damages the cache at random offsets and lengths (zeros, random bytes, swapped chunks,
+    /// truncation) and restores older copies of the database: whatever the cache holds, what
+    /// `load` returns always equals a fresh read of SQLite.
+    #[test]
+    fn property_damaged_caches_and_restored_databases_never_change_the_result() {
+        let mut fx = Fixture::new().unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        fx.add_random_faces(CHUNK_FACES * 2 + 17).unwrap();
+        let backup = fx.dir.path().join("backup.sqlite");
+        fx.backup(&backup).unwrap();
+        let backup_next = CHUNK_FACES as i64 * 2 + 18;
+        let mut rebuilt = 0;
+        for round in 0..60 {
+            match round % 6 {
+                // Restore the old copy, then let it diverge with new faces (ids handed out again).
+                0 => {
+                    fx.restore(&backup).unwrap();
+                    fx.set_next_face(backup_next);
+                    fx.add_random_faces((next() % 300) as usize).unwrap();
+                }
+                1 => fx.add_random_faces((next() % 50) as usize + 1).unwrap(),
+                2 | 3 => {
+                    for _ in 0..next() % 20 {
+                        fx.toggle_random().unwrap();
+                    }
+                }
+                _ => {}
+            }
+            let truth = fx.truth().unwrap();
+            let (faces, vectors, _) = fx.load().unwrap();
+            assert!(same(&(faces, vectors), &truth), "round {round}: load after a database change");
+            // Now damage the (current) cache and load again.
+            let p = fx.cache_path();
+            let mut bytes = std::fs::read(&p).unwrap();
+            let len = bytes.len();
+            match next() % 5 {
+                0 => {
+                    let at = (next() as usize) % len;
+                    let n = ((next() as usize) % 5000 + 1).min(len - at);
+                    bytes[at..at + n].fill(0);
+                }
+                1 => {
+                    let at = (next() as usize) % len;
+                    let n = ((next() as usize) % 64 + 1).min(len - at);
+                    for b in &mut bytes[at..at + n] {
+                        *b = next() as u8;
+                    }
+                }
+                2 => {
+                    let chunk = CHUNK_FACES * DIM * 4;
+                    let (a, b) = (HEADER_LEN, HEADER_LEN + chunk);
+                    let (x, y) = bytes[a..b + chunk].split_at_mut(chunk);
+                    x.swap_with_slice(y);
+                }
+                3 => bytes.truncate((next() as usize) % len),
+                _ => {
+                    // Random bytes over the whole body, header kept.
+                    for b in &mut bytes[HEADER_LEN..] {
+                        *b = next() as u8;
+                    }
+                }
+            }
+            std::fs::write(&p, &bytes).unwrap();
+            let (faces, vectors, refresh) = fx.load().unwrap();
+            assert!(same(&(faces, vectors), &truth), "round {round}: load of a damaged cache");
+            rebuilt += usize::from(refresh == Refresh::Rebuilt);
+        }
+        assert!(rebuilt >= 55, "nearly every damage is detected (a zeroed range can hit zero padding): {rebuilt}");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_loader() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(20).unwrap();
+        fx.load().unwrap();
+        let good = std::fs::read(fx.cache_path()).unwrap();
+        assert_eq!(fuzzing::load_bytes(&fx, &good).unwrap().len(), 20 * DIM);
+        for n in [0, 1, 8, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 1, good.len() - 1] {
+            assert!(fuzzing::load_bytes(&fx, &good[..n]).is_err());
+        }
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 5] ^= 1;
+        assert!(fuzzing::load_bytes(&fx, &bad).is_err(), "a flipped vector bit is caught while streaming");
     }
 }

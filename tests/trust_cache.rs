@@ -1,0 +1,206 @@
+//! The vector cache may only make `match` faster, never change its result (issue 11): a cache
+//! left by another state of the database (restored from a copy, then changed), or one whose body
+//! is damaged behind an intact header, is detected and rebuilt, and results equal a run without
+//! any cache. Real binary, real models, real photos.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+/// What a match decided, without where it wrote: the JSON summary's counts, the manifest rows
+/// and rejected.csv rows (every column but the crop's file path), sorted.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    summary: [String; 5],
+    manifest: BTreeSet<Vec<(String, String)>>,
+    rejected: BTreeSet<Vec<String>>,
+}
+
+/// `facedb --json match DIR --ref obama.jpg --out OUT`: the outcome and the cache state it reported.
+fn match_obama(dir: &Path, out: &Path) -> (Outcome, String) {
+    let assert = facedb().arg("--json").arg("match").arg(dir).arg("--ref").arg(photo("obama.jpg")).arg("--out").arg(out).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let summary = ["photos", "matched", "rejected", "ambiguous", "crop_failures"].map(|k| v[k].to_string());
+    let manifest = manifest(out)
+        .into_iter()
+        .map(|row| {
+            let mut kv: Vec<(String, String)> = row.into_iter().filter(|(k, _)| k != "crop_path").collect();
+            kv.sort();
+            kv
+        })
+        .collect();
+    let mut rdr = csv::Reader::from_path(out.join("rejected.csv")).unwrap();
+    let rejected = rdr.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
+    (Outcome { summary, manifest, rejected }, v["vector_cache"].as_str().unwrap_or_default().to_string())
+}
+
+fn sources(o: &Outcome) -> Vec<String> {
+    let mut s: Vec<String> =
+        o.manifest.iter().flat_map(|row| row.iter().filter(|(k, _)| k == "source_path").map(|(_, v)| v.clone())).collect();
+    s.sort();
+    s
+}
+
+fn index(dir: &Path) {
+    facedb().arg("-q").arg("index").arg(dir).assert().success();
+}
+
+fn cache(dir: &Path) -> std::path::PathBuf {
+    dir.join("facedb.sqlite.vectors")
+}
+
+/// The same match with the cache deleted first: what the database alone says.
+fn without_cache(dir: &Path, out: &Path) -> Outcome {
+    std::fs::remove_file(cache(dir)).unwrap();
+    let (o, state) = match_obama(dir, out);
+    assert_eq!(state, "rebuilt");
+    o
+}
+
+#[test]
+fn a_restored_database_that_diverged_never_uses_the_newer_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg"]);
+    index(&dir);
+    let (first, _) = match_obama(&dir, &tmp.path().join("o1"));
+    assert_eq!(sources(&first), ["obama2.jpg"]);
+    let backup = tmp.path().join("backup.sqlite");
+    std::fs::copy(dir.join("facedb.sqlite"), &backup).unwrap();
+
+    // Two more faces of A: the cache now holds face ids the restored copy will hand out again.
+    add_photos(&dir, &["obama3.jpg", "32bit.png"]);
+    index(&dir);
+    let (second, _) = match_obama(&dir, &tmp.path().join("o2"));
+    assert_eq!(sources(&second), ["32bit.png", "obama2.jpg", "obama3.jpg"]);
+
+    // Restore the copy, then let it diverge with two photos of B (as many faces as A's above).
+    std::fs::copy(&backup, dir.join("facedb.sqlite")).unwrap();
+    for p in ["obama3.jpg", "32bit.png"] {
+        std::fs::remove_file(dir.join(p)).unwrap();
+    }
+    add_photos(&dir, &["biden.jpg"]);
+    save(&dir, "biden_mirror.jpg", &image::imageops::flip_horizontal(&rgb("biden.jpg")));
+    index(&dir);
+    let faces = query_i64(&db(&dir), "SELECT count(*) FROM embeddings");
+    assert_eq!(faces, 3, "obama2 + two of B, ids reused from the discarded history");
+
+    let (after, state) = match_obama(&dir, &tmp.path().join("o3"));
+    assert_eq!(state, "rebuilt", "the cache of the other history is not trusted");
+    assert_eq!(sources(&after), ["obama2.jpg"], "B is never cropped as A");
+    assert_eq!(after, without_cache(&dir, &tmp.path().join("o4")));
+    let out_names: Vec<String> =
+        std::fs::read_dir(tmp.path().join("o3")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(out_names.iter().all(|n| !n.starts_with("biden")), "{out_names:?}");
+}
+
+#[test]
+fn a_damaged_cache_body_behind_an_intact_header_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg", "obama3.jpg", "biden.jpg", "32bit.png"]);
+    index(&dir);
+    let out = tmp.path().join("out");
+    let (truth, _) = match_obama(&dir, &out);
+    assert_eq!(truth, without_cache(&dir, &out));
+    let (again, state) = match_obama(&dir, &out);
+    assert_eq!((&again, state.as_str()), (&truth, "current"));
+    let good = std::fs::read(cache(&dir)).unwrap();
+    // The header is the first 152 bytes; the vectors (512 bytes each) follow, then face records
+    // and chunk checksums.
+    let body = 152;
+    assert!(good.len() >= body + 4 * 512, "{}", good.len());
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    };
+    let damages: Vec<(&str, Vec<u8>)> = vec![
+        ("zeroed vectors", {
+            let mut b = good.clone();
+            b[body..body + 1024].fill(0);
+            b
+        }),
+        ("two vectors swapped", {
+            let mut b = good.clone();
+            let (x, y) = b[body..body + 1024].split_at_mut(512);
+            x.swap_with_slice(y);
+            b
+        }),
+        ("random body", {
+            let mut b = good.clone();
+            b[body..].iter_mut().for_each(|x| *x = random());
+            b
+        }),
+        ("zeroed face records", {
+            let mut b = good.clone();
+            let at = good.len() - 64;
+            b[at - 32..at].fill(0);
+            b
+        }),
+        ("truncated", good[..good.len() - 7].to_vec()),
+        ("one bit", {
+            let mut b = good.clone();
+            b[body + 700] ^= 0x10;
+            b
+        }),
+    ];
+    for (what, bytes) in damages {
+        assert_ne!(bytes, good, "{what}");
+        std::fs::write(cache(&dir), &bytes).unwrap();
+        let (o, state) = match_obama(&dir, &out);
+        assert_eq!(o, truth, "{what}");
+        assert_eq!(state, "rebuilt", "{what}");
+        assert!(std::fs::read(cache(&dir)).unwrap() == good, "{what}: the rebuilt cache is whole again");
+    }
+}
+
+#[test]
+fn a_deleted_photo_drops_out_of_matching_and_dry_run_writes_no_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg", "obama3.jpg"]);
+    index(&dir);
+    let out = tmp.path().join("out");
+    let (before, _) = match_obama(&dir, &out);
+    assert_eq!(sources(&before), ["obama2.jpg", "obama3.jpg"]);
+
+    std::fs::remove_file(dir.join("obama3.jpg")).unwrap();
+    index(&dir);
+    // Exit 0 (asserted by match_obama): the deleted photo is neither matched nor a failed crop.
+    let (after, state) = match_obama(&dir, &out);
+    assert_eq!((state.as_str(), sources(&after)), ("rebuilt", vec!["obama2.jpg".to_string()]));
+    assert_eq!(after.summary[4], "0", "no crop failures");
+    let (again, state) = match_obama(&dir, &out);
+    assert_eq!((&again, state.as_str()), (&after, "current"));
+    let all = tmp.path().join("all");
+    facedb().arg("-q").arg("match").arg(&dir).arg("--all").arg("--out").arg(&all).assert().success();
+    assert_eq!(manifest(&all).iter().map(|r| r["source_path"].as_str()).collect::<Vec<_>>(), ["obama2.jpg"], "--all too");
+
+    // The photo comes back: it is matched again.
+    add_photos(&dir, &["obama3.jpg"]);
+    index(&dir);
+    let (back, state) = match_obama(&dir, &out);
+    assert_eq!((state.as_str(), sources(&back)), ("rebuilt", vec!["obama2.jpg".into(), "obama3.jpg".into()]));
+
+    // --dry-run with no current cache builds it in a temporary file and leaves nothing behind.
+    std::fs::remove_file(cache(&dir)).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    facedb().arg("match").arg(&dir).arg("--ref").arg(photo("obama.jpg")).arg("--dry-run").assert().success();
+    let mut after: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    after.retain(|n| !n.to_string_lossy().starts_with("facedb.sqlite-")); // SQLite's own WAL files
+    let mut before = before;
+    before.retain(|n| !n.to_string_lossy().starts_with("facedb.sqlite-"));
+    before.sort();
+    after.sort();
+    assert_eq!(after, before);
+    assert!(!cache(&dir).exists());
+}
