@@ -776,3 +776,23 @@ fn print_summary(root: &Path, c: &RunCounters, failed_now: i64, elapsed: Duratio
         eprintln!("  {failed_now} file(s) or folder(s) in the dataset could not be indexed; `facedb report` lists them with the reason");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racy_timestamps_are_rechecked_but_future_ones_only_once_the_clock_reaches_them() {
+        let now = 1_000_000_000_000i64;
+        let cached = |mtime_ns, checked_ns| read::CachedFile { image_id: Some(1), size: 10, mtime_ns, inode: 7, checked_ns, missing: false };
+        let stat = |mtime_ns| Stat { size: 10, mtime_ns, inode: 7 };
+        let hour = 3_600_000_000_000i64;
+        assert!(is_unchanged(&cached(now - hour, now - 10), &stat(now - hour), now));
+        // Modified in the second it was checked: may have changed within the tick.
+        assert!(!is_unchanged(&cached(now - 1_000, now), &stat(now - 1_000), now));
+        // An hour in the future: trusted until the clock gets there.
+        assert!(is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now));
+        assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now + hour));
+        assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour + 1), now));
+    }
+}

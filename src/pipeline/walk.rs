@@ -243,6 +243,54 @@ mod tests {
     }
 
     #[test]
+    fn path_keys_are_distinct_for_distinct_bytes() {
+        let names: [&[u8]; 5] = [b"caf\xe9.jpg", b"caf\xe8.jpg", b"caf\\xE9.jpg", b"a\\b.jpg", b"caf\xc3\xa9.jpg"];
+        let keys: Vec<(String, Option<Vec<u8>>)> = names.iter().map(|n| path_key(n)).collect();
+        assert_eq!(keys[0].0, "caf\\xE9.jpg");
+        assert_eq!(keys[2].0, "caf\\\\xE9.jpg");
+        assert_eq!(keys[3], ("a\\\\b.jpg".to_string(), Some(b"a\\b.jpg".to_vec())));
+        assert_eq!(keys[4], ("caf\u{e9}.jpg".to_string(), None));
+        let distinct: std::collections::HashSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        assert_eq!(distinct.len(), names.len());
+        for (name, (_, raw)) in names.iter().zip(&keys) {
+            assert_eq!(raw.as_deref().unwrap_or(name), *name);
+        }
+    }
+
+    #[test]
+    fn special_files_and_broken_links_are_listed_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::write(r.join("a.jpg"), b"x").unwrap();
+        let fifo = std::ffi::CString::new(r.join("pipe.jpg").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink(r.join("nowhere"), r.join("dangling.png")).unwrap();
+        std::os::unix::fs::symlink("loop.jpg", r.join("loop.jpg")).unwrap();
+        let w = walk_until(r, &AtomicBool::new(false));
+        assert_eq!(w.files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>(), ["a.jpg"]);
+        assert_eq!(w.skipped.iter().map(|p| p.rel.as_str()).collect::<Vec<_>>(), ["pipe.jpg"]);
+        let problems: Vec<String> = w.problems.iter().map(|p| format!("{}: {}", p.rel, p.error)).collect();
+        assert!(problems[0].starts_with("dangling.png: dangling symbolic link"), "{problems:?}");
+        assert!(problems[1].starts_with("loop.jpg: symbolic link loop"), "{problems:?}");
+        // Opening the FIFO does not block; it is refused after fstat.
+        let err = read_regular(&r.join("pipe.jpg")).unwrap_err().to_string();
+        assert!(err.contains("a FIFO (named pipe), not a regular file"), "{err}");
+        assert!(walk_until(r, &AtomicBool::new(true)).interrupted);
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.tif");
+        std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+        let err = read_regular(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than the 512 MiB accepted"), "{err}");
+        std::fs::write(&big, b"small").unwrap();
+        assert_eq!(read_regular(&big).unwrap(), b"small");
+    }
+
+    #[test]
     fn non_utf8_names_keep_their_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");
