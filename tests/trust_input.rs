@@ -156,7 +156,8 @@ fn non_utf8_names_stay_two_rows_and_old_lossy_rows_are_rekeyed() {
 
     // A database from before: the two names collapsed into one lossy row.
     conn.execute_batch(
-        "DELETE FROM files WHERE path = 'caf\\xE8.jpg';
+        "DELETE FROM meta WHERE key = 'path_keys';
+         DELETE FROM files WHERE path = 'caf\\xE8.jpg';
          UPDATE files SET path = 'caf' || char(65533) || '.jpg' WHERE path = 'caf\\xE9.jpg';",
     )
     .unwrap();

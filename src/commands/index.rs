@@ -296,13 +296,15 @@ fn dataset_root(globals: &Globals, dir: Option<&Path>) -> Result<PathBuf> {
     Ok(dataset.to_path_buf())
 }
 
-/// Moves rows keyed by lossy UTF-8 (before keys were exact) to their exact keys.
+/// Moves rows keyed by lossy UTF-8 (before keys were exact) to their exact keys, once per
+/// database: every row written since has its exact key.
 fn rekey_paths(conn: &Connection) -> Result<()> {
-    let rows = read::files_to_rekey(conn)?;
-    if rows.is_empty() {
+    if read::path_keys_exact(conn)? {
         return Ok(());
     }
+    let rows = read::files_to_rekey(conn)?;
     let tx = conn.unchecked_transaction()?;
+    write::mark_path_keys_exact(&tx)?;
     for (path, raw) in rows {
         let bytes = raw.unwrap_or_else(|| path.as_bytes().to_vec());
         let (key, raw) = walk::path_key(&bytes);

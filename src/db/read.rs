@@ -573,3 +573,8 @@ pub fn files_to_rekey(conn: &Connection) -> Result<Vec<(String, Option<Vec<u8>>)
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Whether the files rows were already moved to exact keys (see `write::mark_path_keys_exact`).
+pub fn path_keys_exact(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'path_keys' AND value = 'exact')", [], |r| r.get(0))?)
+}

@@ -396,3 +396,9 @@ pub fn rekey_file(conn: &Connection, old: &str, new: &str, raw: Option<&[u8]>) -
     }
     Ok(())
 }
+
+/// Records that every files row has its exact key, so the check is not repeated (it scans).
+pub fn mark_path_keys_exact(conn: &Connection) -> Result<()> {
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('path_keys', 'exact')", [])?;
+    Ok(())
+}
