@@ -32,13 +32,16 @@ fn report(dir: &Path) -> String {
 /// kernel for that process (wait4).
 fn measured(args: &[&OsStr]) -> (i32, Duration, i64) {
     let t = Instant::now();
-    let child = Command::new(assert_cmd::cargo::cargo_bin("facedb")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child =
+        Command::new(assert_cmd::cargo::cargo_bin("facedb")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waiting for our own child by pid, with valid pointers.
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as libc::pid_t);
+    let mut child = child;
+    assert!(child.wait().is_err(), "already reaped by wait4");
     (libc::WEXITSTATUS(status), t.elapsed(), usage.ru_maxrss / 1024)
 }
 
@@ -163,7 +166,10 @@ fn non_utf8_names_stay_two_rows_and_old_lossy_rows_are_rekeyed() {
     .unwrap();
     facedb().arg("index").arg(&photos).assert().code(0);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM files"), 3);
-    assert_eq!(query_i64(&conn, "SELECT count(*) FROM files WHERE path = 'caf\\xE9.jpg' AND path_raw = CAST(X'636166E92E6A7067' AS BLOB)"), 1);
+    assert_eq!(
+        query_i64(&conn, "SELECT count(*) FROM files WHERE path = 'caf\\xE9.jpg' AND path_raw = CAST(X'636166E92E6A7067' AS BLOB)"),
+        1
+    );
     assert_eq!(last_run(&conn, "files_linked"), 1, "the lost name's content is known: linked, not decoded");
     match_ref(&photos, "obama.jpg").arg("--out").arg(tmp.path().join("crops")).assert().code(0);
     assert_eq!(manifest(&tmp.path().join("crops")).len(), 2);
@@ -296,10 +302,7 @@ fn a_changed_embedder_reembeds_stored_faces_and_a_changed_detector_redetects() {
     facedb().arg("--models").arg(&models).arg("index").arg(&photos).assert().code(0).stderr(predicate::str::contains("3 re-embedded"));
     let new_embedder = query_i64(&conn, "SELECT max(id) FROM models WHERE kind = 'embedder'");
     assert_ne!(new_embedder, old_embedder);
-    assert_eq!(
-        (last_run(&conn, "images_reembedded"), last_run(&conn, "detector_calls"), last_run(&conn, "embedder_calls")),
-        (3, 0, faces)
-    );
+    assert_eq!((last_run(&conn, "images_reembedded"), last_run(&conn, "detector_calls"), last_run(&conn, "embedder_calls")), (3, 0, faces));
     // Same network, new identity: the same vectors, stored under the new model; old ones stay.
     assert_eq!(vectors(&conn, new_embedder), before);
     assert_eq!(vectors(&conn, old_embedder), before);

@@ -176,6 +176,11 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     // A failed walk must not look like an empty folder (that would mark every file missing).
     let walked = walked.map_err(|_| anyhow!("listing {} failed", root.display()))?;
     let cache = cache?;
+    // The dataset folder itself unreadable would otherwise mark every indexed photo missing.
+    if let Some(p) = walked.problems.iter().find(|p| p.rel.is_empty()) {
+        write::finish_run(conn, run_id, "error", &counters)?;
+        bail!("{}: {}", root.display(), p.error);
+    }
     if walked.interrupted || interrupted.load(Ordering::SeqCst) {
         return finish(globals, &ctx, &root, &counters, "interrupted", started);
     }
@@ -710,7 +715,14 @@ fn store_analyzed(ctx: &Run, tx: &Connection, a: &Analyzed, previous: Option<i64
     }
 }
 
-fn store_redone(ctx: &Run, tx: &Connection, file: &FileEntry, image_id: i64, result: Result<Redone, Failure>, counters: &mut RunCounters) -> Result<()> {
+fn store_redone(
+    ctx: &Run,
+    tx: &Connection,
+    file: &FileEntry,
+    image_id: i64,
+    result: Result<Redone, Failure>,
+    counters: &mut RunCounters,
+) -> Result<()> {
     let run_id = ctx.run_id;
     match result {
         Ok(Redone::Embedded { vectors, calls }) => {
@@ -730,7 +742,14 @@ fn store_redone(ctx: &Run, tx: &Connection, file: &FileEntry, image_id: i64, res
             write::log(tx, run_id, Some(image_id), Some(&file.rel), "info", &msg)
         }
         // The earlier faces stay; the image stays marked for a redo and is tried next run.
-        Err(failure) => write::log(tx, run_id, Some(image_id), Some(&file.rel), "warn", &format!("could not redo with the new models: {}", failure.message)),
+        Err(failure) => write::log(
+            tx,
+            run_id,
+            Some(image_id),
+            Some(&file.rel),
+            "warn",
+            &format!("could not redo with the new models: {}", failure.message),
+        ),
     }
 }
 
@@ -786,7 +805,8 @@ mod tests {
     #[test]
     fn racy_timestamps_are_rechecked_but_future_ones_only_once_the_clock_reaches_them() {
         let now = 1_000_000_000_000i64;
-        let cached = |mtime_ns, checked_ns| read::CachedFile { image_id: Some(1), size: 10, mtime_ns, inode: 7, checked_ns, missing: false };
+        let cached =
+            |mtime_ns, checked_ns| read::CachedFile { image_id: Some(1), size: 10, mtime_ns, inode: 7, checked_ns, missing: false };
         let stat = |mtime_ns| Stat { size: 10, mtime_ns, inode: 7 };
         let hour = 3_600_000_000_000i64;
         assert!(is_unchanged(&cached(now - hour, now - 10), &stat(now - hour), now));

@@ -89,7 +89,11 @@ fn check_not_newer(version: i64, path: &Path) -> Result<()> {
 pub fn is_facedb_database(path: &Path) -> bool {
     path.is_file()
         && Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'images')", [], |r| r.get::<_, i64>(0)))
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'images')", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
             .is_ok_and(|n| n == 2)
 }
 

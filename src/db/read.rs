@@ -538,7 +538,9 @@ pub fn stale_images(conn: &Connection, detector_hash: &str, embedder_id: i64) ->
          WHERE i.status = 'ok' AND (i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1)
              OR i.embedder_id < ?2 OR i.embedder_id > ?2 OR i.embedder_id IS NULL)",
     )?;
-    let rows = stmt.query_map(params![detector_hash, embedder_id], |r| Ok(StaleImage { image_id: r.get(0)?, blake3: r.get(1)?, redetect: r.get(2)? }))?;
+    let rows = stmt.query_map(params![detector_hash, embedder_id], |r| {
+        Ok(StaleImage { image_id: r.get(0)?, blake3: r.get(1)?, redetect: r.get(2)? })
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

@@ -329,7 +329,17 @@ pub fn replace_failed_image(
         "UPDATE images SET width = ?2, height = ?3, format = ?4, orientation = ?5, status = 'ok', error = NULL, failure_kind = NULL,
              failure_env = NULL, detector_id = ?6, embedder_id = ?7, run_id = ?8, stage_ms_json = ?9 WHERE id = ?1",
     )?
-    .execute(params![image_id, img.width, img.height, img.format, img.orientation, detector_id, embedder_id, run_id, serde_json::to_string(times)?])?;
+    .execute(params![
+        image_id,
+        img.width,
+        img.height,
+        img.format,
+        img.orientation,
+        detector_id,
+        embedder_id,
+        run_id,
+        serde_json::to_string(times)?
+    ])?;
     for (idx, face) in img.faces.iter().enumerate() {
         insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
     }
@@ -344,7 +354,12 @@ pub fn set_failure_kind(conn: &Connection, image_id: i64, kind: &str, env: &str)
 }
 
 /// Stores embeddings of existing faces made by a new embedder, and marks the image done.
-pub fn add_embeddings(conn: &Connection, image_id: i64, embedder_id: i64, vectors: &[(i64, crate::models::sface::Embedding)]) -> Result<()> {
+pub fn add_embeddings(
+    conn: &Connection,
+    image_id: i64,
+    embedder_id: i64,
+    vectors: &[(i64, crate::models::sface::Embedding)],
+) -> Result<()> {
     for (face_id, v) in vectors {
         conn.prepare_cached("INSERT OR REPLACE INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?.execute(params![
             face_id,

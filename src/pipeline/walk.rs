@@ -126,7 +126,8 @@ pub fn walk_until(root: &Path, stop: &AtomicBool) -> Walked {
             }
             Some(Ok(m)) => {
                 if let Some(kind) = special_kind(&m.file_type()) {
-                    out.skipped.push(WalkProblem { rel: rel(), error: format!("{kind}, not a regular file; facedb reads only regular files") });
+                    out.skipped
+                        .push(WalkProblem { rel: rel(), error: format!("{kind}, not a regular file; facedb reads only regular files") });
                 }
             }
             Some(Err(err)) => {
