@@ -225,6 +225,17 @@ fn dangling_links_loops_and_unreadable_folders_count_list_and_are_forgotten_when
     let out = nobody(&photos);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!report(&photos).contains("private:"));
+
+    // The dataset folder itself unlistable: an error, never every photo marked missing.
+    std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o333)).unwrap();
+    let out = nobody(&photos);
+    std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot list this folder: Permission denied"), "{stderr}");
+    let conn = db(&photos);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM files WHERE missing = 0"), 3);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 0);
 }
 
 #[test]
