@@ -545,8 +545,11 @@ fn contained<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
 }
 
 impl Failure {
+    /// Decoding says whose fault its errors are; anything else (the models failing on a decoded
+    /// image: memory, a broken runtime) is the environment's.
     fn of(e: anyhow::Error) -> Self {
-        Self { kind: if decode::is_environment(&e) { "environment" } else { "content" }, message: format!("{e:#}") }
+        let content = decode::is_content(&e) && !decode::is_environment(&e);
+        Self { kind: if content { "content" } else { "environment" }, message: format!("{e:#}") }
     }
 }
 

@@ -386,7 +386,12 @@ pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, 
             insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
         }
     }
-    conn.prepare_cached("UPDATE images SET detector_id = ?2 WHERE id = ?1")?.execute(params![image_id, detector_id])?;
+    conn.prepare_cached("UPDATE images SET detector_id = ?2, width = ?3, height = ?4 WHERE id = ?1")?.execute(params![
+        image_id,
+        detector_id,
+        img.width,
+        img.height
+    ])?;
     set_image_embedder(conn, image_id, (unembedded == 0).then_some(embedder_id))
 }
 

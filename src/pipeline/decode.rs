@@ -41,8 +41,13 @@ pub fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-/// Decodes `bytes` (format sniffed from content, not the file name).
+/// Decodes `bytes` (format sniffed from content, not the file name). Every error says whether
+/// the file's content (`BadContent`) or the environment (`NeedsEnvironment`) caused it.
 pub fn decode(bytes: &[u8]) -> Result<Decoded> {
+    decode_untagged(bytes).map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
+}
+
+fn decode_untagged(bytes: &[u8]) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(anyhow!("empty file (0 bytes)"));
     }
@@ -109,9 +114,26 @@ impl std::fmt::Display for NeedsEnvironment {
 
 impl std::error::Error for NeedsEnvironment {}
 
+/// Marks a failure caused by the file's bytes: the same bytes always fail the same way.
+#[derive(Debug)]
+pub struct BadContent(pub String);
+
+impl std::fmt::Display for BadContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadContent {}
+
 /// Whether an error from `decode` is about the environment rather than the file's content.
 pub fn is_environment(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<NeedsEnvironment>())
+}
+
+/// Whether an error is about the file's content (see `BadContent`).
+pub fn is_content(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<BadContent>())
 }
 
 /// The ISO-BMFF brand of a HEIF-family file (iPhone HEIC, AVIF), if it is one.
@@ -225,7 +247,7 @@ mod tests {
         let t = std::time::Instant::now();
         let err = decode(&p).unwrap_err();
         assert!(err.to_string().contains("29999x29999") && err.to_string().contains("MiB"), "{err}");
-        assert!(!is_environment(&err));
+        assert!(is_content(&err) && !is_environment(&err));
         assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
         assert!(check_declared_size((10_000, 10_000), 300_000_000).is_ok());
         assert!(check_declared_size((20_000, 20_000), 1_200_000_000).is_err());

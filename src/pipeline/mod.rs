@@ -67,13 +67,11 @@ pub fn analyze(
     let decoded = decode::decode(bytes)?;
     times.decode += ms_since(t);
 
-    // The models failing on a decoded image is the runtime's doing (memory, a broken library),
-    // not the file's: marked so `index` retries it when the environment changes.
     let t = Instant::now();
-    let outcome = detect::detect(detector, &decoded.rgb, params).map_err(environment)?;
+    let outcome = detect::detect(detector, &decoded.rgb, params)?;
     times.detect += ms_since(t);
 
-    let (faces, embedder_calls) = embed::embed_faces(&decoded.rgb, &outcome.faces, embedder, times).map_err(environment)?;
+    let (faces, embedder_calls) = embed::embed_faces(&decoded.rgb, &outcome.faces, embedder, times)?;
     Ok(AnalyzedImage {
         width: decoded.rgb.width(),
         height: decoded.rgb.height(),
@@ -83,10 +81,6 @@ pub fn analyze(
         detector_calls: outcome.detector_calls,
         embedder_calls,
     })
-}
-
-fn environment(e: anyhow::Error) -> anyhow::Error {
-    anyhow::Error::new(decode::NeedsEnvironment(format!("{e:#}")))
 }
 
 /// The largest face (by box area), used for reference photos.
