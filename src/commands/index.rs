@@ -185,16 +185,9 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         return finish(globals, &ctx, &root, &counters, "interrupted", started);
     }
     if walked.files.is_empty() && walked.problems.is_empty() && walked.skipped.is_empty() && !globals.quiet {
-        let missing = cache.values().filter(|c| !c.missing).count();
-        eprintln!(
-            "facedb: no photos in {} (looked for {} files){}",
-            root.display(),
-            walk::PHOTO_EXTENSIONS.join(", "),
-            if missing > 0 { format!("; the {missing} indexed before are no longer there and are marked missing") } else { String::new() }
-        );
+        say_no_photos(&root, &cache);
     }
-    let (work, known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
-    let mut known = known;
+    let (work, mut known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
 
     let status = if work.is_empty() {
         "ok"
@@ -207,6 +200,13 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         process(&ctx, &models, work, jobs, &mut known, &cache, &mut counters)?
     };
     finish(globals, &ctx, &root, &counters, status, started)
+}
+
+/// An empty folder, or one without photos, is said so (an index of nothing looks like success).
+fn say_no_photos(root: &Path, cache: &HashMap<String, read::CachedFile>) {
+    let before = cache.values().filter(|c| !c.missing).count();
+    let gone = if before > 0 { format!("; the {before} indexed before are no longer there and are marked missing") } else { String::new() };
+    eprintln!("facedb: no photos in {} (looked for {} files){gone}", root.display(), walk::PHOTO_EXTENSIONS.join(", "));
 }
 
 /// Records the end of the run, prints its summary and picks the exit code.
