@@ -329,8 +329,24 @@ fn a_changed_embedder_reembeds_stored_faces_and_a_changed_detector_redetects() {
     assert_eq!(query_i64(&conn, &format!("SELECT count(*) FROM images WHERE detector_id = {new_detector}")), 3);
     assert_eq!(query_i64(&conn, &format!("SELECT count(*) FROM faces WHERE detector_id = {new_detector}")), faces);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM faces"), 2 * faces, "old faces stay for old match results");
+    // ... without embeddings: matched beside the new faces they would be each face twice.
+    let embedded_old = "SELECT count(*) FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN images i ON i.id = f.image_id
+                        WHERE f.detector_id <> i.detector_id";
+    assert_eq!(query_i64(&conn, embedded_old), 0);
     facedb().arg("--models").arg(&models).arg("index").arg(&photos).assert().code(0);
     assert_eq!((last_run(&conn, "images_redetected"), last_run(&conn, "detector_calls")), (0, 0));
+    let out = tmp.path().join("crops");
+    match_ref(&photos, "obama.jpg").arg("--models").arg(&models).arg("--out").arg(&out).assert().code(0);
+    let matched: Vec<String> = manifest(&out).iter().map(|r| r["source_path"].clone()).collect();
+    assert_eq!(matched.len(), 2, "obama.jpg and obama2.jpg, once each: {matched:?}");
+
+    // Back to the shipped files: the first faces are reused (by index) and embedded again.
+    facedb().arg("index").arg(&photos).assert().code(0).stderr(predicate::str::contains("3 re-detected"));
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM faces"), 2 * faces);
+    assert_eq!(query_i64(&conn, embedded_old), 0);
+    assert_eq!(vectors(&conn, old_embedder), before);
+    facedb().arg("index").arg(&photos).assert().code(0);
+    assert_eq!(last_run(&conn, "embedder_calls"), 0);
 }
 
 #[test]

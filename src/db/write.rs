@@ -371,28 +371,35 @@ pub fn add_embeddings(
 }
 
 /// Stores the faces a new detector found in an existing image and makes them the image's
-/// faces. Faces of earlier detectors stay (old match results point to them). If faces of this
-/// detector are already stored (the detector file was changed back), they are reused; unless
-/// all of them have embeddings of `embedder_id`, the image is left for re-embedding.
+/// faces. Faces of earlier detectors stay (old match results point to them) but lose their
+/// embeddings: matched beside the new ones they would be the same face twice. If faces of this
+/// detector are already stored (the detector file was changed back), they are reused, and the
+/// new embeddings go to them by index (same detector, same bytes: the same faces).
 pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, detector_id: i64, embedder_id: i64) -> Result<()> {
-    let (existing, unembedded): (i64, i64) = conn.query_row(
-        "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.face_id = f.id AND e.model_id = ?3))
-         FROM faces f WHERE f.image_id = ?1 AND f.detector_id = ?2",
-        params![image_id, detector_id, embedder_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if existing == 0 {
-        for (idx, face) in img.faces.iter().enumerate() {
+    let existing: i64 =
+        conn.query_row("SELECT count(*) FROM faces WHERE image_id = ?1 AND detector_id = ?2", params![image_id, detector_id], |r| {
+            r.get(0)
+        })?;
+    for (idx, face) in img.faces.iter().enumerate() {
+        if existing == 0 {
             insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
+        } else if let Some(e) = &face.embedding {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO embeddings (face_id, model_id, vector)
+                 SELECT id, ?3, ?4 FROM faces WHERE image_id = ?1 AND detector_id = ?2 AND idx = ?5",
+            )?
+            .execute(params![image_id, detector_id, embedder_id, vector_to_blob(e), idx as i64])?;
         }
     }
+    conn.prepare_cached("DELETE FROM embeddings WHERE face_id IN (SELECT id FROM faces WHERE image_id = ?1 AND detector_id <> ?2)")?
+        .execute(params![image_id, detector_id])?;
     conn.prepare_cached("UPDATE images SET detector_id = ?2, width = ?3, height = ?4 WHERE id = ?1")?.execute(params![
         image_id,
         detector_id,
         img.width,
         img.height
     ])?;
-    set_image_embedder(conn, image_id, (unembedded == 0).then_some(embedder_id))
+    set_image_embedder(conn, image_id, Some(embedder_id))
 }
 
 /// Replaces what the last walk could not index (see migration 0004).
