@@ -10,3 +10,7 @@ ALTER TABLE match_results ADD COLUMN same_face_copies INTEGER NOT NULL DEFAULT 0
 -- Degrees (clockwise) a sideways photo without EXIF orientation was turned to find its faces;
 -- width, height and face coordinates are those of the turned image.
 ALTER TABLE images ADD COLUMN rotation INTEGER NOT NULL DEFAULT 0;
+-- Which quality measure scored the faces: 1 measured sharpness as the variance of the Laplacian at
+-- full resolution (it depended on resolution and exposure), 2 at a fixed face scale normalised
+-- for contrast. `index` re-scores version-1 images (decode, no detection).
+ALTER TABLE images ADD COLUMN quality_version INTEGER NOT NULL DEFAULT 1;

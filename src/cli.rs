@@ -109,6 +109,12 @@ pub struct IndexArgs {
     /// Keep detections scoring at least S (0-1).
     #[arg(long, value_name = "S", default_value_t = 0.6, value_parser = fraction)]
     pub min_score: f32,
+
+    /// Try every failed file again, also those that failed because of their content (failures
+    /// caused by a missing library or the runtime are retried by themselves when facedb, its
+    /// libraries or its models change).
+    #[arg(long)]
+    pub retry_failed: bool,
 }
 
 #[derive(Args, Debug)]

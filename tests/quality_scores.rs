@@ -77,3 +77,23 @@ fn sharpness_ignores_resolution_and_exposure_and_sees_blur() {
         assert!(blur < f64::from(facedb::pipeline::quality::BLURRY), "{name}: blurred is blurry ({blur})");
     }
 }
+
+#[test]
+fn a_database_scored_by_the_old_measure_is_rescored_without_detecting_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_photos(tmp.path(), &["obama.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(tmp.path()).assert().success();
+    let conn = db(tmp.path());
+    let new_scores = sharpness_by_file(tmp.path());
+    // What a database indexed before this measure holds: version 1, full-resolution scores.
+    conn.execute_batch("UPDATE faces SET sharpness = sharpness * 12.5; UPDATE images SET quality_version = 1;").unwrap();
+    facedb().arg("index").arg(tmp.path()).assert().success();
+    assert_eq!(query_i64(&conn, "SELECT detector_calls FROM runs ORDER BY id DESC LIMIT 1"), 0, "no detection");
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM images WHERE quality_version = 2"), 2);
+    for (name, (_, s)) in sharpness_by_file(tmp.path()) {
+        assert!((s - new_scores[&name].1).abs() < 1e-3, "{name}: rescored {s}, fresh {}", new_scores[&name].1);
+    }
+    // Nothing left to do: the next index is a no-op.
+    facedb().arg("index").arg(tmp.path()).assert().success();
+    assert_eq!(query_i64(&conn, "SELECT embedder_calls FROM runs ORDER BY id DESC LIMIT 1"), 0);
+}

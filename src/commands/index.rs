@@ -2,24 +2,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
 
 use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTED};
 use crate::cli::IndexArgs;
 use crate::db::write::{self, RunCounters};
-use crate::db::{read, Db};
+use crate::db::{read, Db, DB_FILE};
+use crate::models::sface::{Embedding, SFace};
+use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
-use crate::pipeline::detect::DetectParams;
+use crate::pipeline::detect::{DetectParams, Detection};
+use crate::pipeline::quality::Quality;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{analyze, hash, ms_since, AnalyzedImage, StageTimes};
+use crate::pipeline::{align, analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -28,16 +31,41 @@ const COMMIT_ROWS: usize = 256;
 /// timestamp tick; like git's racy-clean rule, such entries are re-hashed.
 const RACY_NS: i64 = 2_000_000_000;
 
+/// Once the first Ctrl-C is seen, the run stops within this time even if a worker is still in
+/// the middle of a big photo (everything committed stays; in-flight work is redone next run).
+const INTERRUPT_GRACE: Duration = Duration::from_millis(700);
+
+/// One file to read, and what to redo for its image if its content is what the database has.
+struct Job {
+    file: FileEntry,
+    redo: Option<Redo>,
+}
+
+/// An image whose faces came from another model than the current one.
+struct Redo {
+    image_id: i64,
+    blake3: String,
+    /// `Some`: embed and score these stored faces again. `None`: detect again.
+    faces: Option<Vec<(i64, Detection)>>,
+    /// Degrees the photo was turned when indexed (stored coordinates are in the turned image).
+    rotation: u16,
+}
+
+/// Why a file could not be indexed: `content` failures are final for those bytes,
+/// `environment` ones are retried when the environment changes.
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+enum Redone {
+    Embedded { vectors: Vec<(i64, Embedding)>, quality: Vec<(i64, Quality)>, calls: u32 },
+    Detected(AnalyzedImage),
+}
+
 /// What a worker learned about one file.
 enum Outcome {
-    Analyzed {
-        file: FileEntry,
-        stat: Option<Stat>,
-        blake3: String,
-        size: u64,
-        result: Result<AnalyzedImage, String>,
-        times: StageTimes,
-    },
+    Analyzed(Analyzed),
     /// Content another path (earlier run or another worker) already has.
     KnownContent {
         file: FileEntry,
@@ -46,19 +74,70 @@ enum Outcome {
         size: u64,
         read_ms: f64,
     },
+    /// A stored image's faces redone with the current models.
+    Redone {
+        file: FileEntry,
+        stat: Option<Stat>,
+        image_id: i64,
+        size: u64,
+        result: Result<Redone, Failure>,
+        times: StageTimes,
+    },
     Unreadable {
         file: FileEntry,
         error: String,
     },
 }
 
+/// A content analysed for the first time (or tried again after a failure).
+struct Analyzed {
+    file: FileEntry,
+    stat: Option<Stat>,
+    blake3: String,
+    size: u64,
+    result: Result<AnalyzedImage, Failure>,
+    times: StageTimes,
+}
+
+/// What the run's stages share.
+struct Run<'a> {
+    conn: &'a Connection,
+    run_id: i64,
+    detector_id: i64,
+    embedder_id: i64,
+    params: DetectParams,
+    interrupted: &'a AtomicBool,
+    env: Environment<'a>,
+    /// Contents of earlier failures being tried again.
+    retry: HashSet<String>,
+    quiet: bool,
+}
+
+/// What a failure's retry depends on: facedb, ONNX Runtime, the model files and libheif.
+/// Computed on first use (finding libheif loads it).
+struct Environment<'a> {
+    files: &'a ModelFiles,
+    text: std::cell::OnceCell<String>,
+}
+
+impl Environment<'_> {
+    fn get(&self) -> &str {
+        self.text.get_or_init(|| {
+            let heif = crate::pipeline::heif::loaded_from().map_or_else(|_| "missing".to_string(), |p| p.display().to_string());
+            format!(
+                "facedb {}; onnxruntime {ORT_VERSION}; detector {}; embedder {}; libheif {heif}",
+                env!("CARGO_PKG_VERSION"),
+                self.files.detector_hash,
+                self.files.embedder_hash
+            )
+        })
+    }
+}
+
 pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let dir = args.dir.clone().unwrap_or_else(|| ".".into());
-    if !dir.is_dir() {
-        bail!("{} is not a directory; pass the photo folder to index", dir.display());
-    }
-    let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let interrupted = interrupt_flag();
+    let root = dataset_root(globals, args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     // Opened (and so checked to be facedb's own, regular file) before its lock file is made.
     let db = Db::open(&db_file).map_err(|e| {
@@ -81,109 +160,248 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
     let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;
     let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
-    let args_json =
-        serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold}).to_string();
+    let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        // Only fails if a handler is already set (tests calling twice); harmless then.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    rekey_paths(conn)?;
+    let mut ctx = Run {
+        conn,
+        run_id,
+        detector_id,
+        embedder_id,
+        params,
+        interrupted: &interrupted,
+        env: Environment { files: &files, text: Default::default() },
+        retry: HashSet::new(),
+        quiet: globals.quiet,
+    };
 
     let mut counters = RunCounters::default();
     // Walk the folder while the stat cache loads: both are big on a no-op re-index.
     let (walked, cache) = std::thread::scope(|s| {
-        let walker = s.spawn(|| walk::walk(&root));
+        let walker = s.spawn(|| walk::walk_until(&root, &interrupted));
         let cache = read::file_cache(conn);
         (walker.join(), cache)
     });
     // A failed walk must not look like an empty folder (that would mark every file missing).
-    let (entries, problems) = walked.map_err(|_| anyhow!("listing {} failed", root.display()))?;
+    let walked = walked.map_err(|_| anyhow!("listing {} failed", root.display()))?;
     let cache = cache?;
-    counters.files_seen = entries.len() as u64 + problems.len() as u64;
+    // The dataset folder itself unreadable would otherwise mark every indexed photo missing.
+    if let Some(p) = walked.problems.iter().find(|p| p.rel.is_empty()) {
+        write::finish_run(conn, run_id, "error", &counters)?;
+        bail!("{}: {}", root.display(), p.error);
+    }
+    if walked.interrupted || interrupted.load(Ordering::SeqCst) {
+        return finish(globals, &ctx, &root, &counters, "interrupted", started);
+    }
+    if walked.files.is_empty() && walked.problems.is_empty() && walked.skipped.is_empty() && !globals.quiet {
+        say_no_photos(&root, &cache);
+    }
+    let (work, mut known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
 
-    let tx = conn.unchecked_transaction()?;
-    for p in &problems {
-        write::log(&tx, run_id, None, Some(&p.rel), "error", &p.error)?;
-        counters.files_failed += 1;
-    }
-    let seen: HashSet<&str> = entries.iter().map(|e| e.rel.as_str()).collect();
-    for (path, c) in &cache {
-        if !c.missing && !seen.contains(path.as_str()) {
-            write::set_missing(&tx, path, true)?;
-        }
-    }
-    let mut work = Vec::new();
-    for e in entries {
-        match cache.get(&e.rel) {
-            Some(c) if is_unchanged(c, &e.stat) => {
-                counters.files_unchanged += 1;
-                if c.missing {
-                    write::set_missing(&tx, &e.rel, false)?;
-                }
-            }
-            _ => work.push(e),
-        }
-    }
-    tx.commit()?;
-
-    let mut known = read::image_hashes(conn)?;
     let status = if work.is_empty() {
         "ok"
     } else {
         let models = files.load()?;
-        let claimed: HashSet<String> = known.keys().cloned().collect();
+        if interrupted.load(Ordering::SeqCst) {
+            return finish(globals, &ctx, &root, &counters, "interrupted", started);
+        }
         let jobs = args.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
-        process(
-            conn,
-            &models,
-            work,
-            &params,
-            jobs,
-            claimed,
-            &mut known,
-            &cache,
-            run_id,
-            detector_id,
-            embedder_id,
-            &mut counters,
-            &interrupted,
-            globals.quiet,
-        )?
+        process(&ctx, &models, work, jobs, &mut known, &cache, &mut counters)?
     };
+    finish(globals, &ctx, &root, &counters, status, started)
+}
 
+/// An empty folder, or one without photos, is said so (an index of nothing looks like success).
+fn say_no_photos(root: &Path, cache: &HashMap<String, read::CachedFile>) {
+    let before = cache.values().filter(|c| !c.missing).count();
+    let gone = if before > 0 { format!("; the {before} indexed before are no longer there and are marked missing") } else { String::new() };
+    eprintln!("facedb: no photos in {} (looked for {} files){gone}", root.display(), walk::PHOTO_EXTENSIONS.join(", "));
+}
+
+/// Records the end of the run, prints its summary and picks the exit code.
+fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, status: &str, started: Instant) -> Result<ExitCode> {
+    let conn = ctx.conn;
     let totals = read::totals(conn)?;
+    let unlisted = read::walk_issues(conn)?.iter().filter(|(_, kind, _)| kind == "error").count() as i64;
+    let failed_now = totals.failed + unlisted;
     let final_status = if status == "interrupted" {
         status
-    } else if totals.failed > 0 {
+    } else if failed_now > 0 {
         "failures"
     } else {
         "ok"
     };
-    write::finish_run(conn, run_id, final_status, &counters)?;
+    write::finish_run(conn, ctx.run_id, final_status, counters)?;
+    write::finish_index_run(conn, ctx.run_id, counters)?;
     // Fold the WAL back so the single file is complete for copying and other tools.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 
     if globals.json {
         let secs = started.elapsed().as_secs_f64();
         let summary = serde_json::json!({
-            "command": "index", "dataset": root.to_string_lossy(), "run_id": run_id, "status": final_status,
-            "counters": counters, "failed_files_in_folder": totals.failed, "seconds": secs,
+            "command": "index", "dataset": root.to_string_lossy(), "run_id": ctx.run_id, "status": final_status,
+            "counters": counters, "failed_files_in_folder": failed_now, "seconds": secs,
             "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9),
         });
         println!("{summary}");
     } else if !globals.quiet {
-        print_summary(&root, &counters, totals.failed, started.elapsed(), status == "interrupted");
+        print_summary(root, counters, failed_now, started.elapsed(), status == "interrupted");
     }
     Ok(if status == "interrupted" {
         ExitCode::from(EXIT_INTERRUPTED)
-    } else if totals.failed > 0 {
+    } else if failed_now > 0 {
         ExitCode::from(EXIT_FILES_FAILED)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// First Ctrl-C: stop taking new files, commit, and leave within `INTERRUPT_GRACE`. Second
+/// Ctrl-C: leave at once. Leaving early is safe: SQLite's WAL drops an unfinished transaction.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    // Only fails if a handler is already set (tests calling twice); harmless then.
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            eprintln!("facedb: interrupted again; stopping now");
+            hard_exit();
+        }
+        std::thread::spawn(|| {
+            std::thread::sleep(INTERRUPT_GRACE);
+            eprintln!("facedb: interrupted; stopping now (work in progress is redone on the next run)");
+            hard_exit();
+        });
+    });
+    flag
+}
+
+/// Exits without running destructors: ONNX Runtime's static destructors must not run while
+/// worker threads still use their sessions.
+fn hard_exit() -> ! {
+    // SAFETY: _exit ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(i32::from(EXIT_INTERRUPTED)) }
+}
+
+/// The dataset a folder belongs to: the folder itself, unless it lies inside an indexed dataset
+/// (an ancestor holding facedb's database), which is then indexed whole, as `match` would use
+/// it. Indexing only the subfolder into the parent's database would need every other path
+/// left alone; the whole dataset is as cheap (unchanged files are only stat'ed) and simpler.
+fn dataset_root(globals: &Globals, dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = dir.unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("{} is not a directory; pass the photo folder to index", dir.display());
+    }
+    let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    if globals.db.is_some() || root.join(DB_FILE).exists() {
+        return Ok(root);
+    }
+    let Some(dataset) = root.ancestors().skip(1).find(|a| crate::db::is_facedb_database(&a.join(DB_FILE))) else {
+        return Ok(root);
+    };
+    if !globals.quiet {
+        eprintln!(
+            "facedb: {} is inside the dataset {} (database {}); indexing the whole dataset",
+            root.display(),
+            dataset.display(),
+            dataset.join(DB_FILE).display()
+        );
+    }
+    Ok(dataset.to_path_buf())
+}
+
+/// Moves rows keyed by lossy UTF-8 (before keys were exact) to their exact keys, once per
+/// database: every row written since has its exact key.
+fn rekey_paths(conn: &Connection) -> Result<()> {
+    if read::path_keys_exact(conn)? {
+        return Ok(());
+    }
+    let rows = read::files_to_rekey(conn)?;
+    let tx = conn.unchecked_transaction()?;
+    write::mark_path_keys_exact(&tx)?;
+    for (path, raw) in rows {
+        let bytes = raw.unwrap_or_else(|| path.as_bytes().to_vec());
+        let (key, raw) = walk::path_key(&bytes);
+        if key != path {
+            write::rekey_file(&tx, &path, &key, raw.as_deref())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stores what the walk found, marks vanished paths missing, and lists the files to read:
+/// changed ones, earlier failures that may now work, and images made by other models.
+fn plan(
+    ctx: &mut Run,
+    walked: walk::Walked,
+    cache: &HashMap<String, read::CachedFile>,
+    counters: &mut RunCounters,
+    retry_all: bool,
+) -> Result<(Vec<Job>, HashMap<String, i64>)> {
+    let conn = ctx.conn;
+    let walk::Walked { files: entries, problems, skipped, .. } = walked;
+    counters.files_seen = (entries.len() + problems.len() + skipped.len()) as u64;
+    counters.files_skipped = skipped.len() as u64;
+
+    let tx = conn.unchecked_transaction()?;
+    for p in &problems {
+        write::log(&tx, ctx.run_id, None, Some(&p.rel), "error", &p.error)?;
+        counters.files_failed += 1;
+    }
+    for p in &skipped {
+        write::log(&tx, ctx.run_id, None, Some(&p.rel), "warn", &format!("skipped: {}", p.error))?;
+    }
+    let issues: Vec<(&str, &str, &str)> = problems
+        .iter()
+        .map(|p| (p.rel.as_str(), "error", p.error.as_str()))
+        .chain(skipped.iter().map(|p| (p.rel.as_str(), "skipped", p.error.as_str())))
+        .collect();
+    write::replace_walk_issues(&tx, ctx.run_id, &issues)?;
+    let seen: HashSet<&str> = entries.iter().map(|e| e.rel.as_str()).collect();
+    for (path, c) in cache {
+        if !c.missing && !seen.contains(path.as_str()) {
+            write::set_missing(&tx, path, true)?;
+        }
+    }
+
+    let failed = read::failed_images(conn)?;
+    let retry_ids: HashSet<i64> = failed
+        .into_iter()
+        .filter(|f| retry_all || (f.kind.as_deref() != Some("content") && f.env.as_deref() != Some(ctx.env.get())))
+        .map(|f| {
+            ctx.retry.insert(f.blake3);
+            f.image_id
+        })
+        .collect();
+    let mut stale: HashMap<i64, read::StaleImage> =
+        read::stale_images(conn, &ctx.env.files.detector_hash, ctx.embedder_id)?.into_iter().map(|s| (s.image_id, s)).collect();
+
+    let now = now_ns();
+    let mut work = Vec::new();
+    for e in entries {
+        let c = cache.get(&e.rel);
+        let image_id = c.and_then(|c| c.image_id);
+        // One path per stale image carries its redo; the worker checks the content first.
+        let redo = match image_id.and_then(|id| stale.remove(&id)) {
+            Some(s) => {
+                let faces = if s.redetect { None } else { Some(read::stored_detections(conn, s.image_id)?) };
+                Some(Redo { image_id: s.image_id, blake3: s.blake3, faces, rotation: s.rotation })
+            }
+            None => None,
+        };
+        match c {
+            Some(c) if redo.is_none() && !image_id.is_some_and(|id| retry_ids.contains(&id)) && is_unchanged(c, &e.stat, now) => {
+                counters.files_unchanged += 1;
+                if c.missing {
+                    write::set_missing(&tx, &e.rel, false)?;
+                }
+            }
+            _ => work.push(Job { file: e, redo }),
+        }
+    }
+    tx.commit()?;
+    Ok((work, read::image_hashes(conn)?))
 }
 
 pub fn detector_params_json(p: &DetectParams) -> String {
@@ -209,36 +427,32 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn is_unchanged(c: &read::CachedFile, s: &Stat) -> bool {
-    c.image_id.is_some()
-        && c.size == s.size as i64
-        && c.mtime_ns == s.mtime_ns
-        && c.inode == s.inode as i64
-        && c.mtime_ns < c.checked_ns - RACY_NS
+/// Whether a path's stat data proves it unchanged. Like git's racy-clean rule, a file whose
+/// mtime is within `RACY_NS` of when it was checked may have changed within the same tick and
+/// is read again. An mtime in the future stays trustworthy until the clock reaches it (any
+/// write before then stamps a different mtime), so such photos are not re-read every run.
+fn is_unchanged(c: &read::CachedFile, s: &Stat, now: i64) -> bool {
+    let same = c.image_id.is_some() && c.size == s.size as i64 && c.mtime_ns == s.mtime_ns && c.inode == s.inode as i64;
+    let settled = c.mtime_ns < c.checked_ns - RACY_NS || (c.mtime_ns > c.checked_ns + RACY_NS && c.mtime_ns > now + RACY_NS);
+    same && settled
 }
 
-#[allow(clippy::too_many_arguments)]
 fn process(
-    conn: &Connection,
+    ctx: &Run,
     models: &Models,
-    work: Vec<FileEntry>,
-    params: &DetectParams,
+    work: Vec<Job>,
     jobs: usize,
-    claimed: HashSet<String>,
     known: &mut HashMap<String, i64>,
     cache: &HashMap<String, read::CachedFile>,
-    run_id: i64,
-    detector_id: i64,
-    embedder_id: i64,
     counters: &mut RunCounters,
-    interrupted: &AtomicBool,
-    quiet: bool,
 ) -> Result<&'static str> {
-    let bar = progress(work.len() as u64, quiet, "indexing");
+    let bar = progress(work.len() as u64, ctx.quiet, "indexing");
     let total = work.len();
-    let (work_tx, work_rx) = bounded::<FileEntry>(jobs * 4);
+    let (work_tx, work_rx) = bounded::<Job>(jobs * 4);
     let (out_tx, out_rx) = bounded::<Outcome>(jobs * 4);
-    let claimed = Mutex::new(claimed);
+    // Contents already stored are only linked, except earlier failures being tried again.
+    let claimed = Mutex::new(known.keys().filter(|h| !ctx.retry.contains(*h)).cloned().collect::<HashSet<String>>());
+    let (interrupted, params) = (ctx.interrupted, &ctx.params);
 
     std::thread::scope(|scope| -> Result<&'static str> {
         let mut workers = Vec::new();
@@ -261,7 +475,7 @@ fn process(
             }
         });
 
-        let result = store(conn, &out_rx, known, cache, run_id, detector_id, embedder_id, counters, &bar);
+        let result = store(ctx, &out_rx, known, cache, counters, &bar);
         bar.finish();
         // Stop the feeder and workers if storing failed, then surface the first error.
         interrupted.store(interrupted.load(Ordering::SeqCst) || result.is_err(), Ordering::SeqCst);
@@ -281,20 +495,20 @@ fn process(
 }
 
 fn worker(
-    rx: Receiver<FileEntry>,
+    rx: Receiver<Job>,
     tx: Sender<Outcome>,
     claimed: &Mutex<HashSet<String>>,
-    detector: &mut crate::models::yunet::YuNet,
-    embedder: &mut crate::models::sface::SFace,
+    detector: &mut YuNet,
+    embedder: &mut SFace,
     params: &DetectParams,
     interrupted: &AtomicBool,
 ) {
-    for file in rx {
+    for Job { file, redo } in rx {
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
         let t = Instant::now();
-        let bytes = match std::fs::read(&file.abs) {
+        let bytes = match walk::read_regular(&file.abs) {
             Ok(b) => b,
             Err(e) => {
                 let error = format!("cannot read: {e}");
@@ -309,19 +523,17 @@ fn worker(
         // A file that changed while we read it gets no stat cache entry, so the next run rereads it.
         let stat = std::fs::metadata(&file.abs).ok().map(|m| Stat::of(&m)).filter(|s| *s == file.stat);
         let size = bytes.len() as u64;
-        let is_new = claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true);
-        let outcome = if is_new {
-            let mut times = StageTimes { read_hash: read_ms, ..StageTimes::default() };
-            // A bug tripped by one strange file must cost that file, not the run.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze(&bytes, detector, embedder, params, &mut times)))
-                .unwrap_or_else(|panic| {
-                    let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                    Err(anyhow::anyhow!("internal error while analysing this file ({}); please report it", why.unwrap_or_default()))
-                })
-                .map_err(|e| format!("{e:#}"));
-            Outcome::Analyzed { file, stat, blake3, size, result, times }
-        } else {
-            Outcome::KnownContent { file, stat, blake3, size, read_ms }
+        let mut times = StageTimes { read_hash: read_ms, ..StageTimes::default() };
+        let outcome = match redo.filter(|r| r.blake3 == blake3) {
+            Some(redo) => {
+                let result = contained(|| redo_image(&bytes, &redo, detector, embedder, params, &mut times));
+                Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times }
+            }
+            None if claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
+                let result = contained(|| analyze(&bytes, detector, embedder, params, &mut times).map_err(Failure::of));
+                Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
+            }
+            None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
         };
         if tx.send(outcome).is_err() {
             break;
@@ -329,24 +541,86 @@ fn worker(
     }
 }
 
-/// The single writer: applies outcomes in batched transactions.
-#[allow(clippy::too_many_arguments)]
+/// A bug tripped by one strange file must cost that file, not the run. A panic is facedb's
+/// fault, so it counts as the environment: retried when facedb changes.
+fn contained<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(Failure {
+            kind: "environment",
+            message: format!("internal error while analysing this file ({}); please report it", why.unwrap_or_default()),
+        })
+    })
+}
+
+impl Failure {
+    /// Decoding says whose fault its errors are; anything else (the models failing on a decoded
+    /// image: memory, a broken runtime) is the environment's.
+    fn of(e: anyhow::Error) -> Self {
+        let content = decode::is_content(&e) && !decode::is_environment(&e);
+        Self { kind: if content { "content" } else { "environment" }, message: format!("{e:#}") }
+    }
+}
+
+/// Redoes a stored image's faces with the current models: embeds its stored faces again (the
+/// embedder changed), or detects again (the detector changed).
+fn redo_image(
+    bytes: &[u8],
+    redo: &Redo,
+    detector: &mut YuNet,
+    embedder: &mut SFace,
+    params: &DetectParams,
+    times: &mut StageTimes,
+) -> Result<Redone, Failure> {
+    let Some(faces) = &redo.faces else {
+        return analyze(bytes, detector, embedder, params, times).map(Redone::Detected).map_err(Failure::of);
+    };
+    let t = Instant::now();
+    let rgb = crate::pipeline::decode_as_indexed(bytes, redo.rotation).map_err(Failure::of)?;
+    times.decode += ms_since(t);
+    let t = Instant::now();
+    let mut vectors = Vec::with_capacity(faces.len());
+    for (face_id, face) in faces {
+        // Faces that could not be aligned before cannot be now (same pixels, same landmarks).
+        if let Some(aligned) = align::align(&rgb, &face.landmarks) {
+            let v = embedder.embed(&aligned).map_err(|e| Failure { kind: "environment", message: format!("{e:#}") })?;
+            vectors.push((*face_id, v));
+        }
+    }
+    times.align_embed += ms_since(t);
+    let t = Instant::now();
+    let quality = faces.iter().map(|(face_id, face)| (*face_id, crate::pipeline::quality::measure(&rgb, face))).collect();
+    times.quality += ms_since(t);
+    let calls = vectors.len() as u32;
+    Ok(Redone::Embedded { vectors, quality, calls })
+}
+
+/// The single writer: applies outcomes in batched transactions. On Ctrl-C it commits what it
+/// has, records the run as interrupted, and returns without waiting for the workers.
 fn store(
-    conn: &Connection,
+    ctx: &Run,
     rx: &Receiver<Outcome>,
     known: &mut HashMap<String, i64>,
     cache: &HashMap<String, read::CachedFile>,
-    run_id: i64,
-    detector_id: i64,
-    embedder_id: i64,
     counters: &mut RunCounters,
     bar: &super::Progress,
 ) -> Result<()> {
+    let (conn, run_id) = (ctx.conn, ctx.run_id);
     // Paths whose content was claimed by a worker that has not reported yet.
     let mut waiting: HashMap<String, Vec<(FileEntry, Option<Stat>)>> = HashMap::new();
     let mut tx = conn.unchecked_transaction()?;
     let (mut rows, mut last_commit) = (0usize, Instant::now());
-    for outcome in rx {
+    loop {
+        if ctx.interrupted.load(Ordering::SeqCst) {
+            write::finish_run(&tx, run_id, "interrupted", counters)?;
+            write::finish_index_run(&tx, run_id, counters)?;
+            break;
+        }
+        let outcome = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(o) => o,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let checked = now_ns();
         match outcome {
             Outcome::Unreadable { file, error } => {
@@ -367,37 +641,18 @@ fn store(
                     None => waiting.entry(blake3).or_default().push((file, stat)),
                 }
             }
-            Outcome::Analyzed { file, stat, blake3, size, result, times } => {
+            Outcome::Redone { file, stat, image_id, size, result, times } => {
                 counters.bytes_read += size;
                 counters.stage_ms.add(&times);
+                store_redone(ctx, &tx, &file, image_id, result, counters)?;
+                write::upsert_file(&tx, run_id, &file, stat, checked, Some(image_id), None)?;
+            }
+            Outcome::Analyzed(a) => {
+                counters.bytes_read += a.size;
+                counters.stage_ms.add(&a.times);
                 let t = Instant::now();
-                let image_id = match result {
-                    Ok(img) => {
-                        counters.images_new += 1;
-                        counters.faces_found += img.faces.len() as u64;
-                        counters.detector_calls += u64::from(img.detector_calls);
-                        counters.embedder_calls += u64::from(img.embedder_calls);
-                        let id = write::insert_image(&tx, run_id, &blake3, size, &img, &times, detector_id, embedder_id)?;
-                        let msg = format!(
-                            "indexed {}x{} {} (orientation {}): {} face(s), {} detector and {} embedder calls",
-                            img.width,
-                            img.height,
-                            img.format,
-                            img.orientation,
-                            img.faces.len(),
-                            img.detector_calls,
-                            img.embedder_calls
-                        );
-                        write::log(&tx, run_id, Some(id), Some(&file.rel), "info", &msg)?;
-                        id
-                    }
-                    Err(error) => {
-                        counters.files_failed += 1;
-                        let id = write::insert_failed_image(&tx, run_id, &blake3, size, &error)?;
-                        write::log(&tx, run_id, Some(id), Some(&file.rel), "error", &error)?;
-                        id
-                    }
-                };
+                let image_id = store_analyzed(ctx, &tx, &a, known.get(&a.blake3).copied(), counters)?;
+                let Analyzed { file, stat, blake3, .. } = a;
                 if stat.is_none() {
                     write::log(
                         &tx,
@@ -428,6 +683,92 @@ fn store(
     Ok(())
 }
 
+/// Stores a newly analysed content (or an earlier failure tried again, `previous`); returns
+/// its image id.
+fn store_analyzed(ctx: &Run, tx: &Connection, a: &Analyzed, previous: Option<i64>, counters: &mut RunCounters) -> Result<i64> {
+    let (run_id, file, blake3, times) = (ctx.run_id, &a.file, a.blake3.as_str(), &a.times);
+    if ctx.retry.contains(blake3) {
+        counters.images_retried += 1;
+    }
+    match &a.result {
+        Ok(img) => {
+            counters.images_new += 1;
+            counters.faces_found += img.faces.len() as u64;
+            counters.detector_calls += u64::from(img.detector_calls);
+            counters.embedder_calls += u64::from(img.embedder_calls);
+            let id = match previous {
+                Some(id) => {
+                    write::replace_failed_image(tx, id, run_id, img, times, ctx.detector_id, ctx.embedder_id)?;
+                    id
+                }
+                None => {
+                    let id = write::insert_image(tx, run_id, blake3, a.size, img, times, ctx.detector_id, ctx.embedder_id)?;
+                    write::set_image_embedder(tx, id, Some(ctx.embedder_id))?;
+                    id
+                }
+            };
+            let msg = format!(
+                "indexed {}x{} {} (orientation {}): {} face(s), {} detector and {} embedder calls",
+                img.width,
+                img.height,
+                img.format,
+                img.orientation,
+                img.faces.len(),
+                img.detector_calls,
+                img.embedder_calls
+            );
+            write::log(tx, run_id, Some(id), Some(&file.rel), "info", &msg)?;
+            Ok(id)
+        }
+        Err(failure) => {
+            counters.files_failed += 1;
+            let id = write::insert_failed_image(tx, run_id, blake3, a.size, &failure.message)?;
+            write::set_failure_kind(tx, id, failure.kind, ctx.env.get())?;
+            write::log(tx, run_id, Some(id), Some(&file.rel), "error", &failure.message)?;
+            Ok(id)
+        }
+    }
+}
+
+fn store_redone(
+    ctx: &Run,
+    tx: &Connection,
+    file: &FileEntry,
+    image_id: i64,
+    result: Result<Redone, Failure>,
+    counters: &mut RunCounters,
+) -> Result<()> {
+    let run_id = ctx.run_id;
+    match result {
+        Ok(Redone::Embedded { vectors, quality, calls }) => {
+            counters.images_reembedded += 1;
+            counters.embedder_calls += u64::from(calls);
+            write::add_embeddings(tx, image_id, ctx.embedder_id, &vectors)?;
+            write::rescore_faces(tx, image_id, &quality)?;
+            let msg = format!("embedded and scored the stored faces again (new embedder or quality measure): {calls} embedder calls");
+            write::log(tx, run_id, Some(image_id), Some(&file.rel), "info", &msg)
+        }
+        Ok(Redone::Detected(img)) => {
+            counters.images_redetected += 1;
+            counters.faces_found += img.faces.len() as u64;
+            counters.detector_calls += u64::from(img.detector_calls);
+            counters.embedder_calls += u64::from(img.embedder_calls);
+            write::replace_detection(tx, image_id, &img, ctx.detector_id, ctx.embedder_id)?;
+            let msg = format!("detected again with the new detector: {} face(s), {} detector calls", img.faces.len(), img.detector_calls);
+            write::log(tx, run_id, Some(image_id), Some(&file.rel), "info", &msg)
+        }
+        // The earlier faces stay; the image stays marked for a redo and is tried next run.
+        Err(failure) => write::log(
+            tx,
+            run_id,
+            Some(image_id),
+            Some(&file.rel),
+            "warn",
+            &format!("could not redo with the new models: {}", failure.message),
+        ),
+    }
+}
+
 fn link(
     conn: &Connection,
     run_id: i64,
@@ -454,15 +795,42 @@ fn print_summary(root: &Path, c: &RunCounters, failed_now: i64, elapsed: Duratio
     let rate = if secs > 0.0 { c.images_new as f64 / secs } else { 0.0 };
     eprintln!("facedb index {}", root.display());
     eprintln!(
-        "  photos seen {}: {} new, {} linked (content already known), {} unchanged, {} failed",
-        c.files_seen, c.images_new, c.files_linked, c.files_unchanged, c.files_failed
+        "  photos seen {}: {} new, {} linked (content already known), {} unchanged, {} failed, {} skipped (not regular files)",
+        c.files_seen, c.images_new, c.files_linked, c.files_unchanged, c.files_failed, c.files_skipped
     );
+    if c.images_reembedded + c.images_redetected + c.images_retried > 0 {
+        eprintln!(
+            "  models or environment changed: {} re-embedded, {} re-detected, {} earlier failures retried",
+            c.images_reembedded, c.images_redetected, c.images_retried
+        );
+    }
     eprintln!("  faces found {} ({} detector and {} embedder calls)", c.faces_found, c.detector_calls, c.embedder_calls);
     eprintln!("  time {secs:.1} s ({rate:.2} new photos/s)");
     if interrupted {
         eprintln!("  interrupted: everything processed so far is saved; run the same command again to finish");
     }
     if failed_now > 0 {
-        eprintln!("  {failed_now} file(s) in the folder could not be indexed; `facedb report` lists them with the reason");
+        eprintln!("  {failed_now} file(s) or folder(s) in the dataset could not be indexed; `facedb report` lists them with the reason");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racy_timestamps_are_rechecked_but_future_ones_only_once_the_clock_reaches_them() {
+        let now = 1_000_000_000_000i64;
+        let cached =
+            |mtime_ns, checked_ns| read::CachedFile { image_id: Some(1), size: 10, mtime_ns, inode: 7, checked_ns, missing: false };
+        let stat = |mtime_ns| Stat { size: 10, mtime_ns, inode: 7 };
+        let hour = 3_600_000_000_000i64;
+        assert!(is_unchanged(&cached(now - hour, now - 10), &stat(now - hour), now));
+        // Modified in the second it was checked: may have changed within the tick.
+        assert!(!is_unchanged(&cached(now - 1_000, now), &stat(now - 1_000), now));
+        // An hour in the future: trusted until the clock gets there.
+        assert!(is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now));
+        assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now + hour));
+        assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour + 1), now));
     }
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
     ("0002_vector_cache", include_str!("../../migrations/0002_vector_cache.sql")),
     ("0003_cache_state", include_str!("../../migrations/0003_cache_state.sql")),
+    ("0004_trust_input", include_str!("../../migrations/0004_trust_input.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
 ];
 
@@ -208,6 +209,18 @@ fn check_not_newer(version: i64, path: &Path) -> Result<()> {
         bail!("{} has schema version {version}, newer than this facedb understands ({SCHEMA_VERSION}); upgrade facedb", path.display());
     }
     Ok(())
+}
+
+/// Whether `path` is a facedb database (a SQLite file with facedb's tables), checked read-only.
+pub fn is_facedb_database(path: &Path) -> bool {
+    path.is_file()
+        && Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'images')", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok_and(|n| n == 2)
 }
 
 pub fn now_rfc3339() -> String {

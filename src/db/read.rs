@@ -526,3 +526,90 @@ pub fn embedding_counts(conn: &Connection, embedder_id: i64) -> Result<(i64, i64
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
 }
+
+/// A failed image and why it failed (kind and environment are NULL for failures stored before
+/// migration 0004).
+#[derive(Debug, Clone)]
+pub struct FailedImage {
+    pub image_id: i64,
+    pub blake3: String,
+    pub kind: Option<String>,
+    pub env: Option<String>,
+}
+
+pub fn failed_images(conn: &Connection) -> Result<Vec<FailedImage>> {
+    let mut stmt = conn.prepare("SELECT id, blake3, failure_kind, failure_env FROM images WHERE status = 'failed'")?;
+    let rows = stmt.query_map([], |r| Ok(FailedImage { image_id: r.get(0)?, blake3: r.get(1)?, kind: r.get(2)?, env: r.get(3)? }))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// An image whose faces were made by another model than the current one.
+#[derive(Debug, Clone)]
+pub struct StaleImage {
+    pub image_id: i64,
+    pub blake3: String,
+    /// The detector file changed: detect again. Otherwise the embedder or the quality measure
+    /// did: embed and score the stored faces again.
+    pub redetect: bool,
+    /// Degrees the photo was turned when indexed.
+    pub rotation: u16,
+}
+
+/// Decoded images whose detector file is not `detector_hash`, or whose faces were not embedded
+/// by `embedder_id`. Written as ORs of index lookups, so a no-op re-index does not scan.
+pub fn stale_images(conn: &Connection, detector_hash: &str, embedder_id: i64) -> Result<Vec<StaleImage>> {
+    let mut stmt = conn.prepare(
+        "SELECT i.id, i.blake3, i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1), i.rotation FROM images i
+         WHERE i.status = 'ok' AND (i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1)
+             OR i.embedder_id < ?2 OR i.embedder_id > ?2 OR i.embedder_id IS NULL OR i.quality_version < ?3)",
+    )?;
+    let rows = stmt.query_map(params![detector_hash, embedder_id, crate::pipeline::quality::QUALITY_VERSION], |r| {
+        Ok(StaleImage { image_id: r.get(0)?, blake3: r.get(1)?, redetect: r.get(2)?, rotation: r.get(3)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// (face id, detection) of an image's current faces (those of its detector), to embed and
+/// score again.
+pub fn stored_detections(conn: &Connection, image_id: i64) -> Result<Vec<(i64, crate::pipeline::detect::Detection)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT fc.id, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json FROM faces fc
+         JOIN images i ON i.id = fc.image_id AND i.detector_id = fc.detector_id
+         WHERE fc.image_id = ?1 ORDER BY fc.idx",
+    )?;
+    let rows = stmt.query_map([image_id], |r| {
+        Ok((
+            r.get::<_, i64>("id")?,
+            [r.get::<_, f32>("x")?, r.get("y")?, r.get("w")?, r.get("h")?, r.get("score")?],
+            r.get::<_, String>("landmarks_json")?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, [x, y, w, h, score], json) = row?;
+        // A face whose stored landmarks do not parse is left without a new embedding.
+        if let Ok(landmarks) = serde_json::from_str(&json) {
+            out.push((id, crate::pipeline::detect::Detection { x, y, w, h, score, landmarks }));
+        }
+    }
+    Ok(out)
+}
+
+/// A path the last walk could not index: (path, 'error' | 'skipped', reason).
+pub fn walk_issues(conn: &Connection) -> Result<Vec<(String, String, String)>> {
+    let mut stmt = conn.prepare("SELECT path, kind, reason FROM walk_issues ORDER BY path")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Rows whose key may not be exact (stored with raw bytes, or holding a backslash).
+pub fn files_to_rekey(conn: &Connection) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+    let mut stmt = conn.prepare("SELECT path, path_raw FROM files WHERE path_raw IS NOT NULL OR instr(path, '\\') > 0")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the files rows were already moved to exact keys (see `write::mark_path_keys_exact`).
+pub fn path_keys_exact(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'path_keys' AND value = 'exact')", [], |r| r.get(0))?)
+}

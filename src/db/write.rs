@@ -23,6 +23,14 @@ pub struct RunCounters {
     pub embedder_calls: u64,
     pub bytes_read: u64,
     pub stage_ms: StageTimes,
+    /// Images whose stored faces were embedded again because the embedder file changed.
+    pub images_reembedded: u64,
+    /// Images detected again because the detector file changed.
+    pub images_redetected: u64,
+    /// Earlier failures tried again (environment changed, or `--retry-failed`).
+    pub images_retried: u64,
+    /// Photo-named FIFOs, sockets and devices, never opened.
+    pub files_skipped: u64,
 }
 
 pub fn ensure_model(conn: &Connection, kind: &str, name: &str, file_blake3: &str, params_json: &str) -> Result<i64> {
@@ -153,10 +161,23 @@ pub fn insert_image(
     embedder_id: i64,
 ) -> Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json, rotation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json, rotation, quality_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
-    .execute(params![blake3, size as i64, img.width, img.height, img.format, img.orientation, detector_id, run_id, now_rfc3339(), serde_json::to_string(times)?, img.rotation])?;
+    .execute(params![
+        blake3,
+        size as i64,
+        img.width,
+        img.height,
+        img.format,
+        img.orientation,
+        detector_id,
+        run_id,
+        now_rfc3339(),
+        serde_json::to_string(times)?,
+        img.rotation,
+        crate::pipeline::quality::QUALITY_VERSION
+    ])?;
     let image_id = conn.last_insert_rowid();
     for (idx, face) in img.faces.iter().enumerate() {
         insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
@@ -355,6 +376,146 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
         m.plan.map(|p| p.out_h),
         d.same_face_copies
     ])?;
+    Ok(())
+}
+
+/// The counters `finish_run` does not know about (index only).
+pub fn finish_index_run(conn: &Connection, run_id: i64, c: &RunCounters) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET images_reembedded = ?2, images_redetected = ?3, images_retried = ?4, files_skipped = ?5 WHERE id = ?1",
+        params![run_id, c.images_reembedded as i64, c.images_redetected as i64, c.images_retried as i64, c.files_skipped as i64],
+    )?;
+    Ok(())
+}
+
+/// Records which embedder last embedded an image's faces (new images, re-embedded ones).
+pub fn set_image_embedder(conn: &Connection, image_id: i64, embedder_id: Option<i64>) -> Result<()> {
+    conn.prepare_cached("UPDATE images SET embedder_id = ?2 WHERE id = ?1")?.execute(params![image_id, embedder_id])?;
+    Ok(())
+}
+
+/// Stores new quality scores of existing faces and marks the image scored by the current measure.
+pub fn rescore_faces(conn: &Connection, image_id: i64, quality: &[(i64, crate::pipeline::quality::Quality)]) -> Result<()> {
+    for (face_id, q) in quality {
+        conn.prepare_cached("UPDATE faces SET size_px = ?2, sharpness = ?3, yaw = ?4, roll = ?5, brightness = ?6 WHERE id = ?1")?
+            .execute(params![face_id, q.size_px, q.sharpness, q.yaw, q.roll, q.brightness])?;
+    }
+    conn.prepare_cached("UPDATE images SET quality_version = ?2 WHERE id = ?1")?
+        .execute(params![image_id, crate::pipeline::quality::QUALITY_VERSION])?;
+    Ok(())
+}
+
+/// Turns a failed image into a decoded one, keeping its id (paths already point to it).
+pub fn replace_failed_image(
+    conn: &Connection,
+    image_id: i64,
+    run_id: i64,
+    img: &AnalyzedImage,
+    times: &StageTimes,
+    detector_id: i64,
+    embedder_id: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE images SET width = ?2, height = ?3, format = ?4, orientation = ?5, status = 'ok', error = NULL, failure_kind = NULL,
+             failure_env = NULL, detector_id = ?6, embedder_id = ?7, run_id = ?8, stage_ms_json = ?9, rotation = ?10, quality_version = ?11
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        image_id,
+        img.width,
+        img.height,
+        img.format,
+        img.orientation,
+        detector_id,
+        embedder_id,
+        run_id,
+        serde_json::to_string(times)?,
+        img.rotation,
+        crate::pipeline::quality::QUALITY_VERSION
+    ])?;
+    for (idx, face) in img.faces.iter().enumerate() {
+        insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
+    }
+    Ok(())
+}
+
+/// Why an image failed: its content ('content', never retried) or what was installed
+/// ('environment', retried when `env` differs from the current environment).
+pub fn set_failure_kind(conn: &Connection, image_id: i64, kind: &str, env: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE images SET failure_kind = ?2, failure_env = ?3 WHERE id = ?1")?.execute(params![image_id, kind, env])?;
+    Ok(())
+}
+
+/// Stores embeddings of existing faces made by a new embedder, and marks the image done.
+pub fn add_embeddings(
+    conn: &Connection,
+    image_id: i64,
+    embedder_id: i64,
+    vectors: &[(i64, crate::models::sface::Embedding)],
+) -> Result<()> {
+    for (face_id, v) in vectors {
+        conn.prepare_cached("INSERT OR REPLACE INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?.execute(params![
+            face_id,
+            embedder_id,
+            vector_to_blob(v)
+        ])?;
+    }
+    set_image_embedder(conn, image_id, Some(embedder_id))
+}
+
+/// Stores the faces a new detector found in an existing image and makes them the image's
+/// faces. Faces of earlier detectors stay (old match results point to them) but lose their
+/// embeddings: matched beside the new ones they would be the same face twice. If faces of this
+/// detector are already stored (the detector file was changed back), they are reused, and the
+/// new embeddings go to them by index (same detector, same bytes: the same faces).
+pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, detector_id: i64, embedder_id: i64) -> Result<()> {
+    let existing: i64 =
+        conn.query_row("SELECT count(*) FROM faces WHERE image_id = ?1 AND detector_id = ?2", params![image_id, detector_id], |r| {
+            r.get(0)
+        })?;
+    for (idx, face) in img.faces.iter().enumerate() {
+        if existing == 0 {
+            insert_face(conn, image_id, detector_id, embedder_id, idx, face)?;
+        } else if let Some(e) = &face.embedding {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO embeddings (face_id, model_id, vector)
+                 SELECT id, ?3, ?4 FROM faces WHERE image_id = ?1 AND detector_id = ?2 AND idx = ?5",
+            )?
+            .execute(params![image_id, detector_id, embedder_id, vector_to_blob(e), idx as i64])?;
+        }
+    }
+    conn.prepare_cached("DELETE FROM embeddings WHERE face_id IN (SELECT id FROM faces WHERE image_id = ?1 AND detector_id <> ?2)")?
+        .execute(params![image_id, detector_id])?;
+    conn.prepare_cached("UPDATE images SET detector_id = ?2, width = ?3, height = ?4, rotation = ?5, quality_version = ?6 WHERE id = ?1")?
+        .execute(params![image_id, detector_id, img.width, img.height, img.rotation, crate::pipeline::quality::QUALITY_VERSION])?;
+    set_image_embedder(conn, image_id, Some(embedder_id))
+}
+
+/// Replaces what the last walk could not index (see migration 0004).
+pub fn replace_walk_issues(conn: &Connection, run_id: i64, issues: &[(&str, &str, &str)]) -> Result<()> {
+    conn.execute("DELETE FROM walk_issues", [])?;
+    let mut stmt = conn.prepare_cached("INSERT OR REPLACE INTO walk_issues (path, kind, reason, run_id) VALUES (?1, ?2, ?3, ?4)")?;
+    for (path, kind, reason) in issues {
+        stmt.execute(params![path, kind, reason, run_id])?;
+    }
+    Ok(())
+}
+
+/// Moves a files row to its exact key (rows keyed by lossy UTF-8 before keys were exact). A
+/// row already at the new key wins; the old one goes.
+pub fn rekey_file(conn: &Connection, old: &str, new: &str, raw: Option<&[u8]>) -> Result<()> {
+    let taken: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM files WHERE path = ?1)", [new], |r| r.get(0))?;
+    if taken {
+        conn.execute("DELETE FROM files WHERE path = ?1", [old])?;
+    } else {
+        conn.execute("UPDATE files SET path = ?2, path_raw = ?3 WHERE path = ?1", params![old, new, raw])?;
+    }
+    Ok(())
+}
+
+/// Records that every files row has its exact key, so the check is not repeated (it scans).
+pub fn mark_path_keys_exact(conn: &Connection) -> Result<()> {
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('path_keys', 'exact')", [])?;
     Ok(())
 }
 

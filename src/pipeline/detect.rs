@@ -124,7 +124,13 @@ fn refine(yunet: &mut YuNet, image: &RgbImage, face: &Detection) -> Result<Optio
 }
 
 /// `merge`, remembering for each face the scale (input pixels per image pixel) it was seen at.
-fn merge_with_scale(whole: Vec<Detection>, whole_scale: f32, detail: Vec<Detection>, detail_scale: f32, iou_threshold: f32) -> Vec<(Detection, f32)> {
+fn merge_with_scale(
+    whole: Vec<Detection>,
+    whole_scale: f32,
+    detail: Vec<Detection>,
+    detail_scale: f32,
+    iou_threshold: f32,
+) -> Vec<(Detection, f32)> {
     let n = whole.len();
     let mut out: Vec<(Detection, f32)> = whole.into_iter().map(|d| (d, whole_scale)).collect();
     for d in detail {

@@ -43,6 +43,10 @@ pub fn pose(lm: &[[f32; 2]; 5]) -> (f32, f32) {
     (yaw, roll)
 }
 
+/// Version of these measures stored with each image (`images.quality_version`): 2 is the
+/// fixed-scale, contrast-normalised sharpness; images scored by an older one are re-scored.
+pub const QUALITY_VERSION: i64 = 2;
+
 /// Sharpness bands (see `sharpness_and_brightness`): under `BLURRY` a face is blurred, from
 /// `SHARP` on it is sharp, soft in between. Measured (tests/quality_scores.rs) on the test
 /// portraits: originals 59-83, the same upscaled 4x or at 30 % exposure within 1 of that, JPEG

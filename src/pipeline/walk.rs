@@ -3,6 +3,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 use walkdir::WalkDir;
@@ -17,9 +18,10 @@ pub const OWN_FILES: &[&str] = &["facedb.sqlite", "facedb.sqlite-wal", "facedb.s
 
 #[derive(Debug, Clone)]
 pub struct FileEntry {
-    /// Path relative to the dataset root, '/'-separated (lossy UTF-8 for display and keys).
+    /// Path relative to the dataset root, '/'-separated: the database key. Exact and distinct
+    /// for every name (see `path_key`), readable for UTF-8 names.
     pub rel: String,
-    /// The exact bytes of `rel` when the name is not valid UTF-8.
+    /// The exact bytes of the path when `rel` is not them (non-UTF-8 or backslash names).
     pub raw: Option<Vec<u8>>,
     pub abs: PathBuf,
     pub stat: Stat,
@@ -45,6 +47,21 @@ pub struct WalkProblem {
     pub error: String,
 }
 
+/// What one walk found: photos to consider, paths that could not be looked at (errors), and
+/// photo-named entries that are not regular files (FIFOs, sockets, devices), never opened.
+#[derive(Debug, Default)]
+pub struct Walked {
+    pub files: Vec<FileEntry>,
+    pub problems: Vec<WalkProblem>,
+    pub skipped: Vec<WalkProblem>,
+    /// The walk stopped early (Ctrl-C): the lists are incomplete.
+    pub interrupted: bool,
+}
+
+/// Files larger than this are refused without being read (no photo is this big; a 2 GB file
+/// named .tif would otherwise be read whole into memory).
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
 pub fn is_photo(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| PHOTO_EXTENSIONS.iter().any(|p| p.eq_ignore_ascii_case(e)))
 }
@@ -52,8 +69,13 @@ pub fn is_photo(path: &Path) -> bool {
 /// Lists photos under `root`, sorted by path. Symlinks to files are followed; symlinked
 /// directories are not (they can loop or leave the dataset). Hidden entries are skipped.
 pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
+    let w = walk_until(root, &AtomicBool::new(false));
+    (w.files, w.problems)
+}
+
+/// `walk`, also listing special files, and stopping soon after `stop` is set.
+pub fn walk_until(root: &Path, stop: &AtomicBool) -> Walked {
+    let mut out = Walked::default();
     let walker = WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| {
         if e.depth() == 0 {
             return true;
@@ -69,41 +91,131 @@ pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
     });
     let mut candidates = Vec::new();
     for entry in walker {
+        if stop.load(Ordering::Relaxed) {
+            out.interrupted = true;
+            return out;
+        }
         match entry {
             Ok(e) if !e.file_type().is_dir() && is_photo(e.path()) => candidates.push(e.into_path()),
             Ok(_) => {}
             Err(err) => {
                 let rel = err.path().map(|p| relative(root, p).0).unwrap_or_default();
-                problems.push(WalkProblem { rel, error: err.to_string() });
+                let error = match (err.loop_ancestor(), err.io_error()) {
+                    (Some(_), _) => "folder is a link loop; remove the link".to_string(),
+                    (None, Some(io)) => format!("cannot list this folder: {io}; fix its permissions (chmod) or move it out of the dataset"),
+                    (None, None) => err.to_string(),
+                };
+                out.problems.push(WalkProblem { rel, error });
             }
         }
     }
     // stat dominates a no-op re-index of a big folder; the calls are independent, so spread them
     // over all cores. metadata() follows a symlink to its target.
-    let stats: Vec<std::io::Result<std::fs::Metadata>> = candidates.par_iter().map(std::fs::metadata).collect();
+    let stats: Vec<Option<std::io::Result<std::fs::Metadata>>> =
+        candidates.par_iter().map(|p| (!stop.load(Ordering::Relaxed)).then(|| std::fs::metadata(p))).collect();
     for (path, meta) in candidates.into_iter().zip(stats) {
+        let rel = || relative(root, &path).0;
         match meta {
-            Ok(m) if m.is_file() => {
-                let (rel, raw) = relative(root, &path);
-                files.push(FileEntry { rel, raw, abs: path, stat: Stat::of(&m) });
+            None => {
+                out.interrupted = true;
+                return out;
             }
-            Ok(_) => {}
-            Err(err) => problems.push(WalkProblem { rel: relative(root, &path).0, error: format!("cannot stat: {err}") }),
+            Some(Ok(m)) if m.is_file() => {
+                let (rel, raw) = relative(root, &path);
+                out.files.push(FileEntry { rel, raw, abs: path, stat: Stat::of(&m) });
+            }
+            Some(Ok(m)) => {
+                if let Some(kind) = special_kind(&m.file_type()) {
+                    out.skipped
+                        .push(WalkProblem { rel: rel(), error: format!("{kind}, not a regular file; facedb reads only regular files") });
+                }
+            }
+            Some(Err(err)) => {
+                let error = match err.raw_os_error() {
+                    Some(libc::ENOENT) => "dangling symbolic link (its target does not exist); fix or remove the link".to_string(),
+                    Some(libc::ELOOP) => "symbolic link loop; fix or remove the link".to_string(),
+                    _ => format!("cannot stat: {err}; fix its permissions or remove it"),
+                };
+                out.problems.push(WalkProblem { rel: rel(), error });
+            }
         }
     }
-    (files, problems)
+    out
+}
+
+/// What a non-regular, non-directory entry is, in words.
+fn special_kind(t: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        None
+    }
+}
+
+/// Reads a photo, refusing anything but a regular file no larger than `MAX_FILE_BYTES`. The
+/// open never blocks (a FIFO swapped in after the walk would hang a plain open) and the checks
+/// use fstat on the opened descriptor, so what is checked is what is read.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = special_kind(&meta.file_type()).unwrap_or("a directory");
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{kind}, not a regular file; facedb reads only regular files")));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "file of {} MiB is larger than the {} MiB accepted for a photo; not read (move it out of the dataset)",
+                meta.len() >> 20,
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    // A file growing while read must not get past the cap either.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::new(ErrorKind::InvalidData, "file grew past the size accepted for a photo while being read"));
+    }
+    Ok(bytes)
 }
 
 fn relative(root: &Path, path: &Path) -> (String, Option<Vec<u8>>) {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    let bytes = rel.as_os_str().as_bytes();
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (s.to_string(), None),
-        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), Some(bytes.to_vec())),
-    }
+    path_key(rel.as_os_str().as_bytes())
 }
 
-/// The on-disk path for a stored relative path (exact bytes when the name was not UTF-8).
+/// The database key of a relative path, and its exact bytes when the key is not them. Keys
+/// are injective: invalid UTF-8 bytes become `\xE9` and a literal backslash becomes `\\`, so
+/// `caf\xe9.jpg`, `caf\xe8.jpg` and a file really named `caf\xE9.jpg` get three keys (lossy
+/// UTF-8 collapsed the first two into one row).
+pub fn path_key(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        if !s.contains('\\') {
+            return (s.to_string(), None);
+        }
+    }
+    let mut key = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        key.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            key.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    (key, Some(bytes.to_vec()))
+}
+
+/// The on-disk path for a stored relative path (exact bytes when the key is not them).
 pub fn resolve(root: &Path, rel: &str, raw: Option<&[u8]>) -> PathBuf {
     match raw {
         Some(bytes) => root.join(std::ffi::OsStr::from_bytes(bytes)),
@@ -129,6 +241,54 @@ mod tests {
         let names: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(names, vec!["a.jpg", "sub/b.PNG", "sub/e.heic"]);
         assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn path_keys_are_distinct_for_distinct_bytes() {
+        let names: [&[u8]; 5] = [b"caf\xe9.jpg", b"caf\xe8.jpg", b"caf\\xE9.jpg", b"a\\b.jpg", b"caf\xc3\xa9.jpg"];
+        let keys: Vec<(String, Option<Vec<u8>>)> = names.iter().map(|n| path_key(n)).collect();
+        assert_eq!(keys[0].0, "caf\\xE9.jpg");
+        assert_eq!(keys[2].0, "caf\\\\xE9.jpg");
+        assert_eq!(keys[3], ("a\\\\b.jpg".to_string(), Some(b"a\\b.jpg".to_vec())));
+        assert_eq!(keys[4], ("caf\u{e9}.jpg".to_string(), None));
+        let distinct: std::collections::HashSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        assert_eq!(distinct.len(), names.len());
+        for (name, (_, raw)) in names.iter().zip(&keys) {
+            assert_eq!(raw.as_deref().unwrap_or(name), *name);
+        }
+    }
+
+    #[test]
+    fn special_files_and_broken_links_are_listed_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::write(r.join("a.jpg"), b"x").unwrap();
+        let fifo = std::ffi::CString::new(r.join("pipe.jpg").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink(r.join("nowhere"), r.join("dangling.png")).unwrap();
+        std::os::unix::fs::symlink("loop.jpg", r.join("loop.jpg")).unwrap();
+        let w = walk_until(r, &AtomicBool::new(false));
+        assert_eq!(w.files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>(), ["a.jpg"]);
+        assert_eq!(w.skipped.iter().map(|p| p.rel.as_str()).collect::<Vec<_>>(), ["pipe.jpg"]);
+        let problems: Vec<String> = w.problems.iter().map(|p| format!("{}: {}", p.rel, p.error)).collect();
+        assert!(problems[0].starts_with("dangling.png: dangling symbolic link"), "{problems:?}");
+        assert!(problems[1].starts_with("loop.jpg: symbolic link loop"), "{problems:?}");
+        // Opening the FIFO does not block; it is refused after fstat.
+        let err = read_regular(&r.join("pipe.jpg")).unwrap_err().to_string();
+        assert!(err.contains("a FIFO (named pipe), not a regular file"), "{err}");
+        assert!(walk_until(r, &AtomicBool::new(true)).interrupted);
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.tif");
+        std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+        let err = read_regular(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than the 512 MiB accepted"), "{err}");
+        std::fs::write(&big, b"small").unwrap();
+        assert_eq!(read_regular(&big).unwrap(), b"small");
     }
 
     #[test]

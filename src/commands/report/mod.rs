@@ -20,6 +20,10 @@ struct Report {
     no_face: Vec<String>,
     several_faces: Vec<PathCount>,
     failed: Vec<PathError>,
+    /// Folders the last index could not list, dangling links and loops.
+    unlisted: Vec<PathError>,
+    /// Photo-named FIFOs, sockets and devices the last index did not open.
+    skipped: Vec<PathError>,
     face_size_px: Distribution,
     sharpness: Distribution,
     match_runs: Vec<MatchRunSummary>,
@@ -91,12 +95,18 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (sizes, sharpness) = read::face_measures(conn)?;
+    let (mut unlisted, mut skipped) = (Vec::new(), Vec::new());
+    for (path, kind, error) in read::walk_issues(conn)? {
+        if kind == "skipped" { &mut skipped } else { &mut unlisted }.push(PathError { path, error });
+    }
     let report = Report {
         dataset: root.to_string_lossy().into_owned(),
         totals: read::totals(conn)?,
         no_face: read::photos_by_face_count(conn, false)?.into_iter().map(|(p, _)| p).collect(),
         several_faces: read::photos_by_face_count(conn, true)?.into_iter().map(|(path, faces)| PathCount { path, faces }).collect(),
         failed: read::failed_files(conn)?.into_iter().map(|(path, error)| PathError { path, error }).collect(),
+        unlisted,
+        skipped,
         face_size_px: distribution(&sizes, &FACE_SIZE_EDGES),
         sharpness: distribution(&sharpness, &SHARPNESS_EDGES),
         match_runs: read::match_runs(conn)?,
@@ -126,6 +136,14 @@ fn print_table(r: &Report) -> Result<()> {
     outln!("\nfailed files ({}):", r.failed.len());
     for p in &r.failed {
         outln!("  {}: {}", p.path, p.error);
+    }
+    for (title, list) in [("folders and links that could not be read", &r.unlisted), ("skipped, not regular files", &r.skipped)] {
+        if !list.is_empty() {
+            outln!("\n{title} ({}):", list.len());
+            for p in list {
+                outln!("  {}: {}", p.path, p.error);
+            }
+        }
     }
     for (title, d) in [("face size (shorter side, px)", &r.face_size_px), ("sharpness (<25 blurry, 25-50 soft, >50 sharp)", &r.sharpness)] {
         outln!("\n{title}: {} faces", d.count);
@@ -190,6 +208,12 @@ fn print_csv(r: &Report) -> Result<()> {
     }
     for p in &r.failed {
         w.write_record(["failed", &p.path, "", &p.error])?;
+    }
+    for p in &r.unlisted {
+        w.write_record(["unlisted", &p.path, "", &p.error])?;
+    }
+    for p in &r.skipped {
+        w.write_record(["skipped", &p.path, "", &p.error])?;
     }
     for (name, d) in [("face_size_px", &r.face_size_px), ("sharpness", &r.sharpness)] {
         for b in &d.bins {
