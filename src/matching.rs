@@ -332,7 +332,7 @@ fn evaluate(
     let within = |d: f32| d <= opts.threshold;
     // Per photo: the closest face and the other faces within the threshold that no negative
     // reference explains (someone we were told it is not).
-    let mut photos: Vec<(i64, Vec<(usize, f32)>, Option<(i64, f32)>)> = Vec::new();
+    let mut photos: Vec<Candidates> = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let image_id = faces[order[start]].image_id;
@@ -344,17 +344,17 @@ fn evaluate(
         let first = ranked.first().map(|r| r.0);
         ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
         if !ranked.is_empty() {
-            photos.push((image_id, ranked, runner_up));
+            photos.push(Candidates { image_id, ranked, runner_up });
         }
         start = end;
     }
     // Whether the other faces within the threshold are the chosen face again or someone else
     // needs their vectors: one more scan, for just those faces.
-    let contested: Vec<usize> = photos.iter().filter(|(_, r, _)| r.len() > 1).flat_map(|(_, r, _)| r.iter().map(|&(i, _)| i)).collect();
+    let contested: Vec<usize> = photos.iter().filter(|p| p.ranked.len() > 1).flat_map(|p| p.ranked.iter().map(|&(i, _)| i)).collect();
     let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
         if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
     let mut out = Vec::with_capacity(photos.len());
-    for (image_id, ranked, runner_up) in photos {
+    for Candidates { image_id, ranked, runner_up } in photos {
         let (best, distance) = ranked[0];
         let negative_distance = negative_of(best);
         let (mut copies, mut others) = (0u32, 0u32);
@@ -392,6 +392,14 @@ fn evaluate(
         });
     }
     Ok(out)
+}
+
+/// One photo's faces within the threshold, closest first (the closest even when it is not), and
+/// its runner-up face.
+struct Candidates {
+    image_id: i64,
+    ranked: Vec<(usize, f32)>,
+    runner_up: Option<(i64, f32)>,
 }
 
 /// A distance that cannot be computed (a NaN from a damaged vector) is as far as it gets: it

@@ -51,7 +51,8 @@ fn every_exif_orientation_comes_out_upright() {
     let mut stmt = conn
         .prepare("SELECT f.path, i.orientation, i.width, i.height, fc.x, fc.y, fc.w, fc.roll FROM files f JOIN images i ON i.id = f.image_id JOIN faces fc ON fc.image_id = i.id ORDER BY f.path")
         .unwrap();
-    let rows: Vec<(String, i64, i64, i64, f64, f64, f64, f64)> = stmt
+    type Row = (String, i64, i64, i64, f64, f64, f64, f64);
+    let rows: Vec<Row> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
         .unwrap()
         .map(Result::unwrap)
@@ -178,7 +179,7 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
 
     // The crop of the non-UTF-8 file works too, and crops stay inside --out.
     let crops = tmp.path().join("crops");
-    match_ref(&d, "obama.jpg").arg("--out").arg(&crops).assert().success();
+    match_ref(d, "obama.jpg").arg("--out").arg(&crops).assert().success();
     assert!(manifest(&crops).iter().any(|r| r["source_path"].starts_with("caf")));
     for r in manifest(&crops) {
         assert!(Path::new(&r["crop_path"]).parent() == Some(crops.as_path()), "{r:?}");
@@ -199,7 +200,7 @@ fn a_file_that_changes_while_being_indexed_is_read_again_next_time() {
         std::thread::spawn(move || {
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                std::fs::write(&target, if i % 2 == 0 { &b } else { &a }).unwrap();
+                std::fs::write(&target, if i.is_multiple_of(2) { &b } else { &a }).unwrap();
                 i += 1;
                 std::thread::sleep(std::time::Duration::from_millis(3));
             }

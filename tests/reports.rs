@@ -14,7 +14,7 @@ fn dataset(dir: &Path) {
     save(dir, "wall.png", &image::RgbImage::from_pixel(400, 300, image::Rgb([200, 190, 180])));
     std::fs::write(dir.join("broken.jpg"), b"not a photo").unwrap();
     facedb().arg("index").arg(dir).assert().code(1);
-    match_ref(&dir, "obama3.jpg").arg("--threshold").arg("0.5").arg("--out").arg(dir.join("crops")).assert().success();
+    match_ref(dir, "obama3.jpg").arg("--threshold").arg("0.5").arg("--out").arg(dir.join("crops")).assert().success();
 }
 
 fn stdout(cmd: &mut assert_cmd::Command) -> String {

@@ -702,7 +702,15 @@ fn store_analyzed(ctx: &Run, tx: &Connection, a: &Analyzed, previous: Option<i64
                     id
                 }
                 None => {
-                    let id = write::insert_image(tx, run_id, blake3, a.size, img, times, ctx.detector_id, ctx.embedder_id)?;
+                    let id = write::insert_image(
+                        tx,
+                        run_id,
+                        blake3,
+                        a.size,
+                        img,
+                        times,
+                        write::ModelIds { detector: ctx.detector_id, embedder: ctx.embedder_id },
+                    )?;
                     write::set_image_embedder(tx, id, Some(ctx.embedder_id))?;
                     id
                 }

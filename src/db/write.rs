@@ -149,6 +149,13 @@ pub fn finish_run(conn: &Connection, run_id: i64, status: &str, c: &RunCounters)
     Ok(())
 }
 
+/// The detector and embedder rows (`models.id`) a run uses.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelIds {
+    pub detector: i64,
+    pub embedder: i64,
+}
+
 /// Stores an analysed image with its faces and embeddings; returns the image id.
 pub fn insert_image(
     conn: &Connection,
@@ -157,9 +164,9 @@ pub fn insert_image(
     size: u64,
     img: &AnalyzedImage,
     times: &StageTimes,
-    detector_id: i64,
-    embedder_id: i64,
+    models: ModelIds,
 ) -> Result<i64> {
+    let ModelIds { detector: detector_id, embedder: embedder_id } = models;
     conn.prepare_cached(
         "INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at, stage_ms_json, rotation, quality_version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ok', ?7, ?8, ?9, ?10, ?11, ?12)",

@@ -38,7 +38,10 @@ impl YuNet {
 
     /// Runs the network on a 1x3xHxW BGR tensor (values 0..255; H and W multiples of 32).
     pub fn run(&mut self, input: Vec<f32>, height: usize, width: usize) -> Result<Vec<StrideOutput>> {
-        ensure!(height % ALIGN == 0 && width % ALIGN == 0 && height > 0 && width > 0, "YuNet input sides must be multiples of {ALIGN}");
+        ensure!(
+            height.is_multiple_of(ALIGN) && width.is_multiple_of(ALIGN) && height > 0 && width > 0,
+            "YuNet input sides must be multiples of {ALIGN}"
+        );
         ensure!(input.len() == 3 * height * width, "YuNet input has the wrong size");
         let tensor = Tensor::from_array((vec![1i64, 3, height as i64, width as i64], input)).map_err(|e| anyhow!("YuNet input: {e}"))?;
         let outputs = self.session.run(ort::inputs!["input" => tensor]).map_err(|e| anyhow!("YuNet inference: {e}"))?;
