@@ -211,3 +211,21 @@ fn a_run_killed_mid_way_is_marked_interrupted_by_the_next_one() {
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 0);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'interrupted'"), 1);
 }
+
+#[test]
+fn control_characters_in_names_are_escaped_by_report_info_and_sql() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hostile = "\x1b[2J\x1b[31mred.jpg";
+    std::fs::copy(photo("obama.jpg"), tmp.path().join(hostile)).unwrap();
+    std::fs::write(tmp.path().join("broken\x07.jpg"), b"not a photo").unwrap();
+    facedb().arg("index").arg(tmp.path()).assert().code(1);
+    for args in [&["report"][..], &["sql", "SELECT path FROM files"]] {
+        let out = facedb().args(args).current_dir(tmp.path()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains('\x1b') && !stdout.contains('\x07'), "{args:?} printed raw control characters: {stdout:?}");
+        assert!(stdout.contains("\\x1b[31mred.jpg") || stdout.contains("broken\\x07.jpg"), "{args:?}: {stdout}");
+    }
+    let out = facedb().arg("info").arg(tmp.path().join(hostile)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !stdout.contains('\x1b') && stdout.contains("\\x1b[2J"), "{stdout}");
+}

@@ -9,6 +9,7 @@ use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::InfoArgs;
 use crate::db::{read, DB_FILE};
 use crate::pipeline::hash;
+use crate::util::display_str;
 
 pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
     let as_path = PathBuf::from(&args.target);
@@ -46,7 +47,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             bail!("{} is not in the database of {}; run `facedb index {}` first", args.target, root.display(), root.display());
         }
         for l in logs {
-            outln!("{}  run {} ({})  {:5}  {}", l.at, l.run_id, l.command, l.level, l.message);
+            outln!("{}  run {} ({})  {:5}  {}", l.at, l.run_id, l.command, l.level, display_str(&l.message));
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -57,7 +58,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
     }
     outln!("image {}  blake3 {}", info.image_id, info.blake3);
     for p in &info.paths {
-        outln!("  path {p}");
+        outln!("  path {}", display_str(p));
     }
     let dims = match (info.width, info.height) {
         (Some(w), Some(h)) => format!("{w}x{h}"),
@@ -98,8 +99,8 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             l.run_id,
             l.command,
             l.level,
-            l.path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default(),
-            l.message
+            l.path.as_ref().map(|p| format!("{}: ", display_str(p))).unwrap_or_default(),
+            display_str(&l.message)
         );
     }
     if !info.match_decisions.is_empty() {

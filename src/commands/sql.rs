@@ -29,7 +29,7 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
     // Refused before it runs: SQLite creates the target of `VACUUM INTO` before noticing that
     // the connection is read-only, which would leave an empty file behind.
     if !args.write && !stmt.readonly() {
-        return Err(anyhow!("this statement changes the database or writes a file; pass --write to run it"));
+        return Err(anyhow!("the database is opened read-only and this statement changes it (or writes a file); pass --write to run it"));
     }
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
@@ -93,7 +93,8 @@ fn table_cell(v: &serde_json::Value) -> String {
             let s = format!("{f:.4}");
             s.trim_end_matches('0').trim_end_matches('.').to_string()
         }
-        serde_json::Value::String(s) => s.replace(['\n', '\t'], " "),
+        // Control characters (a hostile file name's ESC sequences) are escaped on the terminal.
+        serde_json::Value::String(s) => crate::util::display_str(&s.replace(['\n', '\t'], " ")),
         other => other.to_string(),
     }
 }

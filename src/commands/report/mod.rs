@@ -12,6 +12,7 @@ use super::sql::render_table;
 use super::{database_path, find_dataset, open_database, outln, Globals};
 use crate::cli::{OutputFormat, ReportArgs};
 use crate::db::read::{self, MatchRunSummary, Totals};
+use crate::util::display_str;
 
 #[derive(Serialize)]
 struct Report {
@@ -127,21 +128,21 @@ fn print_table(r: &Report) -> Result<()> {
     outln!("  photos with no face {}  with several faces {}  failed files {}", t.no_face, t.several_faces, t.failed);
     outln!("\nphotos with no face ({}):", r.no_face.len());
     for p in &r.no_face {
-        outln!("  {p}");
+        outln!("  {}", display_str(p));
     }
     outln!("\nphotos with several faces ({}):", r.several_faces.len());
     for p in &r.several_faces {
-        outln!("  {}  ({} faces)", p.path, p.faces);
+        outln!("  {}  ({} faces)", display_str(&p.path), p.faces);
     }
     outln!("\nfailed files ({}):", r.failed.len());
     for p in &r.failed {
-        outln!("  {}: {}", p.path, p.error);
+        outln!("  {}: {}", display_str(&p.path), display_str(&p.error));
     }
     for (title, list) in [("folders and links that could not be read", &r.unlisted), ("skipped, not regular files", &r.skipped)] {
         if !list.is_empty() {
             outln!("\n{title} ({}):", list.len());
             for p in list {
-                outln!("  {}: {}", p.path, p.error);
+                outln!("  {}: {}", display_str(&p.path), display_str(&p.error));
             }
         }
     }
