@@ -149,7 +149,10 @@ fn report_sql_and_info_work_on_a_read_only_folder() {
     facedb().arg("index").arg(&photos).assert().success();
     let _ = std::fs::remove_file(photos.join("facedb.sqlite-shm"));
     std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("facedb");
+    // A copy of the binary where `nobody` may run it (the checkout may lie under /root).
+    let bin = tmp.path().join("facedb");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("facedb"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |args: &[&str]| {
         let out = Command::new("/usr/bin/setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -160,6 +163,7 @@ fn report_sql_and_info_work_on_a_read_only_folder() {
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
+    assert_eq!(as_nobody(&["--help"]).0, Some(0), "user nobody can run the copied binary");
     let p = photos.to_str().unwrap();
     let (code, stdout, stderr) = as_nobody(&["report", p]);
     assert_eq!(code, Some(0), "report: {stderr}");

@@ -202,12 +202,16 @@ fn dangling_links_loops_and_unreadable_folders_count_list_and_are_forgotten_when
     let sub = photos.join("private");
     std::fs::create_dir(&sub).unwrap();
     add_photos(&sub, &["obama2.jpg"]);
+    // The binary and models copied where `nobody` may read them (the checkout may lie under /root).
+    let bin = tmp.path().join("facedb");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("facedb"), &bin).unwrap();
+    let models = models_folder(tmp.path(), true);
     let nobody = |dir: &Path| {
         Command::new("/usr/bin/setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .arg(assert_cmd::cargo::cargo_bin("facedb"))
+            .arg(&bin)
             .arg("--models")
-            .arg(repo().join("models"))
+            .arg(&models)
             .arg("index")
             .arg(dir)
             .output()

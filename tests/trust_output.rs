@@ -375,17 +375,12 @@ fn a_replaced_embedder_model_stops_match_before_it_deletes_anything() {
     add_photos(&d, &["obama.jpg", "obama2.jpg"]);
     facedb().arg("--models").arg(&models).arg("index").arg(&d).assert().success();
     let out = tmp.path().join("crops");
-    facedb()
-        .arg("--models")
-        .arg(&models)
-        .arg("match")
-        .arg(&d)
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
+    let run_match = || {
+        let mut c = facedb();
+        c.arg("--models").arg(&models).arg("match").arg(&d).arg("--ref").arg(photo("obama.jpg")).arg("--out").arg(&out);
+        c
+    };
+    run_match().assert().success();
     assert_eq!(crop_names(&out).len(), 2);
     let before = snapshot(&out);
     // A new version of the embedder model file (a different hash).
@@ -393,17 +388,7 @@ fn a_replaced_embedder_model_stops_match_before_it_deletes_anything() {
     let mut bytes = std::fs::read(&sface).unwrap();
     bytes.extend_from_slice(b"\0\0\0\0");
     std::fs::write(&sface, bytes).unwrap();
-    let output = facedb()
-        .arg("--models")
-        .arg(&models)
-        .arg("match")
-        .arg(&d)
-        .arg("--ref")
-        .arg(photo("obama.jpg"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = run_match().output().unwrap();
     let line = refused(&output);
     assert!(
         line.starts_with("facedb: the database holds no embeddings from the embedder model face_recognition_sface_2021dec_int8bq now in use")
