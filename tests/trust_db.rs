@@ -233,3 +233,85 @@ fn control_characters_in_names_are_escaped_by_report_info_and_sql() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !stdout.contains('\x1b') && stdout.contains("\\x1b[2J"), "{stdout}");
 }
+
+#[test]
+fn a_lock_file_that_is_a_link_is_refused_and_its_target_never_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let target = tmp.path().join("created-outside");
+    std::os::unix::fs::symlink(&target, photos.join("facedb.lock")).unwrap();
+    facedb().arg("index").arg(&photos).assert().code(2).stderr(predicate::str::contains("facedb.lock"));
+    assert!(!target.exists(), "index wrote through the planted link");
+}
+
+#[test]
+fn a_fifo_under_a_crop_or_photo_name_does_not_hang_the_html_sheet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama2.jpg", "obama3.jpg"]);
+    facedb().arg("index").arg(&photos).assert().success();
+    let out = tmp.path().join("crops");
+    match_ref(&photos, "obama.jpg").arg("--out").arg(&out).assert().success();
+    let fifo = |p: &Path| {
+        std::fs::remove_file(p).unwrap();
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    let crop = manifest(&out).into_iter().find(|r| r["source_path"] == "obama2.jpg").unwrap()["crop_path"].clone();
+    fifo(Path::new(&crop));
+    fifo(&photos.join("obama3.jpg"));
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("facedb"))
+        .arg("report")
+        .arg(&photos)
+        .arg("--html")
+        .arg(tmp.path().join("sheet.html"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() > 30 {
+            child.kill().unwrap();
+            panic!("report --html hung on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(tmp.path().join("sheet.html").is_file());
+}
+
+#[test]
+fn ctrl_c_during_match_marks_the_run_interrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(&photos).assert().success();
+    // Big lossless crops take seconds to write: time to interrupt.
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("facedb"))
+        .args(["match", "--all", "--size", "4000", "--upscale", "--format", "png", "--out"])
+        .arg(tmp.path().join("crops"))
+        .arg(&photos)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let conn = db(&photos);
+    let started = std::time::Instant::now();
+    while query_i64(&conn, "SELECT count(*) FROM runs WHERE command = 'match' AND status = 'running'") == 0 {
+        assert!(started.elapsed().as_secs() < 60, "the match run never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    if status.code() == Some(0) {
+        eprintln!("the match finished before Ctrl-C arrived; nothing to check");
+        return;
+    }
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE command = 'match' AND status = 'interrupted'"), 1);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 0);
+}

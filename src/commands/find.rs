@@ -137,6 +137,16 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
     let mut run_guard = write::RunGuard::new(&db.conn, run_id);
+    // Ctrl-C while cropping: the run is recorded as interrupted before the process stops (the
+    // crops it left are removed by the next run into this folder).
+    let (handler_db, handler_run) = (db_file.clone(), run_id);
+    // Fails only if a handler is already set in this process; the next run then closes the run.
+    let _ = ctrlc::set_handler(move || {
+        if let Ok(db) = Db::open(&handler_db) {
+            let _ = write::abort_run(&db.conn, handler_run, "interrupted");
+        }
+        std::process::exit(i32::from(super::EXIT_INTERRUPTED));
+    });
 
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
     let job =

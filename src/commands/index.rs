@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -411,9 +412,22 @@ pub fn detector_params_json(p: &DetectParams) -> String {
 /// One index at a time per database: a second one is refused with a clear message.
 fn lock_dataset(db_file: &Path) -> Result<File> {
     let lock_path = db_file.with_extension("lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| {
-        format!("cannot create {}; if the folder is read-only, pass --db PATH to keep the database elsewhere", lock_path.display())
-    })?;
+    // Never through a link: a link planted as the lock file would make index create its target.
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&lock_path)
+        .with_context(|| {
+            format!(
+                "cannot open the lock file {} (a link, a FIFO, or a read-only folder?); remove it if it is not facedb's, or pass --db PATH to keep the database elsewhere",
+                lock_path.display()
+            )
+        })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        bail!("{} is not a regular file; remove it (facedb keeps its lock there)", lock_path.display());
+    }
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {

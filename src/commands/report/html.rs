@@ -106,12 +106,14 @@ fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
     let image = r
         .crop_path
         .as_ref()
-        .and_then(|c| std::fs::read(out_dir.join(c)).ok())
+        // Only regular files are read: a FIFO planted under a crop's or photo's name must not hang the sheet.
+        .and_then(|c| crate::util::read_photo_file(&out_dir.join(c)).ok())
         .and_then(|b| decode::decode(&b).ok())
         .map(|d| d.rgb)
         .or_else(|| {
             let path = r.path.as_ref()?;
-            let rgb = crate::pipeline::decode_as_indexed(&std::fs::read(walk::resolve(root, path, None)).ok()?, r.rotation).ok()?;
+            let rgb = crate::pipeline::decode_as_indexed(&crate::util::read_photo_file(&walk::resolve(root, path, None)).ok()?, r.rotation)
+                .ok()?;
             let [x, y, w, h] = r.face;
             let m = 0.2;
             let (x0, y0) = ((x - w * m).max(0.0) as u32, (y - h * m).max(0.0) as u32);
