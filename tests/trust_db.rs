@@ -315,3 +315,20 @@ fn ctrl_c_during_match_marks_the_run_interrupted() {
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE command = 'match' AND status = 'interrupted'"), 1);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs WHERE status = 'running'"), 0);
 }
+
+#[test]
+fn a_link_planted_as_the_write_ahead_log_is_named_and_never_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    empty_dataset(tmp.path());
+    let target = tmp.path().join("outside.txt");
+    std::fs::write(&target, "mine").unwrap();
+    std::os::unix::fs::symlink(&target, tmp.path().join("facedb.sqlite-wal")).unwrap();
+    facedb()
+        .arg("sql")
+        .arg(tmp.path())
+        .args(["SELECT 1", "--write"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("facedb.sqlite-wal is not a regular file"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine");
+}

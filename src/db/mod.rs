@@ -172,8 +172,21 @@ fn refuse_non_regular(path: &Path) -> Result<()> {
             bail!("{} is a symbolic link; pass the database file itself with --db", path.display())
         }
         Ok(m) if !m.is_file() => bail!("{} is not a regular file; pass --db a database file (new or existing)", path.display()),
-        _ => Ok(()),
+        _ => {}
     }
+    // SQLite writes its -wal and -shm files through whatever stands at those names.
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let side = sidecar(path, suffix);
+        if let Ok(m) = std::fs::symlink_metadata(&side) {
+            if !m.is_file() {
+                bail!(
+                    "{} is not a regular file (a link, a FIFO?): SQLite would write through it; remove it (facedb's database keeps its log there)",
+                    side.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a SQLite file that is not facedb's: a new empty file, a facedb database, or one made
