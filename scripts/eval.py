@@ -53,4 +53,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:
+        # `| head`: the reader has what it wanted.
+        sys.stderr.close()
