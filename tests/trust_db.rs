@@ -175,6 +175,21 @@ fn report_sql_and_info_work_on_a_read_only_folder() {
     let (code, stdout, stderr) = as_nobody(&["info", photo.to_str().unwrap()]);
     assert_eq!(code, Some(0), "info: {stderr}");
     assert!(stdout.contains("faces (1)"), "{stdout}");
+    // A dry run writes nothing, so it works there too (on a private copy of the database).
+    let models = models_folder(tmp.path(), true);
+    let reference = tmp.path().join("ref.jpg");
+    std::fs::copy(common::photo("obama2.jpg"), &reference).unwrap();
+    let listing = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listing(&photos);
+    let (code, stdout, stderr) =
+        as_nobody(&["--models", models.to_str().unwrap(), "match", p, "--ref", reference.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, Some(0), "match --dry-run: {stderr}");
+    assert!(stdout.contains("would crop 1 photos") && stdout.contains("nothing was written"), "{stdout}");
+    assert_eq!(listing(&photos), before);
     assert!(!photos.join("facedb.sqlite-shm").exists(), "nothing was written into the read-only folder");
     std::fs::set_permissions(&photos, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

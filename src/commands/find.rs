@@ -41,7 +41,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     if !db_file.is_file() {
         bail!("no database at {}; run `facedb index {}` first", display_path(&db_file), display_path(&root));
     }
-    let db = Db::open(&db_file)?;
+    let (db, _scratch) = open_database(&db_file, args.dry_run)?;
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
     // simply rolls it back, so it writes nothing.
     let tx = db.conn.unchecked_transaction()?;
@@ -290,6 +290,23 @@ fn decide_all(
         })
         .collect();
     Ok((decisions, faces))
+}
+
+/// The dataset's database, opened for writing. `--dry-run` writes nothing, so it also works
+/// where the database cannot be written (a read-only folder or mount): it then runs on a private
+/// copy in a temporary folder (`VACUUM INTO` reads the original without writing beside it), which
+/// goes away with the returned guard.
+fn open_database(db_file: &Path, dry_run: bool) -> Result<(Db, Option<tempfile::TempDir>)> {
+    let err = match Db::open(db_file) {
+        Ok(db) => return Ok((db, None)),
+        Err(err) if dry_run => err,
+        Err(err) => return Err(err),
+    };
+    let original = Db::open_read_only(db_file).map_err(|_| err)?;
+    let scratch = tempfile::tempdir().context("making a temporary folder for a dry run on a read-only database")?;
+    let copy = scratch.path().join(crate::db::DB_FILE);
+    original.copy_to(&copy).with_context(|| format!("copying {} for a dry run", display_path(db_file)))?;
+    Ok((Db::open(&copy)?, Some(scratch)))
 }
 
 /// Names the references that disagree with the others (a folder of references holding two

@@ -97,6 +97,16 @@ impl Db {
         Ok(Self { conn })
     }
 
+    /// Writes a consistent copy of the database to `dest` (a new file), without writing to or
+    /// beside this one, so it works on a read-only connection.
+    pub fn copy_to(&self, dest: &Path) -> Result<()> {
+        // query_only would refuse the copy; the connection itself stays read-only.
+        self.conn.pragma_update(None, "query_only", "OFF")?;
+        let dest = dest.to_str().context("a temporary path that is not UTF-8")?;
+        self.conn.execute("VACUUM INTO ?1", [dest])?;
+        Ok(())
+    }
+
     /// Checks that this database indexes `root`, remembering the folder on first use. A database
     /// inside its folder follows the folder when it is moved or renamed; one kept elsewhere
     /// (`--db`, `FACEDB_DB`) that was made for another folder gets a warning, since using it mixes
