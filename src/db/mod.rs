@@ -234,16 +234,17 @@ fn check_not_newer(version: i64, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` is a facedb database (a SQLite file with facedb's tables), checked read-only.
+/// Whether `path` is a facedb database, checked read-only by the same rule `Db::open` applies
+/// (facedb's application id, or an older facedb schema), and not merely an empty file.
 pub fn is_facedb_database(path: &Path) -> bool {
     path.is_file()
-        && Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'images')", [], |r| {
+        && Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).is_ok_and(|c| {
+            check_is_facedb(&c, path).is_ok()
+                && c.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('files', 'images')", [], |r| {
                     r.get::<_, i64>(0)
                 })
-            })
-            .is_ok_and(|n| n == 2)
+                .is_ok_and(|n| n == 2)
+        })
 }
 
 pub fn now_rfc3339() -> String {
