@@ -44,3 +44,5 @@ run() {
 }
 run "defaults"
 run "quality filters off" --min-face 0 --min-sharpness 0 --min-score 0 --max-yaw 90
+# The distributions behind the threshold: genuine and impostor distances by face size.
+python3 scripts/calibrate.py "$cache/labels.csv" "$set_dir/facedb.sqlite"

@@ -406,7 +406,9 @@ fn plan(
 }
 
 pub fn detector_params_json(p: &DetectParams) -> String {
-    serde_json::json!({"max_side": p.max_side, "score_threshold": p.score_threshold, "nms_iou": p.nms_iou}).to_string()
+    // `passes` names the detection procedure: a change in it changes the detector's identity, so
+    // photos detected the old way are detected again (see `commands::index`'s re-detect rule).
+    serde_json::json!({"max_side": p.max_side, "score_threshold": p.score_threshold, "nms_iou": p.nms_iou, "passes": crate::pipeline::detect::PASSES}).to_string()
 }
 
 /// One index at a time per database: a second one is refused with a clear message.
