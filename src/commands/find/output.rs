@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
@@ -14,7 +15,7 @@ use crate::commands::Progress;
 use crate::crop::{self, CropPlan, CropSpec, FaceGeometry};
 use crate::db::read::{self, FaceInfo, RefRow};
 use crate::db::Db;
-use crate::matching::{self, Decision};
+use crate::matching::{self, Decision, Reason};
 use crate::output::{NewFile, OutputDir};
 use crate::pipeline::{hash, walk};
 use crate::util::{display_path, read_photo_file};
@@ -24,6 +25,8 @@ pub(super) struct Crop {
     pub source: String,
     pub file_name: String,
     pub plan: CropPlan,
+    /// Fraction of the crop's pixels that lie outside the photo (0 unless `--pad`).
+    pub padded_fraction: f32,
 }
 
 /// What every crop of a run shares.
@@ -90,21 +93,59 @@ impl CropJob<'_> {
                 .map(|info| {
                     let id = info.face_id;
                     let result = (|| {
-                        let geometry = FaceGeometry { x: info.x, y: info.y, w: info.w, h: info.h, landmarks: info.landmarks };
-                        let plan = crop::plan(&geometry, &self.spec, rgb.width(), rgb.height());
+                        let plan = crop::plan(&geometry(&info), &self.spec, rgb.width(), rgb.height());
+                        // Decided before cropping from the stored size; the photo on disk may differ.
+                        if plan.enlarges() && !self.spec.upscale {
+                            bail!(
+                                "{} (the photo is not the size it was indexed at; re-run `facedb index`)",
+                                Reason::SmallerThanSize.as_str()
+                            );
+                        }
                         let file_name =
                             self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
+                        let (image, padded_fraction) = crop::render(&rgb, &plan);
                         let mut file = self.out.create(file_name)?;
-                        crop::encode(&crop::render(&rgb, &plan), self.format, self.quality, &mut file)
+                        crop::encode(&image, self.format, self.quality, &mut file)
                             .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
                         file.finish()?;
-                        Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan })
+                        Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan, padded_fraction })
                     })();
                     (id, result)
                 })
                 .collect(),
         }
     }
+}
+
+fn geometry(i: &FaceInfo) -> FaceGeometry {
+    FaceGeometry { x: i.x, y: i.y, w: i.w, h: i.h, landmarks: i.landmarks }
+}
+
+/// `--size` without `--upscale`: a chosen face whose crop would have to be enlarged to reach the
+/// size is rejected with its own reason, planned from the stored geometry before any photo is
+/// decoded (so `--dry-run` counts it too). Returns how many were rejected.
+pub(super) fn reject_smaller_than_size(conn: &Connection, decisions: &mut [Decision], spec: &CropSpec) -> Result<usize> {
+    if spec.size.is_none() || spec.upscale {
+        return Ok(0);
+    }
+    let mut rejected = 0;
+    for d in decisions.iter_mut().filter(|d| d.matched()) {
+        let i = read::face_info(conn, d.face_id)?;
+        if crop::plan(&geometry(&i), spec, i.width, i.height).enlarges() {
+            d.reason = Some(Reason::SmallerThanSize);
+            rejected += 1;
+        }
+    }
+    Ok(rejected)
+}
+
+/// How many written crops `--upscale` enlarged, and the largest factor.
+pub(super) fn upscaled(crops: &HashMap<i64, Result<Crop>>) -> (u64, f32) {
+    crops
+        .values()
+        .filter_map(|c| c.as_ref().ok())
+        .filter(|c| c.plan.enlarges())
+        .fold((0, 1.0), |(n, max), c| (n + 1, max.max(c.plan.upscale)))
 }
 
 /// A reference as the manifest records it.
@@ -126,7 +167,7 @@ pub(super) struct Manifest<'a> {
     out_dir: &'a Path,
 }
 
-pub const MANIFEST_COLUMNS: [&str; 30] = [
+pub const MANIFEST_COLUMNS: [&str; 32] = [
     "crop_path",
     "source_path",
     "source_blake3",
@@ -157,6 +198,8 @@ pub const MANIFEST_COLUMNS: [&str; 30] = [
     "ambiguous",
     "same_face_copies",
     "references",
+    "padded_fraction",
+    "upscale",
 ];
 pub const REJECTED_COLUMNS: [&str; 11] = [
     "source_path",
@@ -224,13 +267,16 @@ impl<'a> Manifest<'a> {
             u8::from(d.ambiguous).to_string(),
             d.same_face_copies.to_string(),
             serde_json::to_string(&refs)?,
+            format!("{:.4}", c.padded_fraction),
+            format!("{:.4}", p.upscale),
         ])?;
         let json = serde_json::json!({
             "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
             "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous, "same_face_copies": d.same_face_copies,
             "runner_up": d.runner_up.map(|(id, dist)| serde_json::json!({"face_id": id, "distance": dist})),
             "face": {"x": i.x, "y": i.y, "w": i.w, "h": i.h, "landmarks": i.landmarks},
-            "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h},
+            "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h,
+                "pad": p.pad, "padded_fraction": c.padded_fraction, "upscale": p.upscale},
             "quality": {"det_score": i.score, "size_px": i.size_px, "sharpness": i.sharpness, "yaw": i.yaw, "roll": i.roll, "brightness": i.brightness},
             "source_size": [i.width, i.height], "references": refs,
         });
