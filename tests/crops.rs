@@ -146,8 +146,13 @@ fn a_face_too_small_for_size_is_rejected_with_its_reason_unless_upscale_which_is
     assert!(rows[0]["source_path"].ends_with("obama2.jpg"));
     assert_eq!(crop_of(&out, &rows[0]).dimensions(), (512, 512));
     assert_eq!(num(&rows[0], "upscale"), 1.0);
+    // One rule for every path: relative to the output folder when inside it, else absolute.
+    let real = std::fs::canonicalize(&photos).unwrap();
+    assert_eq!(rows[0]["crop_path"], file_name_of(&rows[0]["crop_path"]), "a crop is named relative to its folder");
+    assert_eq!(Path::new(&rows[0]["source_path"]), real.join("obama2.jpg"));
     let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
-    assert!(rejected.lines().any(|l| l.contains("small.png") && l.contains("smaller than --size")), "{rejected}");
+    let small_source = real.join("small.png").to_string_lossy().into_owned();
+    assert!(rejected.lines().any(|l| l.starts_with(&small_source) && l.contains("smaller than --size")), "{rejected}");
     let stored = query_i64(&db(&photos), "SELECT count(*) FROM match_results WHERE reason = 'smaller than --size'");
     assert_eq!(stored, 1);
 

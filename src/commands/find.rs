@@ -159,7 +159,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
 
     let tx = db.conn.unchecked_transaction()?;
     let ref_list: Vec<&RefRow> = positives.iter().collect();
-    let mut manifest = output::Manifest::create(&out)?;
+    let mut manifest = output::Manifest::create(&out, &root)?;
     let (mut crop_failures, mut matched, mut rejected, mut ambiguous) = (0u64, 0u64, 0u64, 0u64);
     let distance_of = |d: &Decision| (!(args.all && pos_vecs.is_empty())).then_some(d.distance);
     for d in &decisions {

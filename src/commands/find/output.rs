@@ -160,11 +160,16 @@ struct RefEntry<'a> {
 
 /// manifest.csv + manifest.jsonl (one row per crop) and rejected.csv, written to temp files and
 /// renamed into place at the end so readers never see half a manifest.
+///
+/// Every path in them follows one rule: relative to the output folder when the file is inside it
+/// (the crops: the folder can be moved or uploaded with its manifest), else absolute (sources,
+/// under the canonical dataset folder; references, canonical).
 pub(super) struct Manifest<'a> {
     csv: csv::Writer<NewFile<'a>>,
     jsonl: NewFile<'a>,
     rejected: csv::Writer<NewFile<'a>>,
-    out_dir: &'a Path,
+    /// The dataset folder (canonical), which source paths are stored relative to.
+    root: &'a Path,
 }
 
 pub const MANIFEST_COLUMNS: [&str; 32] = [
@@ -220,25 +225,25 @@ fn opt(v: Option<f32>) -> String {
 }
 
 impl<'a> Manifest<'a> {
-    pub fn create(out: &'a OutputDir) -> Result<Self> {
+    pub fn create(out: &'a OutputDir, root: &'a Path) -> Result<Self> {
         let mut csv = csv::Writer::from_writer(out.create(MANIFEST_CSV)?);
         csv.write_record(MANIFEST_COLUMNS)?;
         let mut rejected = csv::Writer::from_writer(out.create(REJECTED_CSV)?);
         rejected.write_record(REJECTED_COLUMNS)?;
-        Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, out_dir: out.path() })
+        Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, root })
     }
 
     pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow]) -> Result<()> {
-        let out_dir = self.out_dir;
         let i = &c.info;
         let p = &c.plan;
         let refs: Vec<RefEntry> =
             refs.iter().map(|r| RefEntry { path: &r.path, blake3: &r.blake3, width: r.width, height: r.height, face: r.face }).collect();
-        let crop_path = out_dir.join(&c.file_name).to_string_lossy().into_owned();
+        let crop_path = c.file_name.clone();
+        let source_path = self.root.join(&c.source).to_string_lossy().into_owned();
         let [cx, cy, cw, ch] = p.rect;
         self.csv.write_record([
             crop_path.clone(),
-            c.source.clone(),
+            source_path.clone(),
             i.blake3.clone(),
             i.face_id.to_string(),
             opt(distance),
@@ -271,7 +276,7 @@ impl<'a> Manifest<'a> {
             format!("{:.4}", p.upscale),
         ])?;
         let json = serde_json::json!({
-            "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
+            "crop_path": crop_path, "source_path": source_path, "source_blake3": i.blake3, "face_id": i.face_id,
             "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous, "same_face_copies": d.same_face_copies,
             "runner_up": d.runner_up.map(|(id, dist)| serde_json::json!({"face_id": id, "distance": dist})),
             "face": {"x": i.x, "y": i.y, "w": i.w, "h": i.h, "landmarks": i.landmarks},
@@ -293,7 +298,7 @@ impl<'a> Manifest<'a> {
         q: Option<&matching::FaceRow>,
     ) -> Result<()> {
         self.rejected.write_record([
-            path.cloned().unwrap_or_default(),
+            path.map(|p| self.root.join(p).to_string_lossy().into_owned()).unwrap_or_default(),
             d.face_id.to_string(),
             opt(distance),
             opt(d.runner_up.map(|r| r.1)),
