@@ -212,3 +212,24 @@ fn references_are_recorded_by_real_path_and_content_hash() {
         "{report}"
     );
 }
+
+#[test]
+fn a_square_crop_at_the_border_shrinks_instead_of_filling_up_with_the_neighbour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    // obama2 (face about x 201..476) beside biden, cut 191 px in from the left: the face is 10 px
+    // from the border and biden's half starts at x 435.
+    let couple = side_by_side(&rgb("obama2.jpg"), &rgb("biden.jpg"));
+    let cut = image::imageops::crop_imm(&couple, 191, 0, couple.width() - 191, couple.height()).to_image();
+    save(&photos, "couple.png", &cut);
+    index(&photos);
+    let out = tmp.path().join("out");
+    match_ref(&photos, "obama.jpg").args(["--square", "--out"]).arg(&out).assert().success();
+    let r = &manifest(&out)[0];
+    let (x, w, fx, fw) = (num(r, "crop_x"), num(r, "crop_w"), num(r, "face_x"), num(r, "face_w"));
+    // Before: a 644 px square from x 0, a third of it biden's half; the face in its left 283 px.
+    assert!(x + w <= 435.0, "the crop reaches into the neighbour's half: {r:?}");
+    assert!(fx >= x && fx + fw <= x + w, "the face is inside: {r:?}");
+    assert_eq!(crop_of(&out, r).dimensions(), (w as u32, w as u32));
+}
