@@ -123,20 +123,18 @@ fn geometry(i: &FaceInfo) -> FaceGeometry {
 
 /// `--size` without `--upscale`: a chosen face whose crop would have to be enlarged to reach the
 /// size is rejected with its own reason, planned from the stored geometry before any photo is
-/// decoded (so `--dry-run` counts it too). Returns how many were rejected.
-pub(super) fn reject_smaller_than_size(conn: &Connection, decisions: &mut [Decision], spec: &CropSpec) -> Result<usize> {
+/// decoded (so `--dry-run` counts it too).
+pub(super) fn reject_smaller_than_size(conn: &Connection, decisions: &mut [Decision], spec: &CropSpec) -> Result<()> {
     if spec.size.is_none() || spec.upscale {
-        return Ok(0);
+        return Ok(());
     }
-    let mut rejected = 0;
     for d in decisions.iter_mut().filter(|d| d.matched()) {
         let i = read::face_info(conn, d.face_id)?;
         if crop::plan(&geometry(&i), spec, i.width, i.height).enlarges() {
             d.reason = Some(Reason::SmallerThanSize);
-            rejected += 1;
         }
     }
-    Ok(rejected)
+    Ok(())
 }
 
 /// How many written crops `--upscale` enlarged, and the largest factor.
