@@ -241,6 +241,13 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         super::outln!("{summary}");
     } else if !globals.quiet {
         print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
+        let small = decisions.iter().filter(|d| d.reason == Some(Reason::SmallerThanSize)).count();
+        if small > 0 {
+            eprintln!(
+                "  {small} face(s) too small for --size {} were not written (listed in {REJECTED_CSV}); --upscale enlarges them, a smaller --size keeps them sharp",
+                args.size.unwrap_or(0)
+            );
+        }
         if upscaled > 0 {
             eprintln!(
                 "  {upscaled} crop(s) enlarged to --size {} by --upscale (largest factor {max_upscale:.2}x; `upscale` in {MANIFEST_CSV})",
