@@ -6,6 +6,7 @@ box); a crop of anyone else is a false match (and, where the person was there, a
     eval.py LABELS_CSV MANIFEST_CSV TITLE
 """
 import csv
+import os
 import sys
 from collections import defaultdict
 
@@ -13,7 +14,8 @@ from collections import defaultdict
 def main():
     labels_csv, manifest_csv, title = sys.argv[1:4]
     labels = {r["file"]: r for r in csv.DictReader(open(labels_csv))}
-    crops = {r["source_path"]: r for r in csv.DictReader(open(manifest_csv))}
+    # Sources are recorded by absolute path; labels name the files of the (flat) set.
+    crops = {os.path.basename(r["source_path"]): r for r in csv.DictReader(open(manifest_csv))}
     per_kind = defaultdict(lambda: {"pos": 0, "tp": 0, "fp": 0, "neg": 0})
     tp = fp = fn = 0
     misses = []

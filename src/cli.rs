@@ -164,21 +164,25 @@ pub struct MatchArgs {
     #[arg(long, value_name = "F", default_value_t = 0.3, value_parser = margin)]
     pub margin: f32,
 
-    /// Make crops square (shifted to stay inside the photo).
+    /// Make crops square (shrunk, and slid a little, to stay inside the photo unless --pad).
     #[arg(long)]
     pub square: bool,
 
-    /// Resize crops so the long side is N pixels (never enlarging unless --upscale).
+    /// Resize crops to exactly N pixels on the long side (NxN with --square); a face whose crop is smaller is rejected ("smaller than --size") unless --upscale.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub size: Option<u32>,
 
-    /// Let --size enlarge crops smaller than N.
-    #[arg(long)]
+    /// Let --size enlarge crops smaller than N (the summary says how many and by how much).
+    #[arg(long, requires = "size")]
     pub upscale: bool,
 
-    /// Rotate crops so the eyes are level.
+    /// Rotate crops so the eyes are level (shrunk to stay inside the photo unless --pad).
     #[arg(long)]
     pub align: bool,
+
+    /// Keep the crop region at its full size and fill what lies outside the photo: reflect, edge or black [default: none, the region shrinks to fit].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub pad: Option<crate::crop::Pad>,
 
     /// Crop file format.
     #[arg(long, value_enum, value_name = "FMT", default_value = "jpg")]
@@ -317,6 +321,10 @@ mod tests {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
         }
+        assert_eq!(parse(&["--pad", "zero"]).expect_err("--pad zero").kind(), clap::error::ErrorKind::InvalidValue);
+        // --upscale only means something with --size.
+        assert_eq!(parse(&["--upscale"]).expect_err("--upscale alone").kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["--square", "--margin", "0", "--size", "512", "--upscale", "--align", "--pad", "reflect"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
     }

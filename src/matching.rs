@@ -37,6 +37,8 @@ pub enum Reason {
     LowScore,
     TooBlurry,
     Pose,
+    /// The crop would have to be enlarged to reach `--size` (and `--upscale` was not given).
+    SmallerThanSize,
 }
 
 impl Reason {
@@ -49,6 +51,7 @@ impl Reason {
             Reason::LowScore => "low detection score",
             Reason::TooBlurry => "too blurry",
             Reason::Pose => "pose",
+            Reason::SmallerThanSize => "smaller than --size",
         }
     }
 }

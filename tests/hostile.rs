@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use common::*;
 use image::{imageops, DynamicImage, RgbImage};
@@ -180,9 +179,9 @@ fn hostile_and_unusual_files_are_indexed_or_reported() {
     // The crop of the non-UTF-8 file works too, and crops stay inside --out.
     let crops = tmp.path().join("crops");
     match_ref(d, "obama.jpg").arg("--out").arg(&crops).assert().success();
-    assert!(manifest(&crops).iter().any(|r| r["source_path"].starts_with("caf")));
+    assert!(manifest(&crops).iter().any(|r| file_name_of(&r["source_path"]).starts_with("caf")));
     for r in manifest(&crops) {
-        assert!(Path::new(&r["crop_path"]).parent() == Some(crops.as_path()), "{r:?}");
+        assert!(!r["crop_path"].contains('/') && crops.join(&r["crop_path"]).is_file(), "{r:?}");
     }
     facedb().arg("report").arg(d).assert().success().stdout(predicate::str::contains("bomb.png"));
 }

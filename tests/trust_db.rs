@@ -274,8 +274,8 @@ fn a_fifo_under_a_crop_or_photo_name_does_not_hang_the_html_sheet() {
         let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     };
-    let crop = manifest(&out).into_iter().find(|r| r["source_path"] == "obama2.jpg").unwrap()["crop_path"].clone();
-    fifo(Path::new(&crop));
+    let crop = manifest(&out).into_iter().find(|r| file_name_of(&r["source_path"]) == "obama2.jpg").unwrap()["crop_path"].clone();
+    fifo(&out.join(crop));
     fifo(&photos.join("obama3.jpg"));
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("facedb"))
         .arg("report")

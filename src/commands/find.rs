@@ -54,7 +54,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         check_embeddings(&tx, &files, embedder_id, &root)?;
     }
     let out_dir = args.out.clone().unwrap_or_else(|| root.join("facedb-crops"));
-    let spec = CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align };
+    let spec =
+        CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align, pad: args.pad };
     let filters = Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
     let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous}).to_string();
     let args_json = serde_json::json!({
@@ -85,7 +86,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     if let Some(w) = matrix.warning.as_deref().filter(|_| !globals.quiet) {
         eprintln!("warning: {w}");
     }
-    let (decisions, face_rows) = if args.all {
+    let (mut decisions, face_rows) = if args.all {
         decide_all(&tx, &mut matrix, &pos_vecs, &filters)?
     } else {
         let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
@@ -105,6 +106,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             matching::DEFAULT_THRESHOLD
         );
     }
+    output::reject_smaller_than_size(&tx, &mut decisions, &spec)?;
     // Photos far beyond the threshold are counted, not listed: at a million photos one row each
     // per run would dwarf everything else, and they say nothing a threshold change would need.
     let recorded: Vec<&Decision> = decisions.iter().filter(|d| is_recorded(d, args.threshold)).collect();
@@ -153,10 +155,11 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         output::CropJob { db_file: &db_file, root: &root, out: &out, names: &names, spec, format: args.format, quality: args.quality };
     let crops = job.run(&to_crop, &bar);
     bar.finish();
+    let (upscaled, max_upscale) = output::upscaled(&crops);
 
     let tx = db.conn.unchecked_transaction()?;
     let ref_list: Vec<&RefRow> = positives.iter().collect();
-    let mut manifest = output::Manifest::create(&out)?;
+    let mut manifest = output::Manifest::create(&out, &root)?;
     let (mut crop_failures, mut matched, mut rejected, mut ambiguous) = (0u64, 0u64, 0u64, 0u64);
     let distance_of = |d: &Decision| (!(args.all && pos_vecs.is_empty())).then_some(d.distance);
     for d in &decisions {
@@ -232,11 +235,25 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         let summary = serde_json::json!({
             "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
+            "upscaled": {"crops": upscaled, "max_factor": max_upscale},
             "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "seconds": started.elapsed().as_secs_f64(),
         });
         super::outln!("{summary}");
     } else if !globals.quiet {
         print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
+        let small = decisions.iter().filter(|d| d.reason == Some(Reason::SmallerThanSize)).count();
+        if small > 0 {
+            eprintln!(
+                "  {small} face(s) too small for --size {} were not written (listed in {REJECTED_CSV}); --upscale enlarges them, a smaller --size keeps them sharp",
+                args.size.unwrap_or(0)
+            );
+        }
+        if upscaled > 0 {
+            eprintln!(
+                "  {upscaled} crop(s) enlarged to --size {} by --upscale (largest factor {max_upscale:.2}x; `upscale` in {MANIFEST_CSV})",
+                args.size.unwrap_or(0)
+            );
+        }
     }
     Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
 }
@@ -386,7 +403,15 @@ impl References<'_> {
         // Only a regular file under the size cap: a FIFO or /dev/zero is refused at once.
         let bytes = read_photo_file(path).context("reading a reference photo")?;
         let blake3 = hash::content_hash(&bytes);
-        if let Some(r) = read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)? {
+        // Recorded by its real path (canonical, absolute) as given this time: the same content
+        // passed from elsewhere later must not keep showing the path of its first use.
+        let path_str = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf());
+        let path_str = path_str.to_string_lossy().into_owned();
+        if let Some(mut r) = read::find_ref(conn, &blake3, self.detector_id, self.embedder_id)? {
+            if r.path != path_str {
+                write::set_ref_path(conn, r.id, &path_str)?;
+                r.path = path_str;
+            }
             if r.faces_in_photo > 1 && !self.quiet {
                 eprintln!("note: {} has {} faces; using the largest", display_path(path), r.faces_in_photo);
             }
@@ -415,7 +440,6 @@ impl References<'_> {
                 face.detection.h.round()
             );
         }
-        let path_str = path.to_string_lossy();
         let new = NewRef {
             blake3: &blake3,
             path: &path_str,

@@ -306,6 +306,12 @@ pub fn insert_ref(conn: &Connection, r: &NewRef, detector_id: i64, embedder_id: 
     Ok(conn.last_insert_rowid())
 }
 
+/// A reference is known by its content; its path is where it was given last (canonical).
+pub fn set_ref_path(conn: &Connection, id: i64, path: &str) -> Result<()> {
+    conn.execute("UPDATE refs SET path = ?2 WHERE id = ?1", rusqlite::params![id, path])?;
+    Ok(())
+}
+
 pub struct NewMatchRun<'a> {
     pub mode: &'a str,
     pub threshold: f32,

@@ -57,6 +57,11 @@ pub fn manifest(out: &Path) -> Vec<std::collections::HashMap<String, String>> {
     rdr.records().map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()).collect()
 }
 
+/// The file name of a manifest path (sources are recorded by absolute path).
+pub fn file_name_of(path: &str) -> String {
+    Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// Saves `img` as a photo in `dir` (backdated like the others).
 pub fn save(dir: &Path, name: &str, img: &image::RgbImage) {
     let p = dir.join(name);

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
@@ -14,7 +15,7 @@ use crate::commands::Progress;
 use crate::crop::{self, CropPlan, CropSpec, FaceGeometry};
 use crate::db::read::{self, FaceInfo, RefRow};
 use crate::db::Db;
-use crate::matching::{self, Decision};
+use crate::matching::{self, Decision, Reason};
 use crate::output::{NewFile, OutputDir};
 use crate::pipeline::{hash, walk};
 use crate::util::{display_path, read_photo_file};
@@ -24,6 +25,8 @@ pub(super) struct Crop {
     pub source: String,
     pub file_name: String,
     pub plan: CropPlan,
+    /// Fraction of the crop's pixels that lie outside the photo (0 unless `--pad`).
+    pub padded_fraction: f32,
 }
 
 /// What every crop of a run shares.
@@ -90,21 +93,57 @@ impl CropJob<'_> {
                 .map(|info| {
                     let id = info.face_id;
                     let result = (|| {
-                        let geometry = FaceGeometry { x: info.x, y: info.y, w: info.w, h: info.h, landmarks: info.landmarks };
-                        let plan = crop::plan(&geometry, &self.spec, rgb.width(), rgb.height());
+                        let plan = crop::plan(&geometry(&info), &self.spec, rgb.width(), rgb.height());
+                        // Decided before cropping from the stored size; the photo on disk may differ.
+                        if plan.enlarges() && !self.spec.upscale {
+                            bail!(
+                                "{} (the photo is not the size it was indexed at; re-run `facedb index`)",
+                                Reason::SmallerThanSize.as_str()
+                            );
+                        }
                         let file_name =
                             self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
+                        let (image, padded_fraction) = crop::render(&rgb, &plan);
                         let mut file = self.out.create(file_name)?;
-                        crop::encode(&crop::render(&rgb, &plan), self.format, self.quality, &mut file)
+                        crop::encode(&image, self.format, self.quality, &mut file)
                             .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
                         file.finish()?;
-                        Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan })
+                        Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan, padded_fraction })
                     })();
                     (id, result)
                 })
                 .collect(),
         }
     }
+}
+
+fn geometry(i: &FaceInfo) -> FaceGeometry {
+    FaceGeometry { x: i.x, y: i.y, w: i.w, h: i.h, landmarks: i.landmarks }
+}
+
+/// `--size` without `--upscale`: a chosen face whose crop would have to be enlarged to reach the
+/// size is rejected with its own reason, planned from the stored geometry before any photo is
+/// decoded (so `--dry-run` counts it too).
+pub(super) fn reject_smaller_than_size(conn: &Connection, decisions: &mut [Decision], spec: &CropSpec) -> Result<()> {
+    if spec.size.is_none() || spec.upscale {
+        return Ok(());
+    }
+    for d in decisions.iter_mut().filter(|d| d.matched()) {
+        let i = read::face_info(conn, d.face_id)?;
+        if crop::plan(&geometry(&i), spec, i.width, i.height).enlarges() {
+            d.reason = Some(Reason::SmallerThanSize);
+        }
+    }
+    Ok(())
+}
+
+/// How many written crops `--upscale` enlarged, and the largest factor.
+pub(super) fn upscaled(crops: &HashMap<i64, Result<Crop>>) -> (u64, f32) {
+    crops
+        .values()
+        .filter_map(|c| c.as_ref().ok())
+        .filter(|c| c.plan.enlarges())
+        .fold((0, 1.0), |(n, max), c| (n + 1, max.max(c.plan.upscale)))
 }
 
 /// A reference as the manifest records it.
@@ -119,14 +158,19 @@ struct RefEntry<'a> {
 
 /// manifest.csv + manifest.jsonl (one row per crop) and rejected.csv, written to temp files and
 /// renamed into place at the end so readers never see half a manifest.
+///
+/// Every path in them follows one rule: relative to the output folder when the file is inside it
+/// (the crops: the folder can be moved or uploaded with its manifest), else absolute (sources,
+/// under the canonical dataset folder; references, canonical).
 pub(super) struct Manifest<'a> {
     csv: csv::Writer<NewFile<'a>>,
     jsonl: NewFile<'a>,
     rejected: csv::Writer<NewFile<'a>>,
-    out_dir: &'a Path,
+    /// The dataset folder (canonical), which source paths are stored relative to.
+    root: &'a Path,
 }
 
-pub const MANIFEST_COLUMNS: [&str; 30] = [
+pub const MANIFEST_COLUMNS: [&str; 32] = [
     "crop_path",
     "source_path",
     "source_blake3",
@@ -157,6 +201,8 @@ pub const MANIFEST_COLUMNS: [&str; 30] = [
     "ambiguous",
     "same_face_copies",
     "references",
+    "padded_fraction",
+    "upscale",
 ];
 pub const REJECTED_COLUMNS: [&str; 11] = [
     "source_path",
@@ -177,25 +223,25 @@ fn opt(v: Option<f32>) -> String {
 }
 
 impl<'a> Manifest<'a> {
-    pub fn create(out: &'a OutputDir) -> Result<Self> {
+    pub fn create(out: &'a OutputDir, root: &'a Path) -> Result<Self> {
         let mut csv = csv::Writer::from_writer(out.create(MANIFEST_CSV)?);
         csv.write_record(MANIFEST_COLUMNS)?;
         let mut rejected = csv::Writer::from_writer(out.create(REJECTED_CSV)?);
         rejected.write_record(REJECTED_COLUMNS)?;
-        Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, out_dir: out.path() })
+        Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, root })
     }
 
     pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow]) -> Result<()> {
-        let out_dir = self.out_dir;
         let i = &c.info;
         let p = &c.plan;
         let refs: Vec<RefEntry> =
             refs.iter().map(|r| RefEntry { path: &r.path, blake3: &r.blake3, width: r.width, height: r.height, face: r.face }).collect();
-        let crop_path = out_dir.join(&c.file_name).to_string_lossy().into_owned();
+        let crop_path = c.file_name.clone();
+        let source_path = self.root.join(&c.source).to_string_lossy().into_owned();
         let [cx, cy, cw, ch] = p.rect;
         self.csv.write_record([
             crop_path.clone(),
-            c.source.clone(),
+            source_path.clone(),
             i.blake3.clone(),
             i.face_id.to_string(),
             opt(distance),
@@ -224,13 +270,16 @@ impl<'a> Manifest<'a> {
             u8::from(d.ambiguous).to_string(),
             d.same_face_copies.to_string(),
             serde_json::to_string(&refs)?,
+            format!("{:.4}", c.padded_fraction),
+            format!("{:.4}", p.upscale),
         ])?;
         let json = serde_json::json!({
-            "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
+            "crop_path": crop_path, "source_path": source_path, "source_blake3": i.blake3, "face_id": i.face_id,
             "distance": distance.filter(|x| x.is_finite()), "pass": d.pass, "ambiguous": d.ambiguous, "same_face_copies": d.same_face_copies,
             "runner_up": d.runner_up.map(|(id, dist)| serde_json::json!({"face_id": id, "distance": dist})),
             "face": {"x": i.x, "y": i.y, "w": i.w, "h": i.h, "landmarks": i.landmarks},
-            "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h},
+            "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h,
+                "pad": p.pad, "padded_fraction": c.padded_fraction, "upscale": p.upscale},
             "quality": {"det_score": i.score, "size_px": i.size_px, "sharpness": i.sharpness, "yaw": i.yaw, "roll": i.roll, "brightness": i.brightness},
             "source_size": [i.width, i.height], "references": refs,
         });
@@ -247,7 +296,7 @@ impl<'a> Manifest<'a> {
         q: Option<&matching::FaceRow>,
     ) -> Result<()> {
         self.rejected.write_record([
-            path.cloned().unwrap_or_default(),
+            path.map(|p| self.root.join(p).to_string_lossy().into_owned()).unwrap_or_default(),
             d.face_id.to_string(),
             opt(distance),
             opt(d.runner_up.map(|r| r.1)),
