@@ -435,7 +435,13 @@ fn adopt_v1(dir: &Path, names: &[&str], ledger_meta: &std::fs::Metadata) -> BTre
 
 /// The start of a file facedb writes under `name`.
 fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
-    let line = |cols: &[&str]| head.starts_with(format!("{}\n", cols.join(",")).as_bytes());
+    // Columns are only ever appended, so a header written by an older facedb is a prefix of
+    // today's (at least the first ten columns, so an unrelated CSV is not taken for ours).
+    let line = |cols: &[&str]| {
+        let Some(end) = head.iter().position(|&b| b == b'\n') else { return false };
+        let written: Vec<&[u8]> = head[..end].split(|&b| b == b',').collect();
+        written.len() >= cols.len().min(10) && written.len() <= cols.len() && written.iter().zip(cols).all(|(w, c)| *w == c.as_bytes())
+    };
     match name {
         crate::commands::find::MANIFEST_CSV => line(&crate::commands::find::MANIFEST_COLUMNS),
         crate::commands::find::REJECTED_CSV => line(&crate::commands::find::REJECTED_COLUMNS),
@@ -587,5 +593,16 @@ mod tests {
         assert_eq!(out.owned.keys().collect::<Vec<_>>(), ["a_face1.jpg"]);
         assert_eq!(out.finish().unwrap(), 1);
         assert!(!d.join("a_face1.jpg").exists() && d.join("b_face2.jpg").exists() && d.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn manifests_of_older_versions_are_recognised_and_other_csv_files_are_not() {
+        let cols = crate::commands::find::MANIFEST_COLUMNS;
+        let header = |n: usize| format!("{}\nrow\n", cols[..n].join(","));
+        assert!(looks_like_facedb_output("manifest.csv", header(cols.len()).as_bytes()));
+        assert!(looks_like_facedb_output("manifest.csv", header(cols.len() - 2).as_bytes()), "an older facedb's header");
+        assert!(!looks_like_facedb_output("manifest.csv", header(3).as_bytes()), "too short to be ours");
+        assert!(!looks_like_facedb_output("manifest.csv", b"name,size\nx,1\n"));
+        assert!(!looks_like_facedb_output("manifest.csv", format!("{},extra\n", cols.join(",")).as_bytes()), "a newer or foreign header");
     }
 }
