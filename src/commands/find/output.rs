@@ -17,6 +17,7 @@ use crate::db::Db;
 use crate::matching::{self, Decision};
 use crate::output::{NewFile, OutputDir};
 use crate::pipeline::{hash, walk};
+use crate::select::Choice;
 use crate::util::{display_path, read_photo_file};
 
 pub(super) struct Crop {
@@ -126,7 +127,7 @@ pub(super) struct Manifest<'a> {
     out_dir: &'a Path,
 }
 
-pub const MANIFEST_COLUMNS: [&str; 30] = [
+pub const MANIFEST_COLUMNS: [&str; 34] = [
     "crop_path",
     "source_path",
     "source_blake3",
@@ -157,6 +158,12 @@ pub const MANIFEST_COLUMNS: [&str; 30] = [
     "ambiguous",
     "same_face_copies",
     "references",
+    // --best N (empty without it): order of picking, quality 0-1, near-duplicate group (its lowest
+    // face id) and how many matched faces it holds; the rest of a group is in rejected.csv.
+    "rank",
+    "best_score",
+    "dup_group",
+    "dup_group_size",
 ];
 pub const REJECTED_COLUMNS: [&str; 11] = [
     "source_path",
@@ -185,7 +192,7 @@ impl<'a> Manifest<'a> {
         Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, out_dir: out.path() })
     }
 
-    pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow]) -> Result<()> {
+    pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow], best: Option<&Choice>) -> Result<()> {
         let out_dir = self.out_dir;
         let i = &c.info;
         let p = &c.plan;
@@ -224,6 +231,10 @@ impl<'a> Manifest<'a> {
             u8::from(d.ambiguous).to_string(),
             d.same_face_copies.to_string(),
             serde_json::to_string(&refs)?,
+            best.and_then(|b| b.rank).map(|r| r.to_string()).unwrap_or_default(),
+            best.map(|b| format!("{:.4}", b.score)).unwrap_or_default(),
+            best.map(|b| b.group_id.to_string()).unwrap_or_default(),
+            best.map(|b| b.group_size.to_string()).unwrap_or_default(),
         ])?;
         let json = serde_json::json!({
             "crop_path": crop_path, "source_path": c.source, "source_blake3": i.blake3, "face_id": i.face_id,
@@ -233,6 +244,7 @@ impl<'a> Manifest<'a> {
             "crop": {"x": cx, "y": cy, "w": cw, "h": ch, "angle": p.angle, "out_w": p.out_w, "out_h": p.out_h},
             "quality": {"det_score": i.score, "size_px": i.size_px, "sharpness": i.sharpness, "yaw": i.yaw, "roll": i.roll, "brightness": i.brightness},
             "source_size": [i.width, i.height], "references": refs,
+            "best": best.map(|b| serde_json::json!({"rank": b.rank, "score": b.score, "dup_group": b.group_id, "dup_group_size": b.group_size})),
         });
         writeln!(self.jsonl, "{json}")?;
         Ok(())
