@@ -20,6 +20,8 @@ pub(super) struct Best {
     choices: HashMap<i64, Choice>,
     /// Faces whose hash was computed in this run (indexed before hashes were stored).
     hashed_now: usize,
+    /// Time taken to choose, reading the inputs included.
+    seconds: f64,
 }
 
 /// The embeddings of the matched faces; `faces[i]`'s vector is the i-th in `vectors`.
@@ -39,6 +41,7 @@ pub(super) fn choose(
     decisions: &[Decision],
     mut vectors: HashMap<i64, Vec<f32>>,
 ) -> Result<Best> {
+    let started = std::time::Instant::now();
     let ids: Vec<i64> = decisions.iter().filter(|d| d.matched()).map(|d| d.face_id).collect();
     let mut faces = crate::db::best::faces_for_selection(conn, &ids)?;
     let hashed_now = fill_missing_hashes(conn, root, &mut faces)?;
@@ -46,7 +49,7 @@ pub(super) fn choose(
         f.embedding = vectors.remove(&f.face_id).filter(|v| !v.is_empty());
     }
     let choices = select::select(&faces, &params).into_iter().map(|c| (c.face_id, c)).collect();
-    Ok(Best { n: params.n, choices, hashed_now })
+    Ok(Best { n: params.n, choices, hashed_now, seconds: started.elapsed().as_secs_f64() })
 }
 
 impl Best {
@@ -75,7 +78,7 @@ impl Best {
         let duplicates = self.choices.values().filter(|c| matches!(c.passed_over, Some(select::PassedOver::NearDuplicate(_)))).count();
         let groups = self.choices.values().filter(|c| c.group_size > 1 && c.group_id == c.face_id).count();
         serde_json::json!({"n": self.n, "matched": self.choices.len(), "picked": picked, "near_duplicates": duplicates,
-            "near_duplicate_groups": groups, "faces_hashed": self.hashed_now})
+            "near_duplicate_groups": groups, "faces_hashed": self.hashed_now, "seconds": self.seconds})
     }
 
     /// One line for the human summary.
