@@ -209,6 +209,10 @@ pub struct MatchArgs {
     /// detection that is no face does not come within the threshold of a reference.
     #[arg(long, value_name = "S", default_value_t = 0.0, value_parser = fraction)]
     pub min_score: f32,
+
+    /// Crop at most N of the matched faces: the best (size, sharpness, pose, exposure, detection score) and most varied (look, pose, expression, light, framing), one per group of near-duplicates (burst shots, re-encoded, resized or cropped copies). The others are listed in rejected.csv with the reason.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub best: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +321,9 @@ mod tests {
             &["--size", "0"],
             &["--quality", "0"],
             &["--min-sharpness=-1"],
+            &["--best", "0"],
+            &["--best=-3"],
+            &["--best", "many"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");

@@ -214,7 +214,7 @@ pub fn distances(vectors: &mut dyn Vectors, refs: &[Vec<f32>], negatives: &[Vec<
 }
 
 /// The vectors of the faces at `wanted` indices, in the order asked.
-fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
     let dim = vectors.dim();
     let slot: std::collections::HashMap<usize, usize> = wanted.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let mut out = vec![Vec::new(); wanted.len()];

@@ -26,6 +26,7 @@ use crate::pipeline::walk;
 use crate::pipeline::{analyze, hash, largest, StageTimes};
 use crate::util::{display_path, display_str, read_photo_file};
 
+mod best;
 mod output;
 
 pub use output::{MANIFEST_COLUMNS, REJECTED_COLUMNS};
@@ -57,7 +58,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let spec =
         CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align, pad: args.pad };
     let filters = Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
-    let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous}).to_string();
+    let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous, "best": args.best}).to_string();
     let args_json = serde_json::json!({
         "dir": root.to_string_lossy(), "ref": args.refs, "not": args.negatives, "threshold": args.threshold, "combine": args.combine,
         "expand": args.expand, "all": args.all, "dry_run": args.dry_run, "out": out_dir.to_string_lossy(), "options": serde_json::from_str::<serde_json::Value>(&options_json)?,
@@ -91,6 +92,11 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     } else {
         let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
         (decisions, std::mem::take(&mut matrix.faces))
+    };
+    // --best needs the matched faces' vectors, still in the matrix (in `--all` mode face_rows is not in matrix order).
+    let best_vectors = match args.best {
+        Some(_) => best::matched_vectors(&mut matrix.vectors, if args.all { &matrix.faces } else { &face_rows }, &decisions)?,
+        None => HashMap::new(),
     };
     let cache_refresh = matrix.refresh();
     drop(matrix);
@@ -131,7 +137,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     }
     // Take the output folder and check every name this run writes before anything is written
     // (or committed): a refusal leaves the folder and the database as they were.
-    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched()).collect();
+    let best = args.best.map(|n| best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)).transpose()?;
+    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched() && best.as_ref().is_none_or(|b| b.picked(d.face_id))).collect();
     let out = open_output(&tx, &out_dir, &root, &db_file)?;
     let names = output::crop_names(&to_crop, &paths, args.format);
     out.check_free(names.values().map(String::as_str).chain([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV]))?;
@@ -172,7 +179,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         match crops.get(&d.face_id) {
             Some(Ok(c)) => {
                 matched += 1;
-                manifest.add(c, d, distance_of(d), &ref_list)?;
+                manifest.add(c, d, distance_of(d), &ref_list, best.as_ref().and_then(|b| b.choice(d.face_id)))?;
                 write::insert_match_result(
                     &tx,
                     run_id,
@@ -192,7 +199,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             }
             None => {
                 rejected += 1;
-                let why = reason.unwrap_or("not cropped");
+                let passed_over = best.as_ref().and_then(|b| b.reason(d.face_id));
+                let why = reason.or(passed_over.as_deref()).unwrap_or("not cropped");
                 manifest.reject(d, distance_of(d), why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
                     &tx,
@@ -220,6 +228,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         neg_ref_ids: &neg_ids,
     };
     write::insert_match_run(&tx, run_id, &run)?;
+    if let Some(b) = &best {
+        b.store(&tx, run_id)?;
+    }
     let photos = distinct_photos(&decisions) as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
@@ -236,7 +247,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
             "upscaled": {"crops": upscaled, "max_factor": max_upscale},
-            "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "seconds": started.elapsed().as_secs_f64(),
+            "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "best": best.as_ref().map(best::Best::summary), "seconds": started.elapsed().as_secs_f64(),
         });
         super::outln!("{summary}");
     } else if !globals.quiet {
@@ -253,6 +264,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
                 "  {upscaled} crop(s) enlarged to --size {} by --upscale (largest factor {max_upscale:.2}x; `upscale` in {MANIFEST_CSV})",
                 args.size.unwrap_or(0)
             );
+        }
+        if let Some(b) = &best {
+            eprintln!("  {}", b.describe());
         }
     }
     Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
@@ -272,6 +286,12 @@ fn distinct_photos(decisions: &[Decision]) -> usize {
     } else {
         decisions.iter().map(|d| d.image_id).collect::<HashSet<_>>().len()
     }
+}
+
+/// What `--best N` counts as a useful face size: what fills `--size` without enlarging, after the margin.
+fn best_params(args: &MatchArgs, n: u32) -> crate::select::Params {
+    let useful_face_px = args.size.map_or(crate::select::DEFAULT_USEFUL_FACE, |s| s as f32 / (1.0 + 2.0 * args.margin));
+    crate::select::Params { n: n as usize, useful_face_px }
 }
 
 fn is_recorded(d: &Decision, threshold: f32) -> bool {
