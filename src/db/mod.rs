@@ -1,6 +1,7 @@
 //! The SQLite database: opening, migrations, and every SQL statement facedb runs.
 //! `write` holds the single writer's statements, `read` the queries behind match and report.
 
+pub mod decisions;
 pub mod read;
 pub mod vectors;
 pub mod write;
@@ -21,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_cache_state", include_str!("../../migrations/0003_cache_state.sql")),
     ("0004_trust_input", include_str!("../../migrations/0004_trust_input.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
+    ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.
