@@ -392,17 +392,18 @@ impl OutputDir {
                 State::Absent => {
                     found.curation.deleted.insert(name);
                 }
-                State::Hash(_) | State::Other => {
+                State::Hash(_) => {
                     found.curation.edited.insert(name);
                 }
-                State::Unreachable => {}
+                // A link or anything else at the name is no edit: refused when written, as before.
+                State::Other | State::Unreachable => {}
             }
         }
         for name in listed.user.into_iter().filter(|n| !found.owned.contains_key(n)) {
             match state_of(dir, &name) {
                 State::Absent => found.curation.deleted.insert(name),
-                State::Unreachable => false,
-                State::Hash(_) | State::Other => found.curation.edited.insert(name),
+                State::Other | State::Unreachable => false,
+                State::Hash(_) => found.curation.edited.insert(name),
             };
         }
         // Deleted crops not yet remembered by a finished run stay deleted (while still gone).
@@ -777,6 +778,65 @@ mod tests {
         assert_eq!(out.finish().unwrap(), 1);
         assert_eq!(names(&d), [".facedb-output", "x_face2.jpg"]);
         assert_eq!(std::fs::read(d.join("x_face2.jpg")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn deleted_and_edited_crops_are_the_users_and_a_killed_runs_file_is_neither() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        for name in ["x_face1.jpg", "x_face2.jpg", "x_face3.jpg", "manifest.csv", "10_tok/x_face4.jpg"] {
+            let mut f = out.create(name).unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            f.finish().unwrap();
+        }
+        out.finish().unwrap();
+        std::fs::remove_file(d.join("x_face1.jpg")).unwrap();
+        std::fs::remove_file(d.join("10_tok/x_face4.jpg")).unwrap();
+        std::fs::write(d.join("x_face2.jpg"), b"retouched").unwrap();
+        std::fs::write(d.join("manifest.csv"), b"my,sheet\n").unwrap();
+        let out = open(&d, "a").unwrap();
+        let c = out.curation().clone();
+        assert_eq!(c.deleted.iter().collect::<Vec<_>>(), ["10_tok/x_face4.jpg", "x_face1.jpg"]);
+        assert_eq!(c.edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "a changed manifest is no edit to keep");
+        assert!(out.check_free(["manifest.csv"]).is_err());
+        // Killed after recording a file it never renamed into place: not a deletion.
+        let mut f = out.create("x_face5.jpg").unwrap();
+        f.write_all(b"half").unwrap();
+        out.journal(&format!("file {} x_face5.jpg\n", "0".repeat(64))).unwrap();
+        std::mem::forget(f);
+        drop(out);
+        let out = open(&d, "a").unwrap();
+        assert!(!out.curation().deleted.contains("x_face5.jpg"));
+        assert!(out.curation().deleted.contains("x_face1.jpg"), "remembered until a run finishes");
+        assert_eq!(out.finish().unwrap(), 1, "only x_face3.jpg was still facedb's");
+        assert_eq!(std::fs::read(d.join("x_face2.jpg")).unwrap(), b"retouched");
+        let out = open(&d, "a").unwrap();
+        assert_eq!(out.curation().edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "still the user's");
+        assert!(out.curation().deleted.is_empty(), "a finished run forgets: the database remembers");
+        assert!(!d.join("10_tok").exists(), "the emptied subfolder facedb made is gone");
+    }
+
+    #[test]
+    fn subfolder_names_never_reach_outside_or_through_links() {
+        for bad in ["../x.jpg", "a/../x.jpg", "a/b/c.jpg", "/x.jpg", ".facedb-output", "a/", "..", ".facedb-output/x.jpg"] {
+            assert!(!is_ledger_name(bad), "{bad}");
+        }
+        assert!(is_ledger_name("12_ohwx person/x_face1.jpg") && is_ledger_name("manifest.csv"));
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let out = open(&d, "a").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.join("10_tok")).unwrap();
+        let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
+        assert!(err.contains("10_tok: it is a symbolic link"), "{err}");
+        assert!(out.create("10_tok/x_face1.jpg").is_err());
+        std::fs::remove_file(d.join("10_tok")).unwrap();
+        std::fs::create_dir(d.join("10_tok")).unwrap();
+        let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
+        assert!(err.contains("facedb did not create this folder"), "{err}");
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
     }
 
     #[test]
