@@ -141,11 +141,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let layout =
         layout::Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
     let names = layout::place_all(&layout, output::crop_names(&to_crop, &paths, args.format));
+    layout.check_names(&out, &names)?;
     let kept = &out.curation().edited;
-    let fresh: Vec<&String> = names.values().filter(|n| !kept.contains(*n)).collect();
-    let extra = layout.extra_names(&names.values().collect::<Vec<_>>());
-    let fixed = [MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from);
-    out.check_free(fresh.iter().map(|n| n.as_str()).chain(extra.iter().chain(&fixed).filter(|n| !kept.contains(*n)).map(String::as_str)))?;
     // Commit the run row and any new references now: cropping can take minutes and must not
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
