@@ -12,6 +12,7 @@
 //! file <blake3> <name>        a file facedb wrote, with the hash of its bytes
 //! user <name>                 a crop facedb wrote that the user edited since: theirs now, kept
 //! dir <name>                  a subfolder facedb created (trainer layouts; one level at most)
+//! gone <name>                 facedb is removing this file of an earlier run (its absence is not the user's doing)
 //! run <token>                 a run started; its temp files are `.facedb-<token>-<n>.part`
 //! ```
 //! A run appends `run` before creating any temp file and `file` before renaming each file into
@@ -127,6 +128,10 @@ fn parse_ledger(text: &str) -> Ledger {
             ledger.user.insert(name.to_string());
         } else if let Some(name) = line.strip_prefix("deleted ").filter(|n| is_ledger_name(n)) {
             ledger.deleted.insert(name.to_string());
+        } else if let Some(name) = line.strip_prefix("gone ") {
+            ledger.files.remove(name);
+            ledger.user.remove(name);
+            ledger.deleted.remove(name);
         } else if let Some(name) = line.strip_prefix("dir ").filter(|n| is_plain_name(n) && *n != OUTPUT_MARKER) {
             ledger.dirs.insert(name.to_string());
         } else if let Some(token) = line.strip_prefix("run ") {
@@ -547,8 +552,13 @@ impl OutputDir {
             let path = self.path.join(name);
             let Ok(dir) = self.dir_fd(name) else { continue };
             let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
+            if hash_file(&path).as_deref() != Some(hash.as_str()) {
+                continue;
+            }
+            // Recorded first: a run killed right after the removal must not read it as the user's.
+            self.journal(&format!("gone {name}\n"))?;
             // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
-            if hash_file(&path).as_deref() == Some(hash.as_str()) && unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
+            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
                 removed += 1;
             }
         }
@@ -815,6 +825,16 @@ mod tests {
         assert_eq!(out.curation().edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "still the user's");
         assert!(out.curation().deleted.is_empty(), "a finished run forgets: the database remembers");
         assert!(!d.join("10_tok").exists(), "the emptied subfolder facedb made is gone");
+        // Killed after removing an earlier crop, before rewriting the ledger: not the user's deletion.
+        let mut f = out.create("x_face6.jpg").unwrap();
+        f.write_all(b"six").unwrap();
+        f.finish().unwrap();
+        out.finish().unwrap();
+        let out = open(&d, "a").unwrap();
+        out.journal("gone x_face6.jpg\n").unwrap();
+        std::fs::remove_file(d.join("x_face6.jpg")).unwrap();
+        drop(out);
+        assert!(open(&d, "a").unwrap().curation().deleted.is_empty());
     }
 
     #[test]
