@@ -99,6 +99,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         let decisions = matching::decide_with(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts, &curated.excluded)?;
         (decisions, std::mem::take(&mut matrix.faces))
     };
+    // Decisions about faces this run considered (not about faces re-detected or gone since).
+    let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();
     drop(matrix);
     if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !globals.quiet {
@@ -222,7 +224,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         crops.iter().filter_map(|(id, c)| c.as_ref().ok().and(names.get(id))).cloned().collect();
     layout.write(&out, &in_folder, kept)?;
     let report = CurationReport {
-        applied: curated.applied(),
+        applied,
         deleted: curated.deleted_crops,
         edited: kept.len(),
         dropped: curation::dropped(&out, &names, &decisions),
