@@ -383,7 +383,12 @@ impl OutputDir {
             return Ok(Found { owned: adopt_v1(dir, &names, meta), ..Found::default() });
         };
         let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged"))?;
-        let listed = parse_ledger(&text);
+        let mut listed = parse_ledger(&text);
+        // A name in a subfolder counts only in a subfolder the ledger says facedb created.
+        let in_own_dir = |name: &String| split_name(name).0.is_none_or(|sub| listed.dirs.contains(sub));
+        listed.files.retain(|name, _| in_own_dir(name));
+        listed.user.retain(in_own_dir);
+        listed.deleted.retain(in_own_dir);
         let mut found = Found { tokens: listed.tokens, ..Found::default() };
         found.dirs = listed.dirs.into_iter().filter(|d| is_real_dir(dir, d)).collect();
         let states: Vec<(String, String, bool, State)> =
@@ -857,6 +862,17 @@ mod tests {
         let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
         assert!(err.contains("facedb did not create this folder"), "{err}");
         assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        // A ledger naming a file in a folder facedb did not create (tampered): never facedb's.
+        drop(out);
+        std::fs::write(d.join("10_tok/mine.jpg"), b"mine").unwrap();
+        let hash = blake3::hash(b"mine").to_hex().to_string();
+        let mut ledger = std::fs::read_to_string(d.join(OUTPUT_MARKER)).unwrap();
+        ledger.push_str(&format!("file {hash} 10_tok/mine.jpg\n"));
+        std::fs::write(d.join(OUTPUT_MARKER), ledger).unwrap();
+        let out = open(&d, "a").unwrap();
+        assert_eq!(out.owned().count(), 0);
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(d.join("10_tok/mine.jpg")).unwrap(), b"mine");
     }
 
     #[test]
