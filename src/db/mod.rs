@@ -2,6 +2,7 @@
 //! `write` holds the single writer's statements, `read` the queries behind match and report.
 
 pub mod best;
+pub mod decisions;
 pub mod read;
 pub mod vectors;
 pub mod write;
@@ -22,6 +23,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_cache_state", include_str!("../../migrations/0003_cache_state.sql")),
     ("0004_trust_input", include_str!("../../migrations/0004_trust_input.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
+    ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
     ("0007_best", include_str!("../../migrations/0007_best.sql")),
 ];
 

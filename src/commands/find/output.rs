@@ -37,6 +37,8 @@ pub(super) struct CropJob<'a> {
     pub out: &'a OutputDir,
     /// face id -> crop file name, checked free before anything was written.
     pub names: &'a HashMap<i64, String>,
+    /// Crops the user edited since facedb wrote them: theirs, never written again.
+    pub kept: &'a std::collections::BTreeSet<String>,
     pub spec: CropSpec,
     pub format: crop::Format,
     pub quality: u8,
@@ -105,10 +107,12 @@ impl CropJob<'_> {
                         let file_name =
                             self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
                         let (image, padded_fraction) = crop::render(&rgb, &plan);
-                        let mut file = self.out.create(file_name)?;
-                        crop::encode(&image, self.format, self.quality, &mut file)
-                            .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
-                        file.finish()?;
+                        if !self.kept.contains(file_name) {
+                            let mut file = self.out.create(file_name)?;
+                            crop::encode(&image, self.format, self.quality, &mut file)
+                                .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
+                            file.finish()?;
+                        }
                         Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan, padded_fraction })
                     })();
                     (id, result)
