@@ -130,6 +130,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
 
     if args.dry_run {
         print_dry_run(&decisions, &paths, &quality, args.threshold);
+        if let Some(n) = args.best {
+            println!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+        }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     }
@@ -249,7 +252,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     } else if !globals.quiet {
         print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
         if let Some(b) = &best {
-            eprintln!("  {}", b.describe());
+            eprintln!("  {}; rank, best_score and dup_group are in {MANIFEST_CSV}", b.describe());
         }
     }
     Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
