@@ -473,6 +473,40 @@ mod tests {
         assert!(select(&[face(1, unit(0, 1, 0.0), 0)], &Params { n: 0, ..P }).iter().all(|c| c.rank.is_none()));
     }
 
+    #[test]
+    fn the_hash_index_finds_exactly_the_pairs_within_the_bits() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut hashes: Vec<u64> = (0..1500).map(|_| next()).collect();
+        // Copies with 0 to 12 bits flipped, around the limit of 9.
+        for k in 0..600 {
+            let mut h = hashes[k];
+            for _ in 0..(k % 13) {
+                h ^= 1 << (next() % 64);
+            }
+            hashes.push(h);
+        }
+        let hashed: Vec<(usize, u64)> = hashes.iter().copied().enumerate().collect();
+        let mut found: Vec<(usize, usize)> = (0..HASH_BLOCKS).flat_map(|b| block_pairs(&hashed, b)).collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut expected = Vec::new();
+        for i in 0..hashes.len() {
+            for j in i + 1..hashes.len() {
+                if (hashes[i] ^ hashes[j]).count_ones() <= DUP_HASH_BITS {
+                    expected.push((i, j));
+                }
+            }
+        }
+        assert!(expected.len() > 300, "the test has pairs to find: {}", expected.len());
+        assert_eq!(found, expected);
+    }
+
     /// `cargo test --release --lib select::tests::bench_100k -- --ignored --nocapture`
     #[test]
     #[ignore]

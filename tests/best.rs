@@ -190,6 +190,12 @@ fn hashes_computed_late_equal_those_of_index_and_change_nothing() {
 fn the_contact_sheet_shows_picked_and_passed_over() {
     let tmp = indexed_library();
     let dir = tmp.path();
+    // A dry run says what --best would pick and writes nothing.
+    let dry = match_ref(dir, "obama2.jpg").args(["--best", "3", "--dry-run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success() && text.contains("--best 3: picked 3 of 14 matched faces"), "{text}");
+    assert!(!dir.join("crops").exists() && !dir.join("facedb-crops").exists());
+    assert_eq!(query_i64(&db(dir), "SELECT count(*) FROM selection"), 0);
     match_ref(dir, "obama2.jpg").args(["--best", "3"]).arg("--out").arg(dir.join("crops")).assert().success();
     let sheet = dir.join("sheet.html");
     facedb().arg("report").arg(dir).arg("--html").arg(&sheet).assert().success();

@@ -142,6 +142,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
 
     let Some(out) = out else {
         print_dry_run(&decisions, &paths, &quality, args.threshold);
+        if let Some(n) = args.best {
+            println!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+        }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     };
@@ -297,7 +300,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             );
         }
         if let Some(b) = &best {
-            eprintln!("  {}", b.describe());
+            eprintln!("  {}; rank, best_score and dup_group are in {MANIFEST_CSV}", b.describe());
         }
         report.print(&out_dir);
     }

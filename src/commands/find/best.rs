@@ -85,7 +85,7 @@ impl Best {
     pub fn describe(&self) -> String {
         let s = self.summary();
         format!(
-            "--best {}: picked {} of {} matched faces ({} near-duplicate(s) in {} group(s) passed over; see rank, best_score and dup_group in the manifest)",
+            "--best {}: picked {} of {} matched faces ({} near-duplicate(s) in {} group(s) passed over)",
             self.n, s["picked"], s["matched"], s["near_duplicates"], s["near_duplicate_groups"]
         )
     }
