@@ -284,3 +284,22 @@ fn trainer_layouts_read_back_as_the_trainers_read_them() {
     assert_eq!(hf_again["matched"].as_u64(), Some(2), "the face rejected above is left out");
     assert!(!hf.join("metadata.jsonl").exists());
 }
+
+/// A caption is not the face: deleting one rejects nobody, and a re-run that writes the same
+/// crops and captions again reports nothing removed.
+#[test]
+fn a_deleted_caption_rejects_nobody_and_rewritten_captions_are_not_reported_as_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("lora");
+    let kohya = ["--layout", "kohya", "--token", "ohwx person"];
+    let first = run(&d, &out, &kohya);
+    let crop = crops(&out).into_keys().next().unwrap();
+    std::fs::remove_file(out.join(&crop).with_extension("txt")).unwrap();
+    let again = run(&d, &out, &kohya);
+    assert_eq!(again["matched"], first["matched"], "{again}");
+    assert_eq!(query_i64(&db(&d), "SELECT count(*) FROM decisions"), 0);
+    assert!(out.join(&crop).with_extension("txt").exists(), "the caption is written again");
+    let stderr = text(&d, &out, &kohya);
+    assert!(!stderr.contains("removed"), "{stderr}");
+}

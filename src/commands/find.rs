@@ -22,6 +22,7 @@ use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
 use crate::output::{OutputDir, Owner};
 use crate::pipeline::detect::DetectParams;
+use crate::pipeline::quality::{BLURRY, SHARP};
 use crate::pipeline::walk;
 use crate::pipeline::{analyze, hash, largest, StageTimes};
 use crate::util::{display_path, display_str, read_photo_file};
@@ -141,9 +142,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         face_rows.into_iter().filter(|f| listed.contains(&f.face_id)).map(|f| (f.face_id, f)).collect();
 
     let Some(out) = out else {
-        print_dry_run(&decisions, &paths, &quality, args.threshold);
+        print_dry_run(&decisions, &paths, &quality, args.threshold)?;
         if let Some(n) = args.best {
-            println!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+            super::outln!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
         }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
@@ -584,39 +585,45 @@ pub fn face_ref(arg: &Path) -> Option<i64> {
     (!arg.exists()).then_some(id)
 }
 
-fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: &HashMap<i64, matching::FaceRow>, threshold: f32) {
+fn print_dry_run(
+    decisions: &[Decision],
+    paths: &HashMap<i64, String>,
+    quality: &HashMap<i64, matching::FaceRow>,
+    threshold: f32,
+) -> Result<()> {
     let distances: Vec<f32> = decisions.iter().map(|d| d.distance).filter(|d| d.is_finite()).collect();
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
     let peak = counts.iter().copied().max().unwrap_or(0).max(1);
-    println!("distance of the best face per photo ({} photos); threshold {threshold:.2}", distances.len());
+    super::outln!("distance of the best face per photo ({} photos); threshold {threshold:.2}", distances.len());
     let width = (hi - lo) / bins as f32;
     for (i, n) in counts.iter().enumerate() {
         let (a, b) = (lo + i as f32 * width, lo + (i + 1) as f32 * width);
         let mark = if (a..b).contains(&threshold) { "  <- threshold" } else { "" };
-        println!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
+        super::outln!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
     }
     let band = DRY_RUN_BAND;
     let mut near: Vec<&Decision> = decisions.iter().filter(|d| (d.distance - threshold).abs() <= band).collect();
     near.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    println!("\nphotos within {band:.2} of the threshold ({}):", near.len());
+    super::outln!("\nphotos within {band:.2} of the threshold ({}):", near.len());
     for d in near.iter().take(50) {
         let verdict = if d.distance <= threshold { "in " } else { "out" };
-        println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
+        super::outln!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
     }
     let mut sharp: Vec<f32> =
         decisions.iter().filter(|d| d.distance <= threshold).filter_map(|d| quality.get(&d.face_id).map(|q| q.sharpness)).collect();
     sharp.sort_by(f32::total_cmp);
     if !sharp.is_empty() {
         let q = |p: f32| sharp[((sharp.len() - 1) as f32 * p).round() as usize];
-        println!(
-            "\nsharpness of faces within the threshold (variance of Laplacian; <20 blurry, >100 sharp): min {:.0}  p10 {:.0}  median {:.0}  p90 {:.0}  max {:.0}",
+        super::outln!(
+            "\nsharpness of faces within the threshold (detail at a fixed face scale; under {BLURRY:.0} blurred, {BLURRY:.0}-{SHARP:.0} soft, over {SHARP:.0} sharp): min {:.0}  p10 {:.0}  median {:.0}  p90 {:.0}  max {:.0}",
             q(0.0), q(0.1), q(0.5), q(0.9), q(1.0)
         );
     }
     let reasons = count_reasons(decisions);
-    println!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
-    println!("(dry run: nothing was written)");
+    super::outln!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
+    super::outln!("(dry run: nothing was written)");
+    Ok(())
 }
 
 fn count_reasons(decisions: &[Decision]) -> String {

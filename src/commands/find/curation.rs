@@ -29,8 +29,13 @@ pub(super) fn person_of(refs: &[RefRow]) -> Person {
 }
 
 /// The face id in a crop name (`<stem>_face<ID>.<ext>`, possibly under a layout subfolder).
+/// The face id in a crop image's name; `None` for anything else (a caption `.txt` beside it is
+/// not the face: deleting or keeping a caption says nothing about who is in the photo).
 pub(super) fn face_in_name(name: &str) -> Option<i64> {
     let leaf = name.rsplit('/').next()?;
+    if !crate::crop::is_crop_name(leaf) {
+        return None;
+    }
     leaf.rsplit_once('.')?.0.rsplit_once("_face")?.1.parse().ok()
 }
 
