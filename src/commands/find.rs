@@ -15,7 +15,8 @@ use crate::cli::MatchArgs;
 use crate::crop::CropSpec;
 use crate::db::read::{self, RefRow};
 use crate::db::write::{self, MatchRow, NewMatchRun, NewRef, RunCounters};
-use crate::db::{decisions, vectors, Db};
+use crate::db::{decisions, review, vectors, Db};
+use crate::histogram::RunHistogram;
 use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
@@ -63,6 +64,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let args_json = serde_json::json!({
         "dir": root.to_string_lossy(), "ref": args.refs, "not": args.negatives, "threshold": args.threshold, "combine": args.combine,
         "expand": args.expand, "all": args.all, "dry_run": args.dry_run, "out": out_dir.to_string_lossy(), "options": serde_json::from_str::<serde_json::Value>(&options_json)?,
+        // What the review page needs to run this match again with another threshold.
+        "layout": clap::ValueEnum::to_possible_value(&args.layout).map(|v| v.get_name().to_string()),
+        "token": args.token, "caption": args.caption, "repeats": args.repeats, "name": args.name,
     })
     .to_string();
     let run_id = write::begin_run(&tx, "match", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
@@ -250,6 +254,14 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     crate::db::decisions::set_applied(&tx, run_id, report.applied)?;
     let photos = distinct_photos(&decisions) as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
+    // Every photo's distance, the far ones that get no row included (`--all` without a
+    // reference has no distances).
+    if !(args.all && pos_vecs.is_empty()) {
+        review::insert_histogram(&tx, run_id, &RunHistogram::new(decisions.iter().map(|d| d.distance), args.threshold))?;
+    }
+    if let Some(name) = &args.name {
+        review::set_run_name(&tx, run_id, name)?;
+    }
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
     write::finish_run(&tx, run_id, if crop_failures > 0 { "failures" } else { "ok" }, &counters)?;
     tx.commit()?;

@@ -3,6 +3,7 @@
 
 pub mod decisions;
 pub mod read;
+pub mod review;
 pub mod vectors;
 pub mod write;
 
@@ -23,6 +24,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_trust_input", include_str!("../../migrations/0004_trust_input.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
     ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
+    ("0009_review", include_str!("../../migrations/0009_review.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.

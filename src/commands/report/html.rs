@@ -8,15 +8,15 @@ use std::path::Path;
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use base64::Engine;
 use image::imageops::FilterType;
 use rayon::prelude::*;
 use rusqlite::Connection;
 
-use crate::db::read::{self, MatchRunSummary, ResultRow};
+use super::view::{self, RunView, Section};
 use crate::matching;
-use crate::pipeline::{decode, walk};
+use crate::pipeline::walk;
 use crate::util::display_path;
 
 const THUMB: u32 = 160;
@@ -29,27 +29,21 @@ const SIGNATURE: &str =
 /// How sheets written before the signature started (`facedb match run <id>` follows).
 const OLD_SIGNATURE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>facedb match run ";
 
-pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<i64>) -> Result<()> {
+pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<&str>) -> Result<()> {
     check_target(file, root, db_file)?;
-    let runs = read::match_runs(conn)?;
-    let summary = match run {
-        Some(id) => runs.iter().find(|m| m.run_id == id).with_context(|| format!("no match run {id}; `facedb report` lists them"))?,
-        None => match runs.last() {
-            Some(m) => m,
-            None => bail!("no match run yet; run `facedb match --ref IMG` first"),
-        },
-    };
-    let results = read::match_results(conn, summary.run_id)?;
-    let out_dir = Path::new(&summary.out_dir);
-    let thumbs: Vec<Option<String>> = results
+    let v = view::load(conn, view::resolve(conn, run)?)?;
+    let out_dir = Path::new(&v.summary.out_dir);
+    let thumbs: Vec<Option<String>> = v
+        .rows
         .par_iter()
         .enumerate()
         .map(|(i, r)| {
-            let want = r.decision == "matched" || i < MAX_REJECTED_THUMBS || r.ambiguous;
-            want.then(|| thumbnail(root, out_dir, r)).flatten()
+            let want = r.section != Section::Rejected || i < MAX_REJECTED_THUMBS;
+            want.then(|| view::face_image(root, out_dir, &r.result).and_then(data_uri)).flatten()
         })
         .collect();
-    let html = render(summary, &results, &thumbs);
+    let refs: Vec<Option<String>> = v.refs.iter().map(|r| view::ref_image(conn, root, r).and_then(data_uri)).collect();
+    let html = render(&v, &thumbs, &refs);
     crate::output::write_beside(file, html.as_bytes())
 }
 
@@ -101,28 +95,8 @@ fn check_target(file: &Path, root: &Path, db_file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A small JPEG data URI: the crop file when it exists, else the face cut from the photo.
-fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
-    let image = r
-        .crop_path
-        .as_ref()
-        // Only regular files are read: a FIFO planted under a crop's or photo's name must not hang the sheet.
-        .and_then(|c| crate::util::read_photo_file(&out_dir.join(c)).ok())
-        .and_then(|b| decode::decode(&b).ok())
-        .map(|d| d.rgb)
-        .or_else(|| {
-            let path = r.path.as_ref()?;
-            let rgb = crate::pipeline::decode_as_indexed(&crate::util::read_photo_file(&walk::resolve(root, path, None)).ok()?, r.rotation)
-                .ok()?;
-            let [x, y, w, h] = r.face;
-            let m = 0.2;
-            let (x0, y0) = ((x - w * m).max(0.0) as u32, (y - h * m).max(0.0) as u32);
-            let (cw, ch) = (
-                ((w * (1.0 + 2.0 * m)) as u32).min(rgb.width().saturating_sub(x0)),
-                ((h * (1.0 + 2.0 * m)) as u32).min(rgb.height().saturating_sub(y0)),
-            );
-            (cw > 0 && ch > 0).then(|| image::imageops::crop_imm(&rgb, x0, y0, cw, ch).to_image())
-        })?;
+/// A small JPEG data URI of an image.
+fn data_uri(image: image::RgbImage) -> Option<String> {
     let scale = THUMB as f32 / image.width().max(image.height()) as f32;
     let small = if scale < 1.0 {
         image::imageops::resize(
@@ -143,9 +117,13 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>]) -> String {
+fn render(v: &RunView, thumbs: &[Option<String>], refs: &[Option<String>]) -> String {
+    let (m, c) = (&v.summary, &v.counts);
     let mut h = String::new();
-    let title = format!("facedb match run {}", m.run_id);
+    let title = match &v.name {
+        Some(name) => format!("facedb match run {} · {}", m.run_id, escape(name)),
+        None => format!("facedb match run {}", m.run_id),
+    };
     let _ = write!(
         h,
         "{SIGNATURE}\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
@@ -154,56 +132,45 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
          figure img{{width:{THUMB}px;height:{THUMB}px;object-fit:contain;background:#eee;display:block}}\
          figcaption{{font-size:12px;line-height:1.35;word-break:break-all}} .d{{font-weight:600}}\
          .rej figcaption .d{{color:#b00}} .amb img{{outline:3px solid #e90}} .noimg{{width:{THUMB}px;height:{THUMB}px;background:#ddd;display:flex;align-items:center;justify-content:center;color:#777}}\
+         .b{{display:inline-block;background:#fe9;border-radius:3px;padding:0 4px;margin:1px 2px 0 0;font-size:11px}} .ref img{{outline:3px solid #4a8}} .neg img{{outline:3px solid #b00}}\
          </style></head><body><h1>{title}</h1>"
     );
     let _ = write!(
         h,
-        "<p>{} · mode {} · threshold <b>{:.2}</b> ({}) · {} photos · <b>{}</b> matched · {} rejected · {} ambiguous</p>",
+        "<p class=\"counts\" data-photos=\"{}\" data-matched=\"{}\" data-rejected=\"{}\" data-ambiguous=\"{}\">{} · mode {} · threshold <b>{:.2}</b> ({}) · {} photos · <b>{}</b> matched · {} rejected · {} ambiguous</p>",
+        c.photos, c.matched, c.rejected, c.ambiguous,
         escape(&m.started_at),
         escape(&m.mode),
         m.threshold,
         escape(&m.combine),
-        m.photos,
-        m.matched,
-        m.rejected,
-        m.ambiguous
+        c.photos,
+        c.matched,
+        c.rejected,
+        c.ambiguous
     );
-    let _ = write!(h, "<p>references: {}", escape(&m.references.join(", ")));
-    if !m.negatives.is_empty() {
-        let _ = write!(h, " · not: {}", escape(&m.negatives.join(", ")));
-    }
-    let _ = write!(h, " · crops in {}</p>", escape(&m.out_dir));
-    h.push_str(&histogram_svg(results, m.threshold as f32));
-
-    type Keep = Box<dyn Fn(&ResultRow) -> bool>;
-    let sections: [(&str, &str, Keep); 3] = [
-        ("Matched (sorted by distance)", "", Box::new(|r: &ResultRow| r.decision == "matched")),
-        (
-            "Ambiguous (another face in the photo is within the threshold)",
-            "amb",
-            Box::new(|r: &ResultRow| r.decision != "matched" && r.ambiguous),
-        ),
-        ("Rejected", "rej", Box::new(|r: &ResultRow| r.decision != "matched" && !r.ambiguous)),
+    let _ = write!(h, "<p>crops in {}</p>", escape(&m.out_dir));
+    h.push_str(&references(v, refs));
+    h.push_str(&histogram_svg(v, m.threshold as f32));
+    let far = format!(
+        "{} ambiguous (listed above), {} listed here, {} farther than {:.2} (counted in the histogram, not listed)",
+        c.rejected_ambiguous,
+        c.rejected_listed,
+        c.rejected_far,
+        m.threshold + f64::from(crate::commands::find::NEAR_MISS_BAND)
+    );
+    let sections = [
+        (Section::Matched, "Matched (sorted by distance)", "", c.matched, String::new()),
+        (Section::Ambiguous, "Ambiguous (another face in the photo is within the threshold)", "amb", c.ambiguous, String::new()),
+        (Section::Rejected, "Rejected", "rej", c.rejected, far),
     ];
-    for (heading, class, keep) in &sections {
-        let rows: Vec<(usize, &ResultRow)> = results.iter().enumerate().filter(|(_, r)| keep(r)).collect();
-        let _ = write!(h, "<h2>{heading}: {}</h2><div class=\"grid {class}\">", rows.len());
-        for (i, r) in rows {
-            let img = match &thumbs[i] {
-                Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
-                None => "<div class=\"noimg\">no preview</div>".to_string(),
-            };
-            let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
-            let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
-            let _ = write!(
-                h,
-                "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
-                escape(r.path.as_deref().unwrap_or("?")),
-                r.size_px,
-                r.sharpness,
-                r.yaw,
-                r.score
-            );
+    for (section, heading, class, count, note) in &sections {
+        let _ = write!(h, "<h2 data-section=\"{}\" data-count=\"{count}\">{heading}: {count}</h2>", class_name(*section));
+        if !note.is_empty() {
+            let _ = write!(h, "<p>{}</p>", escape(note));
+        }
+        h.push_str("<div class=\"grid\">");
+        for (i, row) in v.rows.iter().enumerate().filter(|(_, r)| r.section == *section) {
+            h.push_str(&figure(row, thumbs[i].as_deref(), class));
         }
         h.push_str("</div>");
     }
@@ -211,19 +178,75 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     h
 }
 
-/// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line.
-fn histogram_svg(results: &[ResultRow], threshold: f32) -> String {
-    let distances: Vec<f32> = results.iter().filter_map(|r| r.distance).map(|d| d as f32).collect();
-    if distances.is_empty() {
-        return String::new();
+fn class_name(s: Section) -> &'static str {
+    match s {
+        Section::Matched => "matched",
+        Section::Ambiguous => "ambiguous",
+        Section::Rejected => "rejected",
     }
+}
+
+fn figure(row: &view::Row, thumb: Option<&str>, class: &str) -> String {
+    let r = &row.result;
+    let img = match thumb {
+        Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
+        None => "<div class=\"noimg\">no preview</div>".to_string(),
+    };
+    let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
+    let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
+    let badges: String = row.badges.iter().map(|b| format!("<span class=\"b\">{b}</span>")).collect();
+    format!(
+        "<figure class=\"{class}\"><a href=\"{}\">{img}</a><figcaption><span class=\"d\">d {dist}</span>{reason} · face {}<br>{badges}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
+        escape(&crop_link(r)),
+        r.face_id,
+        escape(r.path.as_deref().unwrap_or("?")),
+        r.size_px,
+        r.sharpness,
+        r.yaw,
+        r.score
+    )
+}
+
+/// A link to the crop file (or, without one, the source photo), relative to nothing: the sheet
+/// may be opened anywhere, so the link is absolute.
+fn crop_link(r: &crate::db::read::ResultRow) -> String {
+    r.crop_path.clone().or_else(|| r.path.clone()).unwrap_or_default()
+}
+
+fn references(v: &RunView, refs: &[Option<String>]) -> String {
+    let mut h = format!("<h2>References: {}</h2><div class=\"grid\">", v.refs.iter().filter(|r| !r.negative).count());
+    for (r, uri) in v.refs.iter().zip(refs) {
+        let img = match uri {
+            Some(uri) => format!("<img alt=\"reference {}\" src=\"{uri}\">", r.id),
+            None => "<div class=\"noimg\">not readable</div>".to_string(),
+        };
+        let (class, what) = if r.negative { ("neg", "not") } else { ("ref", "reference") };
+        let _ = write!(h, "<figure class=\"{class}\">{img}<figcaption>{what}: {}</figcaption></figure>", escape(&r.path));
+    }
+    h.push_str("</div>");
+    h
+}
+
+/// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line: from the run's
+/// stored histogram of every photo (runs before it: from the stored rows only, and said so).
+fn histogram_svg(v: &RunView, threshold: f32) -> String {
     let (bins, lo, hi) = (24usize, 0.0f32, 1.2f32);
-    let counts = matching::histogram(&distances, lo, hi, bins);
+    let (counts, note) = match &v.histogram {
+        Some(hist) => (hist.rebin(5, f64::from(hi)), format!("{} photos", hist.total())),
+        None => {
+            let d: Vec<f32> = v.rows.iter().filter_map(|r| r.result.distance).map(|d| d as f32).collect();
+            if d.is_empty() {
+                return String::new();
+            }
+            let counts = matching::histogram(&d, lo, hi, bins).into_iter().map(|c| c as u64).collect();
+            (counts, format!("{} stored rows only: this run predates stored histograms", d.len()))
+        }
+    };
     let peak = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
     let (w, hgt, pad) = (600.0f32, 160.0f32, 24.0f32);
     let bw = w / bins as f32;
     let mut s = format!(
-        "<h2>Distance of the best face per photo</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">",
+        "<h2>Distance of the best face per photo ({note})</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">",
         w + 2.0 * pad,
         hgt + 2.0 * pad
     );
