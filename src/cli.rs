@@ -223,6 +223,10 @@ pub struct MatchArgs {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub repeats: u32,
 
+    /// Print the decisions (matched and listed rejections, closest first) as CSV; write nothing, no crops.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub list: bool,
+
     /// Name the run ("photos of Anna"): `report --run` and `review --run` accept the name.
     #[arg(long, value_name = "NAME", value_parser = run_name)]
     pub name: Option<String>,

@@ -251,3 +251,75 @@ fn the_sheet_counts_equal_the_json_report_and_its_histogram_holds_every_photo() 
     let stored: i64 = query_i64(&db(&d), "SELECT sum(value) FROM match_histograms, json_each(counts_json)");
     assert_eq!(stored, run["photos"].as_i64().unwrap());
 }
+
+#[test]
+fn apply_runs_the_same_match_with_the_new_threshold_and_the_accepted_faces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path());
+    let out = tmp.path().join("crops");
+    let first = match_json(&d, &out, &["--margin", "0.4", "--square"]);
+    let (_server, url) = start_review(&d);
+    let (base, token) = url.split_once("/?t=").unwrap();
+    let api = |path: &str, body: Value| {
+        let (status, text) = http("POST", &format!("{base}{path}?t={token}"), Some(&body));
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let faces: Vec<i64> = manifest(&out).iter().map(|r| r["face_id"].parse().unwrap()).collect();
+    let (reject, accept) = (faces[0], faces[1]);
+    api("/api/decide", json!({"face_id": reject, "verdict": "different_person"}));
+    api("/api/decide", json!({"face_id": accept, "verdict": "accept"}));
+    let bad = http("POST", &format!("{base}/api/decide?t={token}"), Some(&json!({"face_id": 999_999, "verdict": "reject"})));
+    assert_eq!(bad.0, 500, "a face that is not in the run is refused: {}", bad.1);
+    let res = api("/api/apply", json!({"threshold": 0.5, "add_accepted": true}));
+    assert_eq!(res["exit_code"], 0, "{res}");
+    let args: Vec<&str> = res["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for want in ["--margin", "0.4", "--square", "--threshold", "0.5", &format!("face:{accept}")] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    let s = &res["summary"];
+    assert!(s["run_id"].as_i64().unwrap() > first["run_id"].as_i64().unwrap());
+    assert_eq!(s["decisions_applied"], 1, "the different-person decision: {s}");
+    assert_eq!(s["matched"], 2);
+    let conn = db(&d);
+    let threshold: f64 = conn.query_row("SELECT threshold FROM match_runs ORDER BY run_id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!((threshold - 0.5).abs() < 1e-6);
+    let refs = query_i64(&conn, "SELECT json_array_length(ref_ids_json) FROM match_runs ORDER BY run_id DESC LIMIT 1");
+    assert_eq!(refs, 2, "the accepted face joined the references");
+}
+
+#[test]
+fn image_paths_v_lists_every_copy_of_a_photo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("photos");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    add_photos(&d, &["obama.jpg"]);
+    std::fs::copy(photo("obama.jpg"), d.join("sub/copy.jpg")).unwrap();
+    backdate(&d.join("sub/copy.jpg"));
+    facedb().arg("index").arg(&d).assert().success();
+    let conn = db(&d);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM photos_v"), 1, "one image");
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM image_paths_v"), 2, "two paths");
+    assert_eq!(query_i64(&conn, "SELECT min(copies) FROM image_paths_v"), 2);
+}
+
+#[test]
+fn match_list_prints_the_decisions_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path());
+    let out = tmp.path().join("crops");
+    let first = match_json(&d, &out, &[]);
+    let face: i64 = manifest(&out)[0]["face_id"].parse().unwrap();
+    facedb().args(["reject", &face.to_string(), "--dir"]).arg(&d).assert().success();
+    let runs = query_i64(&db(&d), "SELECT count(*) FROM runs");
+    let listed = tmp.path().join("listed");
+    let o = match_ref(&d, "obama.jpg").arg("--out").arg(&listed).arg("--list").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().filter(|r| r[0] == "matched").count() as i64, first["matched"].as_i64().unwrap() - 1, "{text}");
+    let rejected = rows.iter().find(|r| r[2] == face.to_string()).unwrap_or_else(|| panic!("face {face} listed: {text}"));
+    assert_eq!((rejected[0], rejected[5]), ("rejected", "rejected by the user"));
+    assert!(!listed.exists(), "no crops, no folder");
+    assert_eq!(query_i64(&db(&d), "SELECT count(*) FROM runs"), runs, "nothing recorded");
+}

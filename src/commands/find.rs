@@ -38,8 +38,10 @@ pub const MANIFEST_CSV: &str = "manifest.csv";
 pub const MANIFEST_JSONL: &str = "manifest.jsonl";
 pub const REJECTED_CSV: &str = "rejected.csv";
 
-pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
+pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    // --list is a dry run that prints the decisions instead of the histogram.
+    args.dry_run |= args.list;
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {
@@ -135,7 +137,11 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         face_rows.into_iter().filter(|f| listed.contains(&f.face_id)).map(|f| (f.face_id, f)).collect();
 
     let Some(out) = out else {
-        print_dry_run(&decisions, &paths, &quality, args.threshold);
+        if args.list {
+            print_list(&recorded, &paths)?;
+        } else {
+            print_dry_run(&decisions, &paths, &quality, args.threshold);
+        }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
     };
@@ -583,6 +589,27 @@ fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: 
     let reasons = count_reasons(decisions);
     println!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
     println!("(dry run: nothing was written)");
+}
+
+/// `--list`: one CSV row per listed photo (every match, and the rejections `rejected.csv` would
+/// hold, the user's decisions included), closest first; nothing written.
+fn print_list(recorded: &[&Decision], paths: &HashMap<i64, String>) -> Result<()> {
+    let mut rows: Vec<&&Decision> = recorded.iter().collect();
+    rows.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+    w.write_record(["decision", "distance", "face_id", "image_id", "path", "reason"])?;
+    for d in rows {
+        w.write_record([
+            if d.matched() { "matched" } else { "rejected" },
+            &format!("{:.4}", d.distance),
+            &d.face_id.to_string(),
+            &d.image_id.to_string(),
+            paths.get(&d.image_id).map_or("", String::as_str),
+            d.reason.map_or("", Reason::as_str),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 fn count_reasons(decisions: &[Decision]) -> String {

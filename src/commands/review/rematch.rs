@@ -55,20 +55,10 @@ pub fn match_args(conn: &Connection, root: &Path, run_id: i64, threshold: f32, a
         ("--layout", &a["layout"]),
         ("--token", &a["token"]),
     ];
-    for (flag, value) in flags {
-        match value {
-            Value::String(s) => v.extend([flag.to_string(), s.clone()]),
-            Value::Number(n) => v.extend([flag.to_string(), n.to_string()]),
-            _ => {}
-        }
-    }
-    if a["token"].is_string() {
-        for (flag, value) in [("--caption", &a["caption"]), ("--repeats", &a["repeats"])] {
-            match value {
-                Value::String(s) => v.extend([flag.to_string(), s.clone()]),
-                Value::Number(n) => v.extend([flag.to_string(), n.to_string()]),
-                _ => {}
-            }
+    let more: &[(&str, &Value)] = if a["token"].is_string() { &[("--caption", &a["caption"]), ("--repeats", &a["repeats"])] } else { &[] };
+    for &(flag, value) in flags.iter().chain(more) {
+        if let Some(text) = scalar(value) {
+            v.extend([flag.to_string(), text]);
         }
     }
     for (flag, value) in [
@@ -83,6 +73,17 @@ pub fn match_args(conn: &Connection, root: &Path, run_id: i64, threshold: f32, a
         }
     }
     Ok(v)
+}
+
+/// A stored option as the command line gives it: f32 values were widened to f64 in the JSON
+/// (0.3 became 0.30000001192092896), so they are narrowed back.
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::Number(n) => n.as_f64().map(|f| (f as f32).to_string()),
+        _ => None,
+    }
 }
 
 /// How the child names a reference: the stored face, the photo where it was given, or a
