@@ -12,6 +12,7 @@
 //! file <blake3> <name>        a file facedb wrote, with the hash of its bytes
 //! user <name>                 a crop facedb wrote that the user edited since: theirs now, kept
 //! dir <name>                  a subfolder facedb created (trainer layouts; one level at most)
+//! gone <name>                 facedb is removing this file of an earlier run (its absence is not the user's doing)
 //! run <token>                 a run started; its temp files are `.facedb-<token>-<n>.part`
 //! ```
 //! A run appends `run` before creating any temp file and `file` before renaming each file into
@@ -127,6 +128,10 @@ fn parse_ledger(text: &str) -> Ledger {
             ledger.user.insert(name.to_string());
         } else if let Some(name) = line.strip_prefix("deleted ").filter(|n| is_ledger_name(n)) {
             ledger.deleted.insert(name.to_string());
+        } else if let Some(name) = line.strip_prefix("gone ") {
+            ledger.files.remove(name);
+            ledger.user.remove(name);
+            ledger.deleted.remove(name);
         } else if let Some(name) = line.strip_prefix("dir ").filter(|n| is_plain_name(n) && *n != OUTPUT_MARKER) {
             ledger.dirs.insert(name.to_string());
         } else if let Some(token) = line.strip_prefix("run ") {
@@ -378,7 +383,12 @@ impl OutputDir {
             return Ok(Found { owned: adopt_v1(dir, &names, meta), ..Found::default() });
         };
         let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged"))?;
-        let listed = parse_ledger(&text);
+        let mut listed = parse_ledger(&text);
+        // A name in a subfolder counts only in a subfolder the ledger says facedb created.
+        let in_own_dir = |name: &String| split_name(name).0.is_none_or(|sub| listed.dirs.contains(sub));
+        listed.files.retain(|name, _| in_own_dir(name));
+        listed.user.retain(in_own_dir);
+        listed.deleted.retain(in_own_dir);
         let mut found = Found { tokens: listed.tokens, ..Found::default() };
         found.dirs = listed.dirs.into_iter().filter(|d| is_real_dir(dir, d)).collect();
         let states: Vec<(String, String, bool, State)> =
@@ -547,8 +557,13 @@ impl OutputDir {
             let path = self.path.join(name);
             let Ok(dir) = self.dir_fd(name) else { continue };
             let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
+            if hash_file(&path).as_deref() != Some(hash.as_str()) {
+                continue;
+            }
+            // Recorded first: a run killed right after the removal must not read it as the user's.
+            self.journal(&format!("gone {name}\n"))?;
             // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
-            if hash_file(&path).as_deref() == Some(hash.as_str()) && unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
+            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
                 removed += 1;
             }
         }
@@ -815,6 +830,16 @@ mod tests {
         assert_eq!(out.curation().edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "still the user's");
         assert!(out.curation().deleted.is_empty(), "a finished run forgets: the database remembers");
         assert!(!d.join("10_tok").exists(), "the emptied subfolder facedb made is gone");
+        // Killed after removing an earlier crop, before rewriting the ledger: not the user's deletion.
+        let mut f = out.create("x_face6.jpg").unwrap();
+        f.write_all(b"six").unwrap();
+        f.finish().unwrap();
+        out.finish().unwrap();
+        let out = open(&d, "a").unwrap();
+        out.journal("gone x_face6.jpg\n").unwrap();
+        std::fs::remove_file(d.join("x_face6.jpg")).unwrap();
+        drop(out);
+        assert!(open(&d, "a").unwrap().curation().deleted.is_empty());
     }
 
     #[test]
@@ -837,6 +862,17 @@ mod tests {
         let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
         assert!(err.contains("facedb did not create this folder"), "{err}");
         assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        // A ledger naming a file in a folder facedb did not create (tampered): never facedb's.
+        drop(out);
+        std::fs::write(d.join("10_tok/mine.jpg"), b"mine").unwrap();
+        let hash = blake3::hash(b"mine").to_hex().to_string();
+        let mut ledger = std::fs::read_to_string(d.join(OUTPUT_MARKER)).unwrap();
+        ledger.push_str(&format!("file {hash} 10_tok/mine.jpg\n"));
+        std::fs::write(d.join(OUTPUT_MARKER), ledger).unwrap();
+        let out = open(&d, "a").unwrap();
+        assert_eq!(out.owned().count(), 0);
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(d.join("10_tok/mine.jpg")).unwrap(), b"mine");
     }
 
     #[test]

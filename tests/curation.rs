@@ -187,6 +187,21 @@ fn reject_by_face_id_or_crop_path_changes_every_later_match_of_the_person() {
         .unwrap();
     let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(other["decisions_applied"].as_u64(), Some(0));
+    // --ref names the person: a photo by its content hash.
+    let biden: i64 = conn.query_row("SELECT face_id FROM faces_v WHERE path = 'biden.jpg'", [], |r| r.get(0)).unwrap();
+    facedb().args(["reject", &biden.to_string(), "--dir"]).arg(&d).arg("--ref").arg(photo("biden.jpg")).assert().success();
+    let o = facedb()
+        .arg("match")
+        .arg(&d)
+        .arg("--ref")
+        .arg(photo("biden.jpg"))
+        .arg("--out")
+        .arg(tmp.path().join("biden"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((other["decisions_applied"].as_u64(), other["matched"].as_u64()), (Some(1), Some(0)), "{other}");
     // An unknown face is refused in one line naming the fix.
     let o = facedb().args(["reject", "999999", "--dir"]).arg(&d).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -242,6 +257,7 @@ fn trainer_layouts_read_back_as_the_trainers_read_them() {
     run(&d, &out, &["--layout", "kohya", "--token", "ohwx person", "--repeats", "12"]);
     assert_eq!(read_back("kohya", &out), "12 ohwx person 3");
     assert!(crops(&out).keys().all(|n| n.starts_with("12_ohwx person/")), "{:?}", crops(&out));
+    let first_kohya = crops(&out).into_iter().next_back().unwrap();
     // A caption the user edits is theirs; the others follow --caption.
     let caption = out.join(crops(&out).keys().next().unwrap()).with_extension("txt");
     std::fs::write(&caption, "ohwx person, smiling").unwrap();
@@ -257,8 +273,13 @@ fn trainer_layouts_read_back_as_the_trainers_read_them() {
     let left: Vec<PathBuf> = std::fs::read_dir(out.join("12_ohwx person")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(left, [caption]);
     assert_eq!(crops(&out).len(), 3);
+    // A crop path in the layout's subfolder resolves to its face, even after the file is gone.
+    let (gone, face) = first_kohya;
+    assert!(!out.join(&gone).exists());
+    facedb().arg("reject").arg(out.join(&gone)).assert().success();
+    assert_eq!(query_i64(&db(&d), "SELECT face_id FROM decisions"), face);
     // A run with nothing of the user's left in it removes the folder facedb made.
     let hf_again = run(&d, &hf, &[]);
-    assert_eq!(hf_again["matched"].as_u64(), Some(3));
+    assert_eq!(hf_again["matched"].as_u64(), Some(2), "the face rejected above is left out");
     assert!(!hf.join("metadata.jsonl").exists());
 }

@@ -105,6 +105,8 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
         let decisions = matching::decide_with(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts, &curated.excluded)?;
         (decisions, std::mem::take(&mut matrix.faces))
     };
+    // Decisions about faces this run considered (not about faces re-detected or gone since).
+    let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();
     drop(matrix);
     if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !globals.quiet {
@@ -151,11 +153,8 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let layout =
         layout::Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
     let names = layout::place_all(&layout, output::crop_names(&to_crop, &paths, args.format));
+    layout.check_names(&out, &names)?;
     let kept = &out.curation().edited;
-    let fresh: Vec<&String> = names.values().filter(|n| !kept.contains(*n)).collect();
-    let extra = layout.extra_names(&names.values().collect::<Vec<_>>());
-    let fixed = [MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from);
-    out.check_free(fresh.iter().map(|n| n.as_str()).chain(extra.iter().chain(&fixed).filter(|n| !kept.contains(*n)).map(String::as_str)))?;
     // Commit the run row and any new references now: cropping can take minutes and must not
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
@@ -235,7 +234,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
         crops.iter().filter_map(|(id, c)| c.as_ref().ok().and(names.get(id))).cloned().collect();
     layout.write(&out, &in_folder, kept)?;
     let report = CurationReport {
-        applied: curated.applied(),
+        applied,
         deleted: curated.deleted_crops,
         edited: kept.len(),
         dropped: curation::dropped(&out, &names, &decisions),

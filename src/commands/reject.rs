@@ -19,14 +19,7 @@ pub fn run(globals: &Globals, args: RejectArgs) -> Result<ExitCode> {
     let crop = Path::new(&args.target);
     let root = match (&args.dir, face_id) {
         (Some(dir), _) => find_dataset(Some(dir))?,
-        // A crop's folder names its dataset in its ledger.
-        (None, None) => match crop.parent().and_then(|p| {
-            crate::output::folder_owner(if p.as_os_str().is_empty() { Path::new(".") } else { p })
-                .or_else(|| p.parent().and_then(crate::output::folder_owner))
-        }) {
-            Some(owner) if Path::new(&owner.dataset).is_dir() => PathBuf::from(owner.dataset),
-            _ => find_dataset(None)?,
-        },
+        (None, None) => crop_dataset(crop).map_or_else(|| find_dataset(None), Ok)?,
         (None, Some(_)) => find_dataset(None)?,
     };
     let db = open_database(globals, &root, true)?;
@@ -64,6 +57,18 @@ pub fn run(globals: &Globals, args: RejectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The dataset a crop belongs to, named by the ledger of its output folder (the crop's folder, or
+/// the one above it for a layout subfolder).
+fn crop_dataset(crop: &Path) -> Option<PathBuf> {
+    let parent = match crop.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let owner = crate::output::folder_owner(parent).or_else(|| parent.parent().and_then(crate::output::folder_owner))?;
+    let dataset = PathBuf::from(owner.dataset);
+    dataset.is_dir().then_some(dataset)
+}
+
 /// The face a crop file holds (the file may be deleted already): the match run that wrote it
 /// into its folder (a layout subfolder included), else the face id in its name.
 fn resolve_crop(conn: &Connection, crop: &Path) -> Result<(i64, Option<i64>)> {
@@ -79,9 +84,8 @@ fn resolve_crop(conn: &Connection, crop: &Path) -> Result<(i64, Option<i64>)> {
     }
     for (run, dir) in decisions::match_run_folders(conn)? {
         let Ok(dir) = Path::new(&dir).canonicalize() else { continue };
-        for (folder, rel) in candidates.iter().filter(|(f, _)| *f == dir) {
+        for (_, rel) in candidates.iter().filter(|(folder, _)| *folder == dir) {
             if let Some(face) = decisions::face_of_crop(conn, run, rel)? {
-                let _ = folder;
                 return Ok((face, Some(run)));
             }
         }

@@ -23,12 +23,6 @@ pub(super) struct Curated {
     pub deleted_crops: usize,
 }
 
-impl Curated {
-    pub fn applied(&self) -> usize {
-        self.excluded.len()
-    }
-}
-
 /// The person of a run: its references' keys (see [`crate::db::decisions`]).
 pub(super) fn person_of(refs: &[RefRow]) -> Person {
     Person::new(refs.iter().map(|r| r.blake3.clone()))

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
+use super::{MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
 use crate::output::OutputDir;
 
 /// Hugging Face imagefolder's metadata file name.
@@ -60,12 +61,22 @@ impl Layout<'_> {
     }
 
     /// Every name the layout writes besides the crops, for checking before anything is written.
-    pub fn extra_names(&self, crops: &[&String]) -> Vec<String> {
+    fn extra_names(&self, crops: &[&String]) -> Vec<String> {
         match self.kind {
             LayoutKind::Plain => Vec::new(),
             LayoutKind::Kohya => crops.iter().map(|c| Self::caption_name(c)).collect(),
             LayoutKind::Imagefolder => vec![METADATA_JSONL.to_string()],
         }
+    }
+
+    /// Refuses, before anything is written, when a name this run writes is not facedb's to
+    /// write; the files the user edited are not written at all (kept as they are).
+    pub fn check_names(&self, out: &OutputDir, names: &HashMap<i64, String>) -> Result<()> {
+        let kept = &out.curation().edited;
+        let crops: Vec<&String> = names.values().collect();
+        let fixed = [MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV].map(String::from);
+        let all: Vec<String> = crops.iter().map(|n| n.to_string()).chain(self.extra_names(&crops)).chain(fixed).collect();
+        out.check_free(all.iter().filter(|n| !kept.contains(*n)).map(String::as_str))
     }
 
     /// Writes the captions or metadata for the crops in the folder (written or kept), sorted by
