@@ -95,7 +95,7 @@ fn every_request_needs_the_token() {
     let tmp = tempfile::tempdir().unwrap();
     let d = dataset(tmp.path());
     match_json(&d, &tmp.path().join("crops"), &[]);
-    let (_server, url) = start_review(&d);
+    let (server, url) = start_review(&d);
     let (base, token) = url.split_once("/?t=").unwrap();
     assert_eq!(http("GET", &format!("{base}/"), None).0, 403, "the page without the token");
     assert_eq!(http("GET", &format!("{base}/api/run"), None).0, 403);
@@ -113,6 +113,20 @@ fn every_request_needs_the_token() {
     let total: u64 = hist["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
     assert_eq!(total, 4, "the histogram holds every photo, the far one included");
     assert_eq!(run["view"]["counts"]["matched"], 3);
+    drop(server_stops_on_ctrl_c(server));
+}
+
+/// Ctrl-C (SIGINT) ends the server at once.
+fn server_stops_on_ctrl_c(mut server: Guard) -> Guard {
+    let pid = server.0.id() as i32;
+    // SAFETY: a signal to the child this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(5), "facedb review still running 5 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
 
 /// Chromium and its driver from Debian's packages (scripts/test.sh installs them).

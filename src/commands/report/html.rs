@@ -170,7 +170,7 @@ fn render(v: &RunView, thumbs: &[Option<String>], refs: &[Option<String>]) -> St
         }
         h.push_str("<div class=\"grid\">");
         for (i, row) in v.rows.iter().enumerate().filter(|(_, r)| r.section == *section) {
-            h.push_str(&figure(row, thumbs[i].as_deref(), class));
+            h.push_str(&figure(row, thumbs[i].as_deref(), class, &m.out_dir));
         }
         h.push_str("</div>");
     }
@@ -186,18 +186,21 @@ fn class_name(s: Section) -> &'static str {
     }
 }
 
-fn figure(row: &view::Row, thumb: Option<&str>, class: &str) -> String {
+fn figure(row: &view::Row, thumb: Option<&str>, class: &str, out_dir: &str) -> String {
     let r = &row.result;
     let img = match thumb {
         Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
         None => "<div class=\"noimg\">no preview</div>".to_string(),
     };
+    let img = match crop_link(out_dir, r) {
+        Some(link) => format!("<a href=\"{}\">{img}</a>", escape(&link)),
+        None => img,
+    };
     let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
     let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
     let badges: String = row.badges.iter().map(|b| format!("<span class=\"b\">{b}</span>")).collect();
     format!(
-        "<figure class=\"{class}\"><a href=\"{}\">{img}</a><figcaption><span class=\"d\">d {dist}</span>{reason} · face {}<br>{badges}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
-        escape(&crop_link(r)),
+        "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason} · face {}<br>{badges}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
         r.face_id,
         escape(r.path.as_deref().unwrap_or("?")),
         r.size_px,
@@ -207,10 +210,10 @@ fn figure(row: &view::Row, thumb: Option<&str>, class: &str) -> String {
     )
 }
 
-/// A link to the crop file (or, without one, the source photo), relative to nothing: the sheet
-/// may be opened anywhere, so the link is absolute.
-fn crop_link(r: &crate::db::read::ResultRow) -> String {
-    r.crop_path.clone().or_else(|| r.path.clone()).unwrap_or_default()
+/// The crop file's absolute path (out_dir is stored absolute), so the link works wherever the
+/// sheet is opened; a face without a crop has no link.
+fn crop_link(out_dir: &str, r: &crate::db::read::ResultRow) -> Option<String> {
+    r.crop_path.as_ref().map(|c| Path::new(out_dir).join(c).to_string_lossy().into_owned())
 }
 
 fn references(v: &RunView, refs: &[Option<String>]) -> String {
