@@ -69,7 +69,7 @@ impl State {
         };
         let id_after = |prefix: &str| path.strip_prefix(prefix).and_then(|s| s.parse::<i64>().ok());
         Ok(match (method, path) {
-            (Method::Get, "/") => with_type(Response::from_data(PAGE.as_bytes().to_vec()), "text/html; charset=utf-8"),
+            (Method::Get, "/") => page(),
             (Method::Get, "/api/run") => json_reply(200, &self.run_json(run_id)?),
             (Method::Post, "/api/decide") => json_reply(200, &self.decide(run_id, body)?),
             (Method::Post, "/api/apply") => json_reply(200, &self.apply(run_id, body)?),
@@ -189,6 +189,18 @@ impl State {
             None => Ok(text(404, "the reference photo cannot be read")),
         }
     }
+}
+
+/// The page, with a policy that lets it load nothing but this server's own answers.
+fn page() -> Reply {
+    let mut r = with_type(Response::from_data(PAGE.as_bytes().to_vec()), "text/html; charset=utf-8");
+    let policy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'";
+    for (k, v) in [("Content-Security-Policy", policy), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")] {
+        if let Ok(h) = Header::from_bytes(k, v) {
+            r.add_header(h);
+        }
+    }
+    r
 }
 
 fn shrink(img: RgbImage, px: u32) -> RgbImage {
