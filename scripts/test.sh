@@ -17,6 +17,15 @@ tier "unit tests"
 cargo test --release --locked --lib
 tier "models, runtime and test photos (scripts/setup.sh)"
 scripts/setup.sh
+tier "headless Chromium for the review page's browser test (tests/review.rs)"
+# Debian's packages; CI runs as root. Without them the browser test says it skipped.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "chromium/chromedriver missing and not root: tests/review.rs will skip its browser test" >&2
+  fi
+fi
 tier "fuzz targets build"
 (cd fuzz && CARGO_TARGET_DIR=../target/fuzz-check cargo check --release --locked --bins)
 tier "whole suite (real models, real photos)"

@@ -57,6 +57,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Say a face is not the person: every later match of them leaves it out and uses it as a negative.
     Reject(RejectArgs),
+    /// Review a match run in the browser (local server, 127.0.0.1 only): accept, reject, re-threshold.
+    Review(ReviewArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
     /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
@@ -230,6 +232,33 @@ pub struct MatchArgs {
     /// How often kohya repeats each image per epoch (the N of `N_<token>/`).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub repeats: u32,
+
+    /// Print the decisions (matched and listed rejections, closest first) as CSV; write nothing, no crops.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub list: bool,
+
+    /// Name the run ("photos of Anna"): `report --run` and `review --run` accept the name.
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    /// Dataset folder [default: found from the current directory upwards].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Match run to review, by number or `match --name` [default: the latest].
+    #[arg(long, value_name = "N|NAME", value_parser = run_name)]
+    pub run: Option<String>,
+
+    /// Port on 127.0.0.1 [default: a free one].
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    pub port: u16,
+
+    /// Print the page's address without opening a browser.
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 #[derive(Args, Debug)]
@@ -261,9 +290,9 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 
-    /// Match run to show with --html [default: the latest].
-    #[arg(long, value_name = "N", requires = "html")]
-    pub run: Option<i64>,
+    /// Match run to show with --html, by number or `match --name` [default: the latest].
+    #[arg(long, value_name = "N|NAME", requires = "html", value_parser = run_name)]
+    pub run: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +329,18 @@ fn finite_in(text: &str, lo: f32, hi: f32, what: &str) -> Result<f32, String> {
         return Err(format!("{text} is outside {lo}-{hi} ({what})"));
     }
     Ok(v)
+}
+
+/// A run number, or a name that is not one (names are one line, at most 200 characters).
+fn run_name(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 200 || t.contains(['\n', '\r']) {
+        return Err(format!("`{text}` is not a run number or name (one line, 1-200 characters)"));
+    }
+    if t.starts_with('-') && t.parse::<i64>().is_ok() {
+        return Err(format!("{t} is not a run number (runs count from 1)"));
+    }
+    Ok(t.to_string())
 }
 
 fn distance(text: &str) -> Result<f32, String> {
@@ -377,6 +418,8 @@ mod tests {
             &["--layout", "kohya", "--token", "a/b"],
             &["--layout", "kohya", "--token", "ohwx", "--repeats", "0"],
             &["--layout", "kohya", "--token", "ohwx", "--caption", "two\nlines"],
+            &["--name", ""],
+            &["--name", "two\nlines"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
@@ -390,5 +433,10 @@ mod tests {
         assert_eq!(missing.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
+        let review = |extra: &[&str]| Cli::try_parse_from(["facedb", "review"].iter().chain(extra));
+        assert!(review(&["--port", "0", "--run", "photos of Anna"]).is_ok());
+        for bad in [&["--port", "65536"][..], &["--port", "-1"], &["--run", "-3"], &["--run", " "]] {
+            assert!(review(bad).is_err(), "review {bad:?} accepted");
+        }
     }
 }

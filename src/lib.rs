@@ -4,6 +4,7 @@ pub mod cli;
 pub mod commands;
 pub mod crop;
 pub mod db;
+pub mod histogram;
 pub mod matching;
 pub mod models;
 pub mod output;

@@ -81,8 +81,9 @@ fn html_contact_sheet_is_self_contained() {
     let html = std::fs::read_to_string(&sheet).unwrap();
     let conn = db(tmp.path());
     let decisions = query_i64(&conn, "SELECT count(*) FROM match_results");
-    assert_eq!(html.matches("<img ").count() as i64, decisions, "every decision has its thumbnail");
-    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count() as i64, decisions);
+    assert_eq!(html.matches("<img alt=\"face ").count() as i64, decisions, "every decision has its thumbnail");
+    assert_eq!(html.matches("<img alt=\"reference ").count(), 1, "and the reference face its own (issue 14)");
+    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count() as i64, decisions + 1);
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"), "no network, no scripts");
     assert!(html.contains("threshold 0.50") && html.contains("<svg") && html.contains("Rejected"));
     // Thumbnails decode as JPEGs.

@@ -15,7 +15,8 @@ use crate::cli::MatchArgs;
 use crate::crop::CropSpec;
 use crate::db::read::{self, RefRow};
 use crate::db::write::{self, MatchRow, NewMatchRun, NewRef, RunCounters};
-use crate::db::{decisions, vectors, Db};
+use crate::db::{decisions, review, vectors, Db};
+use crate::histogram::RunHistogram;
 use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
@@ -39,8 +40,10 @@ pub const MANIFEST_CSV: &str = "manifest.csv";
 pub const MANIFEST_JSONL: &str = "manifest.jsonl";
 pub const REJECTED_CSV: &str = "rejected.csv";
 
-pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
+pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    // --list is a dry run that prints the decisions instead of the histogram.
+    args.dry_run |= args.list;
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {
@@ -66,6 +69,9 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let args_json = serde_json::json!({
         "dir": root.to_string_lossy(), "ref": args.refs, "not": args.negatives, "threshold": args.threshold, "combine": args.combine,
         "expand": args.expand, "all": args.all, "dry_run": args.dry_run, "out": out_dir.to_string_lossy(), "options": serde_json::from_str::<serde_json::Value>(&options_json)?,
+        // What the review page needs to run this match again with another threshold.
+        "layout": clap::ValueEnum::to_possible_value(&args.layout).map(|v| v.get_name().to_string()),
+        "token": args.token, "caption": args.caption, "repeats": args.repeats, "name": args.name,
     })
     .to_string();
     let run_id = write::begin_run(&tx, "match", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
@@ -142,9 +148,13 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         face_rows.into_iter().filter(|f| listed.contains(&f.face_id)).map(|f| (f.face_id, f)).collect();
 
     let Some(out) = out else {
-        print_dry_run(&decisions, &paths, &quality, args.threshold)?;
-        if let Some(n) = args.best {
-            super::outln!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+        if args.list {
+            print_list(&recorded, &paths)?;
+        } else {
+            print_dry_run(&decisions, &paths, &quality, args.threshold)?;
+            if let Some(n) = args.best {
+                super::outln!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+            }
         }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
@@ -267,6 +277,14 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     crate::db::decisions::set_applied(&tx, run_id, report.applied)?;
     let photos = distinct_photos(&decisions) as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
+    // Every photo's distance, the far ones that get no row included (`--all` without a
+    // reference has no distances).
+    if !(args.all && pos_vecs.is_empty()) {
+        review::insert_histogram(&tx, run_id, &RunHistogram::new(decisions.iter().map(|d| d.distance), args.threshold))?;
+    }
+    if let Some(name) = &args.name {
+        review::set_run_name(&tx, run_id, name)?;
+    }
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
     write::finish_run(&tx, run_id, if crop_failures > 0 { "failures" } else { "ok" }, &counters)?;
     tx.commit()?;
@@ -623,6 +641,27 @@ fn print_dry_run(
     let reasons = count_reasons(decisions);
     super::outln!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
     super::outln!("(dry run: nothing was written)");
+    Ok(())
+}
+
+/// `--list`: one CSV row per listed photo (every match, and the rejections `rejected.csv` would
+/// hold, the user's decisions included), closest first; nothing written.
+fn print_list(recorded: &[&Decision], paths: &HashMap<i64, String>) -> Result<()> {
+    let mut rows: Vec<&&Decision> = recorded.iter().collect();
+    rows.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+    w.write_record(["decision", "distance", "face_id", "image_id", "path", "reason"])?;
+    for d in rows {
+        w.write_record([
+            if d.matched() { "matched" } else { "rejected" },
+            &format!("{:.4}", d.distance),
+            &d.face_id.to_string(),
+            &d.image_id.to_string(),
+            paths.get(&d.image_id).map_or("", String::as_str),
+            d.reason.map_or("", Reason::as_str),
+        ])?;
+    }
+    w.flush()?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod index;
 pub mod info;
 pub mod reject;
 pub mod report;
+pub mod review;
 pub mod sql;
 pub mod version;
 
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
         Command::Reject(args) => reject::run(&globals, args),
+        Command::Review(args) => review::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {

@@ -9,16 +9,16 @@ use std::path::Path;
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use base64::Engine;
 use image::imageops::FilterType;
 use rayon::prelude::*;
 use rusqlite::Connection;
 
+use super::view::{self, RunView, Section};
 use crate::db::best::Selected;
-use crate::db::read::{self, MatchRunSummary, ResultRow};
 use crate::matching;
-use crate::pipeline::{decode, walk};
+use crate::pipeline::walk;
 use crate::util::display_path;
 
 const THUMB: u32 = 160;
@@ -31,28 +31,22 @@ const SIGNATURE: &str =
 /// How sheets written before the signature started (`facedb match run <id>` follows).
 const OLD_SIGNATURE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>facedb match run ";
 
-pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<i64>) -> Result<()> {
+pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<&str>) -> Result<()> {
     check_target(file, root, db_file)?;
-    let runs = read::match_runs(conn)?;
-    let summary = match run {
-        Some(id) => runs.iter().find(|m| m.run_id == id).with_context(|| format!("no match run {id}; `facedb report` lists them"))?,
-        None => match runs.last() {
-            Some(m) => m,
-            None => bail!("no match run yet; run `facedb match --ref IMG` first"),
-        },
-    };
-    let results = read::match_results(conn, summary.run_id)?;
-    let out_dir = Path::new(&summary.out_dir);
-    let thumbs: Vec<Option<String>> = results
+    let v = view::load(conn, view::resolve(conn, run)?)?;
+    let out_dir = Path::new(&v.summary.out_dir);
+    let thumbs: Vec<Option<String>> = v
+        .rows
         .par_iter()
         .enumerate()
         .map(|(i, r)| {
-            let want = r.decision == "matched" || i < MAX_REJECTED_THUMBS || r.ambiguous;
-            want.then(|| thumbnail(root, out_dir, r)).flatten()
+            let want = r.section != Section::Rejected || i < MAX_REJECTED_THUMBS;
+            want.then(|| view::face_image(root, out_dir, &r.result).and_then(data_uri)).flatten()
         })
         .collect();
-    let selection = crate::db::best::selection(conn, summary.run_id)?;
-    let html = render(summary, &results, &thumbs, &selection);
+    let refs: Vec<Option<String>> = v.refs.iter().map(|r| view::ref_image(conn, root, r).and_then(data_uri)).collect();
+    let selection = crate::db::best::selection(conn, v.summary.run_id)?;
+    let html = render(&v, &thumbs, &refs, &selection);
     crate::output::write_beside(file, html.as_bytes())
 }
 
@@ -104,28 +98,8 @@ fn check_target(file: &Path, root: &Path, db_file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A small JPEG data URI: the crop file when it exists, else the face cut from the photo.
-fn thumbnail(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<String> {
-    let image = r
-        .crop_path
-        .as_ref()
-        // Only regular files are read: a FIFO planted under a crop's or photo's name must not hang the sheet.
-        .and_then(|c| crate::util::read_photo_file(&out_dir.join(c)).ok())
-        .and_then(|b| decode::decode(&b).ok())
-        .map(|d| d.rgb)
-        .or_else(|| {
-            let path = r.path.as_ref()?;
-            let rgb = crate::pipeline::decode_as_indexed(&crate::util::read_photo_file(&walk::resolve(root, path, None)).ok()?, r.rotation)
-                .ok()?;
-            let [x, y, w, h] = r.face;
-            let m = 0.2;
-            let (x0, y0) = ((x - w * m).max(0.0) as u32, (y - h * m).max(0.0) as u32);
-            let (cw, ch) = (
-                ((w * (1.0 + 2.0 * m)) as u32).min(rgb.width().saturating_sub(x0)),
-                ((h * (1.0 + 2.0 * m)) as u32).min(rgb.height().saturating_sub(y0)),
-            );
-            (cw > 0 && ch > 0).then(|| image::imageops::crop_imm(&rgb, x0, y0, cw, ch).to_image())
-        })?;
+/// A small JPEG data URI of an image.
+fn data_uri(image: image::RgbImage) -> Option<String> {
     let scale = THUMB as f32 / image.width().max(image.height()) as f32;
     let small = if scale < 1.0 {
         image::imageops::resize(
@@ -146,9 +120,13 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>], selection: &HashMap<i64, Selected>) -> String {
+fn render(v: &RunView, thumbs: &[Option<String>], refs: &[Option<String>], selection: &HashMap<i64, Selected>) -> String {
+    let (m, c) = (&v.summary, &v.counts);
     let mut h = String::new();
-    let title = format!("facedb match run {}", m.run_id);
+    let title = match &v.name {
+        Some(name) => format!("facedb match run {} · {}", m.run_id, escape(name)),
+        None => format!("facedb match run {}", m.run_id),
+    };
     let _ = write!(
         h,
         "{SIGNATURE}\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
@@ -156,71 +134,76 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>],
          .grid{{display:flex;flex-wrap:wrap;gap:12px}} figure{{margin:0;width:{THUMB}px}}\
          figure img{{width:{THUMB}px;height:{THUMB}px;object-fit:contain;background:#eee;display:block}}\
          figcaption{{font-size:12px;line-height:1.35;word-break:break-all}} .d{{font-weight:600}}\
-         .rej figcaption .d{{color:#b00}} .pass img{{opacity:.75}} .amb img{{outline:3px solid #e90}} .noimg{{width:{THUMB}px;height:{THUMB}px;background:#ddd;display:flex;align-items:center;justify-content:center;color:#777}}\
+         .rej figcaption .d{{color:#b00}} .amb img{{outline:3px solid #e90}} .pass img{{opacity:.75}} .noimg{{width:{THUMB}px;height:{THUMB}px;background:#ddd;display:flex;align-items:center;justify-content:center;color:#777}}\
+         .b{{display:inline-block;background:#fe9;border-radius:3px;padding:0 4px;margin:1px 2px 0 0;font-size:11px}} .ref img{{outline:3px solid #4a8}} .neg img{{outline:3px solid #b00}}\
          </style></head><body><h1>{title}</h1>"
     );
     let _ = write!(
         h,
-        "<p>{} · mode {} · threshold <b>{:.2}</b> ({}) · {} photos · <b>{}</b> matched · {} rejected · {} ambiguous</p>",
+        "<p class=\"counts\" data-photos=\"{}\" data-matched=\"{}\" data-rejected=\"{}\" data-ambiguous=\"{}\">{} · mode {} · threshold <b>{:.2}</b> ({}) · {} photos · <b>{}</b> matched · {} rejected · {} ambiguous</p>",
+        c.photos, c.matched, c.rejected, c.ambiguous,
         escape(&m.started_at),
         escape(&m.mode),
         m.threshold,
         escape(&m.combine),
-        m.photos,
-        m.matched,
-        m.rejected,
-        m.ambiguous
+        c.photos,
+        c.matched,
+        c.rejected,
+        c.ambiguous
     );
-    let _ = write!(h, "<p>references: {}", escape(&m.references.join(", ")));
-    if !m.negatives.is_empty() {
-        let _ = write!(h, " · not: {}", escape(&m.negatives.join(", ")));
-    }
-    let _ = write!(h, " · crops in {}</p>", escape(&m.out_dir));
-    h.push_str(&histogram_svg(results, m.threshold as f32));
-
-    type Keep<'s> = Box<dyn Fn(&ResultRow) -> bool + 's>;
+    let _ = write!(h, "<p>crops in {}</p>", escape(&m.out_dir));
+    h.push_str(&references(v, refs));
+    h.push_str(&histogram_svg(v, m.threshold as f32));
+    let far = format!(
+        "{} ambiguous (listed above), {} listed here, {} farther than {:.2} (counted in the histogram, not listed)",
+        c.rejected_ambiguous,
+        c.rejected_listed,
+        c.rejected_far,
+        m.threshold + f64::from(crate::commands::find::NEAR_MISS_BAND)
+    );
     // A run made with --best: the matched faces it passed over (near-duplicates, not among the
-    // best N) get their own section right after the picked ones, to compare side by side.
-    let passed_over = |r: &ResultRow| selection.get(&r.face_id).is_some_and(|s| s.rank.is_none());
+    // best N) are shown right after the picked ones, to compare side by side; they stay counted
+    // among the rejected, as in the summary.
+    let passed_over = |r: &view::Row| selection.get(&r.result.face_id).is_some_and(|s| s.rank.is_none());
     let matched_heading = if selection.is_empty() { "Matched (sorted by distance)" } else { "Picked by --best (sorted by distance)" };
-    let sections: [(&str, &str, Keep); 4] = [
-        (matched_heading, "", Box::new(|r: &ResultRow| r.decision == "matched")),
-        ("Passed over by --best (near-duplicates and faces not among the best)", "pass", Box::new(passed_over)),
-        (
-            "Ambiguous (another face in the photo is within the threshold)",
-            "amb",
-            Box::new(move |r: &ResultRow| r.decision != "matched" && r.ambiguous && !passed_over(r)),
-        ),
-        ("Rejected", "rej", Box::new(move |r: &ResultRow| r.decision != "matched" && !r.ambiguous && !passed_over(r))),
+    let sections = [
+        (Section::Matched, matched_heading, "", c.matched, String::new()),
+        (Section::Ambiguous, "Ambiguous (another face in the photo is within the threshold)", "amb", c.ambiguous, String::new()),
+        (Section::Rejected, "Rejected", "rej", c.rejected, far),
     ];
-    for (heading, class, keep) in &sections {
-        let rows: Vec<(usize, &ResultRow)> = results.iter().enumerate().filter(|(_, r)| keep(r)).collect();
-        if rows.is_empty() && *class == "pass" {
-            continue;
+    for (section, heading, class, count, note) in &sections {
+        let _ = write!(h, "<h2 data-section=\"{}\" data-count=\"{count}\">{heading}: {count}</h2>", class_name(*section));
+        if !note.is_empty() {
+            let _ = write!(h, "<p>{}</p>", escape(note));
         }
-        let _ = write!(h, "<h2>{heading}: {}</h2><div class=\"grid {class}\">", rows.len());
-        for (i, r) in rows {
-            let img = match &thumbs[i] {
-                Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
-                None => "<div class=\"noimg\">no preview</div>".to_string(),
-            };
-            let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
-            let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
-            let best = selection.get(&r.face_id).map(best_caption).unwrap_or_default();
-            let _ = write!(
-                h,
-                "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason}{best}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
-                escape(r.path.as_deref().unwrap_or("?")),
-                r.size_px,
-                r.sharpness,
-                r.yaw,
-                r.score
-            );
+        h.push_str("<div class=\"grid\">");
+        for (i, row) in v.rows.iter().enumerate().filter(|(_, r)| r.section == *section && !passed_over(r)) {
+            h.push_str(&figure(row, thumbs[i].as_deref(), class, &m.out_dir, selection.get(&row.result.face_id)));
         }
         h.push_str("</div>");
+        let passed: Vec<(usize, &view::Row)> = v.rows.iter().enumerate().filter(|(_, r)| passed_over(r)).collect();
+        if *section == Section::Matched && !passed.is_empty() {
+            let _ = write!(
+                h,
+                "<h2>Passed over by --best (near-duplicates and faces not among the best): {} (counted among the rejected)</h2><div class=\"grid\">",
+                passed.len()
+            );
+            for (i, row) in passed {
+                h.push_str(&figure(row, thumbs[i].as_deref(), "pass", &m.out_dir, selection.get(&row.result.face_id)));
+            }
+            h.push_str("</div>");
+        }
     }
     h.push_str("</body></html>\n");
     h
+}
+
+fn class_name(s: Section) -> &'static str {
+    match s {
+        Section::Matched => "matched",
+        Section::Ambiguous => "ambiguous",
+        Section::Rejected => "rejected",
+    }
 }
 
 /// `--best` details under a thumbnail: pick order, quality, near-duplicate group.
@@ -230,19 +213,71 @@ fn best_caption(s: &Selected) -> String {
     format!("<br>{rank}quality {:.2}{group}", s.score)
 }
 
-/// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line.
-fn histogram_svg(results: &[ResultRow], threshold: f32) -> String {
-    let distances: Vec<f32> = results.iter().filter_map(|r| r.distance).map(|d| d as f32).collect();
-    if distances.is_empty() {
-        return String::new();
+fn figure(row: &view::Row, thumb: Option<&str>, class: &str, out_dir: &str, best: Option<&Selected>) -> String {
+    let r = &row.result;
+    let img = match thumb {
+        Some(uri) => format!("<img alt=\"face {}\" src=\"{uri}\">", r.face_id),
+        None => "<div class=\"noimg\">no preview</div>".to_string(),
+    };
+    let img = match crop_link(out_dir, r) {
+        Some(link) => format!("<a href=\"{}\">{img}</a>", escape(&link)),
+        None => img,
+    };
+    let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
+    let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
+    let badges: String = row.badges.iter().map(|b| format!("<span class=\"b\">{b}</span>")).collect();
+    let best = best.map(best_caption).unwrap_or_default();
+    format!(
+        "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason} · face {}{best}<br>{badges}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
+        r.face_id,
+        escape(r.path.as_deref().unwrap_or("?")),
+        r.size_px,
+        r.sharpness,
+        r.yaw,
+        r.score
+    )
+}
+
+/// The crop file's absolute path (out_dir is stored absolute), so the link works wherever the
+/// sheet is opened; a face without a crop has no link.
+fn crop_link(out_dir: &str, r: &crate::db::read::ResultRow) -> Option<String> {
+    r.crop_path.as_ref().map(|c| Path::new(out_dir).join(c).to_string_lossy().into_owned())
+}
+
+fn references(v: &RunView, refs: &[Option<String>]) -> String {
+    let mut h = format!("<h2>References: {}</h2><div class=\"grid\">", v.refs.iter().filter(|r| !r.negative).count());
+    for (r, uri) in v.refs.iter().zip(refs) {
+        let img = match uri {
+            Some(uri) => format!("<img alt=\"reference {}\" src=\"{uri}\">", r.id),
+            None => "<div class=\"noimg\">not readable</div>".to_string(),
+        };
+        let (class, what) = if r.negative { ("neg", "not") } else { ("ref", "reference") };
+        let _ = write!(h, "<figure class=\"{class}\">{img}<figcaption>{what}: {}</figcaption></figure>", escape(&r.path));
     }
+    h.push_str("</div>");
+    h
+}
+
+/// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line: from the run's
+/// stored histogram of every photo (runs before it: from the stored rows only, and said so).
+fn histogram_svg(v: &RunView, threshold: f32) -> String {
     let (bins, lo, hi) = (24usize, 0.0f32, 1.2f32);
-    let counts = matching::histogram(&distances, lo, hi, bins);
+    let (counts, note) = match &v.histogram {
+        Some(hist) => (hist.rebin(5, f64::from(hi)), format!("{} photos", hist.total())),
+        None => {
+            let d: Vec<f32> = v.rows.iter().filter_map(|r| r.result.distance).map(|d| d as f32).collect();
+            if d.is_empty() {
+                return String::new();
+            }
+            let counts = matching::histogram(&d, lo, hi, bins).into_iter().map(|c| c as u64).collect();
+            (counts, format!("{} stored rows only: this run predates stored histograms", d.len()))
+        }
+    };
     let peak = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
     let (w, hgt, pad) = (600.0f32, 160.0f32, 24.0f32);
     let bw = w / bins as f32;
     let mut s = format!(
-        "<h2>Distance of the best face per photo</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">",
+        "<h2>Distance of the best face per photo ({note})</h2><svg width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"distance histogram\">",
         w + 2.0 * pad,
         hgt + 2.0 * pad
     );

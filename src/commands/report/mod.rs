@@ -2,6 +2,7 @@
 //! sharpness distributions, match runs; as a table, JSON or CSV; or an HTML contact sheet.
 
 mod html;
+pub mod view;
 
 use std::process::ExitCode;
 
@@ -89,7 +90,7 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
         if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
             crate::pipeline::heif::set_models_dir(&dir);
         }
-        html::write(conn, &root, &db_file, file, args.run)?;
+        html::write(conn, &root, &db_file, file, args.run.as_deref())?;
         if !globals.quiet {
             eprintln!("wrote {}", crate::util::display_path(file));
         }
