@@ -51,6 +51,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Compare stored faces with a reference photo and write crops of the matches plus a manifest.
     Match(MatchArgs),
+    /// Join shard databases (`index --shard K/N --db ...`) into the database given by --db.
+    Merge(MergeArgs),
     /// Print totals, photos with zero or several faces, and files that failed.
     Report(ReportArgs),
     /// Show everything stored about one photo (or face id): paths, hash, faces, quality, logs.
@@ -115,6 +117,18 @@ pub struct IndexArgs {
     /// libraries or its models change).
     #[arg(long)]
     pub retry_failed: bool,
+
+    /// Index only shard K of N (K from 0 to N-1): the files whose relative path hashes (blake3)
+    /// to K modulo N. Needs --db (one database per shard); `facedb merge` joins the shards.
+    #[arg(long, value_name = "K/N", value_parser = shard)]
+    pub shard: Option<crate::pipeline::shard::Shard>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard databases made by `facedb index DIR --shard K/N --db shard-K.sqlite`.
+    #[arg(value_name = "SHARD_DB", required = true)]
+    pub shards: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +300,10 @@ fn degrees(text: &str) -> Result<f32, String> {
     finite_in(text, 0.0, 180.0, "degrees")
 }
 
+fn shard(text: &str) -> Result<crate::pipeline::shard::Shard, String> {
+    crate::pipeline::shard::Shard::parse(text)
+}
+
 fn non_negative(text: &str) -> Result<f32, String> {
     finite_in(text, 0.0, f32::MAX, "a sharpness score")
 }
@@ -327,5 +345,10 @@ mod tests {
         assert!(parse(&["--square", "--margin", "0", "--size", "512", "--upscale", "--align", "--pad", "reflect"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
+        for bad in ["3/3", "1/0", "-1/2", "x/2", "2"] {
+            let err = Cli::try_parse_from(["facedb", "index", "--shard", bad]).expect_err(&format!("--shard {bad} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "--shard {bad}: {err}");
+        }
+        assert!(Cli::try_parse_from(["facedb", "index", "--shard", "2/3"]).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! The SQLite database: opening, migrations, and every SQL statement facedb runs.
 //! `write` holds the single writer's statements, `read` the queries behind match and report.
 
+pub mod merge;
 pub mod read;
 pub mod vectors;
 pub mod write;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::pipeline::shard::Shard;
 
 /// Database file name inside the dataset directory.
 pub const DB_FILE: &str = "facedb.sqlite";
@@ -130,6 +133,30 @@ impl Db {
                 Ok(None)
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Checks that this database holds `shard` of its folder, remembering it on first use
+    /// (`meta.shard`, `K/N`): a shard database indexed as another shard, or as the whole folder,
+    /// would hold two parts that `merge` cannot tell apart.
+    pub fn check_shard(&self, shard: Shard, db_file: &Path) -> Result<()> {
+        let stored = read::shard(&self.conn)?;
+        match stored {
+            Some(s) if s == shard => Ok(()),
+            Some(s) if shard == Shard::WHOLE => bail!(
+                "{} holds shard {s} of its folder; index it with --shard {s}, or join the shards with `facedb merge --db DIR/facedb.sqlite SHARD_DB...`",
+                db_file.display()
+            ),
+            Some(s) => bail!("{} holds shard {s}, not {shard}; pass --db the database of shard {shard} (a new file name starts it)", db_file.display()),
+            None if shard == Shard::WHOLE => Ok(()),
+            None if read::has_files(&self.conn)? => bail!(
+                "{} already indexes the whole folder; pass --db a new file name for shard {shard}",
+                db_file.display()
+            ),
+            None => {
+                write::set_shard(&self.conn, shard)?;
+                Ok(())
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod hash;
 pub mod heif;
 pub mod quality;
+pub mod shard;
 pub mod walk;
 
 use std::time::Instant;
