@@ -345,8 +345,9 @@ mod tests {
         assert!(parse(&["--square", "--margin", "0", "--size", "512", "--upscale", "--align", "--pad", "reflect"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
-        for bad in ["3/3", "1/0", "-1/2", "x/2", "2"] {
-            let err = Cli::try_parse_from(["facedb", "index", "--shard", bad]).expect_err(&format!("--shard {bad} accepted"));
+        for bad in ["3/3", "1/0", "x/2", "2", "--shard=-1/2"] {
+            let args: &[&str] = if bad.starts_with("--") { &[bad] } else { &["--shard", bad] };
+            let err = Cli::try_parse_from(["facedb", "index"].iter().chain(args)).expect_err(&format!("--shard {bad} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "--shard {bad}: {err}");
         }
         assert!(Cli::try_parse_from(["facedb", "index", "--shard", "2/3"]).is_ok());

@@ -568,4 +568,3 @@ mod tests {
         assert_eq!(status(alive), "error");
     }
 }
-
