@@ -227,6 +227,21 @@ fn shards_that_do_not_belong_together_are_refused_and_the_target_is_left_alone()
     facedb().arg("--db").arg(s("merged.sqlite")).args(["merge"]).arg(s("a0.sqlite")).arg(s("a1.sqlite")).assert().success();
     refused(&["other-detector.sqlite"], "merged.sqlite");
 
+    // One transaction: a shard failing halfway leaves the target exactly as it was, including
+    // the rows an earlier shard of the same merge had added.
+    let target = s("atomic.sqlite");
+    facedb().arg("--db").arg(&target).arg("merge").arg(s("a0.sqlite")).assert().success();
+    let before = index_rows(&target);
+    std::fs::copy(s("a1.sqlite"), s("broken.sqlite")).unwrap();
+    open(&s("broken.sqlite"))
+        .execute_batch("PRAGMA foreign_keys = OFF; DELETE FROM images WHERE id = (SELECT max(image_id) FROM files)")
+        .unwrap();
+    let out = facedb().arg("--db").arg(&target).arg("merge").arg(s("a1.sqlite")).arg(s("broken.sqlite")).assert().code(2);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("broken.sqlite"));
+    assert_eq!(index_rows(&target), before, "nothing of a1 was kept");
+    facedb().arg("--db").arg(&target).arg("merge").arg(s("a1.sqlite")).assert().success();
+    assert_eq!(index_rows(&target), index_rows(&s("merged.sqlite")));
+
     // A shard's database is its shard's: not another shard, not the whole folder, and --db is needed.
     index(&["--shard", "0/2"], &s("a1.sqlite")).code(2).stderr(predicate::str::contains("holds shard 1/2"));
     index(&[], &s("a1.sqlite")).code(2).stderr(predicate::str::contains("--shard 1/2"));
