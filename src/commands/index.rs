@@ -161,7 +161,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
             eprintln!("{warning}");
         }
     }
-    db.check_shard(shard, &db_file)?;
+    db.check_shard(args.shard, &db_file)?;
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;

@@ -136,27 +136,22 @@ impl Db {
         }
     }
 
-    /// Checks that this database holds `shard` of its folder, remembering it on first use
-    /// (`meta.shard`, `K/N`): a shard database indexed as another shard, or as the whole folder,
-    /// would hold two parts that `merge` cannot tell apart.
-    pub fn check_shard(&self, shard: Shard, db_file: &Path) -> Result<()> {
-        let stored = read::shard(&self.conn)?;
-        match stored {
-            Some(s) if s == shard => Ok(()),
-            Some(s) if shard == Shard::WHOLE => bail!(
-                "{} holds shard {s} of its folder; index it with --shard {s}, or join the shards with `facedb merge --db DIR/facedb.sqlite SHARD_DB...`",
-                db_file.display()
+    /// Checks that this database holds `shard` of its folder (`None`: the whole folder),
+    /// remembering it on first use (`meta.shard`, `K/N`): a shard database indexed as another
+    /// shard, or as the whole folder, would hold two parts that `merge` cannot tell apart.
+    pub fn check_shard(&self, shard: Option<Shard>, db_file: &Path) -> Result<()> {
+        let db = db_file.display();
+        match (read::shard(&self.conn)?, shard) {
+            (Some(s), Some(t)) if s == t => Ok(()),
+            (Some(s), None) => bail!(
+                "{db} holds shard {s} of its folder; index it with --shard {s}, or join the shards with `facedb merge --db DIR/facedb.sqlite SHARD_DB...`"
             ),
-            Some(s) => bail!("{} holds shard {s}, not {shard}; pass --db the database of shard {shard} (a new file name starts it)", db_file.display()),
-            None if shard == Shard::WHOLE => Ok(()),
-            None if read::has_files(&self.conn)? => bail!(
-                "{} already indexes the whole folder; pass --db a new file name for shard {shard}",
-                db_file.display()
-            ),
-            None => {
-                write::set_shard(&self.conn, shard)?;
-                Ok(())
+            (Some(s), Some(t)) => bail!("{db} holds shard {s}, not {t}; pass --db the database of shard {t} (a new file name starts it)"),
+            (None, None) => Ok(()),
+            (None, Some(t)) if read::has_files(&self.conn)? => {
+                bail!("{db} already indexes the whole folder; pass --db a new file name for shard {t}")
             }
+            (None, Some(t)) => write::set_shard(&self.conn, t),
         }
     }
 
