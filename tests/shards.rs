@@ -177,6 +177,21 @@ fn three_shards_in_parallel_retried_and_killed_merge_into_what_one_index_makes()
     assert_eq!(index_rows(&target), expected);
     assert_eq!(cache_state(&target), state, "nothing changed, so the cache stays current");
 
+    // A content the target holds as failed (an earlier merge of a shard whose first try failed
+    // for want of a library, say) takes the shard's faces once the shard has indexed it.
+    open(&target)
+        .execute_batch(
+            "CREATE TEMP TABLE one AS SELECT image_id AS id FROM faces WHERE idx = 0 ORDER BY image_id LIMIT 1;
+             DELETE FROM embeddings WHERE face_id IN (SELECT id FROM faces WHERE image_id IN (SELECT id FROM temp.one));
+             DELETE FROM faces WHERE image_id IN (SELECT id FROM temp.one);
+             UPDATE images SET status = 'failed', error = 'libheif missing', failure_kind = 'environment' WHERE id IN (SELECT id FROM temp.one);",
+        )
+        .unwrap();
+    assert_ne!(index_rows(&target), expected);
+    let healed = merge(&target, &shards);
+    assert_eq!(healed["images_new"], 0, "{healed}");
+    assert_eq!(index_rows(&target), expected, "the retried content is merged");
+
     // Match, report and sql work on the merged database as on the single one.
     let (on_single, _) = matched(&dir, &single, &tmp.path().join("out-single"));
     let (on_merged, cache) = matched(&dir, &target, &tmp.path().join("out-merged"));

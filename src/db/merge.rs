@@ -75,6 +75,8 @@ pub fn set_dataset_root(conn: &Connection, root: &str) -> Result<()> {
 pub struct Merged {
     pub images_new: u64,
     pub images_known: u64,
+    /// Contents the target held as failed that the shard has since indexed (a retried failure).
+    pub images_replaced: u64,
     pub faces_new: u64,
     pub files_changed: u64,
     pub files: u64,
@@ -132,23 +134,49 @@ fn copy_images(tx: &Connection, shard: &Connection, run_id: i64, map: &mut IdMap
     while let Some(r) = rows.next()? {
         let shard_id: i64 = r.get(0)?;
         let blake3: String = r.get(1)?;
-        if let Some(id) = tx.prepare_cached("SELECT id FROM images WHERE blake3 = ?1")?.query_row([&blake3], |r| r.get(0)).optional()? {
-            map.images.insert(shard_id, id);
-            stats.images_known += 1;
-            continue;
-        }
+        let shard_ok = r.get::<_, String>(7)? == "ok";
+        let known: Option<(i64, String)> = tx
+            .prepare_cached("SELECT id, status FROM images WHERE blake3 = ?1")?
+            .query_row([&blake3], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         let mut values: Vec<Value> = (1..=n).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
         // The last two columns are the detector and embedder.
         for v in values.iter_mut().skip(n - 2) {
             *v = mapped(&map.models, v)?;
         }
         values.push(Value::Integer(run_id));
-        tx.prepare_cached(&insert)?.execute(params_from_iter(values))?;
-        let id = tx.last_insert_rowid();
+        let id = match known {
+            // Same models on both sides, so a known content has the same faces, unless the
+            // target kept an earlier failure that the shard's retry has since indexed.
+            Some((id, status)) if !(status == "failed" && shard_ok) => {
+                map.images.insert(shard_id, id);
+                stats.images_known += 1;
+                continue;
+            }
+            Some((id, _)) => {
+                replace_failed(tx, id, values)?;
+                stats.images_replaced += 1;
+                id
+            }
+            None => {
+                tx.prepare_cached(&insert)?.execute(params_from_iter(values))?;
+                stats.images_new += 1;
+                tx.last_insert_rowid()
+            }
+        };
         map.images.insert(shard_id, id);
-        stats.images_new += 1;
         stats.faces_new += copy_faces(tx, shard, shard_id, id, &map.models)?;
     }
+    Ok(())
+}
+
+/// Overwrites a failed image row (keeping its id, which files point to) with the shard's row.
+fn replace_failed(tx: &Connection, id: i64, values: Vec<Value>) -> Result<()> {
+    let columns: Vec<String> = IMAGE_COLUMNS.split(',').map(|c| c.trim().to_string()).chain(["run_id".to_string()]).collect();
+    let set = columns.iter().enumerate().map(|(i, c)| format!("{c} = ?{}", i + 1)).collect::<Vec<_>>().join(", ");
+    let mut values = values;
+    values.push(Value::Integer(id));
+    tx.execute(&format!("UPDATE images SET {set} WHERE id = ?{}", columns.len() + 1), params_from_iter(values))?;
     Ok(())
 }
 
