@@ -1,5 +1,5 @@
-//! Adds N synthetic photos, each with one face and a random unit embedding, to an indexed
-//! facedb database, to benchmark `match` at scale.
+//! Adds N synthetic photos, each with one face, a random unit embedding and a random face hash,
+//! to an indexed facedb database, to benchmark `match` (and `match --best`) at scale.
 //!     cargo run --release --example make_synthetic_faces -- DATASET_DIR N
 
 use rusqlite::params;
@@ -18,13 +18,16 @@ fn main() -> anyhow::Result<()> {
     let tx = conn.unchecked_transaction()?;
     {
         let mut image = tx.prepare("INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at) VALUES (?1, 1000, 4000, 3000, 'jpeg', 1, 'ok', ?2, ?3, '')")?;
-        let mut face = tx.prepare("INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness) VALUES (?1, ?2, 0, 100, 100, 200, 250, 0.9, '[[0,0],[1,0],[0,1],[0,2],[1,2]]', 200, 150, 0, 0, 120)")?;
+        let mut face = tx.prepare("INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, face_hash) VALUES (?1, ?2, 0, 100, 100, 200, 250, 0.9, '[[0,0],[1,0],[0,1],[0,2],[1,2]]', 200, 150, 0, 0, 120, ?3)")?;
         let mut emb = tx.prepare("INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?;
         let mut file = tx.prepare("INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run) VALUES (?1, ?2, 1000, 0, 0, 0, ?3, ?3)")?;
         for i in 0..n {
             image.execute(params![format!("synthetic{i:016x}"), detector_id, run_id])?;
             let image_id = tx.last_insert_rowid();
-            face.execute(params![image_id, detector_id])?;
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            face.execute(params![image_id, detector_id, seed as i64])?;
             let face_id = tx.last_insert_rowid();
             let mut v = [0f32; 128];
             for x in v.iter_mut() {

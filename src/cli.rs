@@ -57,6 +57,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Show everything stored about one photo (or face id): paths, hash, faces, quality, logs.
     Info(InfoArgs),
+    /// Say a face is not the person: every later match of them leaves it out and uses it as a negative.
+    Reject(RejectArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
     /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
@@ -137,12 +139,12 @@ pub struct MatchArgs {
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Use this photo (or every photo in this folder) as a reference of the person; repeatable.
-    #[arg(long = "ref", value_name = "IMG|DIR", required_unless_present = "all")]
+    /// Use this photo (or every photo in this folder, or the stored face face:ID) as a reference of the person; repeatable.
+    #[arg(long = "ref", value_name = "IMG|DIR|face:ID", required_unless_present = "all")]
     pub refs: Vec<PathBuf>,
 
-    /// Reject faces closer to this person than to the references (a look-alike); repeatable.
-    #[arg(long = "not", value_name = "IMG|DIR")]
+    /// Reject faces closer to this person (photo, folder or face:ID) than to the references (a look-alike); repeatable.
+    #[arg(long = "not", value_name = "IMG|DIR|face:ID")]
     pub negatives: Vec<PathBuf>,
 
     /// Accept faces within this cosine distance of the references (0-2; lower is stricter). Calibrated on
@@ -223,6 +225,40 @@ pub struct MatchArgs {
     /// detection that is no face does not come within the threshold of a reference.
     #[arg(long, value_name = "S", default_value_t = 0.0, value_parser = fraction)]
     pub min_score: f32,
+
+    /// Crop at most N of the matched faces: the best (size, sharpness, pose, exposure, detection score) and most varied (look, pose, expression, light, framing), one per group of near-duplicates (burst shots, re-encoded, resized or cropped copies). The others are listed in rejected.csv with the reason.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub best: Option<u32>,
+    /// Lay the crops out for a trainer: plain, kohya (`<repeats>_<token>/` with a caption .txt per image) or imagefolder (metadata.jsonl for Hugging Face datasets).
+    #[arg(long, value_enum, value_name = "LAYOUT", default_value = "plain")]
+    pub layout: crate::commands::find::LayoutKind,
+
+    /// The trigger words of the person (kohya folder name and default caption), e.g. "ohwx person".
+    #[arg(long, value_name = "TEXT", value_parser = token, required_if_eq_any = [("layout", "kohya"), ("layout", "imagefolder")])]
+    pub token: Option<String>,
+
+    /// Caption of every image [default: the token].
+    #[arg(long, value_name = "TEXT", value_parser = caption, requires = "token")]
+    pub caption: Option<String>,
+
+    /// How often kohya repeats each image per epoch (the N of `N_<token>/`).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub repeats: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct RejectArgs {
+    /// The face: its id (manifest.csv's face_id, `facedb info`), or a crop file match wrote (deleted or not).
+    #[arg(value_name = "FACE_ID|CROP_PATH")]
+    pub target: String,
+
+    /// Whose face it is not: a reference photo or face:ID, repeatable [default: the references of the match that wrote or listed it].
+    #[arg(long = "ref", value_name = "IMG|face:ID")]
+    pub refs: Vec<PathBuf>,
+
+    /// Dataset folder [default: the crop folder's dataset, else found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -304,6 +340,22 @@ fn shard(text: &str) -> Result<crate::pipeline::shard::Shard, String> {
     crate::pipeline::shard::Shard::parse(text)
 }
 
+/// A trigger token: it names a folder (`<repeats>_<token>`), so one line, no `/`, not hidden.
+fn token(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 100 || t.starts_with('.') || t.contains(['/', '\\', '\0', '\n', '\r']) {
+        return Err(format!("`{text}` cannot name a folder (a token: 1-100 characters, one line, no / or \\, not starting with .)"));
+    }
+    Ok(t.to_string())
+}
+
+fn caption(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() || text.len() > 2000 || text.contains(['\0', '\n', '\r']) {
+        return Err("a caption is one line of 1-2000 characters".to_string());
+    }
+    Ok(text.trim().to_string())
+}
+
 fn non_negative(text: &str) -> Result<f32, String> {
     finite_in(text, 0.0, f32::MAX, "a sharpness score")
 }
@@ -335,6 +387,14 @@ mod tests {
             &["--size", "0"],
             &["--quality", "0"],
             &["--min-sharpness=-1"],
+            &["--best", "0"],
+            &["--best=-3"],
+            &["--best", "many"],
+            &["--layout", "kohya", "--token", "../x"],
+            &["--layout", "kohya", "--token", ".hidden"],
+            &["--layout", "kohya", "--token", "a/b"],
+            &["--layout", "kohya", "--token", "ohwx", "--repeats", "0"],
+            &["--layout", "kohya", "--token", "ohwx", "--caption", "two\nlines"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
@@ -343,6 +403,9 @@ mod tests {
         // --upscale only means something with --size.
         assert_eq!(parse(&["--upscale"]).expect_err("--upscale alone").kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(parse(&["--square", "--margin", "0", "--size", "512", "--upscale", "--align", "--pad", "reflect"]).is_ok());
+        assert!(parse(&["--layout", "kohya", "--token", "ohwx person", "--repeats", "20"]).is_ok());
+        let missing = parse(&["--layout", "kohya"]).expect_err("kohya without a token");
+        assert_eq!(missing.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
         for bad in ["3/3", "1/0", "x/2", "2", "--shard=-1/2"] {

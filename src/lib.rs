@@ -8,6 +8,7 @@ pub mod matching;
 pub mod models;
 pub mod output;
 pub mod pipeline;
+pub mod select;
 pub mod util;
 
 /// Makes glibc hand buffers of 4 MiB and more (decoded photos, detector tensors) straight back to

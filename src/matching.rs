@@ -39,6 +39,8 @@ pub enum Reason {
     Pose,
     /// The crop would have to be enlarged to reach `--size` (and `--upscale` was not given).
     SmallerThanSize,
+    /// The user said this face is not the person (`facedb reject`, a deleted crop, review).
+    RejectedByUser,
 }
 
 impl Reason {
@@ -52,6 +54,7 @@ impl Reason {
             Reason::TooBlurry => "too blurry",
             Reason::Pose => "pose",
             Reason::SmallerThanSize => "smaller than --size",
+            Reason::RejectedByUser => "rejected by the user",
         }
     }
 }
@@ -214,7 +217,7 @@ pub fn distances(vectors: &mut dyn Vectors, refs: &[Vec<f32>], negatives: &[Vec<
 }
 
 /// The vectors of the faces at `wanted` indices, in the order asked.
-fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
     let dim = vectors.dim();
     let slot: std::collections::HashMap<usize, usize> = wanted.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let mut out = vec![Vec::new(); wanted.len()];
@@ -237,12 +240,27 @@ pub fn decide(
     negatives: &[Vec<f32>],
     opts: &Options,
 ) -> anyhow::Result<Vec<Decision>> {
+    decide_with(faces, vectors, positives, negatives, opts, &std::collections::HashSet::new())
+}
+
+/// [`decide`], with faces the user rejected for this person: such a face is never chosen (the
+/// photo's next face may be, "this face, not the other one"); a photo whose closest face within
+/// the threshold is rejected and whose other faces do not match is decided about the rejected
+/// face, with [`Reason::RejectedByUser`], so it is listed.
+pub fn decide_with(
+    faces: &[FaceRow],
+    vectors: &mut dyn Vectors,
+    positives: &[Vec<f32>],
+    negatives: &[Vec<f32>],
+    opts: &Options,
+    rejected: &std::collections::HashSet<i64>,
+) -> anyhow::Result<Vec<Decision>> {
     let mut order: Vec<usize> = (0..faces.len()).collect();
     if !faces.is_sorted_by_key(|f| f.image_id) {
         order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
     }
     let mut refs = positives.to_vec();
-    let mut decisions = evaluate(faces, &order, vectors, &refs, negatives, opts, 1)?;
+    let mut decisions = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts)?;
     let Some(expand_within) = opts.expand else {
         return Ok(decisions);
     };
@@ -258,7 +276,7 @@ pub fn decide(
             break;
         }
         refs.extend(gather(vectors, &new)?);
-        let next = evaluate(faces, &order, vectors, &refs, negatives, opts, pass)?;
+        let next = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass, rejected }, opts)?;
         decisions = next
             .into_iter()
             .zip(&decisions)
@@ -313,15 +331,16 @@ pub fn odd_references(refs: &[Vec<f32>], threshold: f32) -> Vec<(usize, f32)> {
     odd
 }
 
-fn evaluate(
-    faces: &[FaceRow],
-    order: &[usize],
-    vectors: &mut dyn Vectors,
-    refs: &[Vec<f32>],
-    negatives: &[Vec<f32>],
-    opts: &Options,
+/// One matching pass: the references so far, the negatives, and the user's rejections.
+struct Round<'a> {
+    refs: &'a [Vec<f32>],
+    negatives: &'a [Vec<f32>],
     pass: u32,
-) -> anyhow::Result<Vec<Decision>> {
+    rejected: &'a std::collections::HashSet<i64>,
+}
+
+fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round: &Round, opts: &Options) -> anyhow::Result<Vec<Decision>> {
+    let Round { refs, negatives, pass, rejected } = *round;
     let mean;
     let refs: &[Vec<f32>] = match opts.combine {
         Combine::Nearest => refs,
@@ -342,12 +361,15 @@ fn evaluate(
         let end = start + order[start..].iter().take_while(|&&i| faces[i].image_id == image_id).count();
         let mut ranked: Vec<(usize, f32)> = order[start..end].iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        // The user's rejections are never chosen; the closest one is kept to be listed.
+        let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
+        ranked.retain(|&(i, _)| !rejected.contains(&faces[i].face_id));
         let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
         ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
         let first = ranked.first().map(|r| r.0);
         ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
-        if !ranked.is_empty() {
-            photos.push(Candidates { image_id, ranked, runner_up });
+        if !ranked.is_empty() || user_rejected.is_some() {
+            photos.push(Candidates { image_id, ranked, runner_up, user_rejected });
         }
         start = end;
     }
@@ -357,8 +379,24 @@ fn evaluate(
     let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
         if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
     let mut out = Vec::with_capacity(photos.len());
-    for Candidates { image_id, ranked, runner_up } in photos {
-        let (best, distance) = ranked[0];
+    for Candidates { image_id, ranked, runner_up, user_rejected } in photos {
+        let rejected_decision = |(i, d): (usize, f32), runner_up: Option<(i64, f32)>| Decision {
+            image_id,
+            face_id: faces[i].face_id,
+            distance: d,
+            runner_up,
+            negative_distance: negative_of(i),
+            ambiguous: false,
+            same_face_copies: 0,
+            pass,
+            reason: Some(if within(d) { Reason::RejectedByUser } else { Reason::TooFar }),
+        };
+        let Some(&(best, distance)) = ranked.first() else {
+            if let Some(r) = user_rejected {
+                out.push(rejected_decision(r, None));
+            }
+            continue;
+        };
         let negative_distance = negative_of(best);
         let (mut copies, mut others) = (0u32, 0u32);
         for &(i, _) in &ranked[1..] {
@@ -382,6 +420,11 @@ fn evaluate(
         } else {
             opts.filters.reject(&faces[best])
         };
+        // Nothing else in the photo is cropped: list the user's rejection if it was closer.
+        if let Some(r) = user_rejected.filter(|&(_, d)| reason.is_some() && within(d) && d <= distance) {
+            out.push(rejected_decision(r, Some((faces[best].face_id, distance))));
+            continue;
+        }
         out.push(Decision {
             image_id,
             face_id: faces[best].face_id,
@@ -403,6 +446,8 @@ struct Candidates {
     image_id: i64,
     ranked: Vec<(usize, f32)>,
     runner_up: Option<(i64, f32)>,
+    /// The closest face the user rejected for this person, if any.
+    user_rejected: Option<(usize, f32)>,
 }
 
 /// A distance that cannot be computed (a NaN from a damaged vector) is as far as it gets: it
@@ -461,6 +506,21 @@ mod tests {
 
     fn flat(vs: &[Vec<f32>]) -> Vec<f32> {
         vs.iter().flatten().copied().collect()
+    }
+
+    #[test]
+    fn a_rejected_face_is_never_chosen_and_is_listed_when_nothing_else_matches() {
+        // Photo 1: a couple, the rejected face 10 is the closer one; photo 2: only face 20, rejected.
+        let faces = [row(1, 10), row(1, 11), row(2, 20), row(3, 30)];
+        let vectors = flat(&[unit(5.0), unit(-50.0), unit(3.0), unit(10.0)]);
+        let rejected: std::collections::HashSet<i64> = [10, 20].into();
+        let d = decide_with(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, &[unit(0.0)], &[], &opts(0.4), &rejected).unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!((d[0].face_id, d[0].reason, d[0].ambiguous), (11, None, false), "the other face of the couple is the person");
+        assert_eq!((d[1].face_id, d[1].reason), (20, Some(Reason::RejectedByUser)));
+        assert_eq!((d[2].face_id, d[2].reason), (30, None));
+        let plain = run(&faces, &vectors, &[unit(0.0)], &[], &opts(0.4));
+        assert_eq!((plain[0].face_id, plain[0].ambiguous, plain[1].reason), (10, true, None), "without the rejections");
     }
 
     #[test]

@@ -10,11 +10,20 @@
 //! # facedb writes crops here; `facedb index` skips this folder. ...
 //! # facedb-ledger 2 {"database_id":"…","dataset":"/photos"}
 //! file <blake3> <name>        a file facedb wrote, with the hash of its bytes
+//! user <name>                 a crop facedb wrote that the user edited since: theirs now, kept
+//! dir <name>                  a subfolder facedb created (trainer layouts; one level at most)
+//! gone <name>                 facedb is removing this file of an earlier run (its absence is not the user's doing)
 //! run <token>                 a run started; its temp files are `.facedb-<token>-<n>.part`
 //! ```
 //! A run appends `run` before creating any temp file and `file` before renaming each file into
 //! place, so a run killed at any point leaves only files the next run can prove are its own:
 //! that run removes the temp files and, at its end, the crops no longer in its manifest.
+//!
+//! Curation: `file` lines before the last `run` line were written by a run that finished, so
+//! their files were in place. Such a crop that is gone was deleted by the user (reported, and
+//! remembered as a rejection by `match`); one whose bytes changed was edited by the user and
+//! becomes theirs (`user`): never overwritten or removed. A `file` line after the last `run`
+//! line may be a killed run's file that never reached its place, so it proves nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -55,10 +64,115 @@ pub struct OutputDir {
     owned: BTreeMap<String, String>,
     /// Files written by this run, with their hashes.
     written: Mutex<BTreeMap<String, String>>,
+    /// What the user did to files facedb wrote (see the module comment).
+    curation: Curation,
+    /// Subfolders facedb created, opened without following links (names go through them).
+    dirs: Mutex<BTreeMap<String, File>>,
     journal: Mutex<File>,
     token: String,
     next_tmp: AtomicU64,
     owner: Owner,
+}
+
+/// Crops and captions (the files a user curates) that the user deleted or edited since facedb
+/// wrote them. Other files facedb writes (manifests) are only ever replaced or refused.
+#[derive(Debug, Default, Clone)]
+pub struct Curation {
+    /// Names (relative to the output folder) of files facedb wrote that are gone.
+    pub deleted: BTreeSet<String>,
+    /// Names of files facedb wrote that the user changed: kept as they are, theirs now.
+    pub edited: BTreeSet<String>,
+}
+
+/// Whether the user curates `name` (a crop or a caption): editing or deleting it is a choice
+/// facedb keeps, where a changed manifest is refused as before.
+fn is_curated(name: &str) -> bool {
+    let leaf = name.rsplit('/').next().unwrap_or(name);
+    crate::crop::is_crop_name(leaf) || (leaf.ends_with(".txt") && name.contains('/'))
+}
+
+/// Parsed ledger lines.
+#[derive(Default)]
+struct Ledger {
+    /// name -> (hash, written by a run that finished)
+    files: BTreeMap<String, (String, bool)>,
+    user: BTreeSet<String>,
+    deleted: BTreeSet<String>,
+    dirs: BTreeSet<String>,
+    tokens: BTreeSet<String>,
+}
+
+/// What opening a folder found in its ledger.
+#[derive(Default)]
+struct Found {
+    owned: BTreeMap<String, String>,
+    curation: Curation,
+    dirs: BTreeSet<String>,
+    tokens: BTreeSet<String>,
+}
+
+/// Parses ledger lines (later lines win); names that could reach outside the folder are dropped.
+fn parse_ledger(text: &str) -> Ledger {
+    let mut ledger = Ledger::default();
+    // Lines before the last `run` line were written by runs that finished (see the module comment).
+    let last_run = text.lines().enumerate().filter(|(_, l)| l.starts_with("run ")).map(|(i, _)| i).last();
+    for (i, line) in text.lines().enumerate() {
+        let settled = last_run.is_none_or(|r| i < r);
+        if let Some(rest) = line.strip_prefix("file ") {
+            if let Some((hash, name)) = rest.split_once(' ') {
+                if hash.len() == 64 && is_ledger_name(name) {
+                    ledger.files.insert(name.to_string(), (hash.to_string(), settled));
+                }
+            }
+        } else if let Some(name) = line.strip_prefix("user ").filter(|n| is_ledger_name(n)) {
+            ledger.user.insert(name.to_string());
+        } else if let Some(name) = line.strip_prefix("deleted ").filter(|n| is_ledger_name(n)) {
+            ledger.deleted.insert(name.to_string());
+        } else if let Some(name) = line.strip_prefix("gone ") {
+            ledger.files.remove(name);
+            ledger.user.remove(name);
+            ledger.deleted.remove(name);
+        } else if let Some(name) = line.strip_prefix("dir ").filter(|n| is_plain_name(n) && *n != OUTPUT_MARKER) {
+            ledger.dirs.insert(name.to_string());
+        } else if let Some(token) = line.strip_prefix("run ") {
+            if !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                ledger.tokens.insert(token.to_string());
+            }
+        }
+    }
+    ledger
+}
+
+/// A listed name as found on disk.
+enum State {
+    /// A regular file, with the blake3 of its bytes.
+    Hash(String),
+    Absent,
+    /// Something else is there (a link, a folder, a FIFO): never facedb's.
+    Other,
+    /// Its subfolder is a link or not a folder: nothing there is looked at.
+    Unreachable,
+}
+
+fn state_of(dir: &Path, name: &str) -> State {
+    if let (Some(sub), _) = split_name(name) {
+        match dir.join(sub).symlink_metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::Absent,
+            Ok(m) if m.is_dir() => {}
+            _ => return State::Unreachable,
+        }
+    }
+    let path = dir.join(name);
+    match path.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::Absent,
+        Err(_) => State::Other,
+        Ok(_) => hash_file(&path).map_or(State::Other, State::Hash),
+    }
+}
+
+/// Opens a folder without following a link at its name.
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
 }
 
 /// A random token for temp-file names: 64 bits from the clock, pid and addresses, hashed.
@@ -96,24 +210,56 @@ fn create_temp(dir: &Path, token: &str, counter: &AtomicU64) -> Result<(PathBuf,
 /// Renames `tmp` onto `dest` without replacing anything that appeared there (`RENAME_NOREPLACE`),
 /// or replacing when the caller proved `dest` is its own.
 fn place(tmp: &Path, dest: &Path, replace: bool) -> Result<()> {
-    if replace {
-        return std::fs::rename(tmp, dest).map_err(Into::into);
-    }
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("a path with a NUL byte"));
-    let (from, to) = (c(tmp)?, c(dest)?);
-    // SAFETY: two valid NUL-terminated paths, relative to the current directory.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    place_at(tmp, libc::AT_FDCWD, dest, dest, replace)
+}
+
+fn c_path(p: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("a path with a NUL byte"))
+}
+
+/// [`place`] into the folder open as `dir` (a descriptor opened with `O_NOFOLLOW`, so a folder
+/// swapped for a link after it was checked is not followed) under `leaf`; `dest` is for messages.
+fn place_at(tmp: &Path, dir: libc::c_int, leaf: &Path, dest: &Path, replace: bool) -> Result<()> {
+    let (from, to) = (c_path(tmp)?, c_path(leaf)?);
+    let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+    // SAFETY: two valid NUL-terminated paths; `dir` is AT_FDCWD or an open folder descriptor.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), dir, to.as_ptr(), flags) };
     if rc == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
+    let exists = || {
+        // SAFETY: as above; AT_SYMLINK_NOFOLLOW so a link counts as existing.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        unsafe { libc::fstatat(dir, to.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0 }
+    };
     match err.raw_os_error() {
         Some(libc::EEXIST) => bail!("{} appeared while facedb was writing; it was left alone", display_path(dest)),
         // File systems without RENAME_NOREPLACE: check, then rename (a narrow window only).
-        Some(libc::EINVAL | libc::ENOSYS) if dest.symlink_metadata().is_err() => std::fs::rename(tmp, dest).map_err(Into::into),
+        Some(libc::EINVAL | libc::ENOSYS) if replace || !exists() => {
+            // SAFETY: as above.
+            if unsafe { libc::renameat(libc::AT_FDCWD, from.as_ptr(), dir, to.as_ptr()) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error().into())
+            }
+        }
         Some(libc::EINVAL | libc::ENOSYS) => bail!("{} appeared while facedb was writing; it was left alone", display_path(dest)),
         _ => Err(err.into()),
     }
+}
+
+/// Splits a ledger name into its subfolder (if any) and file name.
+fn split_name(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((dir, leaf)) => (Some(dir), leaf),
+        None => (None, name),
+    }
+}
+
+/// Whether `dir` inside `root` is a real folder (not a link to one).
+fn is_real_dir(root: &Path, dir: &str) -> bool {
+    root.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir())
 }
 
 fn hash_file(path: &Path) -> Option<String> {
@@ -165,7 +311,7 @@ impl OutputDir {
             bail!("another facedb match is writing into {shown}; wait for it to finish (one match at a time per output folder)");
         }
         let ledger_path = path.join(OUTPUT_MARKER);
-        let (owned, tokens) = match ledger_path.symlink_metadata() {
+        let found = match ledger_path.symlink_metadata() {
             Err(_) => {
                 if let Some(other) = std::fs::read_dir(path)?.filter_map(Result::ok).next() {
                     bail!(
@@ -173,7 +319,7 @@ impl OutputDir {
                         display_path(Path::new(&other.file_name()))
                     );
                 }
-                (BTreeMap::new(), BTreeSet::new())
+                Found::default()
             }
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(not_ours(&ledger_path, "it is a symbolic link and facedb never writes through links"))
@@ -181,13 +327,21 @@ impl OutputDir {
             Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is not a regular file, so not facedb's ledger")),
             Ok(m) => Self::read_ledger(path, &ledger_path, &m, &owner)?,
         };
-        remove_leftover_temps(path, &tokens);
+        remove_leftover_temps(path, &found.tokens);
         let token = random_token();
+        let mut dirs = BTreeMap::new();
+        for name in found.dirs {
+            if let Ok(fd) = open_dir(&path.join(&name)) {
+                dirs.insert(name, fd);
+            }
+        }
         let mut out = Self {
             path: path.to_path_buf(),
             _lock: lock,
-            owned,
+            owned: found.owned,
             written: Mutex::new(BTreeMap::new()),
+            curation: found.curation,
+            dirs: Mutex::new(dirs),
             journal: Mutex::new(File::open("/dev/null")?),
             token,
             next_tmp: AtomicU64::new(0),
@@ -207,13 +361,8 @@ impl OutputDir {
     }
 
     /// Parses and verifies a ledger: the files it lists that still hold the bytes facedb wrote,
-    /// and the run tokens whose temp files may be left over.
-    fn read_ledger(
-        dir: &Path,
-        ledger: &Path,
-        meta: &std::fs::Metadata,
-        owner: &Owner,
-    ) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+    /// what the user deleted or edited, and the run tokens whose temp files may be left over.
+    fn read_ledger(dir: &Path, ledger: &Path, meta: &std::fs::Metadata, owner: &Owner) -> Result<Found> {
         if meta.len() > MAX_LEDGER {
             return Err(not_ours(ledger, "it is too big to be facedb's ledger"));
         }
@@ -231,29 +380,51 @@ impl OutputDir {
         let Some(owner_line) = owner_line else {
             // Version 1: names only.
             let names: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && is_plain_name(l)).collect();
-            return Ok((adopt_v1(dir, &names, meta), BTreeSet::new()));
+            return Ok(Found { owned: adopt_v1(dir, &names, meta), ..Found::default() });
         };
         let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged"))?;
-        let mut listed: BTreeMap<String, String> = BTreeMap::new();
-        let mut tokens = BTreeSet::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("file ") {
-                if let Some((hash, name)) = rest.split_once(' ') {
-                    if hash.len() == 64 && is_plain_name(name) && name != OUTPUT_MARKER {
-                        listed.insert(name.to_string(), hash.to_string());
-                    }
+        let mut listed = parse_ledger(&text);
+        // A name in a subfolder counts only in a subfolder the ledger says facedb created.
+        let in_own_dir = |name: &String| split_name(name).0.is_none_or(|sub| listed.dirs.contains(sub));
+        listed.files.retain(|name, _| in_own_dir(name));
+        listed.user.retain(in_own_dir);
+        listed.deleted.retain(in_own_dir);
+        let mut found = Found { tokens: listed.tokens, ..Found::default() };
+        found.dirs = listed.dirs.into_iter().filter(|d| is_real_dir(dir, d)).collect();
+        let states: Vec<(String, String, bool, State)> =
+            listed.files.into_par_iter().map(|(name, (hash, settled))| (name.clone(), hash, settled, state_of(dir, &name))).collect();
+        for (name, hash, settled, state) in states {
+            match state {
+                State::Hash(h) if h == hash => {
+                    found.owned.insert(name, hash);
                 }
-            } else if let Some(token) = line.strip_prefix("run ") {
-                if !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    tokens.insert(token.to_string());
+                _ if !settled || !is_curated(&name) => {}
+                State::Absent => {
+                    found.curation.deleted.insert(name);
                 }
+                State::Hash(_) => {
+                    found.curation.edited.insert(name);
+                }
+                // A link or anything else at the name is no edit: refused when written, as before.
+                State::Other | State::Unreachable => {}
             }
         }
-        let verified: BTreeMap<String, String> =
-            listed.into_par_iter().filter(|(name, hash)| hash_file(&dir.join(name)).as_deref() == Some(hash.as_str())).collect();
+        for name in listed.user.into_iter().filter(|n| !found.owned.contains_key(n)) {
+            match state_of(dir, &name) {
+                State::Absent => found.curation.deleted.insert(name),
+                State::Other | State::Unreachable => false,
+                State::Hash(_) => found.curation.edited.insert(name),
+            };
+        }
+        // Deleted crops not yet remembered by a finished run stay deleted (while still gone).
+        for name in listed.deleted {
+            if matches!(state_of(dir, &name), State::Absent) {
+                found.curation.deleted.insert(name);
+            }
+        }
         // Another dataset's folder is refused while it holds any of that dataset's files (its
         // manifest included); emptied, it may change hands.
-        if theirs.database_id != owner.database_id && !verified.is_empty() {
+        if theirs.database_id != owner.database_id && !found.owned.is_empty() {
             bail!(
                 "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset, or delete that folder if its dataset is gone",
                 display_path(dir),
@@ -263,7 +434,21 @@ impl OutputDir {
                 owner.database_id
             );
         }
-        Ok((verified, tokens))
+        if theirs.database_id != owner.database_id {
+            // Curation belongs to the dataset that wrote the crops.
+            found.curation = Curation::default();
+        }
+        Ok(found)
+    }
+
+    /// Files facedb wrote that the user deleted or edited since (found when the folder was opened).
+    pub fn curation(&self) -> &Curation {
+        &self.curation
+    }
+
+    /// Files facedb wrote earlier that are still as it wrote them.
+    pub fn owned(&self) -> impl Iterator<Item = &str> {
+        self.owned.keys().map(String::as_str)
     }
 
     pub fn path(&self) -> &Path {
@@ -275,6 +460,20 @@ impl OutputDir {
     pub fn check_free<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
         for name in names {
             let path = self.path.join(name);
+            if let (Some(sub), _) = split_name(name) {
+                let sub_path = self.path.join(sub);
+                match sub_path.symlink_metadata() {
+                    Err(_) => continue,
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(not_ours(&sub_path, "it is a symbolic link and facedb never writes through links"))
+                    }
+                    Ok(m) if !m.is_dir() => return Err(not_ours(&sub_path, "it is not a folder")),
+                    Ok(_) if !self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.contains_key(sub) => {
+                        return Err(not_ours(&sub_path, &format!("facedb did not create this folder (it is not in {OUTPUT_MARKER})")))
+                    }
+                    Ok(_) => {}
+                }
+            }
             match path.symlink_metadata() {
                 Err(_) => {}
                 Ok(m) if m.file_type().is_symlink() => {
@@ -295,11 +494,49 @@ impl OutputDir {
     /// Starts writing `name`: a temp file in the folder (`O_EXCL|O_NOFOLLOW`), renamed into place
     /// by [`NewFile::finish`] and removed if dropped unfinished (an error, a full disk).
     pub fn create(&self, name: &str) -> Result<NewFile<'_>> {
-        if !is_plain_name(name) || name == OUTPUT_MARKER {
+        if !is_ledger_name(name) {
             bail!("facedb will not write a file named {}", display_str(name));
+        }
+        if let (Some(sub), _) = split_name(name) {
+            self.ensure_dir(sub)?;
         }
         let (tmp, file) = create_temp(&self.path, &self.token, &self.next_tmp)?;
         Ok(NewFile { out: self, name: name.to_string(), tmp, w: Some(BufWriter::new(file)), hasher: blake3::Hasher::new() })
+    }
+
+    /// Makes (or finds) the subfolder `sub` and keeps it open: it must be a real folder, never a
+    /// link; one facedb did not create is used only when facedb created it before (the ledger).
+    fn ensure_dir(&self, sub: &str) -> Result<()> {
+        let mut dirs = self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+        if dirs.contains_key(sub) {
+            return Ok(());
+        }
+        let path = self.path.join(sub);
+        match path.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links"))
+            }
+            Ok(_) => return Err(not_ours(&path, "facedb did not create this folder")),
+            Err(_) => {
+                self.journal(&format!("dir {sub}\n"))?;
+                std::fs::create_dir(&path).with_context(|| format!("cannot create {}", display_path(&path)))?;
+            }
+        }
+        let fd = open_dir(&path).with_context(|| format!("cannot open {}", display_path(&path)))?;
+        dirs.insert(sub.to_string(), fd);
+        Ok(())
+    }
+
+    /// The folder a name is placed in (a descriptor) and its last component.
+    fn dir_fd(&self, name: &str) -> Result<libc::c_int> {
+        use std::os::fd::AsRawFd;
+        match split_name(name) {
+            (None, _) => Ok(self._lock.as_raw_fd()),
+            (Some(sub), _) => {
+                let dirs = self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+                dirs.get(sub).map(AsRawFd::as_raw_fd).ok_or_else(|| anyhow!("{} is not a folder facedb created", display_str(sub)))
+            }
+        }
     }
 
     fn journal(&self, line: &str) -> Result<()> {
@@ -318,9 +555,22 @@ impl OutputDir {
                 continue;
             }
             let path = self.path.join(name);
-            if hash_file(&path).as_deref() == Some(hash.as_str()) && std::fs::remove_file(&path).is_ok() {
+            let Ok(dir) = self.dir_fd(name) else { continue };
+            let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
+            if hash_file(&path).as_deref() != Some(hash.as_str()) {
+                continue;
+            }
+            // Recorded first: a run killed right after the removal must not read it as the user's.
+            self.journal(&format!("gone {name}\n"))?;
+            // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
+            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
                 removed += 1;
             }
+        }
+        // Subfolders this run wrote nothing into go when empty (rmdir refuses otherwise).
+        let used: BTreeSet<&str> = written.keys().chain(&self.curation.edited).filter_map(|n| split_name(n).0).collect();
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.retain(|sub, _| used.contains(sub.as_str()) || std::fs::remove_dir(self.path.join(sub)).is_err());
         }
         self.save_ledger(&written, false)?;
         Ok(removed)
@@ -330,8 +580,20 @@ impl OutputDir {
     /// as facedb's, or there was none).
     fn save_ledger(&self, entries: &BTreeMap<String, String>, with_run: bool) -> Result<()> {
         let mut text = format!("{HEADER}\n{OWNER_PREFIX}{}\n", serde_json::to_string(&self.owner)?);
+        for sub in self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.keys() {
+            text.push_str(&format!("dir {sub}\n"));
+        }
         for (name, hash) in entries {
             text.push_str(&format!("file {hash} {name}\n"));
+        }
+        for name in &self.curation.edited {
+            text.push_str(&format!("user {name}\n"));
+        }
+        // Until the run has finished, `match` may not have stored the deletions yet.
+        if with_run {
+            for name in &self.curation.deleted {
+                text.push_str(&format!("deleted {name}\n"));
+            }
         }
         if with_run {
             text.push_str(&format!("run {}\n", self.token));
@@ -377,7 +639,8 @@ impl NewFile<'_> {
             w.into_inner().map_err(|e| anyhow!(e.into_error()))?;
             let hash = self.hasher.finalize().to_hex().to_string();
             self.out.journal(&format!("file {hash} {}\n", self.name))?;
-            place(&self.tmp, &dest, self.out.owned.contains_key(&self.name))?;
+            let dir = self.out.dir_fd(&self.name)?;
+            place_at(&self.tmp, dir, Path::new(split_name(&self.name).1), &dest, self.out.owned.contains_key(&self.name))?;
             self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), hash);
             Ok(())
         })();
@@ -435,7 +698,13 @@ fn adopt_v1(dir: &Path, names: &[&str], ledger_meta: &std::fs::Metadata) -> BTre
 
 /// The start of a file facedb writes under `name`.
 fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
-    let line = |cols: &[&str]| head.starts_with(format!("{}\n", cols.join(",")).as_bytes());
+    // Columns are only ever appended, so a header written by an older facedb is a prefix of
+    // today's (at least the first ten columns, so an unrelated CSV is not taken for ours).
+    let line = |cols: &[&str]| {
+        let Some(end) = head.iter().position(|&b| b == b'\n') else { return false };
+        let written: Vec<&[u8]> = head[..end].split(|&b| b == b',').collect();
+        written.len() >= cols.len().min(10) && written.len() <= cols.len() && written.iter().zip(cols).all(|(w, c)| *w == c.as_bytes())
+    };
     match name {
         crate::commands::find::MANIFEST_CSV => line(&crate::commands::find::MANIFEST_COLUMNS),
         crate::commands::find::REJECTED_CSV => line(&crate::commands::find::REJECTED_COLUMNS),
@@ -452,6 +721,26 @@ fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
 /// A bare file name: no separators, not `.`/`..` (a tampered ledger cannot reach outside).
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0') && !name.contains('\n')
+}
+
+/// A name facedb may write in its folder: a plain name, or one subfolder level (`sub/name`, both
+/// plain; trainer layouts), never the ledger itself.
+pub fn is_ledger_name(name: &str) -> bool {
+    match split_name(name) {
+        (None, leaf) => is_plain_name(leaf) && leaf != OUTPUT_MARKER,
+        (Some(sub), leaf) => is_plain_name(sub) && is_plain_name(leaf) && sub != OUTPUT_MARKER,
+    }
+}
+
+/// The dataset that owns an output folder, from its ledger (`None` when it has none facedb wrote).
+pub fn folder_owner(dir: &Path) -> Option<Owner> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(dir.join(OUTPUT_MARKER)).ok()?;
+    let mut head = String::new();
+    file.take(64 << 10).read_to_string(&mut head).ok()?;
+    if !head.starts_with(HEADER_PREFIX) {
+        return None;
+    }
+    serde_json::from_str(head.lines().find_map(|l| l.strip_prefix(OWNER_PREFIX))?).ok()
 }
 
 /// Writes a file the user named outside any output folder (the HTML sheet): into a temp file
@@ -510,6 +799,86 @@ mod tests {
         assert_eq!(out.finish().unwrap(), 1);
         assert_eq!(names(&d), [".facedb-output", "x_face2.jpg"]);
         assert_eq!(std::fs::read(d.join("x_face2.jpg")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn deleted_and_edited_crops_are_the_users_and_a_killed_runs_file_is_neither() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        for name in ["x_face1.jpg", "x_face2.jpg", "x_face3.jpg", "manifest.csv", "10_tok/x_face4.jpg"] {
+            let mut f = out.create(name).unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            f.finish().unwrap();
+        }
+        out.finish().unwrap();
+        std::fs::remove_file(d.join("x_face1.jpg")).unwrap();
+        std::fs::remove_file(d.join("10_tok/x_face4.jpg")).unwrap();
+        std::fs::write(d.join("x_face2.jpg"), b"retouched").unwrap();
+        std::fs::write(d.join("manifest.csv"), b"my,sheet\n").unwrap();
+        let out = open(&d, "a").unwrap();
+        let c = out.curation().clone();
+        assert_eq!(c.deleted.iter().collect::<Vec<_>>(), ["10_tok/x_face4.jpg", "x_face1.jpg"]);
+        assert_eq!(c.edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "a changed manifest is no edit to keep");
+        assert!(out.check_free(["manifest.csv"]).is_err());
+        // Killed after recording a file it never renamed into place: not a deletion.
+        let mut f = out.create("x_face5.jpg").unwrap();
+        f.write_all(b"half").unwrap();
+        out.journal(&format!("file {} x_face5.jpg\n", "0".repeat(64))).unwrap();
+        std::mem::forget(f);
+        drop(out);
+        let out = open(&d, "a").unwrap();
+        assert!(!out.curation().deleted.contains("x_face5.jpg"));
+        assert!(out.curation().deleted.contains("x_face1.jpg"), "remembered until a run finishes");
+        assert_eq!(out.finish().unwrap(), 1, "only x_face3.jpg was still facedb's");
+        assert_eq!(std::fs::read(d.join("x_face2.jpg")).unwrap(), b"retouched");
+        let out = open(&d, "a").unwrap();
+        assert_eq!(out.curation().edited.iter().collect::<Vec<_>>(), ["x_face2.jpg"], "still the user's");
+        assert!(out.curation().deleted.is_empty(), "a finished run forgets: the database remembers");
+        assert!(!d.join("10_tok").exists(), "the emptied subfolder facedb made is gone");
+        // Killed after removing an earlier crop, before rewriting the ledger: not the user's deletion.
+        let mut f = out.create("x_face6.jpg").unwrap();
+        f.write_all(b"six").unwrap();
+        f.finish().unwrap();
+        out.finish().unwrap();
+        let out = open(&d, "a").unwrap();
+        out.journal("gone x_face6.jpg\n").unwrap();
+        std::fs::remove_file(d.join("x_face6.jpg")).unwrap();
+        drop(out);
+        assert!(open(&d, "a").unwrap().curation().deleted.is_empty());
+    }
+
+    #[test]
+    fn subfolder_names_never_reach_outside_or_through_links() {
+        for bad in ["../x.jpg", "a/../x.jpg", "a/b/c.jpg", "/x.jpg", ".facedb-output", "a/", "..", ".facedb-output/x.jpg"] {
+            assert!(!is_ledger_name(bad), "{bad}");
+        }
+        assert!(is_ledger_name("12_ohwx person/x_face1.jpg") && is_ledger_name("manifest.csv"));
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let out = open(&d, "a").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.join("10_tok")).unwrap();
+        let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
+        assert!(err.contains("10_tok: it is a symbolic link"), "{err}");
+        assert!(out.create("10_tok/x_face1.jpg").is_err());
+        std::fs::remove_file(d.join("10_tok")).unwrap();
+        std::fs::create_dir(d.join("10_tok")).unwrap();
+        let err = out.check_free(["10_tok/x_face1.jpg"]).unwrap_err().to_string();
+        assert!(err.contains("facedb did not create this folder"), "{err}");
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        // A ledger naming a file in a folder facedb did not create (tampered): never facedb's.
+        drop(out);
+        std::fs::write(d.join("10_tok/mine.jpg"), b"mine").unwrap();
+        let hash = blake3::hash(b"mine").to_hex().to_string();
+        let mut ledger = std::fs::read_to_string(d.join(OUTPUT_MARKER)).unwrap();
+        ledger.push_str(&format!("file {hash} 10_tok/mine.jpg\n"));
+        std::fs::write(d.join(OUTPUT_MARKER), ledger).unwrap();
+        let out = open(&d, "a").unwrap();
+        assert_eq!(out.owned().count(), 0);
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(d.join("10_tok/mine.jpg")).unwrap(), b"mine");
     }
 
     #[test]
@@ -587,5 +956,16 @@ mod tests {
         assert_eq!(out.owned.keys().collect::<Vec<_>>(), ["a_face1.jpg"]);
         assert_eq!(out.finish().unwrap(), 1);
         assert!(!d.join("a_face1.jpg").exists() && d.join("b_face2.jpg").exists() && d.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn manifests_of_older_versions_are_recognised_and_other_csv_files_are_not() {
+        let cols = crate::commands::find::MANIFEST_COLUMNS;
+        let header = |n: usize| format!("{}\nrow\n", cols[..n].join(","));
+        assert!(looks_like_facedb_output("manifest.csv", header(cols.len()).as_bytes()));
+        assert!(looks_like_facedb_output("manifest.csv", header(cols.len() - 2).as_bytes()), "an older facedb's header");
+        assert!(!looks_like_facedb_output("manifest.csv", header(3).as_bytes()), "too short to be ours");
+        assert!(!looks_like_facedb_output("manifest.csv", b"name,size\nx,1\n"));
+        assert!(!looks_like_facedb_output("manifest.csv", format!("{},extra\n", cols.join(",")).as_bytes()), "a newer or foreign header");
     }
 }

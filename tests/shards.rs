@@ -79,7 +79,7 @@ fn index_rows(db: &Path) -> [Vec<String>; 3] {
             db,
             "SELECT i.blake3 || ' ' || fc.idx || ' ' || printf('%.17g %.17g %.17g %.17g %.17g', fc.x, fc.y, fc.w, fc.h, fc.score) || ' ' ||
                     fc.landmarks_json || ' ' || printf('%.17g %.17g %.17g %.17g %.17g', fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness) || ' ' ||
-                    hex(e.vector) || ' ' || m.file_blake3 || ' ' || d.params_json
+                    coalesce(fc.face_hash, 'no hash') || ' ' || hex(e.vector) || ' ' || m.file_blake3 || ' ' || d.params_json
              FROM faces fc JOIN images i ON i.id = fc.image_id JOIN models d ON d.id = fc.detector_id
              JOIN embeddings e ON e.face_id = fc.id JOIN models m ON m.id = e.model_id",
         ),

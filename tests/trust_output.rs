@@ -124,18 +124,14 @@ fn files_facedb_did_not_write_are_never_overwritten_or_deleted() {
     assert_eq!(crops.len(), 3, "{crops:?}");
     assert_eq!(names_in(&out), expected_after_run(&out));
 
-    // The user puts their own file where a crop was: refused, byte-identical.
+    // The user puts their own picture where a crop was: an edit of that crop (issue 13), kept
+    // byte-identical and reported, never overwritten.
     std::fs::write(out.join(&crops[0]), b"the user's picture").unwrap();
-    let line = refused(&match_ref(&d, "obama.jpg").arg("--out").arg(&out).output().unwrap());
-    assert_eq!(
-        line,
-        format!(
-            "facedb: refusing to overwrite {}/{}: facedb did not write it (it is not in .facedb-output with the hash facedb wrote); move it away or pass another --out",
-            out.display(),
-            crops[0]
-        )
-    );
+    let run = match_ref(&d, "obama.jpg").arg("--out").arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("1 crop(s) edited in"), "{stderr}");
     assert_eq!(std::fs::read(out.join(&crops[0])).unwrap(), b"the user's picture");
+
     // A later run that does not write that name leaves it alone too (it is no longer facedb's).
     let before = snapshot(&out);
     match_ref(&d, "obama.jpg").args(["--format", "png", "--out"]).arg(&out).assert().success();

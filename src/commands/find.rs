@@ -15,19 +15,24 @@ use crate::cli::MatchArgs;
 use crate::crop::CropSpec;
 use crate::db::read::{self, RefRow};
 use crate::db::write::{self, MatchRow, NewMatchRun, NewRef, RunCounters};
-use crate::db::{vectors, Db};
+use crate::db::{decisions, vectors, Db};
 use crate::matching::{self, Decision, Filters, Options, Reason};
 use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
 use crate::output::{OutputDir, Owner};
 use crate::pipeline::detect::DetectParams;
+use crate::pipeline::quality::{BLURRY, SHARP};
 use crate::pipeline::walk;
 use crate::pipeline::{analyze, hash, largest, StageTimes};
 use crate::util::{display_path, display_str, read_photo_file};
 
+mod best;
+mod curation;
+mod layout;
 mod output;
 
+pub use layout::{LayoutKind, METADATA_JSONL};
 pub use output::{MANIFEST_COLUMNS, REJECTED_COLUMNS};
 
 pub const MANIFEST_CSV: &str = "manifest.csv";
@@ -57,7 +62,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let spec =
         CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align, pad: args.pad };
     let filters = Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
-    let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous}).to_string();
+    let options_json = serde_json::json!({"filters": filters, "crop": spec, "format": args.format, "quality": args.quality, "allow_ambiguous": args.allow_ambiguous, "best": args.best}).to_string();
     let args_json = serde_json::json!({
         "dir": root.to_string_lossy(), "ref": args.refs, "not": args.negatives, "threshold": args.threshold, "combine": args.combine,
         "expand": args.expand, "all": args.all, "dry_run": args.dry_run, "out": out_dir.to_string_lossy(), "options": serde_json::from_str::<serde_json::Value>(&options_json)?,
@@ -77,7 +82,12 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     if !globals.quiet {
         warn_odd_references(&positives, &pos_vecs, args.threshold);
     }
-    let neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
+    let mut neg_vecs: Vec<Vec<f32>> = negatives.iter().map(|r| r.vector.clone()).collect();
+    // The output folder is taken before deciding: crops the user deleted from it are rejections
+    // this run must already respect. --dry-run writes nothing and takes no folder.
+    let out = if args.dry_run { None } else { Some(open_output(&tx, &out_dir, &root, &db_file)?) };
+    let curated = curation::load(&tx, out.as_ref(), &curation::person_of(&positives), embedder_id)?;
+    neg_vecs.extend(curated.negatives.iter().cloned());
     let opts =
         Options { threshold: args.threshold, combine: args.combine, filters, allow_ambiguous: args.allow_ambiguous, expand: args.expand };
     // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
@@ -87,11 +97,18 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     let (mut decisions, face_rows) = if args.all {
-        decide_all(&tx, &mut matrix, &pos_vecs, &filters)?
+        decide_all(&tx, &mut matrix, &pos_vecs, &filters, &curated.excluded)?
     } else {
-        let decisions = matching::decide(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts)?;
+        let decisions = matching::decide_with(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts, &curated.excluded)?;
         (decisions, std::mem::take(&mut matrix.faces))
     };
+    // --best needs the matched faces' vectors, still in the matrix (in `--all` mode face_rows is not in matrix order).
+    let best_vectors = match args.best {
+        Some(_) => best::matched_vectors(&mut matrix.vectors, if args.all { &matrix.faces } else { &face_rows }, &decisions)?,
+        None => HashMap::new(),
+    };
+    // Decisions about faces this run considered (not about faces re-detected or gone since).
+    let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();
     drop(matrix);
     if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !globals.quiet {
@@ -124,17 +141,23 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     let quality: HashMap<i64, matching::FaceRow> =
         face_rows.into_iter().filter(|f| listed.contains(&f.face_id)).map(|f| (f.face_id, f)).collect();
 
-    if args.dry_run {
-        print_dry_run(&decisions, &paths, &quality, args.threshold);
+    let Some(out) = out else {
+        print_dry_run(&decisions, &paths, &quality, args.threshold)?;
+        if let Some(n) = args.best {
+            super::outln!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+        }
         drop(tx); // rolled back: nothing written
         return Ok(ExitCode::SUCCESS);
-    }
-    // Take the output folder and check every name this run writes before anything is written
-    // (or committed): a refusal leaves the folder and the database as they were.
-    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched()).collect();
-    let out = open_output(&tx, &out_dir, &root, &db_file)?;
-    let names = output::crop_names(&to_crop, &paths, args.format);
-    out.check_free(names.values().map(String::as_str).chain([MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV]))?;
+    };
+    // Check every name this run writes before anything is written (or committed): a refusal
+    // leaves the folder and the database as they were. Crops the user edited are theirs: kept.
+    let best = args.best.map(|n| best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)).transpose()?;
+    let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched() && best.as_ref().is_none_or(|b| b.picked(d.face_id))).collect();
+    let layout =
+        layout::Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
+    let names = layout::place_all(&layout, output::crop_names(&to_crop, &paths, args.format));
+    layout.check_names(&out, &names)?;
+    let kept = &out.curation().edited;
     // Commit the run row and any new references now: cropping can take minutes and must not
     // hold the write lock that a concurrent `index` needs. The results go in one transaction below.
     tx.commit()?;
@@ -151,8 +174,16 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     });
 
     let bar = progress(to_crop.len() as u64, globals.quiet, "cropping");
-    let job =
-        output::CropJob { db_file: &db_file, root: &root, out: &out, names: &names, spec, format: args.format, quality: args.quality };
+    let job = output::CropJob {
+        db_file: &db_file,
+        root: &root,
+        out: &out,
+        names: &names,
+        kept,
+        spec,
+        format: args.format,
+        quality: args.quality,
+    };
     let crops = job.run(&to_crop, &bar);
     bar.finish();
     let (upscaled, max_upscale) = output::upscaled(&crops);
@@ -172,7 +203,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         match crops.get(&d.face_id) {
             Some(Ok(c)) => {
                 matched += 1;
-                manifest.add(c, d, distance_of(d), &ref_list)?;
+                manifest.add(c, d, distance_of(d), &ref_list, best.as_ref().and_then(|b| b.choice(d.face_id)))?;
                 write::insert_match_result(
                     &tx,
                     run_id,
@@ -192,7 +223,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             }
             None => {
                 rejected += 1;
-                let why = reason.unwrap_or("not cropped");
+                let passed_over = best.as_ref().and_then(|b| b.reason(d.face_id));
+                let why = reason.or(passed_over.as_deref()).unwrap_or("not cropped");
                 manifest.reject(d, distance_of(d), why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
                     &tx,
@@ -203,6 +235,15 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         }
     }
     manifest.finish()?;
+    let in_folder: std::collections::BTreeSet<String> =
+        crops.iter().filter_map(|(id, c)| c.as_ref().ok().and(names.get(id))).cloned().collect();
+    layout.write(&out, &in_folder, kept)?;
+    let report = CurationReport {
+        applied,
+        deleted: curated.deleted_crops,
+        edited: kept.len(),
+        dropped: curation::dropped(&out, &names, &decisions),
+    };
     // Remove what facedb wrote here before and did not write now (still byte-identical only).
     out.finish()?;
 
@@ -220,6 +261,10 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
         neg_ref_ids: &neg_ids,
     };
     write::insert_match_run(&tx, run_id, &run)?;
+    if let Some(b) = &best {
+        b.store(&tx, run_id)?;
+    }
+    crate::db::decisions::set_applied(&tx, run_id, report.applied)?;
     let photos = distinct_photos(&decisions) as u64;
     write::finish_match_run(&tx, run_id, photos, matched, rejected, ambiguous)?;
     let counters = RunCounters { files_failed: crop_failures, ..RunCounters::default() };
@@ -236,7 +281,8 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
             "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
             "upscaled": {"crops": upscaled, "max_factor": max_upscale},
-            "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "seconds": started.elapsed().as_secs_f64(),
+            "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "best": best.as_ref().map(best::Best::summary), "seconds": started.elapsed().as_secs_f64(),
+            "decisions_applied": report.applied, "deleted_crops": report.deleted, "edited_crops_kept": report.edited, "dropped_crops": report.dropped,
         });
         super::outln!("{summary}");
     } else if !globals.quiet {
@@ -254,8 +300,48 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
                 args.size.unwrap_or(0)
             );
         }
+        if let Some(b) = &best {
+            eprintln!("  {}; rank, best_score and dup_group are in {MANIFEST_CSV}", b.describe());
+        }
+        report.print(&out_dir);
     }
     Ok(if crop_failures > 0 { ExitCode::from(super::EXIT_FILES_FAILED) } else { ExitCode::SUCCESS })
+}
+
+/// What curation did in this run, for the summary.
+struct CurationReport {
+    applied: usize,
+    deleted: usize,
+    edited: usize,
+    /// Crops of earlier runs this run removed, by why.
+    dropped: BTreeMap<String, usize>,
+}
+
+impl CurationReport {
+    fn print(&self, out_dir: &Path) {
+        if self.applied > 0 {
+            eprintln!("  {} decision(s) applied: faces rejected by the user for these references are not cropped (`facedb sql \"SELECT * FROM decisions_v\"`)", self.applied);
+        }
+        if self.deleted > 0 {
+            eprintln!(
+                "  {} crop(s) deleted from {} since the last run: remembered as rejected, not written again",
+                self.deleted,
+                display_path(out_dir)
+            );
+        }
+        if self.edited > 0 {
+            eprintln!(
+                "  {} crop(s) edited in {} since facedb wrote them: kept as they are, never overwritten",
+                self.edited,
+                display_path(out_dir)
+            );
+        }
+        let total: usize = self.dropped.values().sum();
+        if total > 0 {
+            let why: Vec<String> = self.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            eprintln!("  {total} crop(s) of the previous run removed: {}", why.join(", "));
+        }
+    }
 }
 
 /// Rejected photos farther than this beyond the threshold are counted but not listed in
@@ -274,6 +360,12 @@ fn distinct_photos(decisions: &[Decision]) -> usize {
     }
 }
 
+/// What `--best N` counts as a useful face size: what fills `--size` without enlarging, after the margin.
+fn best_params(args: &MatchArgs, n: u32) -> crate::select::Params {
+    let useful_face_px = args.size.map_or(crate::select::DEFAULT_USEFUL_FACE, |s| s as f32 / (1.0 + 2.0 * args.margin));
+    crate::select::Params { n: n as usize, useful_face_px }
+}
+
 fn is_recorded(d: &Decision, threshold: f32) -> bool {
     d.reason != Some(Reason::TooFar) || d.distance <= threshold + NEAR_MISS_BAND
 }
@@ -284,6 +376,7 @@ fn decide_all(
     matrix: &mut vectors::FaceMatrix,
     refs: &[Vec<f32>],
     filters: &Filters,
+    rejected: &HashSet<i64>,
 ) -> Result<(Vec<Decision>, Vec<matching::FaceRow>)> {
     let (nearest, _) = matching::distances(&mut matrix.vectors, refs, &[])?;
     let embedded: HashMap<i64, f32> = matrix.faces.iter().zip(nearest).map(|(f, d)| (f.face_id, d)).collect();
@@ -292,7 +385,7 @@ fn decide_all(
         .iter()
         .map(|f| {
             let distance = embedded.get(&f.face_id).copied().filter(|d| d.is_finite()).unwrap_or(f32::NAN);
-            let reason = filters.reject(f);
+            let reason = if rejected.contains(&f.face_id) { Some(Reason::RejectedByUser) } else { filters.reject(f) };
             Decision {
                 image_id: f.image_id,
                 face_id: f.face_id,
@@ -389,6 +482,8 @@ impl References<'_> {
                         Err(_) => {}
                     }
                 }
+            } else if let Some(face_id) = face_ref(arg) {
+                out.push(self.load_face(conn, face_id, flag)?);
             } else {
                 out.push(self.load(conn, arg)?);
             }
@@ -397,6 +492,22 @@ impl References<'_> {
         let mut seen = HashSet::new();
         out.retain(|r| seen.insert(r.id));
         Ok(out)
+    }
+
+    /// A stored face as a reference (`face:ID`): its stored embedding, no model call. Stored in
+    /// `refs` under the key `face:<photo blake3>:<face idx>`, which names the person in decisions.
+    fn load_face(&mut self, conn: &Connection, face_id: i64, flag: &str) -> Result<RefRow> {
+        let Some(key) = decisions::face_key(conn, face_id)? else {
+            bail!("{flag} face:{face_id}: no such face; see the face_id column of manifest.csv or `facedb info PHOTO`");
+        };
+        if let Some(r) = read::find_ref(conn, &key, self.detector_id, self.embedder_id)? {
+            return Ok(r);
+        }
+        let Some(vector) = decisions::face_vector(conn, face_id, self.embedder_id)? else {
+            bail!("{flag} face:{face_id}: the face has no embedding from the current model; run `facedb index` first");
+        };
+        decisions::insert_face_ref(conn, &key, face_id, (self.detector_id, self.embedder_id), &vector)?;
+        read::find_ref(conn, &key, self.detector_id, self.embedder_id)?.ok_or_else(|| anyhow!("reference face:{face_id} was not stored"))
     }
 
     fn load(&mut self, conn: &Connection, path: &Path) -> Result<RefRow> {
@@ -463,39 +574,56 @@ impl References<'_> {
     }
 }
 
-fn print_dry_run(decisions: &[Decision], paths: &HashMap<i64, String>, quality: &HashMap<i64, matching::FaceRow>, threshold: f32) {
+/// The face id in a crop file name match wrote.
+pub fn face_in_crop_name(name: &str) -> Option<i64> {
+    curation::face_in_name(name)
+}
+
+/// `face:ID` names a stored face, unless a file of that name exists (then it is a photo).
+pub fn face_ref(arg: &Path) -> Option<i64> {
+    let id = arg.to_str()?.strip_prefix("face:")?.parse().ok()?;
+    (!arg.exists()).then_some(id)
+}
+
+fn print_dry_run(
+    decisions: &[Decision],
+    paths: &HashMap<i64, String>,
+    quality: &HashMap<i64, matching::FaceRow>,
+    threshold: f32,
+) -> Result<()> {
     let distances: Vec<f32> = decisions.iter().map(|d| d.distance).filter(|d| d.is_finite()).collect();
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
     let peak = counts.iter().copied().max().unwrap_or(0).max(1);
-    println!("distance of the best face per photo ({} photos); threshold {threshold:.2}", distances.len());
+    super::outln!("distance of the best face per photo ({} photos); threshold {threshold:.2}", distances.len());
     let width = (hi - lo) / bins as f32;
     for (i, n) in counts.iter().enumerate() {
         let (a, b) = (lo + i as f32 * width, lo + (i + 1) as f32 * width);
         let mark = if (a..b).contains(&threshold) { "  <- threshold" } else { "" };
-        println!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
+        super::outln!("  {a:4.2}-{b:4.2} {:>6} {}{mark}", n, "#".repeat((n * 50).div_ceil(peak)));
     }
     let band = DRY_RUN_BAND;
     let mut near: Vec<&Decision> = decisions.iter().filter(|d| (d.distance - threshold).abs() <= band).collect();
     near.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    println!("\nphotos within {band:.2} of the threshold ({}):", near.len());
+    super::outln!("\nphotos within {band:.2} of the threshold ({}):", near.len());
     for d in near.iter().take(50) {
         let verdict = if d.distance <= threshold { "in " } else { "out" };
-        println!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
+        super::outln!("  {verdict} {:.3}  {}", d.distance, paths.get(&d.image_id).map_or("?".to_string(), |p| display_str(p)));
     }
     let mut sharp: Vec<f32> =
         decisions.iter().filter(|d| d.distance <= threshold).filter_map(|d| quality.get(&d.face_id).map(|q| q.sharpness)).collect();
     sharp.sort_by(f32::total_cmp);
     if !sharp.is_empty() {
         let q = |p: f32| sharp[((sharp.len() - 1) as f32 * p).round() as usize];
-        println!(
-            "\nsharpness of faces within the threshold (variance of Laplacian; <20 blurry, >100 sharp): min {:.0}  p10 {:.0}  median {:.0}  p90 {:.0}  max {:.0}",
+        super::outln!(
+            "\nsharpness of faces within the threshold (detail at a fixed face scale; under {BLURRY:.0} blurred, {BLURRY:.0}-{SHARP:.0} soft, over {SHARP:.0} sharp): min {:.0}  p10 {:.0}  median {:.0}  p90 {:.0}  max {:.0}",
             q(0.0), q(0.1), q(0.5), q(0.9), q(1.0)
         );
     }
     let reasons = count_reasons(decisions);
-    println!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
-    println!("(dry run: nothing was written)");
+    super::outln!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
+    super::outln!("(dry run: nothing was written)");
+    Ok(())
 }
 
 fn count_reasons(decisions: &[Decision]) -> String {

@@ -4,6 +4,7 @@ pub mod find;
 pub mod index;
 pub mod info;
 pub mod merge;
+pub mod reject;
 pub mod report;
 pub mod sql;
 pub mod version;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Merge(args) => merge::run(&globals, args),
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
+        Command::Reject(args) => reject::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {

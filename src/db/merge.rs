@@ -91,7 +91,7 @@ struct IdMap {
 
 const IMAGE_COLUMNS: &str = "blake3, size_bytes, width, height, format, orientation, status, error, stage_ms_json, created_at, \
      failure_kind, failure_env, rotation, quality_version, detector_id, embedder_id";
-const FACE_COLUMNS: &str = "idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, detector_id";
+const FACE_COLUMNS: &str = "idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, face_hash, detector_id";
 
 /// Copies one shard's index data into `tx` (the target, inside its transaction). A content the
 /// target already has keeps its row (same models, so the same faces); new contents come with

@@ -1,6 +1,8 @@
 //! The SQLite database: opening, migrations, and every SQL statement facedb runs.
 //! `write` holds the single writer's statements, `read` the queries behind match and report.
 
+pub mod best;
+pub mod decisions;
 pub mod merge;
 pub mod read;
 pub mod vectors;
@@ -24,6 +26,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_cache_state", include_str!("../../migrations/0003_cache_state.sql")),
     ("0004_trust_input", include_str!("../../migrations/0004_trust_input.sql")),
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
+    ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
+    ("0007_best", include_str!("../../migrations/0007_best.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.
@@ -375,5 +379,69 @@ mod tests {
         let v = [0.5f32, -1.25, 3.0];
         assert_eq!(blob_to_vector(&vector_to_blob(&v)).unwrap(), v);
         assert!(blob_to_vector(&[1, 2, 3]).is_none());
+    }
+
+    /// Adding a migration touches one place: the folder and the list must agree, name for name
+    /// and byte for byte, in order.
+    #[test]
+    fn the_migration_list_is_the_migrations_folder() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut on_disk: Vec<(String, String)> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        on_disk.sort();
+        let listed: Vec<(String, String)> = MIGRATIONS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+        assert_eq!(on_disk.iter().map(|m| &m.0).collect::<Vec<_>>(), listed.iter().map(|m| &m.0).collect::<Vec<_>>());
+        assert!(on_disk == listed, "a migration file differs from the copy compiled in");
+        for (i, (name, _)) in MIGRATIONS.iter().enumerate() {
+            assert!(name.starts_with(&format!("{:04}_", i + 1)), "{name} is migration {}: numbers are contiguous", i + 1);
+        }
+    }
+
+    /// A database left at every shipped schema version, holding data written with the oldest
+    /// schema's columns, upgrades to the current one without losing a row, and every view reads.
+    #[test]
+    fn every_shipped_schema_version_upgrades_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        for version in 1..=MIGRATIONS.len() {
+            let p = dir.path().join(format!("v{version}.sqlite"));
+            {
+                let conn = Connection::open(&p).unwrap();
+                for (i, (_, sql)) in MIGRATIONS.iter().take(version).enumerate() {
+                    conn.execute_batch(sql).unwrap();
+                    conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+                }
+                conn.execute_batch(
+                    "INSERT INTO models (id, kind, name, file_blake3) VALUES (1, 'detector', 'yunet', 'd'), (2, 'embedder', 'sface', 'e');
+                     INSERT INTO runs (id, command, args_json, facedb_version, started_at, finished_at, status)
+                       VALUES (1, 'index', '{}', '0.1.0', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', 'ok');
+                     INSERT INTO images (id, blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at)
+                       VALUES (1, 'abc', 10, 640, 480, 'jpeg', 1, 'ok', 1, 1, '2026-01-01T00:00:00Z');
+                     INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run)
+                       VALUES ('a.jpg', 1, 10, 1, 1, 2, 1, 1), ('copy/a.jpg', 1, 10, 1, 2, 2, 1, 1);
+                     INSERT INTO faces (id, image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
+                       VALUES (1, 1, 1, 0, 10, 10, 100, 120, 0.9, '[[0,0],[1,0],[0,1],[0,2],[1,2]]', 100, 60, 0, 0, 120);
+                     INSERT INTO embeddings (face_id, model_id, vector) VALUES (1, 2, zeroblob(512));",
+                )
+                .unwrap();
+            }
+            let db = Db::open(&p).unwrap_or_else(|e| panic!("schema {version} does not upgrade: {e:#}"));
+            let v: i64 = db.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(v, SCHEMA_VERSION, "from schema {version}");
+            for (table, rows) in [("images", 1), ("files", 2), ("faces", 1), ("embeddings", 1), ("runs", 1), ("models", 2)] {
+                let n: i64 = db.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap();
+                assert_eq!(n, rows, "{table} after upgrading from schema {version}");
+            }
+            let views: Vec<String> = {
+                let mut st = db.conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'view'").unwrap();
+                st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+            };
+            for view in views {
+                db.conn.prepare(&format!("SELECT * FROM \"{view}\"")).unwrap().query([]).unwrap().next().unwrap();
+            }
+        }
     }
 }

@@ -197,8 +197,8 @@ fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: 
     let d = &face.detection;
     let q = &face.quality;
     conn.prepare_cached(
-        "INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, face_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         image_id,
@@ -214,7 +214,8 @@ fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: 
         q.sharpness,
         q.yaw,
         q.roll,
-        q.brightness
+        q.brightness,
+        face.face_hash.map(|h| h as i64) // SQLite integers are signed: the bits, reinterpreted
     ])?;
     if let Some(e) = &face.embedding {
         let face_id = conn.last_insert_rowid();

@@ -7,7 +7,7 @@ use image::RgbImage;
 
 use super::detect::Detection;
 use super::quality::{self, Quality};
-use super::{align, ms_since, StageTimes};
+use super::{align, fingerprint, ms_since, StageTimes};
 use crate::models::sface::{Embedding, SFace};
 
 pub struct FaceRecord {
@@ -15,6 +15,8 @@ pub struct FaceRecord {
     pub quality: Quality,
     /// `None` when the landmarks were degenerate and the face could not be aligned.
     pub embedding: Option<Embedding>,
+    /// dHash of the aligned face (`fingerprint`), `None` with the embedding.
+    pub face_hash: Option<u64>,
 }
 
 pub fn embed_faces(image: &RgbImage, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
@@ -22,18 +24,18 @@ pub fn embed_faces(image: &RgbImage, faces: &[Detection], embedder: &mut SFace, 
     let mut calls = 0;
     for face in faces {
         let t = Instant::now();
-        let embedding = match align::align(image, &face.landmarks) {
+        let (embedding, face_hash) = match align::align(image, &face.landmarks) {
             Some(aligned) => {
                 calls += 1;
-                Some(embedder.embed(&aligned)?)
+                (Some(embedder.embed(&aligned)?), Some(fingerprint::dhash(&aligned)))
             }
-            None => None,
+            None => (None, None),
         };
         times.align_embed += ms_since(t);
         let t = Instant::now();
         let quality = quality::measure(image, face);
         times.quality += ms_since(t);
-        out.push(FaceRecord { detection: *face, quality, embedding });
+        out.push(FaceRecord { detection: *face, quality, embedding, face_hash });
     }
     Ok((out, calls))
 }

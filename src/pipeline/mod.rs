@@ -5,6 +5,7 @@ pub mod align;
 pub mod decode;
 pub mod detect;
 pub mod embed;
+pub mod fingerprint;
 pub mod hash;
 pub mod heif;
 pub mod quality;

@@ -18,6 +18,7 @@ use crate::db::Db;
 use crate::matching::{self, Decision, Reason};
 use crate::output::{NewFile, OutputDir};
 use crate::pipeline::{hash, walk};
+use crate::select::Choice;
 use crate::util::{display_path, read_photo_file};
 
 pub(super) struct Crop {
@@ -36,6 +37,8 @@ pub(super) struct CropJob<'a> {
     pub out: &'a OutputDir,
     /// face id -> crop file name, checked free before anything was written.
     pub names: &'a HashMap<i64, String>,
+    /// Crops the user edited since facedb wrote them: theirs, never written again.
+    pub kept: &'a std::collections::BTreeSet<String>,
     pub spec: CropSpec,
     pub format: crop::Format,
     pub quality: u8,
@@ -104,10 +107,12 @@ impl CropJob<'_> {
                         let file_name =
                             self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
                         let (image, padded_fraction) = crop::render(&rgb, &plan);
-                        let mut file = self.out.create(file_name)?;
-                        crop::encode(&image, self.format, self.quality, &mut file)
-                            .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
-                        file.finish()?;
+                        if !self.kept.contains(file_name) {
+                            let mut file = self.out.create(file_name)?;
+                            crop::encode(&image, self.format, self.quality, &mut file)
+                                .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
+                            file.finish()?;
+                        }
                         Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan, padded_fraction })
                     })();
                     (id, result)
@@ -170,7 +175,7 @@ pub(super) struct Manifest<'a> {
     root: &'a Path,
 }
 
-pub const MANIFEST_COLUMNS: [&str; 32] = [
+pub const MANIFEST_COLUMNS: [&str; 36] = [
     "crop_path",
     "source_path",
     "source_blake3",
@@ -203,6 +208,12 @@ pub const MANIFEST_COLUMNS: [&str; 32] = [
     "references",
     "padded_fraction",
     "upscale",
+    // --best N (empty without it): order of picking, quality 0-1, near-duplicate group (its lowest
+    // face id) and how many matched faces it holds; the rest of a group is in rejected.csv.
+    "rank",
+    "best_score",
+    "dup_group",
+    "dup_group_size",
 ];
 pub const REJECTED_COLUMNS: [&str; 11] = [
     "source_path",
@@ -231,7 +242,7 @@ impl<'a> Manifest<'a> {
         Ok(Self { csv, jsonl: out.create(MANIFEST_JSONL)?, rejected, root })
     }
 
-    pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow]) -> Result<()> {
+    pub fn add(&mut self, c: &Crop, d: &Decision, distance: Option<f32>, refs: &[&RefRow], best: Option<&Choice>) -> Result<()> {
         let i = &c.info;
         let p = &c.plan;
         let refs: Vec<RefEntry> =
@@ -272,6 +283,10 @@ impl<'a> Manifest<'a> {
             serde_json::to_string(&refs)?,
             format!("{:.4}", c.padded_fraction),
             format!("{:.4}", p.upscale),
+            best.and_then(|b| b.rank).map(|r| r.to_string()).unwrap_or_default(),
+            best.map(|b| format!("{:.4}", b.score)).unwrap_or_default(),
+            best.map(|b| b.group_id.to_string()).unwrap_or_default(),
+            best.map(|b| b.group_size.to_string()).unwrap_or_default(),
         ])?;
         let json = serde_json::json!({
             "crop_path": crop_path, "source_path": source_path, "source_blake3": i.blake3, "face_id": i.face_id,
@@ -282,6 +297,7 @@ impl<'a> Manifest<'a> {
                 "pad": p.pad, "padded_fraction": c.padded_fraction, "upscale": p.upscale},
             "quality": {"det_score": i.score, "size_px": i.size_px, "sharpness": i.sharpness, "yaw": i.yaw, "roll": i.roll, "brightness": i.brightness},
             "source_size": [i.width, i.height], "references": refs,
+            "best": best.map(|b| serde_json::json!({"rank": b.rank, "score": b.score, "dup_group": b.group_id, "dup_group_size": b.group_size})),
         });
         writeln!(self.jsonl, "{json}")?;
         Ok(())

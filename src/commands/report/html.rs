@@ -2,6 +2,7 @@
 //! URIs, no scripts, no network), sorted by distance, with rejected and ambiguous sections and a
 //! distance histogram with the threshold marked.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use image::imageops::FilterType;
 use rayon::prelude::*;
 use rusqlite::Connection;
 
+use crate::db::best::Selected;
 use crate::db::read::{self, MatchRunSummary, ResultRow};
 use crate::matching;
 use crate::pipeline::{decode, walk};
@@ -49,7 +51,8 @@ pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: O
             want.then(|| thumbnail(root, out_dir, r)).flatten()
         })
         .collect();
-    let html = render(summary, &results, &thumbs);
+    let selection = crate::db::best::selection(conn, summary.run_id)?;
+    let html = render(summary, &results, &thumbs, &selection);
     crate::output::write_beside(file, html.as_bytes())
 }
 
@@ -143,7 +146,7 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>]) -> String {
+fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>], selection: &HashMap<i64, Selected>) -> String {
     let mut h = String::new();
     let title = format!("facedb match run {}", m.run_id);
     let _ = write!(
@@ -153,7 +156,7 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
          .grid{{display:flex;flex-wrap:wrap;gap:12px}} figure{{margin:0;width:{THUMB}px}}\
          figure img{{width:{THUMB}px;height:{THUMB}px;object-fit:contain;background:#eee;display:block}}\
          figcaption{{font-size:12px;line-height:1.35;word-break:break-all}} .d{{font-weight:600}}\
-         .rej figcaption .d{{color:#b00}} .amb img{{outline:3px solid #e90}} .noimg{{width:{THUMB}px;height:{THUMB}px;background:#ddd;display:flex;align-items:center;justify-content:center;color:#777}}\
+         .rej figcaption .d{{color:#b00}} .pass img{{opacity:.75}} .amb img{{outline:3px solid #e90}} .noimg{{width:{THUMB}px;height:{THUMB}px;background:#ddd;display:flex;align-items:center;justify-content:center;color:#777}}\
          </style></head><body><h1>{title}</h1>"
     );
     let _ = write!(
@@ -175,18 +178,26 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     let _ = write!(h, " · crops in {}</p>", escape(&m.out_dir));
     h.push_str(&histogram_svg(results, m.threshold as f32));
 
-    type Keep = Box<dyn Fn(&ResultRow) -> bool>;
-    let sections: [(&str, &str, Keep); 3] = [
-        ("Matched (sorted by distance)", "", Box::new(|r: &ResultRow| r.decision == "matched")),
+    type Keep<'s> = Box<dyn Fn(&ResultRow) -> bool + 's>;
+    // A run made with --best: the matched faces it passed over (near-duplicates, not among the
+    // best N) get their own section right after the picked ones, to compare side by side.
+    let passed_over = |r: &ResultRow| selection.get(&r.face_id).is_some_and(|s| s.rank.is_none());
+    let matched_heading = if selection.is_empty() { "Matched (sorted by distance)" } else { "Picked by --best (sorted by distance)" };
+    let sections: [(&str, &str, Keep); 4] = [
+        (matched_heading, "", Box::new(|r: &ResultRow| r.decision == "matched")),
+        ("Passed over by --best (near-duplicates and faces not among the best)", "pass", Box::new(passed_over)),
         (
             "Ambiguous (another face in the photo is within the threshold)",
             "amb",
-            Box::new(|r: &ResultRow| r.decision != "matched" && r.ambiguous),
+            Box::new(move |r: &ResultRow| r.decision != "matched" && r.ambiguous && !passed_over(r)),
         ),
-        ("Rejected", "rej", Box::new(|r: &ResultRow| r.decision != "matched" && !r.ambiguous)),
+        ("Rejected", "rej", Box::new(move |r: &ResultRow| r.decision != "matched" && !r.ambiguous && !passed_over(r))),
     ];
     for (heading, class, keep) in &sections {
         let rows: Vec<(usize, &ResultRow)> = results.iter().enumerate().filter(|(_, r)| keep(r)).collect();
+        if rows.is_empty() && *class == "pass" {
+            continue;
+        }
         let _ = write!(h, "<h2>{heading}: {}</h2><div class=\"grid {class}\">", rows.len());
         for (i, r) in rows {
             let img = match &thumbs[i] {
@@ -195,9 +206,10 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
             };
             let dist = r.distance.map_or("—".to_string(), |d| format!("{d:.3}"));
             let reason = r.reason.as_ref().map(|x| format!(" · {}", escape(x))).unwrap_or_default();
+            let best = selection.get(&r.face_id).map(best_caption).unwrap_or_default();
             let _ = write!(
                 h,
-                "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
+                "<figure class=\"{class}\">{img}<figcaption><span class=\"d\">d {dist}</span>{reason}{best}<br>{}<br>{:.0} px · sharp {:.0} · yaw {:.0}° · score {:.2}</figcaption></figure>",
                 escape(r.path.as_deref().unwrap_or("?")),
                 r.size_px,
                 r.sharpness,
@@ -209,6 +221,13 @@ fn render(m: &MatchRunSummary, results: &[ResultRow], thumbs: &[Option<String>])
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// `--best` details under a thumbnail: pick order, quality, near-duplicate group.
+fn best_caption(s: &Selected) -> String {
+    let rank = s.rank.map(|r| format!("#{r} · ")).unwrap_or_default();
+    let group = if s.group_size > 1 { format!(" · dup group {} ({})", s.group_id, s.group_size) } else { String::new() };
+    format!("<br>{rank}quality {:.2}{group}", s.score)
 }
 
 /// Bars of best-face distances in 0.05 bins over 0-1.2, threshold as a red line.

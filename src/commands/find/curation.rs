@@ -1,0 +1,120 @@
+//! Curation that sticks: the user's decisions (`facedb reject`, crops deleted from the output
+//! folder, review) shape every later match of the same person, and the crops they edited stay.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::Result;
+use rusqlite::Connection;
+
+use crate::db::decisions::{self, NewDecision, Person, Source, Verdict};
+use crate::db::read::RefRow;
+use crate::matching::Decision;
+use crate::output::OutputDir;
+
+/// The decisions that apply to this run.
+#[derive(Default)]
+pub(super) struct Curated {
+    /// Faces the user rejected for this person: never cropped.
+    pub excluded: HashSet<i64>,
+    /// Embeddings of faces the user said are not the person: extra negative references.
+    pub negatives: Vec<Vec<f32>>,
+    /// Crops found deleted from the output folder by this run (now stored as rejections).
+    pub deleted_crops: usize,
+}
+
+/// The person of a run: its references' keys (see [`crate::db::decisions`]).
+pub(super) fn person_of(refs: &[RefRow]) -> Person {
+    Person::new(refs.iter().map(|r| r.blake3.clone()))
+}
+
+/// The face id in a crop name (`<stem>_face<ID>.<ext>`, possibly under a layout subfolder).
+/// The face id in a crop image's name; `None` for anything else (a caption `.txt` beside it is
+/// not the face: deleting or keeping a caption says nothing about who is in the photo).
+pub(super) fn face_in_name(name: &str) -> Option<i64> {
+    let leaf = name.rsplit('/').next()?;
+    if !crate::crop::is_crop_name(leaf) {
+        return None;
+    }
+    leaf.rsplit_once('.')?.0.rsplit_once("_face")?.1.parse().ok()
+}
+
+/// Stores the crops the user deleted from the output folder as rejections for the person of the
+/// run that wrote them, then loads every decision that applies to `person`.
+pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, embedder_id: i64) -> Result<Curated> {
+    let deleted_crops = match out {
+        Some(out) => record_deleted(conn, out, person)?,
+        None => 0,
+    };
+    let mut curated = Curated { deleted_crops, ..Curated::default() };
+    for d in decisions::applying(conn, person)? {
+        if d.verdict == Verdict::Accept {
+            continue;
+        }
+        curated.excluded.insert(d.face_id);
+        // A deleted crop says "not this picture", not "not this person": as a negative it would
+        // also push away the person's other photos (0.22-0.27 apart on the test portraits).
+        if d.source != Source::DeletedCrop {
+            if let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? {
+                curated.negatives.push(v);
+            }
+        }
+    }
+    Ok(curated)
+}
+
+fn record_deleted(conn: &Connection, out: &OutputDir, person: &Person) -> Result<usize> {
+    let deleted: Vec<&String> = out.curation().deleted.iter().filter(|n| face_in_name(n).is_some()).collect();
+    if deleted.is_empty() {
+        return Ok(0);
+    }
+    // The run that wrote them: the latest finished match into this folder.
+    let here = out.path().canonicalize().ok();
+    let previous = decisions::match_run_folders(conn)?
+        .into_iter()
+        .find(|(_, dir)| here.is_some() && Path::new(dir).canonicalize().ok() == here)
+        .map(|(run, _)| run);
+    let their_person = match previous {
+        Some(run) => decisions::run_person(conn, run)?,
+        None => person.clone(),
+    };
+    let mut stored = 0;
+    for name in deleted {
+        let face = match previous {
+            Some(run) => decisions::face_of_crop(conn, run, name)?,
+            None => None,
+        };
+        let Some(face_id) = face.or_else(|| face_in_name(name)) else { continue };
+        if !decisions::face_exists(conn, face_id)? {
+            continue;
+        }
+        let d = NewDecision {
+            face_id,
+            person: &their_person,
+            verdict: Verdict::Reject,
+            source: Source::DeletedCrop,
+            run_id: previous,
+            detail: Some(name),
+        };
+        decisions::insert(conn, &d)?;
+        stored += 1;
+    }
+    Ok(stored)
+}
+
+/// Crops facedb wrote into the folder before that this run does not write again, counted by why.
+pub(super) fn dropped(out: &OutputDir, names: &HashMap<i64, String>, decisions: &[Decision]) -> BTreeMap<String, usize> {
+    let new: BTreeSet<&str> = names.values().map(String::as_str).collect();
+    let reason: HashMap<i64, &str> = decisions.iter().map(|d| (d.face_id, d.reason.map_or("matched", |r| r.as_str()))).collect();
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for name in out.owned().filter(|n| !new.contains(n)) {
+        let Some(face) = face_in_name(name) else { continue };
+        let why = if names.contains_key(&face) {
+            "written under another name or layout"
+        } else {
+            reason.get(&face).copied().unwrap_or("no longer the chosen face of its photo (or the photo is gone)")
+        };
+        *by.entry(why.to_string()).or_default() += 1;
+    }
+    by
+}

@@ -1,0 +1,216 @@
+//! What the user decided about faces (`decisions`, migration 0006): written by `facedb reject`,
+//! by `match` for crops deleted from its output folder, and by the review page (issue 14); read
+//! by every later `match` of the same person.
+//!
+//! A person is the set of reference keys of a run (`refs.blake3`: a photo's content hash, or
+//! `face:<photo blake3>:<face idx>` for a stored face used as a reference). A decision applies to
+//! a run whose references share a key with it, so adding a reference photo keeps the decisions.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{blob_to_vector, now_rfc3339};
+use crate::models::sface::EMBEDDING_DIM;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Reject,
+    DifferentPerson,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Reject => "reject",
+            Verdict::DifferentPerson => "different_person",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Verdict::Accept, Verdict::Reject, Verdict::DifferentPerson].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cli,
+    DeletedCrop,
+    Review,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cli => "cli",
+            Source::DeletedCrop => "deleted-crop",
+            Source::Review => "review",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Source::Cli, Source::DeletedCrop, Source::Review].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// The person a decision is about: a sorted set of reference keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Person(pub BTreeSet<String>);
+
+impl Person {
+    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        Self(keys.into_iter().collect())
+    }
+
+    fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(&self.0)?)
+    }
+
+    /// Whether a decision made for `self` applies to a run with references `run`: they share a
+    /// reference, or neither has any (`match --all`).
+    pub fn applies_to(&self, run: &Person) -> bool {
+        if self.0.is_empty() || run.0.is_empty() {
+            return self.0.is_empty() && run.0.is_empty();
+        }
+        self.0.intersection(&run.0).next().is_some()
+    }
+}
+
+pub struct NewDecision<'a> {
+    pub face_id: i64,
+    pub person: &'a Person,
+    pub verdict: Verdict,
+    pub source: Source,
+    pub run_id: Option<i64>,
+    pub detail: Option<&'a str>,
+}
+
+pub fn insert(conn: &Connection, d: &NewDecision) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO decisions (face_id, person, verdict, source, run_id, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![d.face_id, d.person.to_json()?, d.verdict.as_str(), d.source.as_str(), d.run_id, d.detail, now_rfc3339()])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A stored decision that applies to a run.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub face_id: i64,
+    pub verdict: Verdict,
+    pub source: Source,
+}
+
+/// The decisions that apply to a run with references `run`: per face, the latest one.
+pub fn applying(conn: &Connection, run: &Person) -> Result<Vec<Applied>> {
+    let mut stmt = conn.prepare("SELECT face_id, person, verdict, source FROM decisions ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))?;
+    let mut latest: std::collections::BTreeMap<i64, Applied> = Default::default();
+    for row in rows {
+        let (face_id, person, verdict, source) = row?;
+        // A row written by hand with an unknown value is skipped, not fatal.
+        let (Ok(keys), Some(verdict), Some(source)) =
+            (serde_json::from_str::<BTreeSet<String>>(&person), Verdict::parse(&verdict), Source::parse(&source))
+        else {
+            continue;
+        };
+        if Person(keys).applies_to(run) {
+            latest.insert(face_id, Applied { face_id, verdict, source });
+        }
+    }
+    Ok(latest.into_values().collect())
+}
+
+/// A face's stored embedding from `embedder_id`.
+pub fn face_vector(conn: &Connection, face_id: i64, embedder_id: i64) -> Result<Option<Vec<f32>>> {
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT vector FROM embeddings WHERE face_id = ?1 AND model_id = ?2", params![face_id, embedder_id], |r| r.get(0))
+        .optional()?;
+    Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == EMBEDDING_DIM))
+}
+
+/// Stores a face as a reference under `key` (see [`face_key`]), with its own box and embedding.
+pub fn insert_face_ref(conn: &Connection, key: &str, face_id: i64, (detector_id, embedder_id): (i64, i64), vector: &[f32]) -> Result<()> {
+    conn.execute(
+        "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, landmarks_json, detector_id, embedder_id, vector, created_at)
+         SELECT ?1, 'face:' || fc.id, i.width, i.height, 1, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json, ?2, ?3, ?4, ?5
+         FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?6",
+        params![key, detector_id, embedder_id, super::vector_to_blob(vector), now_rfc3339(), face_id],
+    )?;
+    Ok(())
+}
+
+/// The reference key of a stored face: stable across runs and re-indexing of the same content.
+pub fn face_key(conn: &Connection, face_id: i64) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT i.blake3, fc.idx FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?1", [face_id], |r| {
+            Ok(format!("face:{}:{}", r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?)
+}
+
+/// The reference keys (person) of a match run.
+pub fn run_person(conn: &Connection, run_id: i64) -> Result<Person> {
+    let ids: Option<String> = conn.query_row("SELECT ref_ids_json FROM match_runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+    let Some(ids) = ids else { bail!("run {run_id} is not a match run") };
+    let mut stmt = conn.prepare("SELECT blake3 FROM refs WHERE id IN (SELECT value FROM json_each(?1))")?;
+    let keys = stmt.query_map([ids], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Person::new(keys))
+}
+
+/// The latest finished match run that decided about `face_id`.
+pub fn latest_run_with_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT r.run_id FROM match_results r JOIN match_runs m ON m.run_id = r.run_id WHERE r.face_id = ?1 ORDER BY r.run_id DESC LIMIT 1",
+            [face_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Match runs, newest first, with the output folder each wrote into (as recorded).
+pub fn match_run_folders(conn: &Connection) -> Result<Vec<(i64, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT m.run_id, m.out_dir FROM match_runs m JOIN runs r ON r.id = m.run_id WHERE r.status IN ('ok', 'failures') ORDER BY m.run_id DESC",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The face a run wrote to `crop_path` (relative to its output folder).
+pub fn face_of_crop(conn: &Connection, run_id: i64, crop_path: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT face_id FROM match_results WHERE run_id = ?1 AND crop_path = ?2", params![run_id, crop_path], |r| r.get(0))
+        .optional()?)
+}
+
+/// Whether a face exists.
+pub fn face_exists(conn: &Connection, face_id: i64) -> Result<bool> {
+    Ok(conn.query_row("SELECT count(*) FROM faces WHERE id = ?1", [face_id], |r| r.get::<_, i64>(0))? > 0)
+}
+
+pub fn set_applied(conn: &Connection, run_id: i64, applied: usize) -> Result<()> {
+    conn.execute("UPDATE match_runs SET decisions_applied = ?2 WHERE run_id = ?1", params![run_id, applied as i64])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(keys: &[&str]) -> Person {
+        Person::new(keys.iter().map(|k| k.to_string()))
+    }
+
+    #[test]
+    fn a_decision_follows_the_person_through_added_references() {
+        assert!(p(&["a", "b"]).applies_to(&p(&["b", "c"])), "one shared reference is the same person");
+        assert!(!p(&["a"]).applies_to(&p(&["c"])));
+        assert!(p(&[]).applies_to(&p(&[])), "--all decisions apply to --all runs");
+        assert!(!p(&[]).applies_to(&p(&["a"])) && !p(&["a"]).applies_to(&p(&[])));
+    }
+}

@@ -1,0 +1,305 @@
+//! Curation that sticks (issue 13): crops the user deleted or edited, `facedb reject`, stored
+//! faces as references, trainer layouts read back as the trainers read them. Real binary, real
+//! models, real photos.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A dataset of the given test photos, indexed.
+fn dataset(parent: &Path, photos: &[&str]) -> PathBuf {
+    let d = parent.join("photos");
+    std::fs::create_dir_all(&d).unwrap();
+    add_photos(&d, photos);
+    facedb().arg("index").arg(&d).assert().success();
+    d
+}
+
+const PHOTOS: [&str; 4] = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"];
+
+/// `match --ref obama.jpg --out OUT --json` plus `extra`: the JSON summary.
+fn run(d: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = match_ref(d, "obama.jpg").arg("--out").arg(out).arg("--json").args(extra).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The same run, for its summary on stderr.
+fn text(d: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = match_ref(d, "obama.jpg").arg("--out").arg(out).args(extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    stderr
+}
+
+/// Crop file name -> face id, from the manifest.
+fn crops(out: &Path) -> BTreeMap<String, i64> {
+    manifest(out)
+        .iter()
+        .map(|r| {
+            // Paths inside the output folder are relative to it.
+            assert!(!Path::new(&r["crop_path"]).is_absolute(), "{}", r["crop_path"]);
+            (r["crop_path"].clone(), r["face_id"].parse().unwrap())
+        })
+        .collect()
+}
+
+/// face id -> reason, from rejected.csv.
+fn rejected(out: &Path) -> BTreeMap<i64, String> {
+    let mut rdr = csv::Reader::from_path(out.join("rejected.csv")).unwrap();
+    let h = rdr.headers().unwrap().clone();
+    let (fi, ri) = (h.iter().position(|c| c == "face_id").unwrap(), h.iter().position(|c| c == "reason").unwrap());
+    rdr.records().map(|r| r.unwrap()).map(|r| (r[fi].parse().unwrap(), r[ri].to_string())).collect()
+}
+
+#[test]
+fn a_deleted_crop_is_remembered_as_rejected_and_not_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("crops");
+    run(&d, &out, &[]);
+    let first = crops(&out);
+    assert_eq!(first.len(), 3, "{first:?}");
+    let (gone, face) = first.iter().find(|(n, _)| n.starts_with("obama2")).map(|(n, f)| (n.clone(), *f)).unwrap();
+    std::fs::remove_file(out.join(&gone)).unwrap();
+
+    let stderr = text(&d, &out, &[]);
+    assert!(stderr.contains("1 crop(s) deleted from") && stderr.contains("1 decision(s) applied"), "{stderr}");
+    assert!(!out.join(&gone).exists(), "not written again");
+    assert_eq!(crops(&out).len(), 2);
+    assert!(!crops(&out).values().any(|&f| f == face));
+    assert_eq!(rejected(&out).get(&face).map(String::as_str), Some("rejected by the user"));
+    let conn = db(&d);
+    let row: (i64, String, String) =
+        conn.query_row("SELECT face_id, verdict, source FROM decisions_v", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!(row, (face, "reject".into(), "deleted-crop".into()));
+
+    // Remembered by the database, not by the folder: a later run still leaves it out.
+    let json = run(&d, &out, &[]);
+    assert_eq!((json["deleted_crops"].as_u64(), json["decisions_applied"].as_u64()), (Some(0), Some(1)));
+    assert!(!out.join(&gone).exists());
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM decisions"), 1);
+    assert_eq!(query_i64(&conn, "SELECT decisions_applied FROM match_runs ORDER BY run_id DESC LIMIT 1"), 1);
+}
+
+#[test]
+fn edited_crops_are_kept_byte_identical_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("crops");
+    run(&d, &out, &[]);
+    let names: Vec<String> = crops(&out).into_keys().collect();
+    // One gets bytes appended, one is re-saved by an image editor (decoded and encoded again).
+    let appended = out.join(&names[0]);
+    let mut bytes = std::fs::read(&appended).unwrap();
+    bytes.extend_from_slice(b"edited");
+    std::fs::write(&appended, &bytes).unwrap();
+    let resaved = out.join(&names[1]);
+    let img = image::open(&resaved).unwrap().to_rgb8();
+    let mut again = Vec::new();
+    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut again, 70)).unwrap();
+    std::fs::write(&resaved, &again).unwrap();
+
+    for round in 0..2 {
+        if round == 0 {
+            let stderr = text(&d, &out, &[]);
+            assert!(stderr.contains("2 crop(s) edited in"), "{stderr}");
+        } else {
+            assert_eq!(run(&d, &out, &[])["edited_crops_kept"].as_u64(), Some(2));
+        }
+        assert_eq!(std::fs::read(&appended).unwrap(), bytes, "round {round}");
+        assert_eq!(std::fs::read(&resaved).unwrap(), again, "round {round}");
+        assert_eq!(crops(&out).len(), 3, "kept crops stay in the manifest");
+    }
+    let ledger = std::fs::read_to_string(out.join(".facedb-output")).unwrap();
+    assert!(ledger.contains(&format!("user {}\n", names[0])) && ledger.contains(&format!("user {}\n", names[1])), "{ledger}");
+    // A stricter run that no longer matches them leaves the user's files where they are.
+    let json = run(&d, &out, &["--threshold", "0.05"]);
+    assert_eq!(std::fs::read(&appended).unwrap(), bytes);
+    assert_eq!(std::fs::read(&resaved).unwrap(), again);
+    assert!(
+        json["dropped_crops"].as_object().unwrap().values().all(|v| v.as_u64() == Some(0)) || json["matched"].as_u64() == Some(0),
+        "{json}"
+    );
+}
+
+#[test]
+fn a_stricter_rerun_says_how_many_crops_it_removes_and_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("crops");
+    run(&d, &out, &[]);
+    assert_eq!(crops(&out).len(), 3);
+    let stderr = text(&d, &out, &["--threshold", "0.1"]);
+    let gone = 3 - crops(&out).len();
+    assert!(gone > 0 && stderr.contains(&format!("{gone} crop(s) of the previous run removed: {gone} too far")), "{stderr}");
+    // And in the JSON summary, by reason.
+    run(&d, &out, &[]);
+    let json = run(&d, &out, &["--threshold", "0.1"]);
+    assert_eq!(json["dropped_crops"]["too far"].as_u64(), Some(gone as u64), "{json}");
+}
+
+#[test]
+fn reject_by_face_id_or_crop_path_changes_every_later_match_of_the_person() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("crops");
+    run(&d, &out, &[]);
+    let first = crops(&out);
+    let face_of = |prefix: &str| *first.iter().find(|(n, _)| n.starts_with(prefix)).unwrap().1;
+    let (obama2, obama3) = (face_of("obama2"), face_of("obama3"));
+
+    let o = facedb().args(["reject", &obama2.to_string(), "--dir"]).arg(&d).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("face {obama2} rejected")));
+    // A crop path resolves through the run that wrote it (its folder names the dataset).
+    let crop = out.join(first.iter().find(|(n, _)| n.starts_with("obama3")).unwrap().0);
+    facedb().arg("reject").arg(&crop).current_dir(tmp.path()).assert().success();
+    let conn = db(&d);
+    let faces: BTreeSet<i64> = conn
+        .prepare("SELECT face_id FROM decisions WHERE source = 'cli'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(faces, [obama2, obama3].into());
+
+    let stderr = text(&d, &out, &[]);
+    assert!(stderr.contains("2 decision(s) applied"), "{stderr}");
+    assert_eq!(query_i64(&conn, "SELECT decisions_applied FROM match_runs ORDER BY run_id DESC LIMIT 1"), 2);
+    let now = crops(&out);
+    assert_eq!(now.len(), 1, "{now:?}");
+    let why = rejected(&out);
+    assert_eq!((why[&obama2].as_str(), why[&obama3].as_str()), ("rejected by the user", "rejected by the user"));
+    // Another person's match is not touched by those decisions.
+    let o = facedb()
+        .arg("match")
+        .arg(&d)
+        .arg("--ref")
+        .arg(photo("biden.jpg"))
+        .arg("--out")
+        .arg(tmp.path().join("biden"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(other["decisions_applied"].as_u64(), Some(0));
+    // --ref names the person: a photo by its content hash.
+    let biden: i64 = conn.query_row("SELECT face_id FROM faces_v WHERE path = 'biden.jpg'", [], |r| r.get(0)).unwrap();
+    facedb().args(["reject", &biden.to_string(), "--dir"]).arg(&d).arg("--ref").arg(photo("biden.jpg")).assert().success();
+    let o = facedb()
+        .arg("match")
+        .arg(&d)
+        .arg("--ref")
+        .arg(photo("biden.jpg"))
+        .arg("--out")
+        .arg(tmp.path().join("biden"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((other["decisions_applied"].as_u64(), other["matched"].as_u64()), (Some(1), Some(0)), "{other}");
+    // An unknown face is refused in one line naming the fix.
+    let o = facedb().args(["reject", "999999", "--dir"]).arg(&d).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no face 999999"));
+}
+
+#[test]
+fn a_stored_face_as_reference_matches_like_its_photo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let by_photo = tmp.path().join("by_photo");
+    run(&d, &by_photo, &[]);
+    let rows = manifest(&by_photo);
+    let own = rows.iter().find(|r| common::file_name_of(&r["source_path"]) == "obama.jpg").unwrap()["face_id"].clone();
+    let by_face = tmp.path().join("by_face");
+    let o = facedb().arg("match").arg(&d).arg("--ref").arg(format!("face:{own}")).arg("--out").arg(&by_face).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key = |rows: &[std::collections::HashMap<String, String>]| -> BTreeMap<String, f32> {
+        rows.iter().map(|r| (r["face_id"].clone(), r["distance"].parse().unwrap())).collect()
+    };
+    let (a, b) = (key(&rows), key(&manifest(&by_face)));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (face, da) in &a {
+        assert!((da - b[face]).abs() < 0.02, "face {face}: {da} by photo, {} by face", b[face]);
+    }
+    // As a negative: that photo's own face is closer to the negative than to the references.
+    let obama2 = rows.iter().find(|r| common::file_name_of(&r["source_path"]) == "obama2.jpg").unwrap()["face_id"].clone();
+    let neg = tmp.path().join("neg");
+    run(&d, &neg, &["--not", &format!("face:{obama2}")]);
+    assert_eq!(rejected(&neg).get(&obama2.parse().unwrap()).map(String::as_str), Some("negative reference"));
+    let o = facedb().arg("match").arg(&d).args(["--ref", "face:999999"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("face:999999: no such face"));
+}
+
+/// Reads an output folder as the trainers do (see the script) and returns what it printed.
+fn read_back(layout: &str, out: &Path) -> String {
+    let o = std::process::Command::new("python3")
+        .arg(repo().join("tests/fixtures/read_layout.py"))
+        .arg(layout)
+        .arg(out)
+        .output()
+        .expect("python3 is installed");
+    assert!(o.status.success(), "{layout}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn trainer_layouts_read_back_as_the_trainers_read_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("lora");
+    run(&d, &out, &["--layout", "kohya", "--token", "ohwx person", "--repeats", "12"]);
+    assert_eq!(read_back("kohya", &out), "12 ohwx person 3");
+    assert!(crops(&out).keys().all(|n| n.starts_with("12_ohwx person/")), "{:?}", crops(&out));
+    let first_kohya = crops(&out).into_iter().next_back().unwrap();
+    // A caption the user edits is theirs; the others follow --caption.
+    let caption = out.join(crops(&out).keys().next().unwrap()).with_extension("txt");
+    std::fs::write(&caption, "ohwx person, smiling").unwrap();
+    run(&d, &out, &["--layout", "kohya", "--token", "ohwx person", "--repeats", "12", "--caption", "a photo of ohwx person"]);
+    assert_eq!(std::fs::read_to_string(&caption).unwrap(), "ohwx person, smiling");
+    assert_eq!(read_back("kohya", &out), "12 ohwx person 3");
+
+    let hf = tmp.path().join("hf");
+    run(&d, &hf, &["--layout", "imagefolder", "--token", "ohwx person"]);
+    assert_eq!(read_back("imagefolder", &hf), "ohwx person 3");
+    // Switching back to plain: facedb's files in the kohya folder go; the user's caption stays.
+    run(&d, &out, &[]);
+    let left: Vec<PathBuf> = std::fs::read_dir(out.join("12_ohwx person")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left, [caption]);
+    assert_eq!(crops(&out).len(), 3);
+    // A crop path in the layout's subfolder resolves to its face, even after the file is gone.
+    let (gone, face) = first_kohya;
+    assert!(!out.join(&gone).exists());
+    facedb().arg("reject").arg(out.join(&gone)).assert().success();
+    assert_eq!(query_i64(&db(&d), "SELECT face_id FROM decisions"), face);
+    // A run with nothing of the user's left in it removes the folder facedb made.
+    let hf_again = run(&d, &hf, &[]);
+    assert_eq!(hf_again["matched"].as_u64(), Some(2), "the face rejected above is left out");
+    assert!(!hf.join("metadata.jsonl").exists());
+}
+
+/// A caption is not the face: deleting one rejects nobody, and a re-run that writes the same
+/// crops and captions again reports nothing removed.
+#[test]
+fn a_deleted_caption_rejects_nobody_and_rewritten_captions_are_not_reported_as_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("lora");
+    let kohya = ["--layout", "kohya", "--token", "ohwx person"];
+    let first = run(&d, &out, &kohya);
+    let crop = crops(&out).into_keys().next().unwrap();
+    std::fs::remove_file(out.join(&crop).with_extension("txt")).unwrap();
+    let again = run(&d, &out, &kohya);
+    assert_eq!(again["matched"], first["matched"], "{again}");
+    assert_eq!(query_i64(&db(&d), "SELECT count(*) FROM decisions"), 0);
+    assert!(out.join(&crop).with_extension("txt").exists(), "the caption is written again");
+    let stderr = text(&d, &out, &kohya);
+    assert!(!stderr.contains("removed"), "{stderr}");
+}
