@@ -37,6 +37,18 @@ rm -f "$set_dir"/facedb.sqlite* "$set_dir"/facedb.lock
 /usr/bin/time -v "$facedb" --json index "$set_dir" >"$bench/index.json" 2>"$bench/index.time" || true
 index_rss=$(rss "$bench/index.time")
 
+# 2b. The same photos as BENCH_SHARDS shard tasks run one after another (each with every core),
+# then merged: the overhead of sharding against the single index above (target: under 5 %).
+shards=${BENCH_SHARDS:-4}
+rm -f "$bench"/shard-*.sqlite* "$bench"/shard-*.lock "$bench"/merged.sqlite*
+shard_t0=$(date +%s.%N)
+for ((k = 0; k < shards; k++)); do
+  "$facedb" -q index "$set_dir" --shard "$k/$shards" --db "$bench/shard-$k.sqlite" || [ $? -eq 1 ]
+done
+shard_t1=$(date +%s.%N)
+"$facedb" -q merge --db "$bench/merged.sqlite" "$bench"/shard-*.sqlite
+shard_t2=$(date +%s.%N)
+
 # 3. The floor: per stage, the fastest single photo (among photos with exactly one face).
 floor_json=$("$facedb" sql "$set_dir" --format json "
   SELECT min(json_extract(i.stage_ms_json, '\$.read_hash')) AS read_hash, min(json_extract(i.stage_ms_json, '\$.decode')) AS decode,
@@ -120,7 +132,8 @@ if [ ! -f "$bench/best-$best_faces.done" ]; then
 fi
 "$facedb" --json match "$best_dir" --all --best 50 --out "$bench/best-out" >"$bench/best.json" 2>/dev/null || [ $? -eq 1 ]
 
-python3 - "$cores" "$bench/index.json" "$floor_json" "$opencv_json" "$fr_json" "$bench/noop.json" "$bench/match.json" "$index_rss" "$noop_rss" "$match_rss" "$noop_files" "$match_faces" "$bench/match-cold.json" "$match_cold_rss" "$bench/best.json" <<'PY'
+python3 - "$cores" "$bench/index.json" "$floor_json" "$opencv_json" "$fr_json" "$bench/noop.json" "$bench/match.json" "$index_rss" "$noop_rss" "$match_rss" "$noop_files" "$match_faces" "$bench/match-cold.json" "$match_cold_rss" "$bench/best.json" \
+  "$(awk "BEGIN{print $shard_t1 - $shard_t0}")" "$(awk "BEGIN{print $shard_t2 - $shard_t1}")" "$shards" <<'PY'
 import json, sys
 cores = int(sys.argv[1])
 index = json.load(open(sys.argv[2])); floor = json.loads(sys.argv[3])[0]
@@ -139,6 +152,8 @@ if opencv.get("photos_per_s"):
     print(f"  OpenCV YuNet+SFace script (detect at 1280): {opencv['photos_per_s']:.2f} photos/s -> facedb is {rate / opencv['photos_per_s']:.2f}x")
 if fr.get("photos_per_s"):
     print(f"  face_recognition (dlib HOG, {fr['photos']} photos): {fr['photos_per_s']:.3f} photos/s -> facedb is {rate / fr['photos_per_s']:.1f}x")
+shard_index, shard_merge, shards = float(sys.argv[16]), float(sys.argv[17]), sys.argv[18]
+print(f"{shards} shards one after another: index {shard_index:.1f} s + merge {shard_merge:.2f} s = {(shard_index + shard_merge) / secs - 1:+.1%} against the single index")
 print(f"no-op re-index of {noop_files} unchanged files: {noop['seconds']:.2f} s, peak RSS {noop_rss} MiB")
 print(f"match against {int(match_faces) + 1} stored faces: {match['seconds']:.2f} s (vector cache current), peak RSS {match_rss} MiB")
 print(f"  first match after the faces changed (cache rebuilt from SQLite): {match_cold['seconds']:.2f} s, peak RSS {match_cold_rss} MiB")

@@ -51,6 +51,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Compare stored faces with a reference photo and write crops of the matches plus a manifest.
     Match(MatchArgs),
+    /// Join shard databases (`index --shard K/N --db ...`) into the database given by --db.
+    Merge(MergeArgs),
     /// Print totals, photos with zero or several faces, and files that failed.
     Report(ReportArgs),
     /// Show everything stored about one photo (or face id): paths, hash, faces, quality, logs.
@@ -119,6 +121,18 @@ pub struct IndexArgs {
     /// libraries or its models change).
     #[arg(long)]
     pub retry_failed: bool,
+
+    /// Index only shard K of N (K from 0 to N-1): the files whose relative path hashes (blake3)
+    /// to K modulo N. Needs --db (one database per shard); `facedb merge` joins the shards.
+    #[arg(long, value_name = "K/N", value_parser = shard)]
+    pub shard: Option<crate::pipeline::shard::Shard>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard databases made by `facedb index DIR --shard K/N --db shard-K.sqlite`.
+    #[arg(value_name = "SHARD_DB", required = true)]
+    pub shards: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +377,10 @@ fn degrees(text: &str) -> Result<f32, String> {
     finite_in(text, 0.0, 180.0, "degrees")
 }
 
+fn shard(text: &str) -> Result<crate::pipeline::shard::Shard, String> {
+    crate::pipeline::shard::Shard::parse(text)
+}
+
 /// A trigger token: it names a folder (`<repeats>_<token>`), so one line, no `/`, not hidden.
 fn token(text: &str) -> Result<String, String> {
     let t = text.trim();
@@ -438,5 +456,11 @@ mod tests {
         for bad in [&["--port", "65536"][..], &["--port", "-1"], &["--run", "-3"], &["--run", " "]] {
             assert!(review(bad).is_err(), "review {bad:?} accepted");
         }
+        for bad in ["3/3", "1/0", "x/2", "2", "--shard=-1/2"] {
+            let args: &[&str] = if bad.starts_with("--") { &[bad] } else { &["--shard", bad] };
+            let err = Cli::try_parse_from(["facedb", "index"].iter().chain(args)).expect_err(&format!("--shard {bad} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "--shard {bad}: {err}");
+        }
+        assert!(Cli::try_parse_from(["facedb", "index", "--shard", "2/3"]).is_ok());
     }
 }

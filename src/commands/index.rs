@@ -22,6 +22,7 @@ use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
 use crate::pipeline::detect::{DetectParams, Detection};
 use crate::pipeline::quality::Quality;
+use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
 use crate::pipeline::{align, analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
 
@@ -112,6 +113,8 @@ struct Run<'a> {
     /// Contents of earlier failures being tried again.
     retry: HashSet<String>,
     quiet: bool,
+    /// The part of the folder this run owns; paths outside it are neither read nor marked missing.
+    shard: Shard,
 }
 
 /// What a failure's retry depends on: facedb, ONNX Runtime, the model files and libheif.
@@ -140,6 +143,10 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let interrupted = interrupt_flag();
     let root = dataset_root(globals, args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
+    if args.shard.is_some() && globals.db.is_none() {
+        bail!("--shard needs its own database: add --db shard-K.sqlite (one file per shard; `facedb merge` joins them)");
+    }
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
     // Opened (and so checked to be facedb's own, regular file) before its lock file is made.
     let db = Db::open(&db_file).map_err(|e| {
         if globals.db.is_none() {
@@ -154,6 +161,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
             eprintln!("{warning}");
         }
     }
+    db.check_shard(args.shard, &db_file)?;
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
@@ -161,7 +169,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
     let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;
     let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
-    let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed}).to_string();
+    let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed, "shard": shard.to_string()}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
     rekey_paths(conn)?;
     let mut ctx = Run {
@@ -174,6 +182,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         env: Environment { files: &files, text: Default::default() },
         retry: HashSet::new(),
         quiet: globals.quiet,
+        shard,
     };
 
     let mut counters = RunCounters::default();
@@ -197,6 +206,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     if walked.files.is_empty() && walked.problems.is_empty() && walked.skipped.is_empty() && !globals.quiet {
         say_no_photos(&root, &cache);
     }
+    let walked = walked.only(|rel| shard.owns(rel));
     let (work, mut known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
 
     let status = if work.is_empty() {
@@ -361,7 +371,7 @@ fn plan(
     write::replace_walk_issues(&tx, ctx.run_id, &issues)?;
     let seen: HashSet<&str> = entries.iter().map(|e| e.rel.as_str()).collect();
     for (path, c) in cache {
-        if !c.missing && !seen.contains(path.as_str()) {
+        if !c.missing && !seen.contains(path.as_str()) && ctx.shard.owns(path) {
             write::set_missing(&tx, path, true)?;
         }
     }
@@ -412,7 +422,7 @@ pub fn detector_params_json(p: &DetectParams) -> String {
 }
 
 /// One index at a time per database: a second one is refused with a clear message.
-fn lock_dataset(db_file: &Path) -> Result<File> {
+pub(crate) fn lock_dataset(db_file: &Path) -> Result<File> {
     let lock_path = db_file.with_extension("lock");
     // Never through a link: a link planted as the lock file would make index create its target.
     let file = File::options()

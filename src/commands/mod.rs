@@ -3,6 +3,7 @@
 pub mod find;
 pub mod index;
 pub mod info;
+pub mod merge;
 pub mod reject;
 pub mod report;
 pub mod review;
@@ -56,6 +57,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match command {
         Command::Index(args) => index::run(&globals, args),
         Command::Match(args) => find::run(&globals, args),
+        Command::Merge(args) => merge::run(&globals, args),
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
         Command::Reject(args) => reject::run(&globals, args),

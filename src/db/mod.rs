@@ -3,6 +3,7 @@
 
 pub mod best;
 pub mod decisions;
+pub mod merge;
 pub mod read;
 pub mod review;
 pub mod vectors;
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::pipeline::shard::Shard;
 
 /// Database file name inside the dataset directory.
 pub const DB_FILE: &str = "facedb.sqlite";
@@ -136,6 +139,25 @@ impl Db {
                 Ok(None)
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Checks that this database holds `shard` of its folder (`None`: the whole folder),
+    /// remembering it on first use (`meta.shard`, `K/N`): a shard database indexed as another
+    /// shard, or as the whole folder, would hold two parts that `merge` cannot tell apart.
+    pub fn check_shard(&self, shard: Option<Shard>, db_file: &Path) -> Result<()> {
+        let db = db_file.display();
+        match (read::shard(&self.conn)?, shard) {
+            (Some(s), Some(t)) if s == t => Ok(()),
+            (Some(s), None) => bail!(
+                "{db} holds shard {s} of its folder; index it with --shard {s}, or join the shards with `facedb merge --db DIR/facedb.sqlite SHARD_DB...`"
+            ),
+            (Some(s), Some(t)) => bail!("{db} holds shard {s}, not {t}; pass --db the database of shard {t} (a new file name starts it)"),
+            (None, None) => Ok(()),
+            (None, Some(t)) if read::has_files(&self.conn)? => {
+                bail!("{db} already indexes the whole folder; pass --db a new file name for shard {t}")
+            }
+            (None, Some(t)) => write::set_shard(&self.conn, t),
         }
     }
 

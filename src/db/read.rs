@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::blob_to_vector;
 use crate::matching::FaceRow;
 use crate::models::sface::EMBEDDING_DIM;
+use crate::pipeline::shard::Shard;
 
 /// The stat cache row of one path.
 #[derive(Debug, Clone)]
@@ -612,4 +613,14 @@ pub fn files_to_rekey(conn: &Connection) -> Result<Vec<(String, Option<Vec<u8>>)
 /// Whether the files rows were already moved to exact keys (see `write::mark_path_keys_exact`).
 pub fn path_keys_exact(conn: &Connection) -> Result<bool> {
     Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'path_keys' AND value = 'exact')", [], |r| r.get(0))?)
+}
+
+/// The shard (`index --shard K/N`) this database holds; `None` for a whole folder.
+pub fn shard(conn: &Connection) -> Result<Option<Shard>> {
+    let text: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'shard'", [], |r| r.get(0)).optional()?;
+    text.map(|t| Shard::parse(&t).map_err(|e| anyhow::anyhow!("meta.shard: {e}"))).transpose()
+}
+
+pub fn has_files(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM files)", [], |r| r.get(0))?)
 }

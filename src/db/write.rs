@@ -8,6 +8,7 @@ use super::{now_rfc3339, vector_to_blob};
 use crate::crop::CropPlan;
 use crate::matching::Decision;
 use crate::pipeline::embed::FaceRecord;
+use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{FileEntry, Stat};
 use crate::pipeline::{AnalyzedImage, StageTimes};
 
@@ -530,6 +531,12 @@ pub fn rekey_file(conn: &Connection, old: &str, new: &str, raw: Option<&[u8]>) -
 /// Records that every files row has its exact key, so the check is not repeated (it scans).
 pub fn mark_path_keys_exact(conn: &Connection) -> Result<()> {
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('path_keys', 'exact')", [])?;
+    Ok(())
+}
+
+/// Records which shard of its folder this database holds (see `Db::check_shard`).
+pub fn set_shard(conn: &Connection, shard: Shard) -> Result<()> {
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('shard', ?1)", [shard.to_string()])?;
     Ok(())
 }
 

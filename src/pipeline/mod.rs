@@ -9,6 +9,7 @@ pub mod fingerprint;
 pub mod hash;
 pub mod heif;
 pub mod quality;
+pub mod shard;
 pub mod walk;
 
 use std::time::Instant;

@@ -62,6 +62,20 @@ pub struct Walked {
 /// named .tif would otherwise be read whole into memory).
 pub const MAX_FILE_BYTES: u64 = 512 << 20;
 
+impl Walked {
+    /// Keeps the files, problems and skipped entries whose path `keep` accepts (a shard's part);
+    /// a problem with the dataset folder itself (empty path) always stays.
+    pub fn only(self, keep: impl Fn(&str) -> bool) -> Self {
+        let Walked { files, problems, skipped, interrupted } = self;
+        Walked {
+            files: files.into_iter().filter(|f| keep(&f.rel)).collect(),
+            problems: problems.into_iter().filter(|p| p.rel.is_empty() || keep(&p.rel)).collect(),
+            skipped: skipped.into_iter().filter(|p| keep(&p.rel)).collect(),
+            interrupted,
+        }
+    }
+}
+
 pub fn is_photo(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| PHOTO_EXTENSIONS.iter().any(|p| p.eq_ignore_ascii_case(e)))
 }
