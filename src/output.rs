@@ -25,7 +25,7 @@
 //! becomes theirs (`user`): never overwritten or removed. A `file` line after the last `run`
 //! line may be a killed run's file that never reached its place, so it proves nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -82,6 +82,9 @@ pub struct Curation {
     pub deleted: BTreeSet<String>,
     /// Names of files facedb wrote that the user changed: kept as they are, theirs now.
     pub edited: BTreeSet<String>,
+    /// Names of files facedb wrote whose bytes are now elsewhere in the folder under another
+    /// name (the user renamed or moved them, or renamed their subfolder): no deletion.
+    pub moved: BTreeSet<String>,
 }
 
 /// Whether the user curates `name` (a crop or a caption): editing or deleting it is a choice
@@ -168,6 +171,31 @@ fn state_of(dir: &Path, name: &str) -> State {
         Err(_) => State::Other,
         Ok(_) => hash_file(&path).map_or(State::Other, State::Hash),
     }
+}
+
+/// Of the hashes of files gone from their names, those whose bytes are in another regular file
+/// of the folder or one subfolder level down (never through a link; at most `MAX_SCANNED` files,
+/// so a huge folder costs bounded time).
+fn moved_elsewhere(dir: &Path, gone: &HashMap<String, String>, owned: &BTreeMap<String, String>) -> Vec<String> {
+    const MAX_SCANNED: usize = 20_000;
+    let mut files: Vec<PathBuf> = Vec::new();
+    let visit = |folder: &Path, depth: u32, files: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+        let mut subs = Vec::new();
+        for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let rel = entry.path().strip_prefix(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            if meta.is_file() && !owned.contains_key(&rel) && files.len() < MAX_SCANNED {
+                files.push(entry.path());
+            } else if meta.is_dir() && depth == 0 {
+                subs.push(entry.path());
+            }
+        }
+        subs
+    };
+    for sub in visit(dir, 0, &mut files) {
+        visit(&sub, 1, &mut files);
+    }
+    files.par_iter().filter_map(|p| hash_file(p)).filter(|h| gone.contains_key(h)).collect()
 }
 
 /// Opens a folder without following a link at its name.
@@ -393,6 +421,7 @@ impl OutputDir {
         found.dirs = listed.dirs.into_iter().filter(|d| is_real_dir(dir, d)).collect();
         let states: Vec<(String, String, bool, State)> =
             listed.files.into_par_iter().map(|(name, (hash, settled))| (name.clone(), hash, settled, state_of(dir, &name))).collect();
+        let mut gone: HashMap<String, String> = HashMap::new();
         for (name, hash, settled, state) in states {
             match state {
                 State::Hash(h) if h == hash => {
@@ -400,6 +429,7 @@ impl OutputDir {
                 }
                 _ if !settled || !is_curated(&name) => {}
                 State::Absent => {
+                    gone.insert(hash, name.clone());
                     found.curation.deleted.insert(name);
                 }
                 State::Hash(_) => {
@@ -415,6 +445,14 @@ impl OutputDir {
                 State::Other | State::Unreachable => false,
                 State::Hash(_) => found.curation.edited.insert(name),
             };
+        }
+        if !gone.is_empty() {
+            for hash in moved_elsewhere(dir, &gone, &found.owned) {
+                if let Some(name) = gone.get(&hash) {
+                    found.curation.deleted.remove(name);
+                    found.curation.moved.insert(name.clone());
+                }
+            }
         }
         // Deleted crops not yet remembered by a finished run stay deleted (while still gone).
         for name in listed.deleted {

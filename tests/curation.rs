@@ -303,3 +303,38 @@ fn a_deleted_caption_rejects_nobody_and_rewritten_captions_are_not_reported_as_r
     let stderr = text(&d, &out, &kohya);
     assert!(!stderr.contains("removed"), "{stderr}");
 }
+
+/// Renaming a crop or a layout folder keeps its bytes in the training set: no rejection. Clearing
+/// the folder is a fresh start, not one rejection per face; deleting one crop still rejects it.
+#[test]
+fn renamed_crops_and_a_cleared_folder_reject_nobody() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d =
+        dataset(tmp.path(), &["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg"]);
+    let out = tmp.path().join("lora");
+    let kohya = ["--layout", "kohya", "--token", "ohwx"];
+    let first = run(&d, &out, &kohya);
+    let matched = first["matched"].as_u64().unwrap();
+    assert!(matched >= 4, "{first}");
+    // The folder renamed (to change the repeats by hand): every crop moved, none rejected.
+    std::fs::rename(out.join("10_ohwx"), out.join("20_ohwx")).unwrap();
+    let again = run(&d, &out, &kohya);
+    assert_eq!(again["matched"].as_u64(), Some(matched), "{again}");
+    assert_eq!(again["moved_crops"].as_u64(), Some(matched), "{again}");
+    assert_eq!(query_i64(&db(&d), "SELECT count(*) FROM decisions"), 0);
+    std::fs::remove_dir_all(out.join("20_ohwx")).unwrap();
+    // Every crop deleted at once: a fresh start.
+    for name in crops(&out).keys() {
+        std::fs::remove_file(out.join(name)).unwrap();
+    }
+    let fresh = run(&d, &out, &kohya);
+    assert_eq!(fresh["matched"].as_u64(), Some(matched), "{fresh}");
+    assert_eq!(fresh["cleared_crops"].as_u64(), Some(matched), "{fresh}");
+    assert_eq!(query_i64(&db(&d), "SELECT count(*) FROM decisions"), 0);
+    // One crop deleted: that face is rejected.
+    let (one, face) = crops(&out).into_iter().next().unwrap();
+    std::fs::remove_file(out.join(&one)).unwrap();
+    let after = run(&d, &out, &kohya);
+    assert_eq!(after["matched"].as_u64(), Some(matched - 1), "{after}");
+    assert_eq!(query_i64(&db(&d), "SELECT face_id FROM decisions"), face);
+}

@@ -251,6 +251,8 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let report = CurationReport {
         applied,
         deleted: curated.deleted_crops,
+        cleared: curated.cleared_crops,
+        moved: curated.moved_crops,
         edited: kept.len(),
         dropped: curation::dropped(&out, &names, &decisions),
     };
@@ -300,7 +302,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
             "upscaled": {"crops": upscaled, "max_factor": max_upscale},
             "reference_model_calls": refs.model_calls, "vector_cache": cache_refresh.as_str(), "best": best.as_ref().map(best::Best::summary), "seconds": started.elapsed().as_secs_f64(),
-            "decisions_applied": report.applied, "deleted_crops": report.deleted, "edited_crops_kept": report.edited, "dropped_crops": report.dropped,
+            "decisions_applied": report.applied, "deleted_crops": report.deleted, "cleared_crops": report.cleared, "moved_crops": report.moved, "edited_crops_kept": report.edited, "dropped_crops": report.dropped,
         });
         super::outln!("{summary}");
     } else if !globals.quiet {
@@ -330,6 +332,9 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
 struct CurationReport {
     applied: usize,
     deleted: usize,
+    /// Crops gone with most of the folder (a fresh start, no rejections) and crops renamed.
+    cleared: usize,
+    moved: usize,
     edited: usize,
     /// Crops of earlier runs this run removed, by why.
     dropped: BTreeMap<String, usize>,
@@ -344,6 +349,20 @@ impl CurationReport {
             eprintln!(
                 "  {} crop(s) deleted from {} since the last run: remembered as rejected, not written again",
                 self.deleted,
+                display_path(out_dir)
+            );
+        }
+        if self.cleared > 0 {
+            eprintln!(
+                "  {} crop(s) gone from {} at once (most of what was there): taken as a fresh start, not as rejections; to reject faces, delete a few crops or use `facedb reject`",
+                self.cleared,
+                display_path(out_dir)
+            );
+        }
+        if self.moved > 0 {
+            eprintln!(
+                "  {} crop(s) renamed or moved within {}: not rejections; facedb writes them again under its own names (delete your copies if you do not want two)",
+                self.moved,
                 display_path(out_dir)
             );
         }

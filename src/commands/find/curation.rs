@@ -21,7 +21,16 @@ pub(super) struct Curated {
     pub negatives: Vec<Vec<f32>>,
     /// Crops found deleted from the output folder by this run (now stored as rejections).
     pub deleted_crops: usize,
+    /// Crops gone together with most of the folder: taken as a fresh start, not as rejections.
+    pub cleared_crops: usize,
+    /// Crops whose bytes are still in the folder under another name (renamed or moved).
+    pub moved_crops: usize,
 }
+
+/// More than this many crops gone at once, and more than half of what facedb had written there,
+/// is a folder cleared or renamed (a fresh start), not one rejection per face: a user curating
+/// deletes the few crops they do not want.
+const MASS_DELETION: usize = 3;
 
 /// The person of a run: its references' keys (see [`crate::db::decisions`]).
 pub(super) fn person_of(refs: &[RefRow]) -> Person {
@@ -42,11 +51,18 @@ pub(super) fn face_in_name(name: &str) -> Option<i64> {
 /// Stores the crops the user deleted from the output folder as rejections for the person of the
 /// run that wrote them, then loads every decision that applies to `person`.
 pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, embedder_id: i64) -> Result<Curated> {
-    let deleted_crops = match out {
-        Some(out) => record_deleted(conn, out, person)?,
-        None => 0,
-    };
-    let mut curated = Curated { deleted_crops, ..Curated::default() };
+    let mut curated = Curated::default();
+    if let Some(out) = out {
+        let c = out.curation();
+        curated.moved_crops = c.moved.iter().filter(|n| face_in_name(n).is_some()).count();
+        let gone = c.deleted.iter().filter(|n| face_in_name(n).is_some()).count();
+        let written = gone + curated.moved_crops + c.edited.len() + out.owned().filter(|n| face_in_name(n).is_some()).count();
+        if gone > MASS_DELETION && gone * 2 > written {
+            curated.cleared_crops = gone;
+        } else {
+            curated.deleted_crops = record_deleted(conn, out, person)?;
+        }
+    }
     for d in decisions::applying(conn, person)? {
         if d.verdict == Verdict::Accept {
             continue;
