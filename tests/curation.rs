@@ -338,3 +338,20 @@ fn renamed_crops_and_a_cleared_folder_reject_nobody() {
     assert_eq!(after["matched"].as_u64(), Some(matched - 1), "{after}");
     assert_eq!(query_i64(&db(&d), "SELECT face_id FROM decisions"), face);
 }
+
+/// Detecting the photos again (other detector settings here; a new model file the same way)
+/// gives the faces new ids: a rejection follows the face to its new id in the same photo.
+#[test]
+fn a_rejection_survives_detecting_the_photos_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &PHOTOS);
+    let out = tmp.path().join("out");
+    let first = run(&d, &out, &[]);
+    let (_, face) = crops(&out).into_iter().find(|(n, _)| n.starts_with("obama2")).unwrap();
+    facedb().arg("reject").arg(face.to_string()).arg("--dir").arg(&d).assert().success();
+    facedb().arg("index").arg(&d).arg("--detect-size").arg("960").assert().success();
+    let again = run(&d, &out, &[]);
+    assert_eq!(again["matched"].as_u64(), Some(first["matched"].as_u64().unwrap() - 1), "{again}");
+    assert!(crops(&out).keys().all(|n| !n.starts_with("obama2")), "{:?}", crops(&out));
+    assert!(rejected(&out).values().any(|r| r == "rejected by the user"), "{:?}", rejected(&out));
+}

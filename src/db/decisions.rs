@@ -118,10 +118,51 @@ pub fn applying(conn: &Connection, run: &Person) -> Result<Vec<Applied>> {
             continue;
         };
         if Person(keys).applies_to(run) {
+            let face_id = current_face(conn, face_id)?.unwrap_or(face_id);
             latest.insert(face_id, Applied { face_id, verdict, source });
         }
     }
     Ok(latest.into_values().collect())
+}
+
+/// The face a decision now means: itself while its photo's faces are the ones it was detected
+/// with; after the photo was detected again (another detector, model file or procedure), the
+/// new face of the same photo whose box overlaps it most (intersection over union at least 0.5),
+/// so a model change does not silently undo what the user decided. `None`: no such face.
+pub fn current_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
+    let old: Option<(i64, i64, Option<i64>, [f64; 4])> = conn
+        .query_row(
+            "SELECT fc.image_id, fc.detector_id, i.detector_id, fc.x, fc.y, fc.w, fc.h FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?1",
+            [face_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])),
+        )
+        .optional()?;
+    let Some((image_id, detector, image_detector, old_box)) = old else { return Ok(None) };
+    let Some(image_detector) = image_detector.filter(|d| *d != detector) else { return Ok(Some(face_id)) };
+    let mut stmt = conn.prepare("SELECT id, x, y, w, h FROM faces WHERE image_id = ?1 AND detector_id = ?2")?;
+    let candidates =
+        stmt.query_map(params![image_id, image_detector], |r| Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?])))?;
+    let mut best: Option<(f64, i64)> = None;
+    for c in candidates {
+        let (id, b): (i64, [f64; 4]) = c?;
+        let overlap = iou(&old_box, &b);
+        if overlap >= 0.5 && best.is_none_or(|(o, _)| overlap > o) {
+            best = Some((overlap, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let w = (a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]);
+    let h = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
+    let inter = w.max(0.0) * h.max(0.0);
+    let union = a[2] * a[3] + b[2] * b[3] - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
 }
 
 /// A face's stored embedding from `embedder_id`.
