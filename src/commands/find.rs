@@ -202,12 +202,16 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let ref_list: Vec<&RefRow> = positives.iter().collect();
     let mut manifest = output::Manifest::create(&out, &root)?;
     let (mut crop_failures, mut matched, mut rejected, mut ambiguous) = (0u64, 0u64, 0u64, 0u64);
+    // Why each photo that got no crop got none: the one count the summary, --json and the
+    // report share (faces passed over by --best included).
+    let mut why_not: BTreeMap<String, u64> = BTreeMap::new();
     let distance_of = |d: &Decision| (!(args.all && pos_vecs.is_empty())).then_some(d.distance);
     for d in &decisions {
         ambiguous += u64::from(d.ambiguous);
         let reason = d.reason.map(Reason::as_str);
         if !is_recorded(d, args.threshold) {
             rejected += 1;
+            *why_not.entry(reason.unwrap_or("too far").to_string()).or_default() += 1;
             continue;
         }
         match crops.get(&d.face_id) {
@@ -223,6 +227,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
             Some(Err(e)) => {
                 crop_failures += 1;
                 let why = format!("crop failed: {e:#}");
+                *why_not.entry("crop failed".to_string()).or_default() += 1;
                 write::log(&tx, run_id, Some(d.image_id), paths.get(&d.image_id).map(String::as_str), "error", &why)?;
                 manifest.reject(d, distance_of(d), &why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
@@ -235,6 +240,11 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
                 rejected += 1;
                 let passed_over = best.as_ref().and_then(|b| b.reason(d.face_id));
                 let why = reason.or(passed_over.as_deref()).unwrap_or("not cropped");
+                let key = match (reason, &passed_over) {
+                    (None, Some(_)) => "passed over by --best",
+                    _ => why,
+                };
+                *why_not.entry(key.to_string()).or_default() += 1;
                 manifest.reject(d, distance_of(d), why, paths.get(&d.image_id), quality.get(&d.face_id))?;
                 write::insert_match_result(
                     &tx,
@@ -293,10 +303,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     run_guard.finished();
 
     if globals.json {
-        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in decisions.iter().filter_map(|d| d.reason) {
-            *reasons.entry(r.as_str()).or_default() += 1;
-        }
+        let reasons = &why_not;
         let summary = serde_json::json!({
             "command": "match", "dataset": root.to_string_lossy(), "run_id": run_id, "out_dir": out_dir.to_string_lossy(),
             "photos": photos, "matched": matched, "rejected": reasons, "ambiguous": ambiguous, "crop_failures": crop_failures,
@@ -306,7 +313,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
         });
         super::outln!("{summary}");
     } else if !globals.quiet {
-        print_summary(&args, &root, &out_dir, &decisions, &paths, matched, crop_failures, started);
+        print_summary(&args, &root, &out_dir, &decisions, &paths, matched, &why_not, started);
         let small = decisions.iter().filter(|d| d.reason == Some(Reason::SmallerThanSize)).count();
         if small > 0 {
             eprintln!(
@@ -703,19 +710,23 @@ fn print_summary(
     decisions: &[Decision],
     paths: &HashMap<i64, String>,
     written: u64,
-    crop_failures: u64,
+    why_not: &BTreeMap<String, u64>,
     started: Instant,
 ) {
     eprintln!("facedb match {}", display_path(root));
     let photos = distinct_photos(decisions);
+    let crop_failures = why_not.get("crop failed").copied().unwrap_or(0);
+    let rejected = if why_not.is_empty() {
+        "none".to_string()
+    } else {
+        why_not.iter().map(|(why, n)| format!("{n} {why}")).collect::<Vec<_>>().join(", ")
+    };
     if args.all {
-        eprintln!("  {written} face crops from {photos} photos; rejected: {}", count_reasons(decisions));
+        eprintln!("  {written} face crops from {photos} photos; not cropped: {rejected}");
     } else {
         eprintln!(
-            "  {} of {photos} photos with faces matched (threshold {:.2}, cosine distance); rejected: {}",
-            decisions.iter().filter(|d| d.matched()).count(),
-            args.threshold,
-            count_reasons(decisions)
+            "  {written} of {photos} photos with faces matched and cropped (threshold {:.2}, cosine distance); not cropped: {rejected}",
+            args.threshold
         );
     }
     let copies = decisions.iter().filter(|d| d.matched() && d.same_face_copies > 0).count();
