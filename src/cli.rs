@@ -57,6 +57,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Say a face is not the person: every later match of them leaves it out and uses it as a negative.
     Reject(RejectArgs),
+    /// Erase a photo's faces (or one face) for good: embeddings, crops facedb wrote, cached vectors, references; then compact the database.
+    Forget(ForgetArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
     /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
@@ -243,6 +245,17 @@ pub struct RejectArgs {
     pub refs: Vec<PathBuf>,
 
     /// Dataset folder [default: the crop folder's dataset, else found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// A photo (path, or any file with the same content) or a face id (manifest.csv's face_id, `facedb info`).
+    #[arg(value_name = "PHOTO|FACE_ID")]
+    pub target: String,
+
+    /// Dataset folder [default: the one holding PHOTO, else found from the current directory].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

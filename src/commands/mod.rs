@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches and returns the process exit code.
 
 pub mod find;
+pub mod forget;
 pub mod index;
 pub mod info;
 pub mod reject;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
         Command::Reject(args) => reject::run(&globals, args),
+        Command::Forget(args) => forget::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {
