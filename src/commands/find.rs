@@ -38,7 +38,7 @@ pub const MANIFEST_CSV: &str = "manifest.csv";
 pub const MANIFEST_JSONL: &str = "manifest.jsonl";
 pub const REJECTED_CSV: &str = "rejected.csv";
 
-pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
+pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
@@ -49,6 +49,7 @@ pub fn run(globals: &Globals, args: MatchArgs) -> Result<ExitCode> {
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
     // simply rolls it back, so it writes nothing.
     let tx = db.conn.unchecked_transaction()?;
+    super::people::add_person_refs(&tx, &mut args)?;
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let ref_params = DetectParams::default();
     let detector_id =

@@ -4,6 +4,7 @@ pub mod find;
 pub mod forget;
 pub mod index;
 pub mod info;
+pub mod people;
 pub mod reject;
 pub mod report;
 pub mod sql;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => report::run(&globals, args),
         Command::Info(args) => info::run(&globals, args),
         Command::Reject(args) => reject::run(&globals, args),
+        Command::People(args) => people::run(&globals, args),
         Command::Forget(args) => forget::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),

@@ -119,6 +119,7 @@ pub fn erase(conn: &mut Connection, target: &Target) -> Result<Erased> {
     tx.execute("UPDATE match_results SET runner_up_face_id = NULL WHERE runner_up_face_id IN (SELECT id FROM forget_faces)", [])?;
     tx.execute("DELETE FROM selection WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     let decisions = tx.execute("DELETE FROM decisions WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
+    tx.execute("DELETE FROM person_faces WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     let embeddings = tx.execute("DELETE FROM embeddings WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     let faces = tx.execute("DELETE FROM faces WHERE id IN (SELECT id FROM forget_faces)", [])?;
     let erased = Erased { faces, embeddings, references, match_results, decisions };

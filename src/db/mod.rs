@@ -4,6 +4,7 @@
 pub mod best;
 pub mod decisions;
 pub mod forget;
+pub mod people;
 pub mod read;
 pub mod vectors;
 pub mod write;
@@ -26,7 +27,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_identity", include_str!("../../migrations/0005_identity.sql")),
     ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
     ("0007_best", include_str!("../../migrations/0007_best.sql")),
-    ("0011_forget", include_str!("../../migrations/0011_forget.sql")),
+    ("0011_people", include_str!("../../migrations/0011_people.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.
