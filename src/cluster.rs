@@ -9,9 +9,10 @@
 //!    core; cores within `distance` of each other form one new person; a face near a core joins
 //!    the nearest core's person; the rest wait and are tried again next time.
 //!
-//! Neighbour search is brute force over L2-normalised vectors (cosine distance = 1 - dot),
-//! in parallel; measured in README (Performance).
+//! Neighbour search is exact brute force over L2-normalised vectors (cosine distance = 1 - dot)
+//! as blocked matrix products in parallel; measured in README (Performance).
 
+use ndarray::{s, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 /// Calibrated on SFace (README, matching): the same person 0.10-0.42 apart, different people
@@ -39,12 +40,11 @@ impl Faces<'_> {
         self.person.len()
     }
 
-    fn vector(&self, i: usize) -> &[f32] {
-        &self.vectors[i * self.dim..(i + 1) * self.dim]
-    }
-
-    fn distance(&self, a: usize, b: usize) -> f32 {
-        1.0 - self.vector(a).iter().zip(self.vector(b)).map(|(x, y)| x * y).sum::<f32>()
+    /// The vectors of these faces, one row each (a copy).
+    fn rows(&self, ids: &[usize]) -> anyhow::Result<Array2<f32>> {
+        let all = ArrayView2::from_shape((self.len(), self.dim), self.vectors)
+            .map_err(|_| anyhow::anyhow!("{} vectors of {} values do not fill {} faces", self.vectors.len(), self.dim, self.len()))?;
+        Ok(all.select(Axis(0), ids))
     }
 }
 
@@ -58,52 +58,82 @@ pub struct Plan {
     pub waiting: usize,
 }
 
-pub fn plan(faces: &Faces, p: Params) -> Plan {
+pub fn plan(faces: &Faces, p: Params) -> anyhow::Result<Plan> {
     let unplaced: Vec<usize> = (0..faces.len()).filter(|&i| faces.person[i].is_none()).collect();
     let placed: Vec<usize> = (0..faces.len()).filter(|&i| faces.person[i].is_some()).collect();
-    let votes: Vec<Option<i64>> = unplaced.par_iter().map(|&u| vote(faces, u, &placed, p.distance)).collect();
+    let near_placed = within(faces.rows(&unplaced)?.view(), faces.rows(&placed)?.view(), p.distance, false);
     let mut assigned = Vec::new();
     let mut rest = Vec::new();
-    for (&u, v) in unplaced.iter().zip(votes) {
-        match v {
+    for (&u, near) in unplaced.iter().zip(&near_placed) {
+        match vote(near.iter().filter_map(|&(j, d)| Some((faces.person[placed[j]]?, d)))) {
             Some(person) => assigned.push((u, person)),
             None => rest.push(u),
         }
     }
-    let new_people = cluster(faces, &rest, p);
+    let new_people = cluster(faces, &rest, p)?;
     let in_new: usize = new_people.iter().map(Vec::len).sum();
-    Plan { assigned, clustered_among: rest.len(), waiting: rest.len() - in_new, new_people }
+    Ok(Plan { assigned, clustered_among: rest.len(), waiting: rest.len() - in_new, new_people })
 }
 
-/// The person most of `u`'s placed neighbours within `max` belong to (ties: the nearest one).
-fn vote(faces: &Faces, u: usize, placed: &[usize], max: f32) -> Option<i64> {
+/// The person most of these (person, distance) neighbours belong to (ties: the nearest one).
+fn vote(near: impl Iterator<Item = (i64, f32)>) -> Option<i64> {
     let mut tally: std::collections::HashMap<i64, (usize, f32)> = std::collections::HashMap::new();
-    for &j in placed {
-        let d = faces.distance(u, j);
-        if d <= max {
-            let person = faces.person[j]?;
-            let e = tally.entry(person).or_insert((0, f32::INFINITY));
-            e.0 += 1;
-            e.1 = e.1.min(d);
-        }
+    for (person, d) in near {
+        let e = tally.entry(person).or_insert((0, f32::INFINITY));
+        e.0 += 1;
+        e.1 = e.1.min(d);
     }
     tally.into_iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.total_cmp(&a.1 .1)).then(b.0.cmp(&a.0))).map(|(person, _)| person)
 }
 
-/// DBSCAN over `ids` (indices into `faces`): groups of at least one core each.
-fn cluster(faces: &Faces, ids: &[usize], p: Params) -> Vec<Vec<usize>> {
-    let neighbours: Vec<Vec<(usize, f32)>> = (0..ids.len())
+/// Query rows per block and base rows per tile of one matrix product: a 256 x 16384 tile of
+/// similarities is 16 MiB, so memory stays flat at any size.
+const BLOCK_ROWS: usize = 256;
+const TILE_COLS: usize = 16384;
+
+/// For each query row, the base rows within cosine distance `max` (index into base, distance),
+/// by blocked matrix products (ndarray's GEMM: SIMD, cache-blocked), blocks in parallel.
+/// `same`: query and base are one set: each pair is computed once and recorded both ways, and a
+/// row is not its own neighbour.
+fn within(query: ArrayView2<f32>, base: ArrayView2<f32>, max: f32, same: bool) -> Vec<Vec<(usize, f32)>> {
+    let min_sim = 1.0 - max;
+    let blocks = query.nrows().div_ceil(BLOCK_ROWS);
+    let pairs: Vec<Vec<(usize, usize, f32)>> = (0..blocks)
         .into_par_iter()
-        .map(|a| {
-            (0..ids.len())
-                .filter(|&b| b != a)
-                .filter_map(|b| {
-                    let d = faces.distance(ids[a], ids[b]);
-                    (d <= p.distance).then_some((b, d))
-                })
-                .collect()
+        .map(|blk| {
+            let r0 = blk * BLOCK_ROWS;
+            let q = query.slice(s![r0..(r0 + BLOCK_ROWS).min(query.nrows()), ..]);
+            let mut found = Vec::new();
+            let mut c0 = if same { r0 } else { 0 };
+            while c0 < base.nrows() {
+                let c1 = (c0 + TILE_COLS).min(base.nrows());
+                let sims = q.dot(&base.slice(s![c0..c1, ..]).t());
+                for ((i, j), &sim) in sims.indexed_iter() {
+                    let (a, b) = (r0 + i, c0 + j);
+                    // NaN (a damaged vector) fails this comparison: never a neighbour.
+                    if sim >= min_sim && (!same || b > a) {
+                        found.push((a, b, (1.0 - sim).max(0.0)));
+                    }
+                }
+                c0 = c1;
+            }
+            found
         })
         .collect();
+    let mut out = vec![Vec::new(); query.nrows()];
+    for (a, b, d) in pairs.into_iter().flatten() {
+        out[a].push((b, d));
+        if same {
+            out[b].push((a, d));
+        }
+    }
+    out
+}
+
+/// DBSCAN over `ids` (indices into `faces`): groups of at least one core each.
+fn cluster(faces: &Faces, ids: &[usize], p: Params) -> anyhow::Result<Vec<Vec<usize>>> {
+    let rows = faces.rows(ids)?;
+    let neighbours = within(rows.view(), rows.view(), p.distance, true);
     let core: Vec<bool> = (0..ids.len()).map(|a| faces.can_seed[ids[a]] && neighbours[a].len() >= p.min_neighbours).collect();
     let mut parent: Vec<usize> = (0..ids.len()).collect();
     for a in (0..ids.len()).filter(|&a| core[a]) {
@@ -115,7 +145,7 @@ fn cluster(faces: &Faces, ids: &[usize], p: Params) -> Vec<Vec<usize>> {
     let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
     for a in 0..ids.len() {
         let root = if core[a] {
-            Some(find(&mut parent, a))
+            Some(a)
         } else {
             neighbours[a].iter().filter(|(b, _)| core[*b]).min_by(|x, y| x.1.total_cmp(&y.1)).map(|&(b, _)| b)
         };
@@ -124,7 +154,7 @@ fn cluster(faces: &Faces, ids: &[usize], p: Params) -> Vec<Vec<usize>> {
             groups.entry(r).or_default().push(ids[a]);
         }
     }
-    groups.into_values().collect()
+    Ok(groups.into_values().collect())
 }
 
 fn find(parent: &mut [usize], mut a: usize) -> usize {
@@ -150,7 +180,25 @@ mod tests {
 
     fn run(vs: &[Vec<f32>], person: &[Option<i64>], can_seed: &[bool]) -> Plan {
         let flat: Vec<f32> = vs.concat();
-        plan(&Faces { vectors: &flat, dim: 8, person, can_seed }, Params { distance: 0.5, min_neighbours: 2 })
+        plan(&Faces { vectors: &flat, dim: 8, person, can_seed }, Params { distance: 0.5, min_neighbours: 2 }).unwrap()
+    }
+
+    #[test]
+    fn blocked_neighbour_search_finds_exactly_the_pairs_a_plain_loop_finds() {
+        // More rows than one block, so pairs across blocks and tiles count too.
+        let n = BLOCK_ROWS * 2 + 37;
+        let vs: Vec<Vec<f32>> = (0..n).map(|i| near(i % 8, (i % 13) as f32 * 0.05)).collect();
+        let m = Array2::from_shape_vec((n, 8), vs.concat()).unwrap();
+        let found = within(m.view(), m.view(), 0.3, true);
+        for a in 0..n {
+            let mut want: Vec<usize> = (0..n).filter(|&b| b != a && 1.0 - m.row(a).dot(&m.row(b)) <= 0.3).collect();
+            let mut got: Vec<usize> = found[a].iter().map(|&(b, _)| b).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "row {a}");
+        }
+        let cross = within(m.slice(s![..10, ..]), m.view(), 0.3, false);
+        assert_eq!(cross[3].len(), found[3].len() + 1, "against another set, a row's own copy counts");
     }
 
     #[test]

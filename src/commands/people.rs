@@ -80,7 +80,7 @@ fn group(globals: &Globals, dir: Option<PathBuf>, params: Params) -> Result<Exit
         bail!("no faces are indexed yet; run `facedb index DIR` first");
     };
     let stored = people::faces(&db.conn, embedder)?;
-    let plan = plan_for(&stored, params);
+    let plan = plan_for(&stored, params)?;
     let ids = |idx: &[usize]| idx.iter().map(|&i| stored[i].face_id).collect::<Vec<i64>>();
     let assigned: Vec<(i64, i64)> = plan.assigned.iter().map(|&(i, p)| (stored[i].face_id, p)).collect();
     let new_people: Vec<Vec<i64>> = plan.new_people.iter().map(|g| ids(g)).collect();
@@ -99,7 +99,7 @@ fn group(globals: &Globals, dir: Option<PathBuf>, params: Params) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan_for(stored: &[StoredFace], params: Params) -> Plan {
+fn plan_for(stored: &[StoredFace], params: Params) -> Result<Plan> {
     let dim = stored.first().map_or(0, |f| f.vector.len());
     // Vectors of another length (a damaged row) would misalign the matrix: they wait.
     let usable: Vec<bool> = stored.iter().map(|f| f.vector.len() == dim).collect();
@@ -110,7 +110,7 @@ fn plan_for(stored: &[StoredFace], params: Params) -> Plan {
         .iter()
         .map(|&i| stored[i].size_px >= SEED_MIN_SIZE && stored[i].sharpness >= BLURRY && stored[i].score >= SEED_MIN_SCORE)
         .collect();
-    let mut plan = cluster::plan(&Faces { vectors: &vectors, dim, person: &person, can_seed: &can_seed }, params);
+    let mut plan = cluster::plan(&Faces { vectors: &vectors, dim, person: &person, can_seed: &can_seed }, params)?;
     // Back from matrix rows to `stored` indices.
     for a in &mut plan.assigned {
         a.0 = index[a.0];
@@ -120,7 +120,7 @@ fn plan_for(stored: &[StoredFace], params: Params) -> Plan {
             *i = index[*i];
         }
     }
-    plan
+    Ok(plan)
 }
 
 fn print(globals: &Globals, conn: &Connection, s: &Summary) -> Result<()> {
