@@ -190,9 +190,9 @@ mod tests {
         let vs: Vec<Vec<f32>> = (0..n).map(|i| near(i % 8, (i % 13) as f32 * 0.05)).collect();
         let m = Array2::from_shape_vec((n, 8), vs.concat()).unwrap();
         let found = within(m.view(), m.view(), 0.3, true);
-        for a in 0..n {
+        for (a, near_a) in found.iter().enumerate() {
             let mut want: Vec<usize> = (0..n).filter(|&b| b != a && 1.0 - m.row(a).dot(&m.row(b)) <= 0.3).collect();
-            let mut got: Vec<usize> = found[a].iter().map(|&(b, _)| b).collect();
+            let mut got: Vec<usize> = near_a.iter().map(|&(b, _)| b).collect();
             want.sort_unstable();
             got.sort_unstable();
             assert_eq!(got, want, "row {a}");
