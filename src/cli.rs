@@ -309,8 +309,12 @@ pub enum PeopleAction {
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
     /// A photo (path, or any file with the same content) or a face id (manifest.csv's face_id, `facedb info`).
-    #[arg(value_name = "PHOTO|FACE_ID")]
-    pub target: String,
+    #[arg(value_name = "PHOTO|FACE_ID", required_unless_present = "person", conflicts_with = "person")]
+    pub target: Option<String>,
+
+    /// Every face of this person (`facedb people`: a name or a person id); the person goes too.
+    #[arg(long, value_name = "NAME")]
+    pub person: Option<String>,
 
     /// Dataset folder [default: the one holding PHOTO, else found from the current directory].
     #[arg(long, value_name = "DIR")]

@@ -157,3 +157,26 @@ fn forgetting_what_is_not_stored_says_so() {
     let out = facedb().arg("forget").arg(photo("biden.jpg")).arg("--dir").arg(dir).assert().code(2);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("is not a photo of"));
 }
+
+#[test]
+fn forgetting_a_person_erases_every_face_of_theirs_and_the_person() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    add_photos(dir, &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(dir).assert().success();
+    facedb().arg("-q").arg("people").arg(dir).assert().success();
+    let person: i64 = db(dir).query_row("SELECT person_id FROM face_people_v WHERE path = 'obama.jpg'", [], |r| r.get(0)).unwrap();
+    facedb().args(["people", "name", &person.to_string(), "Obama"]).current_dir(dir).assert().success();
+    let blobs: Vec<Vec<u8>> = ["obama.jpg", "obama2.jpg", "obama3.jpg"].iter().flat_map(|p| vectors_of(dir, p)).map(|(_, b)| b).collect();
+    assert_eq!(blobs.len(), 3);
+
+    facedb().args(["forget", "--person", "Obama"]).current_dir(dir).assert().success();
+
+    for blob in &blobs {
+        assert!(files_holding(dir, &blob[..16]).is_empty());
+    }
+    assert_eq!(query_i64(&db(dir), "SELECT count(*) FROM people"), 0, "the person and their name are gone");
+    assert_eq!(faces_of(dir, "biden.jpg"), 1, "other people's faces stay");
+    let gone = facedb().arg("match").arg(dir).args(["--person", "Obama"]).assert().code(2);
+    assert!(String::from_utf8_lossy(&gone.get_output().stderr).contains("no person named"));
+}

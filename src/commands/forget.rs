@@ -1,4 +1,4 @@
-//! `facedb forget PHOTO|FACE_ID`: erase a photo's faces (or one face) for good. Face embeddings
+//! `facedb forget PHOTO|FACE_ID|--person NAME`: erase a photo's faces (or one face) for good. Face embeddings
 //! are biometric data; after this no byte of them is left in the database file, its `-wal` or the
 //! vector cache, and `index` never stores those faces again (the request is kept by content
 //! hash in `forgotten`, migration 0011).
@@ -16,26 +16,41 @@ use anyhow::{bail, Context, Result};
 use super::{database_path, find_dataset, info::dataset_holding, open_database, outln, Globals};
 use crate::cli::ForgetArgs;
 use crate::db::forget::{self, Erased, Target, WrittenCrop};
-use crate::db::{read, vectors, Db};
+use crate::db::{people, read, vectors, Db};
 use crate::output::{OutputDir, Owner};
 use crate::pipeline::hash;
 use crate::util::{display_path, read_photo_file};
 
 pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
-    let as_path = PathBuf::from(&args.target);
+    let as_path = PathBuf::from(args.target.as_deref().unwrap_or_default());
     let root = match &args.dir {
         Some(d) => find_dataset(Some(d))?,
         None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
     };
     let mut db = open_database(globals, &root, true)?;
-    let target = resolve(&db, &root, &args.target)?;
-    let crops = forget::crops_of(&mut db.conn, &target)?;
-    let crops_removed = remove_crops(&db, &root, &crops, globals)?;
-    let erased = forget::erase(&mut db.conn, &target)?;
+    let targets = match (&args.person, &args.target) {
+        (Some(name), _) => people::faces_of(&db.conn, name)?
+            .into_iter()
+            .filter_map(|face| forget::face_target(&db.conn, face).transpose())
+            .collect::<Result<Vec<Target>>>()?,
+        (None, Some(text)) => vec![resolve(&db, &root, text)?],
+        (None, None) => bail!("name a photo, a face id or --person NAME to forget"),
+    };
+    let mut erased = Erased::default();
+    let mut crops_removed = 0;
+    for target in &targets {
+        let crops = forget::crops_of(&mut db.conn, target)?;
+        crops_removed += remove_crops(&db, &root, &crops, globals)?;
+        erased += forget::erase(&mut db.conn, target)?;
+    }
+    if let Some(name) = &args.person {
+        people::remove(&db.conn, name)?;
+    }
     let db_file = database_path(globals, &root);
     let cache_removed = vectors::erase(&db_file)?;
     forget::compact(&db.conn).with_context(|| format!("compacting {}", display_path(&db_file)))?;
-    summary(globals, &args.target, &erased, crops_removed, cache_removed)?;
+    let what = args.person.as_ref().map(|n| format!("person {n}")).or(args.target).unwrap_or_default();
+    summary(globals, &what, &erased, crops_removed, cache_removed)?;
     Ok(ExitCode::SUCCESS)
 }
 

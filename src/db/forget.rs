@@ -106,6 +106,16 @@ pub struct Erased {
     pub decisions: usize,
 }
 
+impl std::ops::AddAssign for Erased {
+    fn add_assign(&mut self, o: Erased) {
+        self.faces += o.faces;
+        self.embeddings += o.embeddings;
+        self.references += o.references;
+        self.match_results += o.match_results;
+        self.decisions += o.decisions;
+    }
+}
+
 /// Erases the faces `target` names and every row derived from them, and records the request
 /// so that `index` never stores them again. One transaction: all of it or nothing.
 pub fn erase(conn: &mut Connection, target: &Target) -> Result<Erased> {

@@ -151,16 +151,27 @@ pub fn move_face(conn: &Connection, face_id: i64, person: i64) -> Result<()> {
     Ok(())
 }
 
+/// Removes a person (`facedb forget --person`, after its faces are erased): its name goes too.
+pub fn remove(conn: &Connection, name: &str) -> Result<()> {
+    let id = person_id(conn, name)?;
+    conn.execute("DELETE FROM person_faces WHERE person_id = ?1", [id])?;
+    conn.execute("DELETE FROM people WHERE id = ?1", [id])?;
+    Ok(())
+}
+
 /// The faces of the person named `name` (or with this id), to use as references.
 pub fn faces_of(conn: &Connection, name: &str) -> Result<Vec<i64>> {
+    let id = person_id(conn, name)?;
+    let mut stmt = conn.prepare("SELECT face_id FROM person_faces WHERE person_id = ?1 ORDER BY face_id")?;
+    let faces = stmt.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(faces)
+}
+
+fn person_id(conn: &Connection, name: &str) -> Result<i64> {
     let id: Option<i64> = conn
         .query_row("SELECT id FROM people WHERE name = ?1 OR (?2 IS NOT NULL AND id = ?2)", params![name, name.parse::<i64>().ok()], |r| {
             r.get(0)
         })
         .optional()?;
-    let id =
-        id.with_context(|| format!("no person named {name:?}; name one with `facedb people name ID {name:?}` (ids: `facedb people`)"))?;
-    let mut stmt = conn.prepare("SELECT face_id FROM person_faces WHERE person_id = ?1 ORDER BY face_id")?;
-    let faces = stmt.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
-    Ok(faces)
+    id.with_context(|| format!("no person named {name:?}; name one with `facedb people name ID {name:?}` (ids: `facedb people`)"))
 }
