@@ -14,14 +14,16 @@ fn main() -> anyhow::Result<()> {
         conn.query_row("SELECT id, detector_id, embedder_id FROM runs WHERE command = 'index' ORDER BY id LIMIT 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    // Run again on the same dataset, it adds N more faces (new names, other vectors).
+    let start: u64 = conn.query_row("SELECT count(*) FROM images WHERE blake3 LIKE 'synthetic%'", [], |r| r.get(0))?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ start.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let tx = conn.unchecked_transaction()?;
     {
         let mut image = tx.prepare("INSERT INTO images (blake3, size_bytes, width, height, format, orientation, status, detector_id, run_id, created_at) VALUES (?1, 1000, 4000, 3000, 'jpeg', 1, 'ok', ?2, ?3, '')")?;
         let mut face = tx.prepare("INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, face_hash) VALUES (?1, ?2, 0, 100, 100, 200, 250, 0.9, '[[0,0],[1,0],[0,1],[0,2],[1,2]]', 200, 150, 0, 0, 120, ?3)")?;
         let mut emb = tx.prepare("INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?;
         let mut file = tx.prepare("INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run) VALUES (?1, ?2, 1000, 0, 0, 0, ?3, ?3)")?;
-        for i in 0..n {
+        for i in start..start + n {
             image.execute(params![format!("synthetic{i:016x}"), detector_id, run_id])?;
             let image_id = tx.last_insert_rowid();
             seed ^= seed << 13;

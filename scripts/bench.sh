@@ -161,3 +161,20 @@ best = json.load(open(sys.argv[15]))
 print(f"match --all --best 50 among {best['best']['matched']} matched faces: choosing {best['best']['seconds']:.2f} s (target under 2 s), "
       f"the whole run {best['seconds']:.2f} s (with a result row, a selection row and a rejected.csv line per face)")
 PY
+
+# 8. facedb people: clustering 100 000 stored faces (the synthetic faces of step 7 plus the real
+# one), from no people at all, then a run after 1 000 more faces arrive. Random embeddings are
+# nobody's neighbours, so every face waits: the worst case, each run compares all pairs.
+people_dir=$bench/people-$best_faces
+rm -rf "$people_dir" && cp -r "$best_dir" "$people_dir" && rm -rf "$people_dir/facedb.sqlite.vectors"
+/usr/bin/time -v "$facedb" --json people "$people_dir" >"$bench/people.json" 2>"$bench/people.time"
+people_rss=$(rss "$bench/people.time")
+target/release/examples/make_synthetic_faces "$people_dir" 1000 >/dev/null
+/usr/bin/time -v "$facedb" --json people "$people_dir" >"$bench/people-more.json" 2>"$bench/people-more.time"
+people_more_rss=$(rss "$bench/people-more.time")
+python3 - "$bench/people.json" "$people_rss" "$bench/people-more.json" "$people_more_rss" <<'PY'
+import json, sys
+first = json.load(open(sys.argv[1]))["summary"]; more = json.load(open(sys.argv[3]))["summary"]
+print(f"people: grouping {first['faces']} faces {first['seconds']:.2f} s (target under 30 s), peak RSS {sys.argv[2]} MiB (target under 300); "
+      f"then 1 000 more: {more['seconds']:.2f} s, peak RSS {sys.argv[4]} MiB ({more['assigned']} joined, {more['clustered_among']} clustered, {more['waiting']} waiting)")
+PY

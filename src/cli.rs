@@ -61,6 +61,10 @@ pub enum Command {
     Reject(RejectArgs),
     /// Review a match run in the browser (local server, 127.0.0.1 only): accept, reject, re-threshold.
     Review(ReviewArgs),
+    /// Group every stored face into people without a reference; name, merge and correct them.
+    People(PeopleArgs),
+    /// Erase a photo's faces (or one face) for good: embeddings, crops facedb wrote, cached vectors, references; then compact the database.
+    Forget(ForgetArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
     /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
@@ -142,8 +146,12 @@ pub struct MatchArgs {
     pub dir: Option<PathBuf>,
 
     /// Use this photo (or every photo in this folder, or the stored face face:ID) as a reference of the person; repeatable.
-    #[arg(long = "ref", value_name = "IMG|DIR|face:ID", required_unless_present = "all")]
+    #[arg(long = "ref", value_name = "IMG|DIR|face:ID", required_unless_present_any = ["all", "person"])]
     pub refs: Vec<PathBuf>,
+
+    /// Use the faces of this person (`facedb people`, named with `facedb people name`) as references.
+    #[arg(long, value_name = "NAME")]
+    pub person: Option<String>,
 
     /// Reject faces closer to this person (photo, folder or face:ID) than to the references (a look-alike); repeatable.
     #[arg(long = "not", value_name = "IMG|DIR|face:ID")]
@@ -291,6 +299,72 @@ pub struct RejectArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PeopleArgs {
+    #[command(subcommand)]
+    pub action: Option<PeopleAction>,
+
+    /// Dataset folder [default: found from the current directory upwards].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Faces within this cosine distance are close neighbours (same person 0.1-0.42, others 0.70 and more).
+    #[arg(long, value_name = "D", default_value_t = crate::cluster::DEFAULT_DISTANCE, value_parser = distance)]
+    pub distance: f32,
+
+    /// A face seeds a person when at least N other faces are close neighbours.
+    #[arg(long, value_name = "N", default_value_t = crate::cluster::DEFAULT_MIN_NEIGHBOURS as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub min_neighbours: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeopleAction {
+    /// Name a person (`match --person NAME` then uses their faces as references).
+    Name {
+        #[arg(value_name = "PERSON_ID")]
+        id: i64,
+        #[arg(value_name = "NAME", value_parser = person_name)]
+        name: String,
+        /// Dataset folder [default: found from the current directory upwards].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Move every face of person FROM into person INTO (the same person found twice).
+    Merge {
+        #[arg(value_name = "INTO")]
+        into: i64,
+        #[arg(value_name = "FROM")]
+        from: i64,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Put one face in another person (kept there by later runs).
+    Move {
+        #[arg(value_name = "FACE_ID")]
+        face: i64,
+        #[arg(value_name = "PERSON_ID")]
+        person: i64,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// A photo (path, or any file with the same content) or a face id (manifest.csv's face_id, `facedb info`).
+    #[arg(value_name = "PHOTO|FACE_ID", required_unless_present = "person", conflicts_with = "person")]
+    pub target: Option<String>,
+
+    /// Every face of this person (`facedb people`: a name or a person id); the person goes too.
+    #[arg(long, value_name = "NAME")]
+    pub person: Option<String>,
+
+    /// Dataset folder [default: the one holding PHOTO, else found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct ReportArgs {
     /// Dataset folder [default: found from the current directory upwards].
     #[arg(value_name = "DIR")]
@@ -397,6 +471,15 @@ fn caption(text: &str) -> Result<String, String> {
     Ok(text.trim().to_string())
 }
 
+/// A person's name: one line, not a number (numbers are person ids on the command line).
+fn person_name(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 200 || t.contains(['\0', '\n', '\r']) || t.parse::<i64>().is_ok() {
+        return Err(format!("`{text}` cannot name a person (1-200 characters, one line, not a number)"));
+    }
+    Ok(t.to_string())
+}
+
 fn non_negative(text: &str) -> Result<f32, String> {
     finite_in(text, 0.0, f32::MAX, "a sharpness score")
 }
@@ -449,6 +532,15 @@ mod tests {
         assert!(parse(&["--layout", "kohya", "--token", "ohwx person", "--repeats", "20"]).is_ok());
         let missing = parse(&["--layout", "kohya"]).expect_err("kohya without a token");
         assert_eq!(missing.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        for bad in [&["--distance", "nan"][..], &["--distance", "3"], &["--min-neighbours", "0"]] {
+            let err = Cli::try_parse_from(["facedb", "people"].iter().chain(bad)).expect_err(&format!("people {bad:?} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
+        }
+        for bad in ["", "42", "two\nlines"] {
+            assert!(Cli::try_parse_from(["facedb", "people", "name", "1", bad]).is_err(), "name {bad:?} accepted");
+        }
+        assert!(Cli::try_parse_from(["facedb", "people", "name", "1", "Anna"]).is_ok());
+        assert!(Cli::try_parse_from(["facedb", "match", "--person", "Anna"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());
         let review = |extra: &[&str]| Cli::try_parse_from(["facedb", "review"].iter().chain(extra));

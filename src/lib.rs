@@ -1,6 +1,7 @@
 //! facedb: an incremental face index of a photo folder, kept in one SQLite file.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod crop;
 pub mod db;

@@ -614,6 +614,32 @@ impl OutputDir {
         Ok(removed)
     }
 
+    /// Removes these files facedb wrote (each only while it still holds facedb's bytes; a
+    /// caption beside a crop goes with it) and drops them from the ledger, keeping everything
+    /// else as it is (`facedb forget`). Returns how many files were removed.
+    pub fn remove(self, names: &BTreeSet<String>) -> Result<usize> {
+        let captions: BTreeSet<String> =
+            names.iter().filter_map(|n| n.rsplit_once('.').map(|(stem, _)| format!("{stem}.txt"))).filter(|n| n.contains('/')).collect();
+        let mut kept = self.owned.clone();
+        let mut removed = 0;
+        for name in names.iter().chain(&captions) {
+            let Some(hash) = kept.remove(name) else { continue };
+            let path = self.path.join(name);
+            let Ok(dir) = self.dir_fd(name) else { continue };
+            let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
+            if hash_file(&path).as_deref() != Some(hash.as_str()) {
+                continue;
+            }
+            self.journal(&format!("gone {name}\n"))?;
+            // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
+            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
+                removed += 1;
+            }
+        }
+        self.save_ledger(&kept, true)?;
+        Ok(removed)
+    }
+
     /// Writes the ledger atomically: a temp file renamed over it (the old one was verified
     /// as facedb's, or there was none).
     fn save_ledger(&self, entries: &BTreeMap<String, String>, with_run: bool) -> Result<()> {

@@ -53,6 +53,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     // One transaction for the whole run: a crash leaves no half-recorded match, and --dry-run
     // simply rolls it back, so it writes nothing.
     let tx = db.conn.unchecked_transaction()?;
+    super::people::add_person_refs(&tx, &mut args)?;
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let ref_params = DetectParams::default();
     let detector_id =

@@ -122,7 +122,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
 }
 
 /// The nearest ancestor of a photo's folder that holds a facedb database.
-fn dataset_holding(photo: &Path) -> Option<PathBuf> {
+pub(crate) fn dataset_holding(photo: &Path) -> Option<PathBuf> {
     let canonical = photo.canonicalize().ok()?;
     canonical.parent()?.ancestors().find(|a| a.join(DB_FILE).is_file()).map(Path::to_path_buf)
 }

@@ -1,9 +1,11 @@
 //! One module per subcommand; `run` dispatches and returns the process exit code.
 
 pub mod find;
+pub mod forget;
 pub mod index;
 pub mod info;
 pub mod merge;
+pub mod people;
 pub mod reject;
 pub mod report;
 pub mod review;
@@ -62,6 +64,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info::run(&globals, args),
         Command::Reject(args) => reject::run(&globals, args),
         Command::Review(args) => review::run(&globals, args),
+        Command::People(args) => people::run(&globals, args),
+        Command::Forget(args) => forget::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {

@@ -3,7 +3,9 @@
 
 pub mod best;
 pub mod decisions;
+pub mod forget;
 pub mod merge;
+pub mod people;
 pub mod read;
 pub mod review;
 pub mod vectors;
@@ -30,6 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_decisions", include_str!("../../migrations/0006_decisions.sql")),
     ("0007_best", include_str!("../../migrations/0007_best.sql")),
     ("0008_review", include_str!("../../migrations/0008_review.sql")),
+    ("0009_people", include_str!("../../migrations/0009_people.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.

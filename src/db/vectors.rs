@@ -139,6 +139,22 @@ pub fn cache_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(name)
 }
 
+/// Removes the cache beside the database when it is facedb's (a regular file starting with the
+/// cache's magic; a link or anything else is left alone), so it keeps no copy of vectors the
+/// database no longer holds (`facedb forget`); the next `match` rebuilds it. Returns whether one
+/// was removed.
+pub fn erase(db_path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let path = cache_path(db_path);
+    let Ok(file) = open_existing(&path) else { return Ok(false) };
+    let mut magic = [0u8; MAGIC.len()];
+    if file.take(MAGIC.len() as u64).read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Ok(false);
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove the vector cache {}; delete it by hand", path.display()))?;
+    Ok(true)
+}
+
 /// Opens the cache for `embedder_id`, rebuilding it first unless it proves it mirrors the
 /// database as `conn` sees it. `conn` should be inside a transaction so the key, the rows and any
 /// rebuild during a later scan come from one snapshot; the matrix borrows it for that reason.

@@ -196,6 +196,10 @@ pub fn insert_image(
 fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: i64, idx: usize, face: &FaceRecord) -> Result<()> {
     let d = &face.detection;
     let q = &face.quality;
+    // A face the user had facedb forget is not stored again (by any detector; migration 0009).
+    if super::forget::is_forgotten(conn, image_id, [d.x.into(), d.y.into(), d.w.into(), d.h.into()])? {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO faces (image_id, detector_id, idx, x, y, w, h, score, landmarks_json, size_px, sharpness, yaw, roll, brightness, face_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",

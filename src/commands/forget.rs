@@ -1,0 +1,129 @@
+//! `facedb forget PHOTO|FACE_ID|--person NAME`: erase a photo's faces (or one face) for good. Face embeddings
+//! are biometric data; after this no byte of them is left in the database file, its `-wal` or the
+//! vector cache, and `index` never stores those faces again (the request is kept by content
+//! hash in `forgotten`, migration 0009).
+//!
+//! Order, so an interrupted run leaves a consistent state and a re-run finishes the job: the
+//! crops first (through each output folder's ledger: only files facedb wrote, still as it wrote
+//! them), then the rows in one transaction, then the cache file, then VACUUM and an emptied log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use super::{database_path, find_dataset, info::dataset_holding, open_database, outln, Globals};
+use crate::cli::ForgetArgs;
+use crate::db::forget::{self, Erased, Target, WrittenCrop};
+use crate::db::{people, read, vectors, Db};
+use crate::output::{OutputDir, Owner};
+use crate::pipeline::hash;
+use crate::util::{display_path, read_photo_file};
+
+pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
+    let as_path = PathBuf::from(args.target.as_deref().unwrap_or_default());
+    let root = match &args.dir {
+        Some(d) => find_dataset(Some(d))?,
+        None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
+    };
+    let mut db = open_database(globals, &root, true)?;
+    let targets = match (&args.person, &args.target) {
+        (Some(name), _) => people::faces_of(&db.conn, name)?
+            .into_iter()
+            .filter_map(|face| forget::face_target(&db.conn, face).transpose())
+            .collect::<Result<Vec<Target>>>()?,
+        (None, Some(text)) => vec![resolve(&db, &root, text)?],
+        (None, None) => bail!("name a photo, a face id or --person NAME to forget"),
+    };
+    let mut erased = Erased::default();
+    let mut crops_removed = 0;
+    for target in &targets {
+        let crops = forget::crops_of(&mut db.conn, target)?;
+        crops_removed += remove_crops(&db, &root, &crops, globals)?;
+        erased += forget::erase(&mut db.conn, target)?;
+    }
+    if let Some(name) = &args.person {
+        people::remove(&db.conn, name)?;
+    }
+    let db_file = database_path(globals, &root);
+    let cache_removed = vectors::erase(&db_file)?;
+    forget::compact(&db.conn).with_context(|| format!("compacting {}", display_path(&db_file)))?;
+    let what = args.person.as_ref().map(|n| format!("person {n}")).or(args.target).unwrap_or_default();
+    summary(globals, &what, &erased, crops_removed, cache_removed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The photo (a file, by path in the dataset or else by content) or the face id named.
+fn resolve(db: &Db, root: &Path, text: &str) -> Result<Target> {
+    let conn = &db.conn;
+    let as_path = Path::new(text);
+    let image_id = if as_path.is_file() {
+        let by_path = as_path
+            .canonicalize()
+            .ok()
+            .and_then(|c| c.strip_prefix(root).ok().and_then(|rel| rel.to_str()).map(str::to_string))
+            .map(|rel| read::image_id_for_path(conn, &rel))
+            .transpose()?
+            .flatten();
+        match by_path {
+            Some(id) => Some(id),
+            None => read::image_id_for_hash(conn, &hash::content_hash(&read_photo_file(as_path)?))?,
+        }
+    } else if let Ok(face_id) = text.parse::<i64>() {
+        return forget::face_target(conn, face_id)?.with_context(|| {
+            format!("no face {face_id} in {}; see the face_id column of manifest.csv or `facedb info PHOTO`", display_path(root))
+        });
+    } else {
+        read::image_id_for_path(conn, text)?
+    };
+    let Some(image_id) = image_id else {
+        bail!("{text} is not a photo of {} (nothing stored to forget); pass a photo of the dataset or a face id", display_path(root));
+    };
+    forget::photo_target(conn, image_id)?.with_context(|| format!("{text}: image {image_id} vanished while forgetting; run it again"))
+}
+
+/// Removes the crops match runs wrote of the forgotten faces, folder by folder, each through its
+/// ledger. A folder that is gone or no longer facedb's is skipped with a warning: facedb never
+/// deletes what it cannot prove it wrote.
+fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], globals: &Globals) -> Result<usize> {
+    let mut by_folder: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for c in crops {
+        by_folder.entry(c.out_dir.as_str()).or_default().insert(c.name.clone());
+    }
+    let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
+    let db_file = database_path(globals, root);
+    let mut removed = 0;
+    for (folder, names) in by_folder {
+        let folder = Path::new(folder);
+        if !folder.is_dir() {
+            continue;
+        }
+        match OutputDir::open(folder, root, &db_file, owner.clone()).and_then(|out| out.remove(&names)) {
+            Ok(n) => removed += n,
+            Err(e) if !globals.quiet => eprintln!("warning: crops in {} left as they are: {e:#}", display_path(folder)),
+            Err(_) => {}
+        }
+    }
+    Ok(removed)
+}
+
+fn summary(globals: &Globals, target: &str, e: &Erased, crops_removed: usize, cache_removed: bool) -> Result<()> {
+    if globals.json {
+        outln!(
+            "{}",
+            serde_json::json!({"command": "forget", "target": target, "erased": e, "crops_removed": crops_removed, "vector_cache_removed": cache_removed})
+        );
+    } else if !globals.quiet {
+        eprintln!(
+            "forgot {target}: {} face(s), {} embedding(s), {} reference(s), {} match result(s), {} decision(s), {crops_removed} crop file(s); database compacted{}; `facedb index` will not store these faces again",
+            e.faces,
+            e.embeddings,
+            e.references,
+            e.match_results,
+            e.decisions,
+            if cache_removed { ", vector cache removed (the next match rebuilds it)" } else { "" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `facedb people [DIR]`: every stored face grouped into people without a reference
+//! (src/cluster.rs), incrementally; `people name|merge|move` let the user correct and name them;
+//! `match --person NAME` uses a person's faces as references.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rusqlite::Connection;
+
+use super::{find_dataset, open_database, outln, Globals};
+use crate::cli::{MatchArgs, PeopleAction, PeopleArgs};
+use crate::cluster::{self, Faces, Params, Plan};
+use crate::db::people::{self, StoredFace};
+use crate::pipeline::quality::BLURRY;
+use crate::util::display_str;
+
+/// Faces smaller than this (shorter side, px) do not seed a person (match's --min-face default).
+const SEED_MIN_SIZE: f32 = 40.0;
+/// Faces detected less clearly than this do not seed a person: a clear face scores 0.85 and
+/// more, correct small faces 0.6-0.75 (README), and a detection that is no face scores low.
+const SEED_MIN_SCORE: f32 = 0.7;
+
+pub fn run(globals: &Globals, args: PeopleArgs) -> Result<ExitCode> {
+    match args.action {
+        None => group(globals, args.dir, Params { distance: args.distance, min_neighbours: args.min_neighbours as usize }),
+        Some(PeopleAction::Name { id, name, dir }) => {
+            let db = open(globals, dir)?;
+            people::name(&db.conn, id, &name)?;
+            done(globals, &format!("person {id} is {name}"))
+        }
+        Some(PeopleAction::Merge { into, from, dir }) => {
+            let mut db = open(globals, dir)?;
+            let moved = people::merge(&mut db.conn, into, from)?;
+            done(globals, &format!("{moved} face(s) of person {from} moved into person {into}; person {from} is gone"))
+        }
+        Some(PeopleAction::Move { face, person, dir }) => {
+            let db = open(globals, dir)?;
+            people::move_face(&db.conn, face, person)?;
+            done(globals, &format!("face {face} is in person {person} now (kept there by later runs)"))
+        }
+    }
+}
+
+fn open(globals: &Globals, dir: Option<PathBuf>) -> Result<crate::db::Db> {
+    let root = find_dataset(dir.as_deref())?;
+    open_database(globals, &root, true)
+}
+
+fn done(globals: &Globals, message: &str) -> Result<ExitCode> {
+    if globals.json {
+        outln!("{}", serde_json::json!({"command": "people", "done": message}));
+    } else if !globals.quiet {
+        eprintln!("{message}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one grouping run did, for the summary.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    faces: usize,
+    /// Faces already in a person: kept, not compared again among themselves.
+    kept: usize,
+    /// Faces that joined an existing person by their nearest neighbours.
+    assigned: usize,
+    /// Faces clustered among themselves (those no existing person took).
+    clustered_among: usize,
+    new_people: usize,
+    in_new_people: usize,
+    waiting: usize,
+    seconds: f64,
+}
+
+fn group(globals: &Globals, dir: Option<PathBuf>, params: Params) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut db = open(globals, dir)?;
+    let Some(embedder) = people::current_embedder(&db.conn)? else {
+        bail!("no faces are indexed yet; run `facedb index DIR` first");
+    };
+    let stored = people::faces(&db.conn, embedder)?;
+    let plan = plan_for(&stored, params)?;
+    let ids = |idx: &[usize]| idx.iter().map(|&i| stored[i].face_id).collect::<Vec<i64>>();
+    let assigned: Vec<(i64, i64)> = plan.assigned.iter().map(|&(i, p)| (stored[i].face_id, p)).collect();
+    let new_people: Vec<Vec<i64>> = plan.new_people.iter().map(|g| ids(g)).collect();
+    people::store(&mut db.conn, &assigned, &new_people)?;
+    let summary = Summary {
+        faces: stored.len(),
+        kept: stored.iter().filter(|f| f.person.is_some()).count(),
+        assigned: assigned.len(),
+        clustered_among: plan.clustered_among,
+        new_people: new_people.len(),
+        in_new_people: new_people.iter().map(Vec::len).sum(),
+        waiting: plan.waiting,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print(globals, &db.conn, &summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan_for(stored: &[StoredFace], params: Params) -> Result<Plan> {
+    let dim = stored.first().map_or(0, |f| f.vector.len());
+    // Vectors of another length (a damaged row) would misalign the matrix: they wait.
+    let usable: Vec<bool> = stored.iter().map(|f| f.vector.len() == dim).collect();
+    let vectors: Vec<f32> = stored.iter().filter(|f| f.vector.len() == dim).flat_map(|f| f.vector.iter().copied()).collect();
+    let index: Vec<usize> = (0..stored.len()).filter(|&i| usable[i]).collect();
+    let person: Vec<Option<i64>> = index.iter().map(|&i| stored[i].person).collect();
+    let can_seed: Vec<bool> = index
+        .iter()
+        .map(|&i| stored[i].size_px >= SEED_MIN_SIZE && stored[i].sharpness >= BLURRY && stored[i].score >= SEED_MIN_SCORE)
+        .collect();
+    let mut plan = cluster::plan(&Faces { vectors: &vectors, dim, person: &person, can_seed: &can_seed }, params)?;
+    // Back from matrix rows to `stored` indices.
+    for a in &mut plan.assigned {
+        a.0 = index[a.0];
+    }
+    for g in &mut plan.new_people {
+        for i in g.iter_mut() {
+            *i = index[*i];
+        }
+    }
+    Ok(plan)
+}
+
+fn print(globals: &Globals, conn: &Connection, s: &Summary) -> Result<()> {
+    let list = people::list(conn)?;
+    if globals.json {
+        outln!("{}", serde_json::json!({"command": "people", "summary": s, "people": list}));
+        return Ok(());
+    }
+    if globals.quiet {
+        return Ok(());
+    }
+    for p in &list {
+        let sample: Vec<String> =
+            p.sample.iter().map(|(id, path)| format!("{id} ({})", path.as_deref().map(display_str).unwrap_or_default())).collect();
+        outln!("person {:>5}  {:<20} {:>6} faces  e.g. {}", p.person_id, p.name.as_deref().unwrap_or("-"), p.faces, sample.join(", "));
+    }
+    eprintln!(
+        "{} faces: {} kept in their people, {} joined a person, {} new people ({} faces) clustered among {}, {} waiting for more photos ({:.2} s)",
+        s.faces, s.kept, s.assigned, s.new_people, s.in_new_people, s.clustered_among, s.waiting, s.seconds
+    );
+    Ok(())
+}
+
+/// `match --person NAME`: the person's faces become `--ref face:ID` references.
+pub fn add_person_refs(conn: &Connection, args: &mut MatchArgs) -> Result<()> {
+    let Some(name) = &args.person else { return Ok(()) };
+    let faces = people::faces_of(conn, name)?;
+    if faces.is_empty() {
+        bail!("person {name:?} has no faces left; run `facedb people` or pick another person");
+    }
+    args.refs.extend(faces.into_iter().map(|id| PathBuf::from(format!("face:{id}"))));
+    Ok(())
+}
