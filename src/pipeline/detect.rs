@@ -76,7 +76,9 @@ pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Res
     // Small faces rarely come alone: where the detail pass saw faces near the smallest it finds
     // reliably, its neighbours of the same size may sit just under it. Look once more, closer.
     let closer_side = (detail_side * CLOSER_STEP_NUM / CLOSER_STEP_DEN).min(long);
-    let crowd_of_small = merged.iter().any(|(d, seen_at)| d.w.max(d.h) * seen_at < CLOSER_TRIGGER);
+    // Measured at the detail pass's scale, whichever pass found the face: a face the whole-frame
+    // pass saw small may be large for the detail pass, and then nothing smaller hides near it.
+    let crowd_of_small = merged.iter().any(|(d, _)| d.w.max(d.h) * detail_scale < CLOSER_TRIGGER);
     if crowd_of_small && detail_scale < 1.0 && closer_side > detail_side {
         let to_closer = closer_side as f32 / long as f32;
         let small: Vec<Detection> = run(closer_side)?.into_iter().filter(|d| d.w.max(d.h) * to_closer <= CLOSER_MAX_FACE).collect();
