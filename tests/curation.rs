@@ -355,3 +355,19 @@ fn a_rejection_survives_detecting_the_photos_again() {
     assert!(crops(&out).keys().all(|n| !n.starts_with("obama2")), "{:?}", crops(&out));
     assert!(rejected(&out).values().any(|r| r == "rejected by the user"), "{:?}", rejected(&out));
 }
+
+/// A deleted crop says "not this picture": with --best, its near-duplicate (32bit.png is
+/// obama2.jpg re-encoded) does not take its place.
+#[test]
+fn a_deleted_crop_keeps_its_copies_out_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &["obama.jpg", "obama2.jpg", "32bit.png", "obama3.jpg", "biden.jpg"]);
+    let out = tmp.path().join("out");
+    run(&d, &out, &["--best", "5"]);
+    let picked: Vec<String> = crops(&out).into_keys().collect();
+    let copy = picked.iter().find(|n| n.starts_with("obama2") || n.starts_with("32bit")).expect("one of the two copies is picked").clone();
+    std::fs::remove_file(out.join(&copy)).unwrap();
+    let again = run(&d, &out, &["--best", "5"]);
+    assert!(crops(&out).keys().all(|n| !n.starts_with("obama2") && !n.starts_with("32bit")), "{:?} {again}", crops(&out));
+    assert!(crops(&out).keys().any(|n| n.starts_with("obama3")), "other photos of the person stay: {:?}", crops(&out));
+}

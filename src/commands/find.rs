@@ -114,6 +114,12 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
         Some(_) => best::matched_vectors(&mut matrix.vectors, if args.all { &matrix.faces } else { &face_rows }, &decisions)?,
         None => HashMap::new(),
     };
+    // A deleted crop means "not this picture": its copies (a re-encode, a resized copy) stay out too.
+    for copy in curation::copies_of_deleted(&tx, &curated, &decisions, embedder_id)? {
+        if let Some(d) = decisions.iter_mut().find(|d| d.face_id == copy) {
+            d.reason = Some(Reason::RejectedByUser);
+        }
+    }
     // Decisions about faces this run considered (not about faces re-detected or gone since).
     let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();

@@ -25,6 +25,29 @@ pub(super) struct Curated {
     pub cleared_crops: usize,
     /// Crops whose bytes are still in the folder under another name (renamed or moved).
     pub moved_crops: usize,
+    /// Embeddings of faces whose crop the user deleted ("not this picture"): copies of the same
+    /// picture elsewhere (re-encodes, resized copies) are left out too.
+    pub deleted_pictures: Vec<Vec<f32>>,
+}
+
+/// Faces this close to a deleted crop's face are copies of the same picture: re-encodes and
+/// resized copies of a photo measured 0.01-0.09 apart, other photos of the person 0.19 and more.
+pub(super) const SAME_PICTURE: f32 = 0.10;
+
+/// The matched faces that are copies of a picture whose crop the user deleted.
+pub(super) fn copies_of_deleted(conn: &Connection, curated: &Curated, decisions: &[Decision], embedder_id: i64) -> Result<HashSet<i64>> {
+    let mut copies = HashSet::new();
+    if curated.deleted_pictures.is_empty() {
+        return Ok(copies);
+    }
+    for d in decisions.iter().filter(|d| d.matched()) {
+        let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? else { continue };
+        let near = curated.deleted_pictures.iter().any(|p| 1.0 - p.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() <= SAME_PICTURE);
+        if near {
+            copies.insert(d.face_id);
+        }
+    }
+    Ok(copies)
 }
 
 /// More than this many crops gone at once, and more than half of what facedb had written there,
@@ -70,8 +93,10 @@ pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, 
         curated.excluded.insert(d.face_id);
         // A deleted crop says "not this picture", not "not this person": as a negative it would
         // also push away the person's other photos (0.22-0.27 apart on the test portraits).
-        if d.source != Source::DeletedCrop {
-            if let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? {
+        if let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? {
+            if d.source == Source::DeletedCrop {
+                curated.deleted_pictures.push(v);
+            } else {
                 curated.negatives.push(v);
             }
         }
