@@ -371,3 +371,14 @@ fn a_deleted_crop_keeps_its_copies_out_too() {
     assert!(crops(&out).keys().all(|n| !n.starts_with("obama2") && !n.starts_with("32bit")), "{:?} {again}", crops(&out));
     assert!(crops(&out).keys().any(|n| n.starts_with("obama3")), "other photos of the person stay: {:?}", crops(&out));
 }
+
+/// Options that would be silently ignored are refused with the fix.
+#[test]
+fn a_token_without_a_trainer_layout_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), &["obama.jpg"]);
+    let o = match_ref(&d, "obama.jpg").arg("--out").arg(tmp.path().join("out")).args(["--token", "ohwx"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--layout kohya"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!tmp.path().join("out").exists(), "nothing written");
+}

@@ -44,6 +44,9 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let started = Instant::now();
     // --list is a dry run that prints the decisions instead of the histogram.
     args.dry_run |= args.list;
+    if args.layout == LayoutKind::Plain && (args.token.is_some() || args.caption.is_some()) {
+        bail!("--token and --caption name the person for a trainer; add --layout kohya or --layout imagefolder (the plain layout writes no captions)");
+    }
     let root = find_dataset(args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     if !db_file.is_file() {

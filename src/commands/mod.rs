@@ -97,7 +97,10 @@ pub fn find_dataset(dir: Option<&Path>) -> Result<PathBuf> {
             return Ok(ancestor.to_path_buf());
         }
     }
-    bail!("no {DB_FILE} in {} or any parent; pass the dataset folder, or run `facedb index DIR` first", cwd.display())
+    bail!(
+        "no {DB_FILE} in {} or any parent; pass the dataset folder (DIR, or `--dir DIR` for info and reject), run from inside it, or run `facedb index DIR` first",
+        cwd.display()
+    )
 }
 
 pub fn database_path(globals: &Globals, dataset: &Path) -> PathBuf {
