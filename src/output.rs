@@ -592,18 +592,7 @@ impl OutputDir {
             if written.contains_key(name) {
                 continue;
             }
-            let path = self.path.join(name);
-            let Ok(dir) = self.dir_fd(name) else { continue };
-            let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
-            if hash_file(&path).as_deref() != Some(hash.as_str()) {
-                continue;
-            }
-            // Recorded first: a run killed right after the removal must not read it as the user's.
-            self.journal(&format!("gone {name}\n"))?;
-            // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
-            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
-                removed += 1;
-            }
+            removed += usize::from(self.remove_own(name, hash)?);
         }
         // Subfolders this run wrote nothing into go when empty (rmdir refuses otherwise).
         let used: BTreeSet<&str> = written.keys().chain(&self.curation.edited).filter_map(|n| split_name(n).0).collect();
@@ -624,20 +613,25 @@ impl OutputDir {
         let mut removed = 0;
         for name in names.iter().chain(&captions) {
             let Some(hash) = kept.remove(name) else { continue };
-            let path = self.path.join(name);
-            let Ok(dir) = self.dir_fd(name) else { continue };
-            let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { continue };
-            if hash_file(&path).as_deref() != Some(hash.as_str()) {
-                continue;
-            }
-            self.journal(&format!("gone {name}\n"))?;
-            // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
-            if unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0 {
-                removed += 1;
-            }
+            removed += usize::from(self.remove_own(name, &hash)?);
         }
         self.save_ledger(&kept, true)?;
         Ok(removed)
+    }
+
+    /// Removes `name` only while it still holds the bytes facedb wrote (`hash`), never through a
+    /// link (unlinkat in its folder's descriptor). Whether it was removed.
+    fn remove_own(&self, name: &str, hash: &str) -> Result<bool> {
+        let path = self.path.join(name);
+        let Ok(dir) = self.dir_fd(name) else { return Ok(false) };
+        let Ok(leaf) = c_path(Path::new(split_name(name).1)) else { return Ok(false) };
+        if hash_file(&path).as_deref() != Some(hash) {
+            return Ok(false);
+        }
+        // Recorded first: a run killed right after the removal must not read it as the user's.
+        self.journal(&format!("gone {name}\n"))?;
+        // SAFETY: `dir` is an open folder descriptor, `leaf` a NUL-terminated name without `/`.
+        Ok(unsafe { libc::unlinkat(dir, leaf.as_ptr(), 0) } == 0)
     }
 
     /// Writes the ledger atomically: a temp file renamed over it (the old one was verified

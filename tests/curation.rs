@@ -27,6 +27,12 @@ fn run(d: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
+/// `match --ref biden.jpg --out OUT --json`: another person's run.
+fn biden_match(d: &Path, out: &Path) -> serde_json::Value {
+    let o = facedb().arg("match").arg(d).arg("--ref").arg(photo("biden.jpg")).arg("--out").arg(out).arg("--json").output().unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
 /// The same run, for its summary on stderr.
 fn text(d: &Path, out: &Path, extra: &[&str]) -> String {
     let o = match_ref(d, "obama.jpg").arg("--out").arg(out).args(extra).output().unwrap();
@@ -176,32 +182,12 @@ fn reject_by_face_id_or_crop_path_changes_every_later_match_of_the_person() {
     let why = rejected(&out);
     assert_eq!((why[&obama2].as_str(), why[&obama3].as_str()), ("rejected by the user", "rejected by the user"));
     // Another person's match is not touched by those decisions.
-    let o = facedb()
-        .arg("match")
-        .arg(&d)
-        .arg("--ref")
-        .arg(photo("biden.jpg"))
-        .arg("--out")
-        .arg(tmp.path().join("biden"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let other = biden_match(&d, &tmp.path().join("biden"));
     assert_eq!(other["decisions_applied"].as_u64(), Some(0));
     // --ref names the person: a photo by its content hash.
     let biden: i64 = conn.query_row("SELECT face_id FROM faces_v WHERE path = 'biden.jpg'", [], |r| r.get(0)).unwrap();
     facedb().args(["reject", &biden.to_string(), "--dir"]).arg(&d).arg("--ref").arg(photo("biden.jpg")).assert().success();
-    let o = facedb()
-        .arg("match")
-        .arg(&d)
-        .arg("--ref")
-        .arg(photo("biden.jpg"))
-        .arg("--out")
-        .arg(tmp.path().join("biden"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let other: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let other = biden_match(&d, &tmp.path().join("biden"));
     assert_eq!((other["decisions_applied"].as_u64(), other["matched"].as_u64()), (Some(1), Some(0)), "{other}");
     // An unknown face is refused in one line naming the fix.
     let o = facedb().args(["reject", "999999", "--dir"]).arg(&d).output().unwrap();
