@@ -458,15 +458,27 @@ fn shard(text: &str) -> Result<crate::pipeline::shard::Shard, String> {
 /// A trigger token: it names a folder (`<repeats>_<token>`), so one line, no `/`, not hidden.
 fn token(text: &str) -> Result<String, String> {
     let t = text.trim();
-    if t.is_empty() || t.len() > 100 || t.starts_with('.') || t.contains(['/', '\\', '\0', '\n', '\r']) {
-        return Err(format!("`{text}` cannot name a folder (a token: 1-100 characters, one line, no / or \\, not starting with .)"));
+    // Counted in characters as the message says, and at most 200 bytes so `<repeats>_<token>`
+    // stays under the file system's 255-byte name limit; no control characters (a tab or an
+    // escape in a folder name and every caption is never meant).
+    if t.is_empty()
+        || t.chars().count() > 100
+        || t.len() > 200
+        || t.starts_with('.')
+        || t.contains(['/', '\\'])
+        || t.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "`{}` cannot name a folder (a token: 1-100 characters and at most 200 bytes, no control characters, no / or \\, not starting with .)",
+            text.escape_debug()
+        ));
     }
     Ok(t.to_string())
 }
 
 fn caption(text: &str) -> Result<String, String> {
-    if text.trim().is_empty() || text.len() > 2000 || text.contains(['\0', '\n', '\r']) {
-        return Err("a caption is one line of 1-2000 characters".to_string());
+    if text.trim().is_empty() || text.chars().count() > 2000 || text.chars().any(char::is_control) {
+        return Err("a caption is one line of 1-2000 characters without control characters".to_string());
     }
     Ok(text.trim().to_string())
 }
@@ -519,6 +531,8 @@ mod tests {
             &["--layout", "kohya", "--token", "a/b"],
             &["--layout", "kohya", "--token", "ohwx", "--repeats", "0"],
             &["--layout", "kohya", "--token", "ohwx", "--caption", "two\nlines"],
+            &["--layout", "kohya", "--token", "a\tb"],
+            &["--layout", "kohya", "--token", "\u{1}z"],
             &["--name", ""],
             &["--name", "two\nlines"],
         ] {
@@ -530,6 +544,8 @@ mod tests {
         assert_eq!(parse(&["--upscale"]).expect_err("--upscale alone").kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(parse(&["--square", "--margin", "0", "--size", "512", "--upscale", "--align", "--pad", "reflect"]).is_ok());
         assert!(parse(&["--layout", "kohya", "--token", "ohwx person", "--repeats", "20"]).is_ok());
+        assert!(parse(&["--layout", "kohya", "--token", &"語".repeat(66)]).is_ok(), "66 characters, 198 bytes");
+        assert!(parse(&["--layout", "kohya", "--token", &"語".repeat(67)]).is_err(), "over the 200 bytes a folder name allows");
         let missing = parse(&["--layout", "kohya"]).expect_err("kohya without a token");
         assert_eq!(missing.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         for bad in [&["--distance", "nan"][..], &["--distance", "3"], &["--min-neighbours", "0"]] {
