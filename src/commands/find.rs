@@ -538,6 +538,11 @@ impl References<'_> {
                 }
             } else if let Some(face_id) = face_ref(arg) {
                 out.push(self.load_face(conn, face_id, flag)?);
+            } else if arg.to_str().is_some_and(|a| a.starts_with("face:")) && !arg.exists() {
+                bail!(
+                    "{flag} {}: not a stored face; write face:ID with the face's number (face_id in manifest.csv, or `facedb info PHOTO`)",
+                    display_path(arg)
+                );
             } else {
                 out.push(self.load(conn, arg)?);
             }
