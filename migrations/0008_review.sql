@@ -1,4 +1,4 @@
--- 0009 (issue 14): what the review page and the contact sheet need.
+-- 0008 (issue 14): what the review page and the contact sheet need.
 --
 -- Each match run's distance histogram over EVERY photo it decided about, including the far ones
 -- that are counted but not stored as match_results rows: 0.01-wide bins from 0 (bin i holds

@@ -1,4 +1,4 @@
--- 0011: `facedb forget`: faces the user asked facedb to erase stay erased.
+-- 0009: `facedb forget`: faces the user asked facedb to erase stay erased.
 -- One row per request: the photo's content hash and, for one face, its box (upright pixels of the
 -- photo, as faces.x..h); a NULL box forgets every face of the photo. No vector is kept here.
 -- `index` does not store a face of that content again (by any detector: a new face counts as

@@ -3,6 +3,7 @@
 # ratios (never absolute targets in tests). Everything it builds lives in .cache/bench/.
 #   scripts/bench.sh            # 40 photos of 12 MP; 100 000-file no-op; 1 000 000-face match;
 #                               # match --best 50 among 100 000 matched faces
+# Each size has its own output folders (a crop folder belongs to one dataset).
 # Environment: BENCH_PHOTOS (40), BENCH_NOOP_FILES (100000), BENCH_MATCH_FACES (1000000), BENCH_BEST_FACES (100000),
 #              BENCH_FR_PHOTOS (face_recognition is slow: 6), BENCH_SKIP_PEERS=1 to skip peers.
 set -euo pipefail
@@ -21,6 +22,13 @@ mkdir -p "$bench"
 cores=$(nproc)
 echo "machine: $cores cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
+# A dataset of one real photo plus N synthetic stored faces: synthetic_set DIR N.
+synthetic_set() {
+  rm -rf "$1" && mkdir -p "$1"
+  cp tests/data/photos/obama2.jpg "$1/"
+  "$facedb" -q index "$1"
+  target/release/examples/make_synthetic_faces "$1" "$2" >/dev/null
+}
 # Peak RSS (MiB) of a command, via GNU time.
 rss() { grep "Maximum resident set size" "$1" | awk '{printf "%.0f", $6/1024}'; }
 
@@ -99,21 +107,18 @@ noop_rss=$(rss "$bench/noop.time")
 # 6. match against a million stored faces (synthetic embeddings on top of the real set).
 big=$bench/match-$match_faces
 if [ ! -f "$bench/match-$match_faces.done" ]; then
-  rm -rf "$big" && mkdir -p "$big"
-  cp tests/data/photos/obama2.jpg "$big/"
-  "$facedb" -q index "$big"
-  target/release/examples/make_synthetic_faces "$big" "$match_faces" >/dev/null
+  synthetic_set "$big" "$match_faces"
   # Embeds the reference once. Synthetic faces near the reference have no photo to crop from, so
   # this match exits 1 (crop failures) by design.
-  "$facedb" -q match "$big" --ref tests/data/photos/obama.jpg --out "$bench/match-out" >/dev/null || [ $? -eq 1 ]
+  "$facedb" -q match "$big" --ref tests/data/photos/obama.jpg --out "$big-out" >/dev/null || [ $? -eq 1 ]
   touch "$bench/match-$match_faces.done"
 fi
 # First with the vector cache removed (as after an index run changed the faces: it is rebuilt
 # from SQLite), then again as a re-match with a new threshold sees it.
 rm -f "$big/facedb.sqlite.vectors"
-/usr/bin/time -v "$facedb" --json match "$big" --ref tests/data/photos/obama.jpg --threshold 0.35 --out "$bench/match-out" >"$bench/match-cold.json" 2>"$bench/match-cold.time" || [ $? -eq 1 ]
+/usr/bin/time -v "$facedb" --json match "$big" --ref tests/data/photos/obama.jpg --threshold 0.35 --out "$big-out" >"$bench/match-cold.json" 2>"$bench/match-cold.time" || [ $? -eq 1 ]
 match_cold_rss=$(rss "$bench/match-cold.time")
-/usr/bin/time -v "$facedb" --json match "$big" --ref tests/data/photos/obama.jpg --threshold 0.3 --out "$bench/match-out" >"$bench/match.json" 2>"$bench/match.time" || [ $? -eq 1 ]
+/usr/bin/time -v "$facedb" --json match "$big" --ref tests/data/photos/obama.jpg --threshold 0.3 --out "$big-out" >"$bench/match.json" 2>"$bench/match.time" || [ $? -eq 1 ]
 match_rss=$(rss "$bench/match.time")
 
 # 7. match --best 50 among 100 000 matched faces: synthetic faces that all pass --all's filters,
@@ -123,14 +128,11 @@ match_rss=$(rss "$bench/match.time")
 best_faces=${BENCH_BEST_FACES:-100000}
 best_dir=$bench/best-$best_faces
 if [ ! -f "$bench/best-$best_faces.done" ]; then
-  rm -rf "$best_dir" && mkdir -p "$best_dir"
-  cp tests/data/photos/obama2.jpg "$best_dir/"
-  "$facedb" -q index "$best_dir"
-  target/release/examples/make_synthetic_faces "$best_dir" "$best_faces" >/dev/null
-  "$facedb" -q match "$best_dir" --all --best 50 --out "$bench/best-out" >/dev/null 2>&1 || [ $? -eq 1 ]
+  synthetic_set "$best_dir" "$best_faces"
+  "$facedb" -q match "$best_dir" --all --best 50 --out "$best_dir-out" >/dev/null 2>&1 || [ $? -eq 1 ]
   touch "$bench/best-$best_faces.done"
 fi
-"$facedb" --json match "$best_dir" --all --best 50 --out "$bench/best-out" >"$bench/best.json" 2>/dev/null || [ $? -eq 1 ]
+"$facedb" --json match "$best_dir" --all --best 50 --out "$best_dir-out" >"$bench/best.json" 2>/dev/null || [ $? -eq 1 ]
 
 python3 - "$cores" "$bench/index.json" "$floor_json" "$opencv_json" "$fr_json" "$bench/noop.json" "$bench/match.json" "$index_rss" "$noop_rss" "$match_rss" "$noop_files" "$match_faces" "$bench/match-cold.json" "$match_cold_rss" "$bench/best.json" \
   "$(awk "BEGIN{print $shard_t1 - $shard_t0}")" "$(awk "BEGIN{print $shard_t2 - $shard_t1}")" "$shards" <<'PY'

@@ -1,5 +1,5 @@
 //! A match run's distance histogram over every photo it decided about (stored per run,
-//! migration 0009): the review page previews a threshold from it and the contact sheet draws it,
+//! migration 0008): the review page previews a threshold from it and the contact sheet draws it,
 //! so both see the far photos that are counted but not stored as rows.
 
 use serde::{Deserialize, Serialize};

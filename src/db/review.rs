@@ -1,5 +1,5 @@
 //! What the review page and the contact sheet read and write beyond `read.rs` (issue 14): each
-//! match run's stored histogram (migration 0009), its name, its references and the decisions
+//! match run's stored histogram (migration 0008), its name, its references and the decisions
 //! made about its faces.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ pub fn insert_histogram(conn: &Connection, run_id: i64, h: &RunHistogram) -> Res
     Ok(())
 }
 
-/// The run's stored histogram; None for runs made before migration 0009 (or `--all` without a
+/// The run's stored histogram; None for runs made before migration 0008 (or `--all` without a
 /// reference, which has no distances).
 pub fn histogram(conn: &Connection, run_id: i64) -> Result<Option<RunHistogram>> {
     let row: Option<(f64, String, i64, i64)> = conn

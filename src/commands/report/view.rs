@@ -120,7 +120,7 @@ pub struct Row {
 pub struct RunView {
     pub summary: MatchRunSummary,
     pub name: Option<String>,
-    /// Every photo's distance (None for runs before migration 0009 or `--all` without a reference).
+    /// Every photo's distance (None for runs before migration 0008 or `--all` without a reference).
     pub histogram: Option<RunHistogram>,
     pub refs: Vec<RunRef>,
     pub rows: Vec<Row>,
