@@ -167,8 +167,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let params =
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
-    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;
-    let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    let (detector_id, embedder_id) = register_models(conn, &files, &params)?;
     let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed, "shard": shard.to_string()}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
     rekey_paths(conn)?;
@@ -413,6 +412,14 @@ fn plan(
     }
     tx.commit()?;
     Ok((work, read::image_hashes(conn)?))
+}
+
+/// The detector (with the parameters it runs with) and embedder rows, added if new: what
+/// `index` stores and what `match` embeds its references with.
+pub fn register_models(conn: &Connection, files: &ModelFiles, params: &DetectParams) -> Result<(i64, i64)> {
+    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(params))?;
+    let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    Ok((detector_id, embedder_id))
 }
 
 pub fn detector_params_json(p: &DetectParams) -> String {

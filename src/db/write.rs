@@ -62,6 +62,12 @@ pub fn begin_run(
     Ok(conn.last_insert_rowid())
 }
 
+/// Model calls a match made to embed new reference photos (0 when every reference was stored).
+pub fn set_ref_model_calls(conn: &Connection, run_id: i64, calls: i64) -> Result<()> {
+    conn.execute("UPDATE runs SET ref_model_calls = ?2 WHERE id = ?1", params![run_id, calls])?;
+    Ok(())
+}
+
 /// Marks runs left `running` by a process that no longer exists (killed, crashed, power cut) as
 /// `interrupted`, so `report` never shows a dead run as going on. Runs from before pids were
 /// recorded cannot still be going either.

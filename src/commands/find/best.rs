@@ -39,14 +39,14 @@ pub(super) fn choose(
     root: &Path,
     params: Params,
     decisions: &[Decision],
-    mut vectors: HashMap<i64, Vec<f32>>,
+    vectors: &HashMap<i64, Vec<f32>>,
 ) -> Result<Best> {
     let started = std::time::Instant::now();
     let ids: Vec<i64> = decisions.iter().filter(|d| d.matched()).map(|d| d.face_id).collect();
     let mut faces = crate::db::best::faces_for_selection(conn, &ids)?;
     let hashed_now = fill_missing_hashes(conn, root, &mut faces)?;
     for f in &mut faces {
-        f.embedding = vectors.remove(&f.face_id).filter(|v| !v.is_empty());
+        f.embedding = vectors.get(&f.face_id).filter(|v| !v.is_empty()).cloned();
     }
     let choices = select::select(&faces, &params).into_iter().map(|c| (c.face_id, c)).collect();
     Ok(Best { n: params.n, choices, hashed_now, seconds: started.elapsed().as_secs_f64() })
