@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use crate::matching::cosine_distance;
-use crate::pipeline::align::TEMPLATE;
+use crate::models::sface::align::TEMPLATE;
 use crate::pipeline::quality::SHARP;
 
 /// Embeddings of near-duplicates are at most this far apart (cosine distance). Measured with

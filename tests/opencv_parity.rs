@@ -4,9 +4,10 @@
 
 mod common;
 
+use facedb::models::sface::align;
 use facedb::models::ModelFiles;
 use facedb::pipeline::detect::DetectParams;
-use facedb::pipeline::{align, analyze, largest, StageTimes};
+use facedb::pipeline::{analyze, largest, StageTimes};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -15,8 +15,9 @@ use rusqlite::Connection;
 use super::{database_path, find_dataset, progress, Globals};
 use crate::cli::MatchArgs;
 use crate::crop::CropSpec;
-use crate::db::{read, write, Db};
+use crate::db::{read, write, Db, Embedder};
 use crate::matching::Filters;
+use crate::models::sface::SFace;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
 use crate::output::{OutputDir, Owner};
 use crate::pipeline::detect::DetectParams;
@@ -98,7 +99,7 @@ struct Ctx<'g> {
 struct RunIds {
     files: ModelFiles,
     detector_id: i64,
-    embedder_id: i64,
+    embedder: Embedder,
     run_id: i64,
 }
 
@@ -133,7 +134,9 @@ impl<'g> Ctx<'g> {
         }
         let args_json = self.args_json()?;
         let run_id = write::begin_run(conn, "match", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
-        Ok(RunIds { files, detector_id, embedder_id, run_id })
+        // The width of the vectors comes from the embedder itself.
+        let embedder = Embedder { id: embedder_id, dim: SFace::DIM };
+        Ok(RunIds { files, detector_id, embedder, run_id })
     }
 
     /// The options that shape the crops, as stored with the match run.

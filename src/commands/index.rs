@@ -17,6 +17,7 @@ use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTE
 use crate::cli::IndexArgs;
 use crate::db::write::{self, RunCounters};
 use crate::db::{read, Db, DB_FILE};
+use crate::models::sface::align;
 use crate::models::sface::{Embedding, SFace};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
@@ -24,7 +25,7 @@ use crate::pipeline::detect::{DetectParams, Detection};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{align, analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
+use crate::pipeline::{analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);

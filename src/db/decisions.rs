@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{blob_to_vector, now_rfc3339};
-use crate::models::sface::EMBEDDING_DIM;
+use super::{blob_to_vector, now_rfc3339, Embedder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -165,12 +164,12 @@ fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     }
 }
 
-/// A face's stored embedding from `embedder_id`.
-pub fn face_vector(conn: &Connection, face_id: i64, embedder_id: i64) -> Result<Option<Vec<f32>>> {
+/// A face's stored embedding from `embedder`.
+pub fn face_vector(conn: &Connection, face_id: i64, embedder: Embedder) -> Result<Option<Vec<f32>>> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT vector FROM embeddings WHERE face_id = ?1 AND model_id = ?2", params![face_id, embedder_id], |r| r.get(0))
+        .query_row("SELECT vector FROM embeddings WHERE face_id = ?1 AND model_id = ?2", params![face_id, embedder.id], |r| r.get(0))
         .optional()?;
-    Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == EMBEDDING_DIM))
+    Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == embedder.dim))
 }
 
 /// Stores a face as a reference under `key` (see [`face_key`]), with its own box and embedding.

@@ -40,6 +40,14 @@ pub const APPLICATION_ID: i64 = 0x6664_6231;
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The embedder as the database sees it: its `models` row and the width of its vectors, which
+/// the model defines (a stored vector of another width is not one of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedder {
+    pub id: i64,
+    pub dim: usize,
+}
+
 pub fn db_path(dataset: &Path) -> PathBuf {
     dataset.join(DB_FILE)
 }

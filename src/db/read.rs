@@ -6,9 +6,8 @@ use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::blob_to_vector;
+use super::{blob_to_vector, Embedder};
 use crate::matching::FaceRow;
-use crate::models::sface::EMBEDDING_DIM;
 use crate::pipeline::shard::Shard;
 
 /// The stat cache row of one path.
@@ -75,12 +74,12 @@ pub struct RefRow {
     pub vector: Vec<f32>,
 }
 
-pub fn find_ref(conn: &Connection, blake3: &str, detector_id: i64, embedder_id: i64) -> Result<Option<RefRow>> {
+pub fn find_ref(conn: &Connection, blake3: &str, detector_id: i64, embedder: Embedder) -> Result<Option<RefRow>> {
     let row = conn
         .query_row(
             "SELECT id, blake3, path, width, height, faces_in_photo, x, y, w, h, vector FROM refs
              WHERE blake3 = ?1 AND detector_id = ?2 AND embedder_id = ?3",
-            params![blake3, detector_id, embedder_id],
+            params![blake3, detector_id, embedder.id],
             |r| {
                 Ok((
                     RefRow {
@@ -99,7 +98,7 @@ pub fn find_ref(conn: &Connection, blake3: &str, detector_id: i64, embedder_id: 
         )
         .optional()?;
     Ok(row.and_then(|(mut refrow, blob)| {
-        refrow.vector = blob_to_vector(&blob).filter(|v| v.len() == EMBEDDING_DIM)?;
+        refrow.vector = blob_to_vector(&blob).filter(|v| v.len() == embedder.dim)?;
         Some(refrow)
     }))
 }

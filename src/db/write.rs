@@ -472,17 +472,12 @@ pub fn set_failure_kind(conn: &Connection, image_id: i64, kind: &str, env: &str)
 }
 
 /// Stores embeddings of existing faces made by a new embedder, and marks the image done.
-pub fn add_embeddings(
-    conn: &Connection,
-    image_id: i64,
-    embedder_id: i64,
-    vectors: &[(i64, crate::models::sface::Embedding)],
-) -> Result<()> {
+pub fn add_embeddings(conn: &Connection, image_id: i64, embedder_id: i64, vectors: &[(i64, impl AsRef<[f32]>)]) -> Result<()> {
     for (face_id, v) in vectors {
         conn.prepare_cached("INSERT OR REPLACE INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?.execute(params![
             face_id,
             embedder_id,
-            vector_to_blob(v)
+            vector_to_blob(v.as_ref())
         ])?;
     }
     set_image_embedder(conn, image_id, Some(embedder_id))

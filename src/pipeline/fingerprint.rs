@@ -10,7 +10,7 @@
 
 use image::RgbImage;
 
-use super::align::{self, AlignedFace, ALIGNED_SIZE};
+use crate::models::sface::align::{self, AlignedFace, ALIGNED_SIZE};
 
 /// dHash of the aligned face: luma area-averaged onto a 9x8 grid, one bit per horizontal
 /// neighbour pair (1 where the left cell is brighter), rows top to bottom.
@@ -48,7 +48,7 @@ pub fn face_hash(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::align::TEMPLATE;
+    use crate::models::sface::align::TEMPLATE;
 
     #[test]
     fn a_gradient_sets_every_bit_and_its_mirror_none() {

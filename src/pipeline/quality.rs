@@ -125,7 +125,7 @@ impl Moments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::align::TEMPLATE;
+    use crate::models::sface::align::TEMPLATE;
 
     fn face(x: f32, y: f32, w: f32, h: f32) -> Detection {
         Detection { x, y, w, h, score: 0.9, landmarks: TEMPLATE }

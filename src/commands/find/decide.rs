@@ -11,7 +11,6 @@ use super::references::Refs;
 use super::{best, output, Ctx, RunIds};
 use crate::db::{read, vectors};
 use crate::matching::{self, Decision, FaceRow, Filters, Options, Reason};
-use crate::models::sface::EMBEDDING_DIM;
 use crate::output::OutputDir;
 
 /// Rejected photos farther than this beyond the threshold are counted but not listed in
@@ -48,7 +47,7 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     let args = &ctx.args;
     let pos_vecs = refs.positive_vectors();
     let mut neg_vecs = refs.negative_vectors();
-    let curated = curation::load(conn, out, &curation::person_of(&refs.positives), ids.embedder_id)?;
+    let curated = curation::load(conn, out, &curation::person_of(&refs.positives), ids.embedder)?;
     neg_vecs.extend(curated.negatives.iter().cloned());
     let opts = Options {
         threshold: args.threshold,
@@ -59,7 +58,7 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     };
     // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
     let cache_write = if args.dry_run { vectors::CacheWrite::Temporary } else { vectors::CacheWrite::Save };
-    let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder_id, EMBEDDING_DIM, cache_write)?;
+    let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder.id, ids.embedder.dim, cache_write)?;
     if let Some(w) = matrix.warning.as_deref().filter(|_| !ctx.globals.quiet) {
         eprintln!("warning: {w}");
     }
@@ -75,7 +74,7 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
         None => HashMap::new(),
     };
     // A deleted crop means "not this picture": its copies (a re-encode, a resized copy) stay out too.
-    for copy in curation::copies_of_deleted(conn, &curated, &decisions, ids.embedder_id)? {
+    for copy in curation::copies_of_deleted(conn, &curated, &decisions, ids.embedder)? {
         if let Some(d) = decisions.iter_mut().find(|d| d.face_id == copy) {
             d.reason = Some(Reason::RejectedByUser);
         }

@@ -103,14 +103,14 @@ impl References<'_> {
         let Some(key) = decisions::face_key(conn, face_id)? else {
             bail!("{flag} face:{face_id}: no such face; see the face_id column of manifest.csv or `facedb info PHOTO`");
         };
-        if let Some(r) = read::find_ref(conn, &key, self.ids.detector_id, self.ids.embedder_id)? {
+        if let Some(r) = read::find_ref(conn, &key, self.ids.detector_id, self.ids.embedder)? {
             return Ok(r);
         }
-        let Some(vector) = decisions::face_vector(conn, face_id, self.ids.embedder_id)? else {
+        let Some(vector) = decisions::face_vector(conn, face_id, self.ids.embedder)? else {
             bail!("{flag} face:{face_id}: the face has no embedding from the current model; run `facedb index` first");
         };
-        decisions::insert_face_ref(conn, &key, face_id, (self.ids.detector_id, self.ids.embedder_id), &vector)?;
-        read::find_ref(conn, &key, self.ids.detector_id, self.ids.embedder_id)?
+        decisions::insert_face_ref(conn, &key, face_id, (self.ids.detector_id, self.ids.embedder.id), &vector)?;
+        read::find_ref(conn, &key, self.ids.detector_id, self.ids.embedder)?
             .ok_or_else(|| anyhow!("reference face:{face_id} was not stored"))
     }
 
@@ -122,7 +122,7 @@ impl References<'_> {
         // passed from elsewhere later must not keep showing the path of its first use.
         let path_str = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf());
         let path_str = path_str.to_string_lossy().into_owned();
-        if let Some(mut r) = read::find_ref(conn, &blake3, self.ids.detector_id, self.ids.embedder_id)? {
+        if let Some(mut r) = read::find_ref(conn, &blake3, self.ids.detector_id, self.ids.embedder)? {
             if r.path != path_str {
                 write::set_ref_path(conn, r.id, &path_str)?;
                 r.path = path_str;
@@ -164,7 +164,7 @@ impl References<'_> {
             face,
             vector: &vector,
         };
-        write::insert_ref(conn, &new, self.ids.detector_id, self.ids.embedder_id)?;
+        write::insert_ref(conn, &new, self.ids.detector_id, self.ids.embedder.id)?;
         write::log(
             conn,
             self.ids.run_id,
@@ -173,7 +173,7 @@ impl References<'_> {
             "info",
             &format!("reference embedded: {} face(s), largest used", img.faces.len()),
         )?;
-        read::find_ref(conn, &blake3, self.ids.detector_id, self.ids.embedder_id)?
+        read::find_ref(conn, &blake3, self.ids.detector_id, self.ids.embedder)?
             .ok_or_else(|| anyhow!("reference {} was not stored", display_path(path)))
     }
 }
