@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use super::{database_path, find_dataset, progress, Globals};
 use crate::cli::MatchArgs;
 use crate::crop::CropSpec;
-use crate::db::{read, write, Db, Embedder};
+use crate::db::{read, write, Db, Embedder, ModelId, RunId, RunStatus};
 use crate::matching::Filters;
 use crate::models::sface::SFace;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
@@ -98,9 +98,9 @@ struct Ctx<'g> {
 /// The run's row and the models it uses.
 struct RunIds {
     files: ModelFiles,
-    detector_id: i64,
+    detector_id: ModelId,
     embedder: Embedder,
-    run_id: i64,
+    run_id: RunId,
 }
 
 impl<'g> Ctx<'g> {
@@ -172,12 +172,12 @@ impl<'g> Ctx<'g> {
 
 /// Ctrl-C while cropping: the run is recorded as interrupted before the process stops (the
 /// crops it left are removed by the next run into this folder).
-fn record_interrupt(db_file: &Path, run_id: i64) {
+fn record_interrupt(db_file: &Path, run_id: RunId) {
     let db_file = db_file.to_path_buf();
     // Fails only if a handler is already set in this process; the next run then closes the run.
     let _ = ctrlc::set_handler(move || {
         if let Ok(db) = Db::open(&db_file) {
-            let _ = write::abort_run(&db.conn, run_id, "interrupted");
+            let _ = write::abort_run(&db.conn, run_id, RunStatus::Interrupted);
         }
         std::process::exit(i32::from(super::EXIT_INTERRUPTED));
     });
@@ -202,7 +202,7 @@ fn open_database(db_file: &Path, dry_run: bool) -> Result<(Db, Option<tempfile::
 
 /// With no stored embedding from the embedder in use (its model file was replaced), every photo
 /// would be "not considered" and every earlier crop removed as stale: stop before that.
-fn check_embeddings(conn: &Connection, files: &ModelFiles, embedder_id: i64, root: &Path) -> Result<()> {
+fn check_embeddings(conn: &Connection, files: &ModelFiles, embedder_id: ModelId, root: &Path) -> Result<()> {
     let (current, all) = read::embedding_counts(conn, embedder_id)?;
     if current == 0 && all > 0 {
         bail!(

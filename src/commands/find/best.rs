@@ -66,7 +66,7 @@ impl Best {
         self.choices.get(&face_id).and_then(|c| c.passed_over).map(|p| p.reason(self.n))
     }
 
-    pub fn store(&self, conn: &Connection, run_id: i64) -> Result<()> {
+    pub fn store(&self, conn: &Connection, run_id: crate::db::RunId) -> Result<()> {
         let mut all: Vec<Choice> = self.choices.values().copied().collect();
         all.sort_by_key(|c| c.face_id);
         crate::db::best::insert_selection(conn, run_id, &all, self.n)

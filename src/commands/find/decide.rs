@@ -58,7 +58,7 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     };
     // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
     let cache_write = if args.dry_run { vectors::CacheWrite::Temporary } else { vectors::CacheWrite::Save };
-    let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder.id, ids.embedder.dim, cache_write)?;
+    let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder.id.0, ids.embedder.dim, cache_write)?;
     if let Some(w) = matrix.warning.as_deref().filter(|_| !ctx.globals.quiet) {
         eprintln!("warning: {w}");
     }

@@ -13,7 +13,7 @@ use super::references::Refs;
 use super::{Ctx, RunIds};
 use crate::db::read::RefRow;
 use crate::db::write::{self, MatchRow, NewMatchRun, RunCounters};
-use crate::db::{decisions, review};
+use crate::db::{decisions, review, LogLevel, RunStatus};
 use crate::histogram::RunHistogram;
 use crate::matching::{Decision, Reason};
 use crate::output::OutputDir;
@@ -94,7 +94,7 @@ impl Outcome<'_> {
         let why = format!("crop failed: {e:#}");
         *tally.why_not.entry("crop failed".to_string()).or_default() += 1;
         let (paths, quality) = (&self.decided.paths, &self.decided.quality);
-        write::log(conn, self.ids.run_id, Some(d.image_id), paths.get(&d.image_id).map(String::as_str), "error", &why)?;
+        write::log(conn, self.ids.run_id, Some(d.image_id), paths.get(&d.image_id).map(String::as_str), LogLevel::Error, &why)?;
         manifest.reject(d, self.decided.distance_of(d), &why, paths.get(&d.image_id), quality.get(&d.face_id))?;
         Ok(why)
     }
@@ -164,7 +164,7 @@ impl Outcome<'_> {
             review::set_run_name(conn, run_id, name)?;
         }
         let counters = RunCounters { files_failed: tally.crop_failures, ..RunCounters::default() };
-        write::finish_run(conn, run_id, if tally.crop_failures > 0 { "failures" } else { "ok" }, &counters)
+        write::finish_run(conn, run_id, if tally.crop_failures > 0 { RunStatus::Failures } else { RunStatus::Ok }, &counters)
     }
 
     pub fn photos(&self) -> u64 {

@@ -8,9 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
 
 use super::{Ctx, RunIds};
-use crate::db::decisions;
 use crate::db::read::{self, RefRow};
 use crate::db::write::{self, NewRef};
+use crate::db::{decisions, LogLevel};
 use crate::matching;
 use crate::models::sface::SFace;
 use crate::models::yunet::YuNet;
@@ -170,7 +170,7 @@ impl References<'_> {
             self.ids.run_id,
             None,
             Some(&path_str),
-            "info",
+            LogLevel::Info,
             &format!("reference embedded: {} face(s), largest used", img.faces.len()),
         )?;
         read::find_ref(conn, &blake3, self.ids.detector_id, self.ids.embedder)?
