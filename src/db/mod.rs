@@ -448,7 +448,7 @@ mod tests {
         drop(Db::open(&p).unwrap());
         assert!(immutable_uri(&p).ends_with("odd%20%3F%23%25%20name.sqlite?immutable=1"), "{}", immutable_uri(&p));
         // Opened immutably, the file is read exactly (the case where -shm cannot be created
-        // needs a non-root user; tests/trust_db.rs covers it with the real binary).
+        // needs a non-root user; tests/it/trust_db.rs covers it with the real binary).
         let conn = Connection::open_with_flags(immutable_uri(&p), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).unwrap();
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);

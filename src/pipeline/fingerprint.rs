@@ -3,7 +3,7 @@
 //! photo (re-encoded, resized, slightly cropped) yields nearly the same aligned face and so
 //! nearly the same bits, while another photo of the same person (other light, other expression)
 //! moves many of them. `match --best` uses it, together with the embedding, to find
-//! near-duplicates. Measured on the test portraits (tests/best.rs): copies 0-7 bits apart (the
+//! near-duplicates. Measured on the test portraits (tests/it/best.rs): copies 0-7 bits apart (the
 //! landmarks of two detections differ by a pixel or so, which moves the aligned face), other
 //! photos of the same person 25-32. A pHash (lowest 8x8 DCT terms of the same face) was tried:
 //! copies 0-11 bits, others 25-35, a narrower gap.

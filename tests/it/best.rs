@@ -3,12 +3,10 @@
 //! shifted) among other photos of the same person gives at most one crop, the same one every
 //! run, and every matched face's near-duplicate group is in the database.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use image::imageops::{self, FilterType};
 
 const BURST: [&str; 5] = ["burst_original.jpg", "burst_q70.jpg", "burst_resized90.png", "burst_cropped5.png", "burst_frame2.png"];

@@ -1,11 +1,9 @@
 //! Crops hold only the photo's own pixels unless padding is asked for, have exactly the size
 //! asked, and say how they were made (issue 13). Real binary, real models, real photos.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn index(dir: &Path) {
     facedb().arg("index").arg(dir).assert().success();
