@@ -135,8 +135,10 @@ fn best_5_picks_one_of_a_burst_the_same_every_run_and_groups_are_queryable() {
         .arg(dir)
         .args(["--format", "json"])
         .arg(
-            "SELECT group_id, group_size, count(*) AS n, sum(rank IS NOT NULL) AS picked, group_concat(path) AS paths
-              FROM near_duplicates_v WHERE run_id = (SELECT max(run_id) FROM selection) GROUP BY group_id HAVING n > 1",
+            // Paths and groups sorted by name: face ids follow the order in which parallel
+            // indexing stored the photos, which varies from run to run.
+            "SELECT group_id, group_size, count(*) AS n, sum(rank IS NOT NULL) AS picked, group_concat(path, ',' ORDER BY path) AS paths
+              FROM near_duplicates_v WHERE run_id = (SELECT max(run_id) FROM selection) GROUP BY group_id HAVING n > 1 ORDER BY paths",
         )
         .output()
         .unwrap();
