@@ -403,6 +403,8 @@ impl CurationReport {
 pub const NEAR_MISS_BAND: f32 = 0.10;
 /// `--dry-run` lists photos this close to the threshold on either side.
 const DRY_RUN_BAND: f32 = 0.05;
+// What a match lists or stores must lie where `matching` computes distances exactly.
+const _: () = assert!(NEAR_MISS_BAND < matching::EXACT_BAND && DRY_RUN_BAND < matching::EXACT_BAND);
 
 /// Number of photos among the decisions (one per photo, or one per face with `--all`; both
 /// come grouped by photo).
@@ -489,8 +491,8 @@ fn warn_odd_references(refs: &[RefRow], vectors: &[Vec<f32>], threshold: f32) {
 /// With no stored embedding from the embedder in use (its model file was replaced), every photo
 /// would be "not considered" and every earlier crop removed as stale: stop before that.
 fn check_embeddings(conn: &Connection, files: &ModelFiles, embedder_id: i64, root: &Path) -> Result<()> {
-    let (current, all) = read::embedding_counts(conn, embedder_id)?;
-    if current == 0 && all > 0 {
+    if let (false, true) = read::embeddings_exist(conn, embedder_id)? {
+        let (_, all) = read::embedding_counts(conn, embedder_id)?;
         bail!(
             "the database holds no embeddings from the embedder model {} now in use (blake3 {}), only {all} from another version of it; run `facedb index {}` to re-embed the stored faces (nothing was matched, written or deleted)",
             files.embedder_name,

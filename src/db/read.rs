@@ -520,6 +520,16 @@ pub fn database_id(conn: &Connection) -> Result<String> {
 }
 
 /// (embeddings made by `embedder_id`, all embeddings).
+/// Whether any embedding of `embedder_id`, and any at all, is stored: stops at the first row
+/// (counting them read every embedding, 5 GB at 10 million faces, on every match).
+pub fn embeddings_exist(conn: &Connection, embedder_id: i64) -> Result<(bool, bool)> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = ?1), EXISTS (SELECT 1 FROM embeddings)",
+        [embedder_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
 pub fn embedding_counts(conn: &Connection, embedder_id: i64) -> Result<(i64, i64)> {
     Ok(conn.query_row(
         "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1), (SELECT count(*) FROM embeddings)",
