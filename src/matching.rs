@@ -431,34 +431,10 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
     let (dist, neg) = distances_that_count(faces, order, vectors, &Round { refs, negatives, pass, rejected }, opts)?;
     let negative_of = |i: usize| neg.get(i).copied();
     let within = |d: f32| d <= opts.threshold;
-    // Per photo: the closest face and the other faces within the threshold that no negative
-    // reference explains (someone we were told it is not).
-    let mut photos: Vec<Candidates> = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let image_id = faces[order[start]].image_id;
-        let end = start + order[start..].iter().take_while(|&&i| faces[i].image_id == image_id).count();
-        let mut ranked: Vec<(usize, f32)> = order[start..end].iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
-        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
-        // The user's rejections are never chosen; the closest one is kept to be listed.
-        let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
-        ranked.retain(|&(i, _)| !rejected.contains(&faces[i].face_id));
-        let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
-        ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
-        let first = ranked.first().map(|r| r.0);
-        ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
-        if !ranked.is_empty() || user_rejected.is_some() {
-            photos.push(Candidates { image_id, ranked, runner_up, user_rejected });
-        }
-        start = end;
-    }
-    // Whether the other faces within the threshold are the chosen face again or someone else
-    // needs their vectors: one more scan, for just those faces.
-    let contested: Vec<usize> = photos.iter().filter(|p| p.ranked.len() > 1).flat_map(|p| p.ranked.iter().map(|&(i, _)| i)).collect();
-    let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
-        if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
-    let mut out = Vec::with_capacity(photos.len());
-    for Candidates { image_id, ranked, runner_up, user_rejected } in photos {
+    // The verdict on one photo; `contested_vectors` holds the vectors of faces in photos with more than
+    // one face within the threshold.
+    let verdict = |c: Candidates, contested_vectors: &std::collections::HashMap<usize, Vec<f32>>| -> Option<Decision> {
+        let Candidates { image_id, ranked, runner_up, user_rejected } = c;
         let rejected_decision = |(i, d): (usize, f32), runner_up: Option<(i64, f32)>| Decision {
             image_id,
             face_id: faces[i].face_id,
@@ -471,10 +447,7 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             reason: Some(if within(d) { Reason::RejectedByUser } else { Reason::TooFar }),
         };
         let Some(&(best, distance)) = ranked.first() else {
-            if let Some(r) = user_rejected {
-                out.push(rejected_decision(r, None));
-            }
-            continue;
+            return user_rejected.map(|r| rejected_decision(r, None));
         };
         let negative_distance = negative_of(best);
         let (mut copies, mut others) = (0u32, 0u32);
@@ -501,10 +474,9 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
         };
         // Nothing else in the photo is cropped: list the user's rejection if it was closer.
         if let Some(r) = user_rejected.filter(|&(_, d)| reason.is_some() && within(d) && d <= distance) {
-            out.push(rejected_decision(r, Some((faces[best].face_id, distance))));
-            continue;
+            return Some(rejected_decision(r, Some((faces[best].face_id, distance))));
         }
-        out.push(Decision {
+        Some(Decision {
             image_id,
             face_id: faces[best].face_id,
             distance,
@@ -514,7 +486,54 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             same_face_copies: copies,
             pass,
             reason,
-        });
+        })
+    };
+    // Per photo: the closest face and the other faces within the threshold that no negative
+    // reference explains (someone we were told it is not). Photos with one such face at most (nearly
+    // all) are decided at once; the others wait for their vectors (holding every photo's
+    // candidates until then cost a gigabyte at ten million photos).
+    let mut out = Vec::new();
+    let mut waiting: Vec<(usize, Candidates)> = Vec::new();
+    let none = std::collections::HashMap::new();
+    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+        let image_id = faces[group[0]].image_id;
+        let mut ranked: Vec<(usize, f32)> = group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        // The user's rejections are never chosen; the closest one is kept to be listed.
+        let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
+        ranked.retain(|&(i, _)| !rejected.contains(&faces[i].face_id));
+        let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
+        ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
+        let first = ranked.first().map(|r| r.0);
+        ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
+        let c = Candidates { image_id, ranked, runner_up, user_rejected };
+        if c.ranked.len() > 1 {
+            // A stand-in, replaced below (a contested photo always gets a decision).
+            out.push(Decision {
+                image_id,
+                face_id: 0,
+                distance: f32::NAN,
+                runner_up: None,
+                negative_distance: None,
+                ambiguous: false,
+                same_face_copies: 0,
+                pass,
+                reason: None,
+            });
+            waiting.push((out.len() - 1, c));
+        } else if let Some(d) = verdict(c, &none) {
+            out.push(d);
+        }
+    }
+    // Whether the other faces within the threshold are the chosen face again or someone else
+    // needs their vectors: one more read, for just those faces.
+    let contested: Vec<usize> = waiting.iter().flat_map(|(_, p)| p.ranked.iter().map(|&(i, _)| i)).collect();
+    let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
+        if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
+    for (at, c) in waiting {
+        if let Some(d) = verdict(c, &contested_vectors) {
+            out[at] = d;
+        }
     }
     Ok(out)
 }
