@@ -183,6 +183,53 @@ pub trait Vectors {
     fn dim(&self) -> usize;
     /// Calls `visit(first_face_index, chunk)` for consecutive chunks that cover every face once.
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()>;
+    /// Distances estimated from a compact copy of the vectors, each with a proven bound on how far
+    /// the exact [`cosine_distance`] can be from it; `None` where only exact vectors are kept.
+    fn estimate(&mut self, _refs: &[Vec<f32>], _negatives: &[Vec<f32>]) -> anyhow::Result<Option<Estimates>> {
+        Ok(None)
+    }
+    /// The exact vectors of the faces at `wanted` indices, in the order asked (one scan here; a
+    /// store with random access reads just those).
+    fn fetch(&mut self, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let dim = self.dim();
+        let slot: std::collections::HashMap<usize, usize> = wanted.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        let mut out = vec![Vec::new(); wanted.len()];
+        self.scan(&mut |first, chunk| {
+            for (j, v) in chunk.chunks_exact(dim).enumerate() {
+                if let Some(&k) = slot.get(&(first + j)) {
+                    out[k] = v.to_vec();
+                }
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Per face, in face order: estimated distances to the references (`pos`) and to the negatives
+/// (`neg`, empty without negatives), and `bound[i]`: the exact distance of face i to either set
+/// is within `bound[i]` of its estimate (NaN estimates and bounds: no estimate, read it exactly).
+#[derive(Debug, Default)]
+pub struct Estimates {
+    pub pos: Vec<f32>,
+    pub neg: Vec<f32>,
+    pub bound: Vec<f32>,
+}
+
+/// Distances at or under `threshold + EXACT_BAND` are always the exact f32 ones: everything a
+/// match lists or stores lies there (see `NEAR_MISS_BAND` and `DRY_RUN_BAND` in `commands::find`).
+/// Farther, an estimate stands in when its bound proves the photo's closest face and the
+/// distance's 0.01 histogram bin, the only things read from a far photo.
+pub const EXACT_BAND: f32 = 0.2;
+/// An estimate stays this far from any multiple of 0.01 to stand in for the exact distance: the
+/// histograms' bin edges (`histogram::RunHistogram`'s own slack is 1e-6, the dry run's bins are
+/// computed in f32).
+const BIN_EDGE_MARGIN: f64 = 1e-5;
+
+/// Whether every distance within `bound` of `d` falls in the same 0.01 bin, away from its edges.
+fn one_bin(d: f32, bound: f32) -> bool {
+    let (lo, hi) = (f64::from(d) - f64::from(bound), f64::from(d) + f64::from(bound));
+    let cell = (f64::from(d) * 100.0).floor();
+    lo > cell / 100.0 + BIN_EDGE_MARGIN && hi < (cell + 1.0) / 100.0 - BIN_EDGE_MARGIN
 }
 
 /// Vectors already in memory, one chunk.
@@ -218,17 +265,49 @@ pub fn distances(vectors: &mut dyn Vectors, refs: &[Vec<f32>], negatives: &[Vec<
 
 /// The vectors of the faces at `wanted` indices, in the order asked.
 pub fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
-    let dim = vectors.dim();
-    let slot: std::collections::HashMap<usize, usize> = wanted.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-    let mut out = vec![Vec::new(); wanted.len()];
-    vectors.scan(&mut |first, chunk| {
-        for (j, v) in chunk.chunks_exact(dim).enumerate() {
-            if let Some(&k) = slot.get(&(first + j)) {
-                out[k] = v.to_vec();
-            }
+    vectors.fetch(wanted)
+}
+
+/// [`distances`] as `evaluate` reads them: exact for every face of a photo that a decision could
+/// list, store or rank differently; for the other (far) photos, estimates whose bound proves
+/// both which face is closest and its 0.01 bin. So decisions equal those made from exact
+/// distances everywhere, while only the faces near the threshold are read in f32.
+fn distances_that_count(
+    faces: &[FaceRow],
+    order: &[usize],
+    vectors: &mut dyn Vectors,
+    round: &Round,
+    opts: &Options,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    // A suspicious threshold prints the widest gap over every distance: all exact then.
+    let estimates = if opts.threshold > SUSPICIOUS_THRESHOLD { None } else { vectors.estimate(round.refs, round.negatives)? };
+    let Some(Estimates { mut pos, mut neg, bound }) = estimates else {
+        return distances(vectors, round.refs, round.negatives);
+    };
+    if pos.len() != faces.len() || bound.len() != faces.len() || (!round.negatives.is_empty() && neg.len() != faces.len()) {
+        anyhow::bail!("the vector cache's estimates do not cover every face; delete the cache file beside the database");
+    }
+    let exact_upto = opts.threshold + EXACT_BAND;
+    let mut wanted = Vec::new();
+    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+        let far = |i: usize| pos[i].is_finite() && bound[i].is_finite() && pos[i] - bound[i] > exact_upto;
+        let proven = group.iter().all(|&i| far(i) && !round.rejected.contains(&faces[i].face_id)) && {
+            let best = group.iter().copied().min_by(|&a, &b| pos[a].total_cmp(&pos[b])).unwrap_or(group[0]);
+            let best_hi = pos[best] + bound[best];
+            one_bin(pos[best], bound[best]) && group.iter().all(|&j| j == best || pos[j] - bound[j] > best_hi)
+        };
+        if !proven {
+            wanted.extend_from_slice(group);
         }
-    })?;
-    Ok(out)
+    }
+    wanted.sort_unstable();
+    for (&i, v) in wanted.iter().zip(vectors.fetch(&wanted)?) {
+        pos[i] = nearest(&v, round.refs);
+        if !round.negatives.is_empty() {
+            neg[i] = nearest(&v, round.negatives);
+        }
+    }
+    Ok((pos, neg))
 }
 
 /// One decision per photo with at least one embedded face; `vectors` holds `faces[i]`'s
@@ -349,37 +428,13 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             &mean
         }
     };
-    let (dist, neg) = distances(vectors, refs, negatives)?;
+    let (dist, neg) = distances_that_count(faces, order, vectors, &Round { refs, negatives, pass, rejected }, opts)?;
     let negative_of = |i: usize| neg.get(i).copied();
     let within = |d: f32| d <= opts.threshold;
-    // Per photo: the closest face and the other faces within the threshold that no negative
-    // reference explains (someone we were told it is not).
-    let mut photos: Vec<Candidates> = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let image_id = faces[order[start]].image_id;
-        let end = start + order[start..].iter().take_while(|&&i| faces[i].image_id == image_id).count();
-        let mut ranked: Vec<(usize, f32)> = order[start..end].iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
-        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
-        // The user's rejections are never chosen; the closest one is kept to be listed.
-        let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
-        ranked.retain(|&(i, _)| !rejected.contains(&faces[i].face_id));
-        let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
-        ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
-        let first = ranked.first().map(|r| r.0);
-        ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
-        if !ranked.is_empty() || user_rejected.is_some() {
-            photos.push(Candidates { image_id, ranked, runner_up, user_rejected });
-        }
-        start = end;
-    }
-    // Whether the other faces within the threshold are the chosen face again or someone else
-    // needs their vectors: one more scan, for just those faces.
-    let contested: Vec<usize> = photos.iter().filter(|p| p.ranked.len() > 1).flat_map(|p| p.ranked.iter().map(|&(i, _)| i)).collect();
-    let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
-        if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
-    let mut out = Vec::with_capacity(photos.len());
-    for Candidates { image_id, ranked, runner_up, user_rejected } in photos {
+    // The verdict on one photo; `contested_vectors` holds the vectors of faces in photos with more than
+    // one face within the threshold.
+    let verdict = |c: Candidates, contested_vectors: &std::collections::HashMap<usize, Vec<f32>>| -> Option<Decision> {
+        let Candidates { image_id, ranked, runner_up, user_rejected } = c;
         let rejected_decision = |(i, d): (usize, f32), runner_up: Option<(i64, f32)>| Decision {
             image_id,
             face_id: faces[i].face_id,
@@ -392,10 +447,7 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             reason: Some(if within(d) { Reason::RejectedByUser } else { Reason::TooFar }),
         };
         let Some(&(best, distance)) = ranked.first() else {
-            if let Some(r) = user_rejected {
-                out.push(rejected_decision(r, None));
-            }
-            continue;
+            return user_rejected.map(|r| rejected_decision(r, None));
         };
         let negative_distance = negative_of(best);
         let (mut copies, mut others) = (0u32, 0u32);
@@ -422,10 +474,9 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
         };
         // Nothing else in the photo is cropped: list the user's rejection if it was closer.
         if let Some(r) = user_rejected.filter(|&(_, d)| reason.is_some() && within(d) && d <= distance) {
-            out.push(rejected_decision(r, Some((faces[best].face_id, distance))));
-            continue;
+            return Some(rejected_decision(r, Some((faces[best].face_id, distance))));
         }
-        out.push(Decision {
+        Some(Decision {
             image_id,
             face_id: faces[best].face_id,
             distance,
@@ -435,7 +486,54 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             same_face_copies: copies,
             pass,
             reason,
-        });
+        })
+    };
+    // Per photo: the closest face and the other faces within the threshold that no negative
+    // reference explains (someone we were told it is not). Photos with one such face at most (nearly
+    // all) are decided at once; the others wait for their vectors (holding every photo's
+    // candidates until then cost a gigabyte at ten million photos).
+    let mut out = Vec::new();
+    let mut waiting: Vec<(usize, Candidates)> = Vec::new();
+    let none = std::collections::HashMap::new();
+    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+        let image_id = faces[group[0]].image_id;
+        let mut ranked: Vec<(usize, f32)> = group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        // The user's rejections are never chosen; the closest one is kept to be listed.
+        let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
+        ranked.retain(|&(i, _)| !rejected.contains(&faces[i].face_id));
+        let runner_up = ranked.get(1).map(|&(i, d)| (faces[i].face_id, d));
+        ranked.truncate(1 + ranked.iter().skip(1).take_while(|&&(_, d)| within(d)).count());
+        let first = ranked.first().map(|r| r.0);
+        ranked.retain(|&(i, d)| Some(i) == first || !negative_of(i).is_some_and(|n| n < d));
+        let c = Candidates { image_id, ranked, runner_up, user_rejected };
+        if c.ranked.len() > 1 {
+            // A stand-in, replaced below (a contested photo always gets a decision).
+            out.push(Decision {
+                image_id,
+                face_id: 0,
+                distance: f32::NAN,
+                runner_up: None,
+                negative_distance: None,
+                ambiguous: false,
+                same_face_copies: 0,
+                pass,
+                reason: None,
+            });
+            waiting.push((out.len() - 1, c));
+        } else if let Some(d) = verdict(c, &none) {
+            out.push(d);
+        }
+    }
+    // Whether the other faces within the threshold are the chosen face again or someone else
+    // needs their vectors: one more read, for just those faces.
+    let contested: Vec<usize> = waiting.iter().flat_map(|(_, p)| p.ranked.iter().map(|&(i, _)| i)).collect();
+    let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
+        if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
+    for (at, c) in waiting {
+        if let Some(d) = verdict(c, &contested_vectors) {
+            out[at] = d;
+        }
     }
     Ok(out)
 }

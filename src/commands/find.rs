@@ -203,8 +203,8 @@ fn open_database(db_file: &Path, dry_run: bool) -> Result<(Db, Option<tempfile::
 /// With no stored embedding from the embedder in use (its model file was replaced), every photo
 /// would be "not considered" and every earlier crop removed as stale: stop before that.
 fn check_embeddings(conn: &Connection, files: &ModelFiles, embedder_id: ModelId, root: &Path) -> Result<()> {
-    let (current, all) = read::embedding_counts(conn, embedder_id)?;
-    if current == 0 && all > 0 {
+    if let (false, true) = read::embeddings_exist(conn, embedder_id)? {
+        let (_, all) = read::embedding_counts(conn, embedder_id)?;
         bail!(
             "the database holds no embeddings from the embedder model {} now in use (blake3 {}), only {all} from another version of it; run `facedb index {}` to re-embed the stored faces (nothing was matched, written or deleted)",
             files.embedder_name,

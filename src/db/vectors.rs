@@ -1,6 +1,11 @@
 //! A cached copy of one embedder's vectors beside the database (`<db>.vectors`), so `match` reads
-//! one contiguous file instead of decoding a million SQLite rows, and streams it in chunks
-//! instead of holding it.
+//! one file instead of decoding millions of SQLite rows, and streams it in chunks instead of
+//! holding it (pread, never a mapping that would count in the resident size).
+//!
+//! Each vector is kept twice: a compact i16 copy (per-vector scale, with a proven bound on the
+//! distance error, see [`quantize`]) that `match` scans to estimate every distance, and the exact
+//! f32 row, read only for the faces whose estimate cannot decide (those near the threshold, or
+//! whose histogram bin or closest face in their photo the bound leaves open; `matching`).
 //!
 //! The cache may only make `match` faster, never change its result, so it proves what it
 //! mirrors before it is used:
@@ -8,18 +13,22 @@
 //!   the cache could see (migration 0003: two histories diverging from one copy never share a
 //!   token), the embedder's id and model file hash, and the dimension;
 //! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
-//!   on open, and every chunk of vectors is checked against its CRC-32 as it is streamed (CRC-32
-//!   runs at ~4 GB/s here against blake3's ~1.3 GB/s: it keeps the 1 M-face re-match under a
-//!   second, and it catches any damage short of a deliberate forgery).
+//!   on open; every compact chunk is checked against its CRC-32 as it is streamed, and every
+//!   exact row against its own CRC-32 when it is read (CRC-32 runs at ~4 GB/s here against
+//!   blake3's ~1.3 GB/s, and catches any damage short of a deliberate forgery). An exact row that
+//!   is never read is never trusted, so its damage cannot change a result.
 //!
-//! Anything that does not prove itself is rebuilt from SQLite; a chunk found damaged in the middle
-//! of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller always sees
-//! every vector exactly once and only vectors that match the database. There is no append path:
-//! an older cache cannot cheaply prove its faces still mirror the database (a restored copy that
-//! gains new faces reuses their ids), so any change rebuilds it. Deleting it is always safe.
+//! Anything that does not prove itself is rebuilt from SQLite; a chunk or row found damaged in
+//! the middle of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller
+//! always sees every vector exactly once and only vectors that match the database. There is no
+//! append path: an older cache cannot cheaply prove its faces still mirror the database (a
+//! restored copy that gains new faces reuses their ids), so any change rebuilds it. Deleting it
+//! is always safe.
 //!
-//! Layout, little-endian: header, then `count * dim` f32 vectors, then `count` face records,
-//! then one CRC-32 per chunk of `CHUNK_FACES` vectors.
+//! Layout, little-endian: header; then per chunk of `CHUNK_FACES` faces (the last one shorter) a
+//! compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact block (per
+//! face: `dim` f32 and the CRC-32 of their bytes); then `count` face records; then one CRC-32 per
+//! compact block.
 //! Header: magic, key digest, count (u64), dim (u32), chunk faces (u32), digest of the face
 //! records, digest of the chunk table, digest of the header bytes before it.
 
@@ -31,15 +40,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
 
-use crate::matching::{FaceRow, Vectors};
+use crate::matching::{Estimates, FaceRow, Vectors};
 
-const MAGIC: &[u8; 8] = b"FACEDBV2";
+const MAGIC: &[u8; 8] = b"FACEDBV3";
 const DIGEST_LEN: usize = 32;
 const HEADER_LEN: usize = 8 + DIGEST_LEN + 8 + 4 + 4 + 3 * DIGEST_LEN;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
-/// Faces per read while streaming (2 MiB of 128-d vectors) and per checksum.
+/// Faces per read while streaming (1 MiB of compact 128-d vectors) and per checksum.
 const CHUNK_FACES: usize = 4096;
 const CHUNK_SUM_LEN: usize = 4;
+/// i16 slots before a compact vector's values: its scale and its bound, two f32.
+const COMPACT_HEAD_SLOTS: usize = 4;
+
+/// Bytes of one face in a compact block and in an exact block.
+fn compact_len(dim: usize) -> usize {
+    2 * (COMPACT_HEAD_SLOTS + dim)
+}
+fn exact_len(dim: usize) -> usize {
+    4 * dim + CHUNK_SUM_LEN
+}
 
 type Digest = [u8; DIGEST_LEN];
 
@@ -131,6 +150,8 @@ pub struct VectorFile<'c> {
     faces_digest: Digest,
     source: Option<Source<'c>>,
     repaired: bool,
+    /// Exact rows read one by one (the faces estimates could not decide), for tests and tuning.
+    exact_reads: usize,
 }
 
 pub fn cache_path(db_path: &Path) -> PathBuf {
@@ -255,7 +276,7 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
         bail!("cache layout differs");
     }
     let chunks = count.div_ceil(CHUNK_FACES as u64);
-    let vectors_len = count.checked_mul(dim as u64 * 4).context("size overflow")?;
+    let vectors_len = count.checked_mul((compact_len(dim) + exact_len(dim)) as u64).context("size overflow")?;
     let faces_len = count.checked_mul(FACE_RECORD_LEN as u64).context("size overflow")?;
     let sums_len = chunks * CHUNK_SUM_LEN as u64;
     let expected =
@@ -279,7 +300,7 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
     let chunk_sums = sums_raw.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     file.seek(SeekFrom::Start(0))?;
     let count = faces.len();
-    Ok((faces, VectorFile { file, dim, count, chunk_sums, faces_digest, source: None, repaired: false }))
+    Ok((faces, VectorFile { file, dim, count, chunk_sums, faces_digest, source: None, repaired: false, exact_reads: 0 }))
 }
 
 /// Builds the cache for `source.key` from SQLite: saved beside the database (written under a
@@ -369,25 +390,36 @@ fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
     out.write_all(&[0u8; HEADER_LEN])?;
     let mut faces = Vec::new();
     let mut sums = Vec::new();
-    let mut chunk = crc32fast::Hasher::new();
-    let mut in_chunk = 0;
+    // One chunk's blocks are gathered, then written compact block first.
+    let (mut compact, mut exact) = (Vec::with_capacity(CHUNK_FACES * compact_len(dim)), Vec::with_capacity(CHUNK_FACES * exact_len(dim)));
+    let mut flush = |out: &mut BufWriter<&mut File>, compact: &mut Vec<u8>, exact: &mut Vec<u8>| -> Result<()> {
+        sums.extend_from_slice(&crc32fast::hash(compact).to_le_bytes());
+        out.write_all(compact)?;
+        out.write_all(exact)?;
+        compact.clear();
+        exact.clear();
+        Ok(())
+    };
+    let mut floats = vec![0f32; dim];
     for_each_face(conn, key.embedder_id, |face, blob| {
         // A malformed vector (hand-edited database) is skipped rather than trusted.
         if blob.len() != dim * 4 {
             return Ok(());
         }
-        out.write_all(blob)?;
-        chunk.update(blob);
+        for (x, b) in floats.iter_mut().zip(blob.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        quantize(&floats, &mut compact);
+        exact.extend_from_slice(blob);
+        exact.extend_from_slice(&crc32fast::hash(blob).to_le_bytes());
         faces.push(face);
-        in_chunk += 1;
-        if in_chunk == CHUNK_FACES {
-            sums.extend_from_slice(&std::mem::take(&mut chunk).finalize().to_le_bytes());
-            in_chunk = 0;
+        if faces.len() % CHUNK_FACES == 0 {
+            flush(&mut out, &mut compact, &mut exact)?;
         }
         Ok(())
     })?;
-    if in_chunk > 0 {
-        sums.extend_from_slice(&chunk.finalize().to_le_bytes());
+    if !compact.is_empty() {
+        flush(&mut out, &mut compact, &mut exact)?;
     }
     let mut faces_hash = blake3::Hasher::new();
     for f in &faces {
@@ -410,6 +442,79 @@ fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
     h.extend_from_slice(header_digest.as_bytes());
     file.write_all_at(&h, 0)?;
     Ok(())
+}
+
+/// Largest magnitude of a compact value.
+const Q_MAX: f32 = i16::MAX as f32;
+
+/// Appends the compact form of `v`: scale `s`, bound `b`, then `q_i = round(v_i / s)` as i16.
+///
+/// The bound. With `v^ = q * s` (exact in real numbers), `e = |v - v^|` and `n = |v|` (Euclidean
+/// norms, computed in f64 and rounded up), and a reference `r` of norm `R`:
+/// - Cauchy-Schwarz: `|v.r - v^.r| <= e * R`;
+/// - the exact distance is f32 `1 - dot(v, r)` with `dot` summing in 8 lanes, so at most
+///   `k = dim/8 + dim%8 + 9` additions deep after one rounded product, each off by at most
+///   `u = 2^-24` relatively: `|dot - v.r| <= (k + 1) * u * n * R` (the standard bound for
+///   recursive summation, Higham 3.1);
+/// - the estimate sums `q_i * r_i` the same way (each `q_i` exact in f32) and multiplies by `s`:
+///   at most `(k + 2) * u * (n + e) * R` from `v^.r`;
+/// - `1 - x` and the clamp to [0, 2] add at most `2u * (1 + (n + e) * R)` over both sides.
+///
+/// So `|exact - estimate| <= R * (e + 2u(dim + 24)(n + e)) + 1e-6`, since
+/// `2k + 5 <= 2(dim + 24)` (with room for the `1/(1 - ku)` of the exact bound) and `2u < 1e-6`; `b` is the part in brackets and the reader
+/// multiplies by `R` and adds 1e-6. Measured on SFace vectors, `b` is about 4e-5.
+/// A vector holding NaN or infinity gets NaN for both: no estimate, it is always read exactly.
+fn quantize(v: &[f32], out: &mut Vec<u8>) {
+    let finite = v.iter().all(|x| x.is_finite());
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if finite { max / Q_MAX } else { f32::NAN };
+    let q = |x: f32| if scale > 0.0 { (x / scale).round().clamp(-Q_MAX, Q_MAX) as i16 } else { 0 };
+    let (mut e2, mut n2) = (0f64, 0f64);
+    for &x in v {
+        let err = f64::from(x) - f64::from(q(x)) * f64::from(scale);
+        e2 += err * err;
+        n2 += f64::from(x) * f64::from(x);
+    }
+    let (e, n) = (e2.sqrt(), n2.sqrt());
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let bound = (e + 2.0 * u * (v.len() as f64 + 24.0) * (n + e)) * (1.0 + 1e-6);
+    // f64 -> f32 rounds to nearest (off by at most 2^-24 relatively), so the 1e-6 keeps it an
+    // upper bound; NaN (a non-finite vector) stays NaN.
+    let bound = if finite { bound as f32 } else { f32::NAN };
+    out.extend_from_slice(&scale.to_le_bytes());
+    out.extend_from_slice(&bound.to_le_bytes());
+    for &x in v {
+        out.extend_from_slice(&q(x).to_le_bytes());
+    }
+}
+
+/// Dot product of a compact vector's values with `r`, summed like `matching::dot` (eight lanes),
+/// so the rounding bound in [`quantize`] holds.
+fn dot_compact(q: &[i16], r: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (q8, r8) = (q.chunks_exact(8), r.chunks_exact(8));
+    let tail: f32 = q8.remainder().iter().zip(r8.remainder()).map(|(&x, y)| f32::from(x) * y).sum();
+    for (x, y) in q8.zip(r8) {
+        for k in 0..8 {
+            lanes[k] += f32::from(x[k]) * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The estimated distance of a compact vector to the nearest of `refs` (infinite with none).
+fn nearest_compact(scale: f32, q: &[i16], refs: &[Vec<f32>]) -> f32 {
+    refs.iter()
+        .map(|r| {
+            let d = scale * dot_compact(q, r);
+            if d.is_finite() {
+                (1.0 - d).clamp(0.0, 2.0)
+            } else {
+                f32::INFINITY
+            }
+        })
+        .min_by(f32::total_cmp)
+        .unwrap_or(f32::INFINITY)
 }
 
 /// Every face the cache holds, with its vector blob, in face id order: faces found by their
@@ -499,14 +604,7 @@ impl ImageMap {
 }
 
 // The file holds little-endian f32, as every target facedb builds for does in memory.
-const _: () = assert!(cfg!(target_endian = "little"), "the vector cache is read as native f32");
-
-/// The floats' bytes, so a chunk is read straight into them: no copy and no conversion pass
-/// (that pass cost as much as checksumming the chunk).
-fn as_bytes_mut(floats: &mut [f32]) -> &mut [u8] {
-    // SAFETY: f32 has no padding and every bit pattern is a valid f32; u8 needs no alignment.
-    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(floats)) }
-}
+const _: () = assert!(cfg!(target_endian = "little"), "the vector cache's compact blocks are read as native i16");
 
 fn encode_face(f: &FaceRow) -> [u8; FACE_RECORD_LEN] {
     let mut b = [0u8; FACE_RECORD_LEN];
@@ -524,13 +622,71 @@ fn decode_face(b: &[u8]) -> FaceRow {
     FaceRow { image_id: i64_at(0), face_id: i64_at(8), size_px: f32_at(16), sharpness: f32_at(20), yaw: f32_at(24), score: f32_at(28) }
 }
 
+/// The bytes of `slots`, so a chunk is read straight into them: no copy and no conversion pass.
+fn slots_as_bytes_mut(slots: &mut [i16]) -> &mut [u8] {
+    // SAFETY: i16 has no padding and every bit pattern is a valid i16; u8 needs no alignment.
+    unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(slots)) }
+}
+
+fn f32_at(slots: &[i16], k: usize) -> f32 {
+    let (a, b) = (slots[k].to_le_bytes(), slots[k + 1].to_le_bytes());
+    f32::from_le_bytes([a[0], a[1], b[0], b[1]])
+}
+
 impl VectorFile<'_> {
-    /// Reads chunk `k` into `floats` and says whether it matches its checksum (a read error, e.g.
-    /// a file truncated under us, counts as a mismatch).
-    fn read_chunk(&self, k: usize, floats: &mut [f32]) -> bool {
-        let offset = HEADER_LEN as u64 + (k * CHUNK_FACES * self.dim * 4) as u64;
-        let bytes = as_bytes_mut(floats);
+    /// How many exact rows were read one by one so far.
+    pub fn exact_reads(&self) -> usize {
+        self.exact_reads
+    }
+
+    /// Faces in chunk `k` and where the chunk starts.
+    fn chunk(&self, k: usize) -> (usize, u64) {
+        let n = CHUNK_FACES.min(self.count - k * CHUNK_FACES);
+        let per_face = (compact_len(self.dim) + exact_len(self.dim)) as u64;
+        (n, HEADER_LEN as u64 + (k * CHUNK_FACES) as u64 * per_face)
+    }
+
+    /// Reads chunk `k`'s compact block into `slots` and says whether it matches its checksum (a
+    /// read error, e.g. a file truncated under us, counts as a mismatch).
+    fn read_compact(&self, k: usize, slots: &mut [i16]) -> bool {
+        let (_, offset) = self.chunk(k);
+        let bytes = slots_as_bytes_mut(slots);
         self.file.read_exact_at(bytes, offset).is_ok() && self.chunk_sums.get(k) == Some(&crc32fast::hash(bytes))
+    }
+
+    /// Reads the exact rows of faces `first..first + out.len() / dim` (all in one chunk) into
+    /// `out`, each checked against its own checksum.
+    fn read_exact(&self, first: usize, out: &mut [f32], raw: &mut Vec<u8>) -> bool {
+        let (dim, row) = (self.dim, exact_len(self.dim));
+        let (k, j) = (first / CHUNK_FACES, first % CHUNK_FACES);
+        let (n, start) = self.chunk(k);
+        let rows = out.len() / dim;
+        if j + rows > n {
+            return false;
+        }
+        raw.resize(rows * row, 0);
+        let offset = start + (n * compact_len(dim) + j * row) as u64;
+        if self.file.read_exact_at(raw, offset).is_err() {
+            return false;
+        }
+        raw.chunks_exact(row).zip(out.chunks_exact_mut(dim)).all(|(r, v)| {
+            let (values, sum) = r.split_at(4 * dim);
+            for (x, b) in v.iter_mut().zip(values.chunks_exact(4)) {
+                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            sum == crc32fast::hash(values).to_le_bytes()
+        })
+    }
+
+    /// Reads exact rows, rebuilding a cache whose rows fail their checksums once.
+    fn read_exact_or_repair(&mut self, first: usize, out: &mut [f32], raw: &mut Vec<u8>) -> Result<()> {
+        if !self.read_exact(first, out, raw) {
+            self.repair().context("rebuilding the damaged vector cache")?;
+            if !self.read_exact(first, out, raw) {
+                bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
+            }
+        }
+        Ok(())
     }
 
     /// Replaces a cache that failed a chunk checksum by one rebuilt from the same snapshot. The
@@ -551,6 +707,20 @@ impl VectorFile<'_> {
     }
 }
 
+/// The largest norm among `sets`, rounded up (the `R` of the bound in [`quantize`]); `None` when
+/// one is not finite (then no estimate is made).
+fn largest_norm(sets: &[&[Vec<f32>]]) -> Option<f32> {
+    let mut largest = 0f64;
+    for r in sets.iter().flat_map(|s| s.iter()) {
+        let n = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        if !n.is_finite() || r.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        largest = largest.max(n);
+    }
+    Some((largest * (1.0 + 1e-6)) as f32)
+}
+
 impl Vectors for VectorFile<'_> {
     fn dim(&self) -> usize {
         self.dim
@@ -558,22 +728,70 @@ impl Vectors for VectorFile<'_> {
 
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         let mut floats = vec![0f32; CHUNK_FACES * self.dim];
+        let mut raw = Vec::new();
         let mut first = 0;
         while first < self.count {
-            let k = first / CHUNK_FACES;
             let n = CHUNK_FACES.min(self.count - first);
             let chunk = &mut floats[..n * self.dim];
-            // Checked before it is visited: a damaged chunk never reaches the caller.
-            if !self.read_chunk(k, chunk) {
-                self.repair().context("rebuilding the damaged vector cache")?;
-                if !self.read_chunk(k, chunk) {
-                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
-                }
-            }
+            // Checked before it is visited: a damaged row never reaches the caller.
+            self.read_exact_or_repair(first, chunk, &mut raw)?;
             visit(first, chunk);
             first += n;
         }
         Ok(())
+    }
+
+    fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
+        let dim = self.dim;
+        if refs.iter().chain(negatives).any(|r| r.len() != dim) {
+            return Ok(None);
+        }
+        let Some(norm) = largest_norm(&[refs, negatives]) else { return Ok(None) };
+        let mut est = Estimates { pos: Vec::with_capacity(self.count), neg: Vec::new(), bound: Vec::with_capacity(self.count) };
+        if !negatives.is_empty() {
+            est.neg.reserve_exact(self.count);
+        }
+        let per_face = COMPACT_HEAD_SLOTS + dim;
+        let mut slots = vec![0i16; CHUNK_FACES * per_face];
+        let mut first = 0;
+        while first < self.count {
+            let k = first / CHUNK_FACES;
+            let (n, _) = self.chunk(k);
+            let chunk = &mut slots[..n * per_face];
+            if !self.read_compact(k, chunk) {
+                self.repair().context("rebuilding the damaged vector cache")?;
+                if !self.read_compact(k, chunk) {
+                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
+                }
+            }
+            for face in chunk.chunks_exact(per_face) {
+                let (scale, bound) = (f32_at(face, 0), f32_at(face, 2));
+                let q = &face[COMPACT_HEAD_SLOTS..];
+                est.pos.push(nearest_compact(scale, q, refs));
+                if !negatives.is_empty() {
+                    est.neg.push(nearest_compact(scale, q, negatives));
+                }
+                // See `quantize` for the bound; NaN for a vector that has no estimate.
+                est.bound.push(if scale.is_finite() { bound * norm + 1e-6 } else { f32::NAN });
+            }
+            first += n;
+        }
+        Ok(Some(est))
+    }
+
+    fn fetch(&mut self, wanted: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let mut raw = Vec::new();
+        let mut out = Vec::with_capacity(wanted.len());
+        for &i in wanted {
+            if i >= self.count {
+                bail!("face {i} is not in the vector cache");
+            }
+            let mut v = vec![0f32; self.dim];
+            self.read_exact_or_repair(i, &mut v, &mut raw)?;
+            self.exact_reads += 1;
+            out.push(v);
+        }
+        Ok(out)
     }
 }
 
@@ -722,10 +940,12 @@ pub mod fuzzing {
             Ok(())
         }
 
-        /// Loads through the cache and scans every vector.
+        /// Loads through the cache and scans every vector, exact and compact (checking every
+        /// estimate against its bound).
         pub fn load(&self) -> Result<(Vec<FaceRow>, Vec<f32>, Refresh)> {
             let tx = self.db.conn.unchecked_transaction()?;
             let mut m = load(&tx, &self.db_path, 2, DIM, CacheWrite::Save)?;
+            check_estimates(&mut m.vectors)?;
             let all = scan_all(&mut m.vectors)?;
             let refresh = m.refresh();
             Ok((std::mem::take(&mut m.faces), all, refresh))
@@ -745,6 +965,28 @@ pub mod fuzzing {
         Ok(all)
     }
 
+    /// Estimates every distance to two references from the compact copy and checks each against
+    /// the exact distance and its bound (a vector without an estimate must hold NaN or infinity).
+    pub fn check_estimates(v: &mut dyn Vectors) -> Result<()> {
+        let dim = v.dim();
+        let refs = vec![vec![1.0 / (dim as f32).sqrt(); dim], (0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect()];
+        let Some(est) = v.estimate(&refs, &refs[1..])? else { bail!("no estimates") };
+        let all = scan_all(v)?;
+        anyhow::ensure!(est.pos.len() * dim == all.len() && est.neg.len() == est.pos.len() && est.bound.len() == est.pos.len());
+        for (i, row) in all.chunks_exact(dim).enumerate() {
+            if est.bound[i].is_nan() {
+                anyhow::ensure!(row.iter().any(|x| !x.is_finite()), "face {i}: a finite vector without an estimate");
+                continue;
+            }
+            let exact = refs.iter().map(|r| crate::matching::cosine_distance(row, r)).min_by(f32::total_cmp).unwrap_or(f32::INFINITY);
+            let neg = crate::matching::cosine_distance(row, &refs[1]);
+            for (x, e) in [(exact, est.pos[i]), (neg, est.neg[i])] {
+                anyhow::ensure!((x - e).abs() <= est.bound[i], "face {i}: exact {x}, estimate {e}, bound {}", est.bound[i]);
+            }
+        }
+        Ok(())
+    }
+
     /// Same bits (NaN included), for comparing a cache's contents with SQLite's.
     pub fn same(a: &(Vec<FaceRow>, Vec<f32>), b: &(Vec<FaceRow>, Vec<f32>)) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -759,6 +1001,7 @@ pub mod fuzzing {
         file.write_all(bytes)?;
         let (key, _) = current_key(&fixture.db.conn, 2, DIM)?;
         let (_, mut v) = open_verified(file, &key)?;
+        check_estimates(&mut v)?;
         scan_all(&mut v)
     }
 }
@@ -1000,5 +1243,156 @@ mod tests {
         let mut bad = good.clone();
         bad[HEADER_LEN + 5] ^= 1;
         assert!(fuzzing::load_bytes(&fx, &bad).is_err(), "a flipped vector bit is caught while streaming");
+    }
+
+    /// Decodes a compact record written by `quantize`.
+    fn decode_compact(rec: &[u8]) -> (f32, f32, Vec<i16>) {
+        let f = |o: usize| f32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+        (f(0), f(4), rec[8..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect())
+    }
+
+    #[test]
+    fn every_estimate_is_within_its_proven_bound() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let unit = |v: &mut Vec<f32>| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+        };
+        let mut worst_unit_bound = 0f32;
+        for dim in [1usize, 3, 128, 131] {
+            for case in 0..4000 {
+                let mut v: Vec<f32> = (0..dim).map(|_| next()).collect();
+                let mut r: Vec<f32> = (0..dim).map(|_| next()).collect();
+                unit(&mut r);
+                match case % 6 {
+                    0 | 1 => unit(&mut v),
+                    2 => v[case % dim] = 40.0, // one spike: a coarse scale for the rest
+                    3 => v.iter_mut().for_each(|x| *x *= 1e-30),
+                    4 => v.iter_mut().for_each(|x| *x *= 1e4),
+                    _ => {
+                        unit(&mut v);
+                        r = v.iter().map(|x| x * 3.0).collect(); // a reference that is not a unit
+                    }
+                }
+                let mut rec = Vec::new();
+                quantize(&v, &mut rec);
+                let (scale, bound, q) = decode_compact(&rec);
+                let refs = [r];
+                let norm = largest_norm(&[&refs]).unwrap();
+                let (exact, est) = (crate::matching::cosine_distance(&v, &refs[0]), nearest_compact(scale, &q, &refs));
+                assert!((exact - est).abs() <= bound * norm + 1e-6, "dim {dim} case {case}: exact {exact} estimate {est} bound {bound}");
+                if case % 6 < 2 && dim == 128 {
+                    worst_unit_bound = worst_unit_bound.max(bound);
+                }
+            }
+        }
+        // SFace's unit vectors: the bound is tight enough that few far faces are read exactly.
+        assert!(worst_unit_bound < 1e-4, "{worst_unit_bound}");
+        for v in [vec![0.0; 128], vec![f32::NAN; 128], vec![f32::INFINITY; 128]] {
+            let mut rec = Vec::new();
+            quantize(&v, &mut rec);
+            let (scale, bound, _) = decode_compact(&rec);
+            assert_eq!((scale.is_nan(), bound.is_nan()), (v[0].is_nan() || v[0].is_infinite(), v[0] != 0.0));
+        }
+    }
+
+    /// Matching through the compact copy (estimates, then exact rows where they cannot decide)
+    /// decides exactly as matching on f32 vectors: faces placed right at the threshold, at the edge
+    /// of the exact band and at histogram bin edges, within quantisation error of each.
+    #[test]
+    fn compact_matching_equals_exact_matching_at_every_edge() {
+        use crate::histogram::RunHistogram;
+        use crate::matching::{decide, Combine, Filters, InMemory, Options, EXACT_BAND};
+        const D: usize = 128;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        // A unit vector at cosine distance `d` from e0, the rest spread over the other axes.
+        let mut at = |d: f32| {
+            let mut w: Vec<f32> = (0..D).map(|i| if i == 0 { 0.0 } else { next() }).collect();
+            let n = w.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let c = 1.0 - d;
+            let s = (1.0 - c * c).max(0.0).sqrt();
+            w.iter_mut().for_each(|x| *x *= s / n);
+            w[0] = c;
+            w
+        };
+        let e0: Vec<f32> = (0..D).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        let threshold = 0.4f32;
+        let mut targets = Vec::new();
+        for edge in [threshold, threshold + EXACT_BAND, 0.7, 0.9, 0.95, 1.0, 1.2] {
+            for k in -40..=40 {
+                targets.push(edge + k as f32 * 2e-6);
+            }
+        }
+        for k in 0..3000 {
+            targets.push(0.62 + (k % 1300) as f32 * 1e-3);
+        }
+        let mut fx = Fixture::new().unwrap();
+        let mut vectors = Vec::new();
+        fx.db.conn.execute_batch("BEGIN").unwrap();
+        for &d in &targets {
+            let v = at(d);
+            fx.add_face(&v).unwrap();
+            vectors.extend_from_slice(&v);
+        }
+        // Photos with two faces close to each other, far away: which one is closest needs care.
+        for k in 0..200 {
+            let d = 0.75 + k as f32 * 1e-3;
+            for (second, v) in [(false, at(d)), (true, at(d + 3e-5 * (k % 3) as f32))] {
+                let face = fx.add_face(&v).unwrap();
+                if second && k % 2 == 1 {
+                    fx.db
+                        .conn
+                        .execute(
+                            "UPDATE faces SET image_id = (SELECT image_id FROM faces WHERE id = ?1 - 1), idx = 1 WHERE id = ?1",
+                            [face],
+                        )
+                        .unwrap();
+                }
+                vectors.extend_from_slice(&v);
+            }
+        }
+        fx.db.conn.execute_batch("COMMIT").unwrap();
+        let negatives = [at(0.5)];
+        let opts = Options { threshold, combine: Combine::Nearest, filters: Filters::NONE, allow_ambiguous: false, expand: None };
+        let tx = fx.db.conn.unchecked_transaction().unwrap();
+        let mut m = load(&tx, &fx.db_path, 2, D, CacheWrite::Save).unwrap();
+        let compact = decide(&m.faces, &mut m.vectors, std::slice::from_ref(&e0), &negatives, &opts).unwrap();
+        let exact = decide(&m.faces, &mut InMemory { vectors: &vectors, dim: D }, &[e0], &negatives, &opts).unwrap();
+        assert_eq!(compact.len(), exact.len());
+        for (c, x) in compact.iter().zip(&exact) {
+            assert_eq!(
+                (c.image_id, c.face_id, c.reason, c.ambiguous, c.same_face_copies, c.pass),
+                (x.image_id, x.face_id, x.reason, x.ambiguous, x.same_face_copies, x.pass)
+            );
+            if x.distance <= threshold + EXACT_BAND {
+                assert_eq!(
+                    (c.distance.to_bits(), c.runner_up, c.negative_distance),
+                    (x.distance.to_bits(), x.runner_up, x.negative_distance),
+                    "{x:?}"
+                );
+            } else {
+                assert_eq!((c.distance * 100.0).floor(), (x.distance * 100.0).floor(), "{x:?} {c:?}");
+            }
+        }
+        let hist = |d: &[crate::matching::Decision]| RunHistogram::new(d.iter().map(|d| d.distance), threshold);
+        assert_eq!(hist(&compact), hist(&exact));
+        let dry =
+            |d: &[crate::matching::Decision]| crate::matching::histogram(&d.iter().map(|d| d.distance).collect::<Vec<_>>(), 0.0, 1.2, 24);
+        assert_eq!(dry(&compact), dry(&exact));
+        let near = targets.iter().filter(|&&d| d <= threshold + EXACT_BAND + 1e-3).count();
+        let read = m.vectors.exact_reads();
+        assert!(read >= near && read < m.faces.len() / 2, "{read} exact rows read of {}, {near} near", m.faces.len());
     }
 }

@@ -109,8 +109,8 @@ fn a_damaged_cache_body_behind_an_intact_header_changes_nothing() {
     let (again, state) = match_obama(&dir, &out);
     assert_eq!((&again, state.as_str()), (&truth, "current"));
     let good = std::fs::read(cache(&dir)).unwrap();
-    // The header is the first 152 bytes; the vectors (512 bytes each) follow, then face records
-    // and chunk checksums.
+    // The header is the first 152 bytes; the compact vectors (264 bytes each) follow, then the
+    // exact rows (516 bytes each), face records and chunk checksums.
     let body = 152;
     assert!(good.len() >= body + 4 * 512, "{}", good.len());
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -201,4 +201,156 @@ fn a_deleted_photo_drops_out_of_matching_and_dry_run_writes_no_cache() {
     after.sort();
     assert_eq!(after, before);
     assert!(!cache(&dir).exists());
+}
+
+/// Offsets in a cache of `count` faces (one chunk): where the exact row of the face at index `i` starts.
+fn exact_row(count: usize, i: usize) -> usize {
+    152 + count * 264 + i * 516
+}
+
+/// The compact file is checked where it is read: a damaged compact block, a damaged exact row of
+/// a face near the threshold, a truncated file are all rebuilt; an exact row of a far face is
+/// never read, so its damage cannot change a result either. And after forget or merge the
+/// cache is stale and rebuilt.
+#[test]
+fn the_compact_cache_is_rebuilt_when_damaged_or_stale_after_forget_and_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg", "obama3.jpg", "biden.jpg", "32bit.png"]);
+    index(&dir);
+    let out = tmp.path().join("out");
+    let (truth, _) = match_obama(&dir, &out);
+    let good = std::fs::read(cache(&dir)).unwrap();
+    let ids: Vec<i64> = {
+        let c = db(&dir);
+        let mut stmt = c.prepare("SELECT face_id FROM embeddings ORDER BY face_id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(good.len(), 152 + ids.len() * (264 + 516 + 32) + 4, "one chunk: compact block, exact rows, records, one checksum");
+    let matched: Vec<i64> =
+        truth.manifest.iter().flat_map(|row| row.iter().filter(|(k, _)| k == "face_id").map(|(_, v)| v.parse().unwrap())).collect();
+    let near = ids.iter().position(|id| matched.contains(id)).expect("a matched face");
+    let damages: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "one compact value",
+            {
+                let mut b = good.clone();
+                b[152 + 264 * near + 20] ^= 1;
+                b
+            },
+            true,
+        ),
+        (
+            "a compact scale",
+            {
+                let mut b = good.clone();
+                b[152 + 264 * near] ^= 0x40;
+                b
+            },
+            true,
+        ),
+        (
+            "the exact row of a matched face",
+            {
+                let mut b = good.clone();
+                b[exact_row(ids.len(), near) + 100] ^= 4;
+                b
+            },
+            true,
+        ),
+        (
+            "the checksum of that row",
+            {
+                let mut b = good.clone();
+                b[exact_row(ids.len(), near) + 512] ^= 1;
+                b
+            },
+            true,
+        ),
+        ("truncated inside the exact rows", good[..exact_row(ids.len(), 1)].to_vec(), true),
+    ];
+    for (what, bytes, rebuilt) in damages {
+        std::fs::write(cache(&dir), &bytes).unwrap();
+        let (o, state) = match_obama(&dir, &out);
+        assert_eq!(o, truth, "{what}");
+        assert_eq!(state == "rebuilt", rebuilt, "{what}: {state}");
+        assert!(std::fs::read(cache(&dir)).unwrap() == good, "{what}: the rebuilt cache is whole again");
+    }
+    // Every face's exact row damaged at once: whichever rows the match reads are caught.
+    let mut b = good.clone();
+    for i in 0..ids.len() {
+        b[exact_row(ids.len(), i) + 8] ^= 0x80;
+    }
+    std::fs::write(cache(&dir), &b).unwrap();
+    assert_eq!(match_obama(&dir, &out).0, truth, "all exact rows damaged");
+
+    // forget: the cache goes with the photo, and the next match equals one without any cache.
+    facedb().arg("forget").arg(dir.join("obama3.jpg")).assert().success();
+    let (after, state) = match_obama(&dir, &out);
+    assert_eq!((state.as_str(), sources(&after)), ("rebuilt", vec!["32bit.png".to_string(), "obama2.jpg".to_string()]));
+    assert_eq!(after, without_cache(&dir, &out));
+    assert_eq!(match_obama(&dir, &out).1, "current");
+
+    // merge: a shard holding another photo of the person joins; the cache is stale, then current.
+    add_photos(&dir, &["obama.jpg"]);
+    let shard = tmp.path().join("shard.sqlite");
+    facedb().arg("-q").arg("index").arg(&dir).arg("--shard").arg("0/1").arg("--db").arg(&shard).assert().success();
+    facedb().arg("-q").arg("--db").arg(dir.join("facedb.sqlite")).arg("merge").arg(&shard).assert().success();
+    let (merged, state) = match_obama(&dir, &out);
+    assert_eq!(state, "rebuilt");
+    assert_eq!(merged, without_cache(&dir, &out));
+    assert_eq!(match_obama(&dir, &out).1, "current");
+}
+
+/// On real faces: every stored face as the reference, at three thresholds, the compact scan with
+/// exact re-checks decides exactly as the f32 vectors in SQLite do (distances bit for bit
+/// wherever a match lists or stores them, the same 0.01 bin for the far photos it only counts).
+#[test]
+fn compact_scan_decides_as_exact_f32_on_real_faces() {
+    use facedb::db::vectors::{load, CacheWrite};
+    use facedb::histogram::RunHistogram;
+    use facedb::matching::{decide, Combine, Filters, InMemory, Options, EXACT_BAND};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(
+        &dir,
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "32bit.png", "obama_partial_face.jpg", "obama_partial_face2.jpg"],
+    );
+    save(&dir, "biden_mirror.jpg", &image::imageops::flip_horizontal(&rgb("biden.jpg")));
+    index(&dir);
+    let db_path = dir.join("facedb.sqlite");
+    let database = facedb::db::Db::open(&db_path).unwrap();
+    let embedder = query_i64(&database.conn, "SELECT id FROM models WHERE kind = 'embedder'");
+    let (ids, exact): (Vec<i64>, Vec<f32>) = {
+        let mut stmt = database.conn.prepare("SELECT face_id, vector FROM embeddings ORDER BY face_id").unwrap();
+        let rows: Vec<(i64, Vec<u8>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let floats = rows.iter().flat_map(|(_, b)| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+        (rows.iter().map(|r| r.0).collect(), floats)
+    };
+    let tx = database.conn.unchecked_transaction().unwrap();
+    let mut m = load(&tx, &db_path, embedder, 128, CacheWrite::Temporary).unwrap();
+    assert_eq!(m.faces.iter().map(|f| f.face_id).collect::<Vec<_>>(), ids);
+    let (mut far, mut decisions) = (0, 0);
+    for reference in exact.chunks_exact(128) {
+        for threshold in [0.3f32, 0.45, 0.6] {
+            let opts = Options { threshold, combine: Combine::Nearest, filters: Filters::NONE, allow_ambiguous: false, expand: None };
+            let c = decide(&m.faces, &mut m.vectors, &[reference.to_vec()], &[], &opts).unwrap();
+            let x = decide(&m.faces, &mut InMemory { vectors: &exact, dim: 128 }, &[reference.to_vec()], &[], &opts).unwrap();
+            assert_eq!(c.len(), x.len());
+            for (c, x) in c.iter().zip(&x) {
+                assert_eq!((c.face_id, c.reason, c.ambiguous, c.same_face_copies), (x.face_id, x.reason, x.ambiguous, x.same_face_copies));
+                if x.distance <= threshold + EXACT_BAND {
+                    assert_eq!((c.distance.to_bits(), c.runner_up), (x.distance.to_bits(), x.runner_up));
+                } else {
+                    far += 1;
+                }
+                decisions += 1;
+            }
+            let hist = |d: &[facedb::matching::Decision]| RunHistogram::new(d.iter().map(|d| d.distance), threshold);
+            assert_eq!(hist(&c), hist(&x));
+        }
+    }
+    assert!(far > 0 && m.vectors.exact_reads() < decisions, "{far} far photos, {} exact reads of {decisions}", m.vectors.exact_reads());
 }

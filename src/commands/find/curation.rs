@@ -147,10 +147,13 @@ fn record_deleted(conn: &Connection, out: &OutputDir, person: &Person) -> Result
 /// Crops facedb wrote into the folder before that this run does not write again, counted by why.
 pub(super) fn dropped(out: &OutputDir, names: &HashMap<i64, String>, decisions: &[Decision]) -> BTreeMap<String, usize> {
     let new: BTreeSet<&str> = names.values().map(String::as_str).collect();
-    let reason: HashMap<i64, &str> = decisions.iter().map(|d| (d.face_id, d.reason.map_or("matched", |r| r.as_str()))).collect();
+    let gone: Vec<i64> = out.owned().filter(|n| !new.contains(n)).filter_map(face_in_name).collect();
+    // Only the faces of those crops: a map of every decision cost a fifth of a re-match at a million photos.
+    let wanted: HashSet<i64> = gone.iter().copied().collect();
+    let reason: HashMap<i64, &str> =
+        decisions.iter().filter(|d| wanted.contains(&d.face_id)).map(|d| (d.face_id, d.reason.map_or("matched", |r| r.as_str()))).collect();
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
-    for name in out.owned().filter(|n| !new.contains(n)) {
-        let Some(face) = face_in_name(name) else { continue };
+    for face in gone {
         let why = if names.contains_key(&face) {
             "written under another name or layout"
         } else {

@@ -18,6 +18,8 @@ use crate::output::OutputDir;
 pub const NEAR_MISS_BAND: f32 = 0.10;
 /// `--dry-run` lists photos this close to the threshold on either side.
 pub(super) const DRY_RUN_BAND: f32 = 0.05;
+// What a match lists or stores must lie where `matching` computes distances exactly.
+const _: () = assert!(NEAR_MISS_BAND < crate::matching::EXACT_BAND && DRY_RUN_BAND < crate::matching::EXACT_BAND);
 
 /// Every decision of the run and what the later steps need to list and crop them.
 pub(super) struct Decided {
