@@ -122,6 +122,158 @@ pub fn write_table<W: Write + Send>(out: W, columns: &[Column], metadata: Vec<(S
     Ok(writer.into_inner()?)
 }
 
+/// The `ARROW:schema` key-value metadata for `columns` (`None` when a column has no Arrow
+/// counterpart written here): what tells pyarrow (and arrow-rs, Polars) to read a list column
+/// of fixed length as `fixed_size_list<float>[N]` rather than a plain list. Its value is the
+/// base64 of an Arrow IPC Schema message: a continuation marker, a length, and the flatbuffer.
+pub fn arrow_schema(columns: &[Column]) -> Option<String> {
+    use base64::Engine as _;
+    let mut fields = Vec::new();
+    for c in columns {
+        fields.push(match c.values {
+            Values::I64(_) => arrow_field(c.name, Fb::Table(vec![Some(Fb::I32(64)), Some(Fb::Bool(true))]), 2, Vec::new()),
+            Values::F32List { len, .. } => {
+                let element = arrow_field("element", Fb::Table(vec![Some(Fb::I16(1))]), 3, Vec::new());
+                arrow_field(c.name, Fb::Table(vec![Some(Fb::I32(i32::try_from(len).ok()?))]), 16, vec![element])
+            }
+            _ => return None,
+        });
+    }
+    // Schema { endianness: Little, fields }; Message { version: V5, header: Schema, bodyLength: 0 }.
+    let schema = Fb::Table(vec![Some(Fb::I16(0)), Some(Fb::Vector(fields))]);
+    let message = Fb::Table(vec![Some(Fb::I16(4)), Some(Fb::U8(1)), Some(schema), Some(Fb::I64(0))]);
+    let flatbuffer = flatbuffer(&message);
+    let mut ipc = vec![0xff; 4];
+    ipc.extend_from_slice(&u32::try_from(flatbuffer.len()).ok()?.to_le_bytes());
+    ipc.extend_from_slice(&flatbuffer);
+    Some(base64::engine::general_purpose::STANDARD.encode(ipc))
+}
+
+/// Field { name, nullable: false, type_type, type, children }.
+fn arrow_field(name: &str, ty: Fb, type_id: u8, children: Vec<Fb>) -> Fb {
+    Fb::Table(vec![
+        Some(Fb::Str(name.to_string())),
+        Some(Fb::Bool(false)),
+        Some(Fb::U8(type_id)),
+        Some(ty),
+        None,
+        Some(Fb::Vector(children)),
+    ])
+}
+
+/// Just enough of FlatBuffers for an Arrow schema: tables of scalars, strings and vectors of
+/// tables. Objects are laid out after whatever points at them (offsets are unsigned, forward).
+enum Fb {
+    U8(u8),
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Str(String),
+    Vector(Vec<Fb>),
+    /// Fields by id; `None` is absent (its default).
+    Table(Vec<Option<Fb>>),
+}
+
+fn flatbuffer(root: &Fb) -> Vec<u8> {
+    let mut buf = vec![0u8; 4];
+    let at = write_fb(&mut buf, root);
+    patch(&mut buf, 0, at);
+    while buf.len() % 8 != 0 {
+        buf.push(0);
+    }
+    buf
+}
+
+fn align(buf: &mut Vec<u8>, n: usize) {
+    while buf.len() % n != 0 {
+        buf.push(0);
+    }
+}
+
+/// Writes the forward offset from `at` to `target` into the u32 at `at`.
+fn patch(buf: &mut [u8], at: usize, target: usize) {
+    let offset = u32::try_from(target - at).unwrap_or(0);
+    buf[at..at + 4].copy_from_slice(&offset.to_le_bytes());
+}
+
+/// Writes `obj` (a table, string or vector) and returns where references to it point.
+fn write_fb(buf: &mut Vec<u8>, obj: &Fb) -> usize {
+    match obj {
+        Fb::Str(s) => {
+            align(buf, 4);
+            let at = buf.len();
+            buf.extend_from_slice(&u32::try_from(s.len()).unwrap_or(0).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+            buf.push(0);
+            at
+        }
+        Fb::Vector(items) => {
+            align(buf, 4);
+            let at = buf.len();
+            buf.extend_from_slice(&u32::try_from(items.len()).unwrap_or(0).to_le_bytes());
+            let slots: Vec<usize> = items.iter().map(|_| (buf.len(), buf.extend_from_slice(&[0; 4])).0).collect();
+            for (slot, item) in slots.into_iter().zip(items) {
+                let target = write_fb(buf, item);
+                patch(buf, slot, target);
+            }
+            at
+        }
+        Fb::Table(fields) => write_table_fb(buf, fields),
+        // Scalars live inside tables only.
+        _ => buf.len(),
+    }
+}
+
+fn write_table_fb(buf: &mut Vec<u8>, fields: &[Option<Fb>]) -> usize {
+    // Lay the inline part out first (scalars aligned to their size, offsets as u32) to know the
+    // vtable; the vtable goes right before the table.
+    let sizes: Vec<usize> = fields
+        .iter()
+        .map(|f| match f {
+            Some(Fb::U8(_) | Fb::Bool(_)) => 1,
+            Some(Fb::I16(_)) => 2,
+            Some(Fb::I64(_)) => 8,
+            Some(_) => 4,
+            None => 0,
+        })
+        .collect();
+    let vtable_len = 4 + 2 * fields.len();
+    align(buf, 2);
+    let vtable_at = buf.len();
+    buf.resize(vtable_at + vtable_len, 0);
+    align(buf, 8);
+    let table_at = buf.len();
+    buf.extend_from_slice(&i32::try_from(table_at - vtable_at).unwrap_or(0).to_le_bytes());
+    let mut slots = Vec::new();
+    for (i, (field, size)) in fields.iter().zip(&sizes).enumerate() {
+        let Some(field) = field else { continue };
+        align(buf, *size);
+        let at = buf.len();
+        let entry = vtable_at + 4 + 2 * i;
+        buf[entry..entry + 2].copy_from_slice(&u16::try_from(at - table_at).unwrap_or(0).to_le_bytes());
+        match field {
+            Fb::U8(v) => buf.push(*v),
+            Fb::Bool(v) => buf.push(u8::from(*v)),
+            Fb::I16(v) => buf.extend_from_slice(&v.to_le_bytes()),
+            Fb::I32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+            Fb::I64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+            other => {
+                buf.extend_from_slice(&[0; 4]);
+                slots.push((at, other));
+            }
+        }
+    }
+    let table_len = buf.len() - table_at;
+    buf[vtable_at..vtable_at + 2].copy_from_slice(&u16::try_from(vtable_len).unwrap_or(0).to_le_bytes());
+    buf[vtable_at + 2..vtable_at + 4].copy_from_slice(&u16::try_from(table_len).unwrap_or(0).to_le_bytes());
+    for (slot, child) in slots {
+        let target = write_fb(buf, child);
+        patch(buf, slot, target);
+    }
+    table_at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

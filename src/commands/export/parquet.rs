@@ -14,6 +14,8 @@ use crate::db::read;
 use crate::output::{OutputDir, Owner};
 use crate::parquet_file::{write_table, Column, Values};
 
+const TABLES: [&str; 4] = ["images.parquet", "files.parquet", "faces.parquet", "embeddings.parquet"];
+
 #[derive(Debug, serde::Serialize)]
 struct Summary {
     command: &'static str,
@@ -32,6 +34,8 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
     let db = open_database(globals, &root, false)?;
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
     let out = OutputDir::open(&args.out, &root, &database_path(globals, &root), owner)?;
+    // All four checked before any is written: a refusal leaves the folder as it was.
+    out.check_free(TABLES)?;
     let mut summary = Summary {
         command: "export parquet",
         out: crate::util::display_path(&args.out),
@@ -62,7 +66,10 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
         metadata.push(("facedb:embedder".into(), format!("{name} {hash}")));
         summary.embedder = Some(name.clone());
     }
-    save(&out, "embeddings.parquet", &embedding_columns(rows), metadata)?;
+    let columns = embedding_columns(rows);
+    // Read back by pyarrow, arrow-rs and Polars as a fixed-size list of 128 floats.
+    metadata.extend(crate::parquet_file::arrow_schema(&columns).map(|s| ("ARROW:schema".to_string(), s)));
+    save(&out, "embeddings.parquet", &columns, metadata)?;
     out.finish()?;
     if globals.json {
         outln!("{}", serde_json::to_string(&summary)?);
@@ -76,7 +83,6 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
 }
 
 fn save(out: &OutputDir, name: &str, columns: &[Column], metadata: Vec<(String, String)>) -> Result<()> {
-    out.check_free([name])?;
     let file = out.create(name)?;
     let mut file = write_table(file, columns, metadata).with_context(|| format!("writing {}", Path::new(name).display()))?;
     file.flush()?;
