@@ -179,14 +179,12 @@ fn flatbuffer(root: &Fb) -> Vec<u8> {
     let mut buf = vec![0u8; 4];
     let at = write_fb(&mut buf, root);
     patch(&mut buf, 0, at);
-    while buf.len() % 8 != 0 {
-        buf.push(0);
-    }
+    align(&mut buf, 8);
     buf
 }
 
 fn align(buf: &mut Vec<u8>, n: usize) {
-    while buf.len() % n != 0 {
+    while !buf.len().is_multiple_of(n) {
         buf.push(0);
     }
 }

@@ -48,8 +48,11 @@ fn exiftool(files: &[PathBuf]) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// (name, type, area x/y/w/h) of each region exiftool reads, and the AppliedToDimensions.
-fn regions(info: &Value) -> (Vec<(Option<String>, String, [f64; 4])>, (u64, u64)) {
+/// A region as exiftool reads it: name, type, area x/y/w/h.
+type ReadRegion = (Option<String>, String, [f64; 4]);
+
+/// Each region exiftool reads, and the AppliedToDimensions.
+fn regions(info: &Value) -> (Vec<ReadRegion>, (u64, u64)) {
     let ri = &info["RegionInfo"];
     let dims = (ri["AppliedToDimensions"]["W"].as_u64().unwrap(), ri["AppliedToDimensions"]["H"].as_u64().unwrap());
     let list = ri["RegionList"].as_array().cloned().unwrap_or_default();
