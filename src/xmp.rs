@@ -11,7 +11,7 @@
 //! region is written back as it was.
 
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
-use quick_xml::name::ResolveResult;
+use quick_xml::name::{QName, ResolveResult};
 use quick_xml::reader::NsReader;
 use quick_xml::Writer;
 
@@ -29,9 +29,23 @@ const EMPTY: &str = concat!(
     "<?xpacket begin=\"\u{feff}\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>\n",
     "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\" x:xmptk=\"facedb ",
     env!("CARGO_PKG_VERSION"),
-    "\">\n<rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">\n<rdf:Description rdf:about=\"\"/>\n</rdf:RDF>\n</x:xmpmeta>\n",
+    "\">\n<rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">\n<rdf:Description rdf:about=\"\"",
+    " xmlns:mwg-rs=\"http://www.metadataworkinggroup.com/schemas/regions/\"",
+    " xmlns:stDim=\"http://ns.adobe.com/xap/1.0/sType/Dimensions#\"",
+    " xmlns:stArea=\"http://ns.adobe.com/xmp/sType/Area#\"",
+    " xmlns:facedb=\"http://ns.facedb.dev/xmp/1.0/\"/>\n</rdf:RDF>\n</x:xmpmeta>\n",
     "<?xpacket end=\"w\"?>\n"
 );
+
+/// The prefixes facedb writes, as bits of [`Elem::bound`].
+const PREFIXES: [(&str, &str); 5] =
+    [("rdf", NS_RDF), ("mwg-rs", NS_MWG_RS), ("stDim", NS_ST_DIM), ("stArea", NS_ST_AREA), ("facedb", NS_FACEDB)];
+const RDF: u8 = 1;
+const MWG: u8 = 2;
+const DIM: u8 = 4;
+const AREA: u8 = 8;
+const FACEDB: u8 = 16;
+const ALL: u8 = 31;
 
 /// A face region in MWG terms: centre and size as fractions of the stored image.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +121,9 @@ struct Elem {
     facedb_mark: bool,
     /// Read as `<x/>`.
     empty: bool,
+    /// Which of [`PREFIXES`] are bound to facedb's namespaces inside this element: an element
+    /// facedb adds declares only the others (a foreign sidecar may bind them differently).
+    bound: u8,
     children: Vec<Node>,
 }
 
@@ -115,11 +132,18 @@ impl Elem {
         self.ns == ns && self.local == local
     }
 
-    fn new(qname: &str, ns: &str, attrs: &[(&str, &str)], children: Vec<Node>) -> Self {
+    /// A new element inside one where `scope` prefixes are bound, declaring the `needs` that are not.
+    fn new(qname: &str, ns: &str, attrs: &[(&str, &str)], children: Vec<Node>, scope: u8, needs: u8) -> Self {
         let local = qname.rsplit(':').next().unwrap_or(qname).to_string();
-        let start = BytesStart::new(qname.to_string()).with_attributes(attrs.iter().copied());
+        let mut start = BytesStart::new(qname.to_string());
+        for (i, (prefix, uri)) in PREFIXES.iter().enumerate() {
+            if needs & !scope & (1 << i) != 0 {
+                start.push_attribute((format!("xmlns:{prefix}").as_str(), *uri));
+            }
+        }
+        let start = start.with_attributes(attrs.iter().copied());
         let facedb_mark = attrs.iter().any(|(k, _)| *k == "facedb:FaceId");
-        Elem { start, ns: ns.to_string(), local, facedb_mark, empty: children.is_empty(), children }
+        Elem { start, ns: ns.to_string(), local, facedb_mark, empty: children.is_empty(), bound: scope | needs, children }
     }
 
     fn child_mut(&mut self, ns: &str, local: &str) -> Option<&mut Elem> {
@@ -185,7 +209,14 @@ fn element(reader: &NsReader<&[u8]>, start: BytesStart<'_>, ns: String, empty: b
         matches!(ns, ResolveResult::Bound(n) if n.as_ref() == NS_FACEDB) && local.as_ref() == "FaceId"
     });
     let local = start.local_name().as_ref().to_string();
-    Elem { start: start.into_owned(), ns, local, facedb_mark, empty, children: Vec::new() }
+    let mut bound = 0;
+    for (i, (prefix, uri)) in PREFIXES.iter().enumerate() {
+        let probe = format!("{prefix}:x");
+        if matches!(reader.resolver().resolve_element(QName(&probe)).0, ResolveResult::Bound(n) if n.as_ref() == *uri) {
+            bound |= 1 << i;
+        }
+    }
+    Elem { start: start.into_owned(), ns, local, facedb_mark, empty, bound, children: Vec::new() }
 }
 
 fn write(nodes: &[Node], w: &mut Writer<Vec<u8>>) -> std::io::Result<()> {
@@ -222,8 +253,8 @@ fn fmt(v: f64) -> String {
     format!("{v:.6}")
 }
 
-/// `<rdf:li>` of one region (namespaces declared on it, so it reads the same in any sidecar).
-fn region_li(r: &Region) -> Node {
+/// `<rdf:li>` of one region, inside a bag where `scope` prefixes are bound.
+fn region_li(r: &Region, scope: u8) -> Node {
     let area = Elem::new(
         "mwg-rs:Area",
         NS_MWG_RS,
@@ -235,6 +266,8 @@ fn region_li(r: &Region) -> Node {
             ("stArea:unit", "normalized"),
         ],
         Vec::new(),
+        ALL,
+        0,
     );
     let face_id = r.face_id.to_string();
     let mut attrs: Vec<(&str, &str)> = vec![("mwg-rs:Type", "Face")];
@@ -242,23 +275,19 @@ fn region_li(r: &Region) -> Node {
         attrs.push(("mwg-rs:Name", name));
     }
     attrs.push(("facedb:FaceId", &face_id));
-    let description = Elem::new("rdf:Description", NS_RDF, &attrs, vec![Node::Elem(area)]);
-    let li = Elem::new(
-        "rdf:li",
-        NS_RDF,
-        &[("xmlns:rdf", NS_RDF), ("xmlns:mwg-rs", NS_MWG_RS), ("xmlns:stArea", NS_ST_AREA), ("xmlns:facedb", NS_FACEDB)],
-        vec![Node::Elem(description)],
-    );
-    Node::Elem(li)
+    let description = Elem::new("rdf:Description", NS_RDF, &attrs, vec![Node::Elem(area)], ALL, 0);
+    Node::Elem(Elem::new("rdf:li", NS_RDF, &[], vec![Node::Elem(description)], scope, RDF | MWG | AREA | FACEDB))
 }
 
-fn applied_to(dims: (u32, u32)) -> Node {
+fn applied_to(dims: (u32, u32), scope: u8) -> Node {
     let (w, h) = (dims.0.to_string(), dims.1.to_string());
     Node::Elem(Elem::new(
         "mwg-rs:AppliedToDimensions",
         NS_MWG_RS,
-        &[("xmlns:mwg-rs", NS_MWG_RS), ("xmlns:stDim", NS_ST_DIM), ("stDim:w", &w), ("stDim:h", &h), ("stDim:unit", "pixel")],
+        &[("stDim:w", &w), ("stDim:h", &h), ("stDim:unit", "pixel")],
         Vec::new(),
+        scope,
+        MWG | DIM,
     ))
 }
 
@@ -281,7 +310,8 @@ pub fn merge(existing: &[u8], dims: (u32, u32), regions: &[Region]) -> Result<Me
     let rdf = find_mut(&mut doc, NS_RDF, "RDF").ok_or("it has no rdf:RDF element, so it is not XMP")?;
     let has_description = rdf.children.iter().any(|n| matches!(n, Node::Elem(e) if e.is(NS_RDF, "Description")));
     if !has_description {
-        rdf.children.push(Node::Elem(Elem::new("rdf:Description", NS_RDF, &[("rdf:about", "")], Vec::new())));
+        let scope = rdf.bound;
+        rdf.children.push(Node::Elem(Elem::new("rdf:Description", NS_RDF, &[("rdf:about", "")], Vec::new(), scope, RDF)));
     }
     let mut other_regions = 0;
     let mut placed = false;
@@ -305,12 +335,7 @@ pub fn merge(existing: &[u8], dims: (u32, u32), regions: &[Region]) -> Result<Me
             _ => None,
         });
         if let Some(desc) = desc {
-            let mut new = Elem::new(
-                "mwg-rs:Regions",
-                NS_MWG_RS,
-                &[("xmlns:mwg-rs", NS_MWG_RS), ("xmlns:rdf", NS_RDF), ("rdf:parseType", "Resource")],
-                Vec::new(),
-            );
+            let mut new = Elem::new("mwg-rs:Regions", NS_MWG_RS, &[("rdf:parseType", "Resource")], Vec::new(), desc.bound, MWG | RDF);
             replace_regions(&mut new, dims, regions);
             desc.children.extend([newline(), Node::Elem(new), newline()]);
             desc.empty = false;
@@ -336,15 +361,17 @@ fn replace_regions(regions_elem: &mut Elem, dims: (u32, u32), regions: &[Region]
     };
     body.children.retain(|n| !matches!(n, Node::Elem(e) if e.is(NS_MWG_RS, "AppliedToDimensions")));
     if body.child_mut(NS_MWG_RS, "RegionList").is_none() {
-        let bag = Elem::new("rdf:Bag", NS_RDF, &[("xmlns:rdf", NS_RDF)], Vec::new());
-        let list = Elem::new("mwg-rs:RegionList", NS_MWG_RS, &[("xmlns:mwg-rs", NS_MWG_RS)], vec![Node::Elem(bag)]);
+        let list_scope = body.bound | MWG;
+        let bag = Elem::new("rdf:Bag", NS_RDF, &[], Vec::new(), list_scope, RDF);
+        let list = Elem::new("mwg-rs:RegionList", NS_MWG_RS, &[], vec![Node::Elem(bag)], body.bound, MWG);
         body.children.push(Node::Elem(list));
     }
-    body.children.insert(0, applied_to(dims));
+    body.children.insert(0, applied_to(dims, body.bound));
     body.empty = false;
     let Some(list) = body.child_mut(NS_MWG_RS, "RegionList") else { return 0 };
     if list.child_mut(NS_RDF, "Bag").is_none() {
-        list.children.push(Node::Elem(Elem::new("rdf:Bag", NS_RDF, &[("xmlns:rdf", NS_RDF)], Vec::new())));
+        let scope = list.bound;
+        list.children.push(Node::Elem(Elem::new("rdf:Bag", NS_RDF, &[], Vec::new(), scope, RDF)));
     }
     list.empty = false;
     let Some(bag) = list.child_mut(NS_RDF, "Bag") else { return 0 };
@@ -358,7 +385,7 @@ fn replace_regions(regions_elem: &mut Elem, dims: (u32, u32), regions: &[Region]
     });
     let kept = bag.children.iter().filter(|n| matches!(n, Node::Elem(e) if e.is(NS_RDF, "li"))).count();
     for r in regions {
-        bag.children.push(region_li(r));
+        bag.children.push(region_li(r, bag.bound));
         bag.children.push(newline());
     }
     bag.empty = false;

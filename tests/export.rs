@@ -173,6 +173,11 @@ fn xmp_regions_read_back_with_exiftool_for_plain_rotated_and_merged_sidecars() {
         .success()
         .stdout(predicate::str::contains("\"created\":0,\"updated\":0,\"merged\":0"));
     assert_eq!(std::fs::read(d.join("turned6.jpg.xmp")).unwrap(), before);
+    // Killed after renaming, before recording the new hash: the pending hash still proves it.
+    let hash = blake3::hash(&std::fs::read(d.join("turned8.jpg.xmp")).unwrap()).to_hex().to_string();
+    conn.execute("UPDATE xmp_sidecars SET blake3 = 'old', pending = ?1 WHERE path = 'turned8.jpg.xmp'", [&hash]).unwrap();
+    facedb().args(["export", "xmp"]).arg(d).assert().success();
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM xmp_sidecars WHERE pending IS NULL AND blake3 <> 'old'"), 6, "settled");
     std::fs::write(d.join("turned6.jpg.xmp"), String::from_utf8(before).unwrap().replace("xmptk", "xmptk2")).unwrap();
     facedb()
         .args(["export", "xmp"])

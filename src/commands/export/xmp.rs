@@ -164,7 +164,8 @@ fn write_sidecar(conn: &Connection, ledger: &HashMap<String, SidecarEntry>, job:
             let merged =
                 xmp::merge(&bytes, dims, &regions).map_err(|e| anyhow!("cannot merge into {shown}: {e}; fix it or move it away"))?;
             if merged.bytes == bytes {
-                if !ours {
+                // Adopted (equal to what facedb writes) or settled (a killed run's pending hash).
+                if ledger.get(&job.key).is_none_or(|e| e.blake3 != hash) {
                     record(conn, job, &hash, regions.len())?;
                 }
                 return Ok(Outcome::Unchanged);
