@@ -113,12 +113,12 @@ pub fn sidecar_written(conn: &Connection, path: &str, hash: &str, regions: usize
     Ok(())
 }
 
-/// The embedder whose vectors are exported: that of the latest `index`.
+/// The embedder whose vectors are exported: that of the latest `index` (or `merge` of shards).
 pub fn current_embedder(conn: &Connection) -> Result<Option<(i64, String, String)>> {
     Ok(conn
         .query_row(
             "SELECT m.id, m.name, m.file_blake3 FROM runs r JOIN models m ON m.id = r.embedder_id
-             WHERE r.command = 'index' ORDER BY r.id DESC LIMIT 1",
+             WHERE r.command IN ('index', 'merge') ORDER BY r.id DESC LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -202,15 +202,16 @@ pub struct FaceRow {
     pub person: Option<String>,
 }
 
-pub fn faces(conn: &Connection) -> Result<Vec<FaceRow>> {
+/// Up to `limit` faces with ids over `after`, by id (a page: memory stays flat at any size).
+pub fn faces(conn: &Connection, after: i64, limit: usize) -> Result<Vec<FaceRow>> {
     let mut stmt = conn.prepare(
         "SELECT fc.id, fc.image_id, fc.idx, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json,
                 fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness, pf.person_id, p.name
          FROM faces fc JOIN images i ON i.id = fc.image_id AND i.detector_id = fc.detector_id
          LEFT JOIN person_faces pf ON pf.face_id = fc.id LEFT JOIN people p ON p.id = pf.person_id
-         ORDER BY fc.id",
+         WHERE fc.id > ?1 ORDER BY fc.id LIMIT ?2",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
         // A damaged landmarks text is exported as NaNs rather than failing the whole export.
         let lm: Option<[[f32; 2]; 5]> = serde_json::from_str(&r.get::<_, String>("landmarks_json")?).ok();
         let landmarks = lm.map_or([f32::NAN; 10], |l| std::array::from_fn(|i| l[i / 2][i % 2]));
@@ -232,22 +233,25 @@ pub fn faces(conn: &Connection) -> Result<Vec<FaceRow>> {
 /// A face id and its embedding.
 pub type EmbeddingRow = (i64, Vec<f32>);
 
-/// Embeddings by `embedder_id` of current faces, by face id; a damaged vector (wrong length)
-/// is left out, as match leaves it out. Returns the rows and how many were left out.
-pub fn embeddings(conn: &Connection, embedder_id: i64) -> Result<(Vec<EmbeddingRow>, usize)> {
+/// Embeddings by `embedder_id` of current faces with ids over `after`, by face id, up to `limit`
+/// (a page); a damaged vector (wrong length) is left out, as match leaves it out. Returns the
+/// rows, how many were left out, and the last face id read (`None`: nothing left).
+pub fn embeddings(conn: &Connection, embedder_id: i64, after: i64, limit: usize) -> Result<(Vec<EmbeddingRow>, usize, Option<i64>)> {
     let mut stmt = conn.prepare(
         "SELECT e.face_id, e.vector FROM embeddings e
          JOIN faces fc ON fc.id = e.face_id JOIN images i ON i.id = fc.image_id AND i.detector_id = fc.detector_id
-         WHERE e.model_id = ?1 ORDER BY e.face_id",
+         WHERE e.model_id = ?1 AND e.face_id > ?2 ORDER BY e.face_id LIMIT ?3",
     )?;
-    let mut rows = stmt.query([embedder_id])?;
-    let (mut out, mut damaged) = (Vec::new(), 0);
+    let mut rows = stmt.query(params![embedder_id, after, limit as i64])?;
+    let (mut out, mut damaged, mut last) = (Vec::new(), 0, None);
     while let Some(r) = rows.next()? {
+        let face_id: i64 = r.get(0)?;
+        last = Some(face_id);
         let blob: Vec<u8> = r.get(1)?;
         match blob_to_vector(&blob).filter(|v| v.len() == EMBEDDING_DIM) {
-            Some(v) => out.push((r.get(0)?, v)),
+            Some(v) => out.push((face_id, v)),
             None => damaged += 1,
         }
     }
-    Ok((out, damaged))
+    Ok((out, damaged, last))
 }

@@ -12,7 +12,10 @@ use crate::commands::{database_path, find_dataset, open_database, outln, Globals
 use crate::db::export;
 use crate::db::read;
 use crate::output::{OutputDir, Owner};
-use crate::parquet_file::{write_table, Column, Values};
+use crate::parquet_file::{write_table, Column, TableWriter, Values};
+
+/// Rows per row group of faces and embeddings: 65 536 embeddings are 32 MiB.
+const PAGE: usize = 65_536;
 
 const TABLES: [&str; 4] = ["images.parquet", "files.parquet", "faces.parquet", "embeddings.parquet"];
 
@@ -52,24 +55,8 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
     let files = export::files(&db.conn)?;
     summary.files = files.len();
     save(&out, "files.parquet", &file_columns(files), Vec::new())?;
-    let faces = export::faces(&db.conn)?;
-    summary.faces = faces.len();
-    save(&out, "faces.parquet", &face_columns(faces), Vec::new())?;
-    let embedder = export::current_embedder(&db.conn)?;
-    let (rows, damaged) = match &embedder {
-        Some((id, _, _)) => export::embeddings(&db.conn, *id)?,
-        None => (Vec::new(), 0),
-    };
-    (summary.embeddings, summary.damaged_embeddings) = (rows.len(), damaged);
-    let mut metadata = vec![("facedb:embedding_dim".to_string(), crate::models::sface::EMBEDDING_DIM.to_string())];
-    if let Some((_, name, hash)) = &embedder {
-        metadata.push(("facedb:embedder".into(), format!("{name} {hash}")));
-        summary.embedder = Some(name.clone());
-    }
-    let columns = embedding_columns(rows);
-    // Read back by pyarrow, arrow-rs and Polars as a fixed-size list of 128 floats.
-    metadata.extend(crate::parquet_file::arrow_schema(&columns).map(|s| ("ARROW:schema".to_string(), s)));
-    save(&out, "embeddings.parquet", &columns, metadata)?;
+    summary.faces = save_faces(&out, &db.conn)?;
+    save_embeddings(&out, &db.conn, &mut summary)?;
     out.finish()?;
     if globals.json {
         outln!("{}", serde_json::to_string(&summary)?);
@@ -80,6 +67,52 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Faces in row groups of `PAGE` (memory stays flat at any number of faces). Returns the count.
+fn save_faces(out: &OutputDir, conn: &rusqlite::Connection) -> Result<usize> {
+    let file = out.create("faces.parquet")?;
+    let mut table = TableWriter::new(file, &face_columns(Vec::new()), Vec::new())?;
+    let (mut after, mut count) = (0, 0);
+    loop {
+        let page = export::faces(conn, after, PAGE)?;
+        let Some(last) = page.last().map(|f| f.face_id) else { break };
+        (after, count) = (last, count + page.len());
+        table.write_group(&face_columns(page))?;
+    }
+    let mut file = table.finish().context("writing faces.parquet")?;
+    file.flush()?;
+    file.finish()?;
+    Ok(count)
+}
+
+/// Embeddings of the latest index's embedder, in row groups of `PAGE`.
+fn save_embeddings(out: &OutputDir, conn: &rusqlite::Connection, summary: &mut Summary) -> Result<()> {
+    let embedder = export::current_embedder(conn)?;
+    let mut metadata = vec![("facedb:embedding_dim".to_string(), crate::models::sface::EMBEDDING_DIM.to_string())];
+    if let Some((_, name, hash)) = &embedder {
+        metadata.push(("facedb:embedder".into(), format!("{name} {hash}")));
+        summary.embedder = Some(name.clone());
+    }
+    // Read back by pyarrow, arrow-rs and Polars as a fixed-size list of 128 floats.
+    let template = embedding_columns(Vec::new());
+    metadata.extend(crate::parquet_file::arrow_schema(&template).map(|s| ("ARROW:schema".to_string(), s)));
+    let file = out.create("embeddings.parquet")?;
+    let mut table = TableWriter::new(file, &template, metadata)?;
+    let mut after = 0;
+    while let Some((id, _, _)) = &embedder {
+        let (rows, damaged, last) = export::embeddings(conn, *id, after, PAGE)?;
+        let Some(last) = last else { break };
+        after = last;
+        summary.embeddings += rows.len();
+        summary.damaged_embeddings += damaged;
+        if !rows.is_empty() {
+            table.write_group(&embedding_columns(rows))?;
+        }
+    }
+    let mut file = table.finish().context("writing embeddings.parquet")?;
+    file.flush()?;
+    file.finish()
 }
 
 fn save(out: &OutputDir, name: &str, columns: &[Column], metadata: Vec<(String, String)>) -> Result<()> {
