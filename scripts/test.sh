@@ -26,6 +26,20 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "chromium/chromedriver missing and not root: tests/it/review.rs will skip its browser test" >&2
   fi
 fi
+tier "exiftool, pyarrow and duckdb for the export tests (tests/export.rs)"
+# exiftool reads the XMP sidecars back (Debian's package); pyarrow and duckdb read the Parquet
+# files, pinned, in the project's git-ignored .venv (tests/export.rs uses .venv/bin/python).
+if ! command -v exiftool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null
+  else
+    echo "exiftool missing and not root: install libimage-exiftool-perl, or tests/export.rs fails" >&2
+  fi
+fi
+if ! .venv/bin/python -c "import pyarrow, duckdb" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check pyarrow==26.0.1 duckdb==2.0.1
+fi
 tier "fuzz targets build"
 (cd fuzz && CARGO_TARGET_DIR=../target/fuzz-check cargo check --release --locked --bins)
 tier "whole suite (real models, real photos)"

@@ -65,6 +65,8 @@ pub enum Command {
     People(PeopleArgs),
     /// Erase a photo's faces (or one face) for good: embeddings, crops facedb wrote, cached vectors, references; then compact the database.
     Forget(ForgetArgs),
+    /// Hand the stored faces to other tools: XMP face regions beside the photos, or Parquet tables.
+    Export(ExportArgs),
     /// Run one SQL statement against the database (read-only unless --write) and print the rows.
     Sql(SqlArgs),
     /// Copy the models and ONNX Runtime library to the user location (~/.local/share/facedb/models).
@@ -395,6 +397,72 @@ pub struct InfoArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    pub format: ExportFormat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportFormat {
+    /// Write each photo's faces as Metadata Working Group face regions into an .xmp sidecar beside it (digiKam, Lightroom, immich, exiftool read them).
+    ///
+    /// One region (type Face) per stored face, named after its person when the person has a name
+    /// (`facedb people name`). Photos are never touched. A sidecar facedb wrote (listed with its
+    /// hash in the database) is updated in place; any other existing sidecar is refused unless you
+    /// pass --merge-existing, which keeps everything in it (other metadata, regions facedb did not
+    /// write) and replaces only facedb's regions. A sidecar that is a symbolic link is refused.
+    ///
+    /// EXIF orientation: as the MWG guidelines require, regions are given in the pixels of the
+    /// image as stored in the file (AppliedToDimensions is the stored width and height), and a
+    /// viewer turns them with the photo, so they land on the faces of a photo shown turned by its
+    /// EXIF orientation (and of a sideways scan facedb turned itself). HEIC photos: regions are in
+    /// the image as libheif shows it (HEIF's own rotation applied).
+    Xmp(XmpArgs),
+    /// Write images, files, faces and embeddings as Parquet files into OUT (for DuckDB, Spark, Polars, pandas).
+    ///
+    /// OUT/images.parquet, files.parquet, faces.parquet (box, score, landmarks, quality, person)
+    /// and embeddings.parquet (face_id, embedding: 128 float32 of the latest index's embedder).
+    /// The schema and a DuckDB query are in the README. OUT is written like a crop folder: only
+    /// files facedb wrote there are replaced, atomically.
+    Parquet(ParquetArgs),
+}
+
+/// How a sidecar is named beside `photo.jpg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SidecarName {
+    /// photo.jpg.xmp: what digiKam and darktable write and immich reads first; photo.jpg and photo.heic keep separate sidecars.
+    Full,
+    /// photo.xmp: what Lightroom and exiftool use (a photo whose name differs only by extension from another's is refused).
+    Stem,
+}
+
+#[derive(Args, Debug)]
+pub struct XmpArgs {
+    /// Dataset folder [default: found from the current directory].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Add facedb's regions to sidecars facedb did not write, keeping everything already in them.
+    #[arg(long)]
+    pub merge_existing: bool,
+
+    /// Sidecar names: full (photo.jpg.xmp) or stem (photo.xmp).
+    #[arg(long, value_enum, value_name = "NAMING", default_value_t = SidecarName::Full)]
+    pub sidecar_name: SidecarName,
+}
+
+#[derive(Args, Debug)]
+pub struct ParquetArgs {
+    /// Folder for the Parquet files (new, empty, or one facedb wrote them into before).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+
+    /// Dataset folder [default: found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct SqlArgs {
     /// [DIR] QUERY: an optional dataset folder, then one SQL statement.
     #[arg(value_name = "[DIR] QUERY", num_args = 1..=2, required = true)]
@@ -570,5 +638,9 @@ mod tests {
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "--shard {bad}: {err}");
         }
         assert!(Cli::try_parse_from(["facedb", "index", "--shard", "2/3"]).is_ok());
+        let export = |extra: &[&str]| Cli::try_parse_from(["facedb", "export"].iter().chain(extra));
+        assert!(export(&["xmp", "--sidecar-name", "stem", "--merge-existing"]).is_ok());
+        assert_eq!(export(&["xmp", "--sidecar-name", "jpg"]).expect_err("naming").kind(), clap::error::ErrorKind::InvalidValue);
+        assert_eq!(export(&["parquet"]).expect_err("no OUT").kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 }

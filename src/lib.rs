@@ -9,9 +9,11 @@ pub mod histogram;
 pub mod matching;
 pub mod models;
 pub mod output;
+pub mod parquet_file;
 pub mod pipeline;
 pub mod select;
 pub mod util;
+pub mod xmp;
 
 /// Makes glibc hand buffers of 4 MiB and more (decoded photos, detector tensors) straight back to
 /// the kernel when freed. By default its mmap threshold grows after the first big free, after

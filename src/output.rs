@@ -805,12 +805,18 @@ pub fn folder_owner(dir: &Path) -> Option<Owner> {
 /// beside it (`O_EXCL|O_NOFOLLOW`), then renamed over it. The caller has checked that `dest` is
 /// new or a file facedb wrote.
 pub fn write_beside(dest: &Path, bytes: &[u8]) -> Result<()> {
+    write_in_place(dest, bytes, true)
+}
+
+/// [`write_beside`], or with `replace` false a new file only: a file that appeared at `dest`
+/// meanwhile is left alone (`RENAME_NOREPLACE`). XMP sidecars beside the photos.
+pub fn write_in_place(dest: &Path, bytes: &[u8], replace: bool) -> Result<()> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let (tmp, mut file) = create_temp(dir, &random_token(), &AtomicU64::new(0))?;
-    let result = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| place(&tmp, dest, true));
+    let result = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| place(&tmp, dest, replace));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches and returns the process exit code.
 
+pub mod export;
 pub mod find;
 pub mod forget;
 pub mod index;
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Review(args) => review::run(&globals, args),
         Command::People(args) => people::run(&globals, args),
         Command::Forget(args) => forget::run(&globals, args),
+        Command::Export(args) => export::run(&globals, args),
         Command::Sql(args) => sql::run(&globals, args),
         Command::Models(args) => version::models(&globals, args),
         Command::Completions { shell } => {

@@ -11,6 +11,7 @@ mod cli;
 mod crops;
 mod curation;
 mod detect_recall;
+mod export;
 mod forget;
 mod hostile;
 mod interrupt;
