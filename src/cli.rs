@@ -338,6 +338,13 @@ pub enum PeopleAction {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Take faces out of their people into a new person (one person found as two, split back; kept by later runs).
+    Split {
+        #[arg(value_name = "FACE_ID", required = true, num_args = 1..)]
+        faces: Vec<i64>,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Write the people sheet: an HTML page with each person's largest faces and count, biggest first.
     Sheet {
         /// Folder the sheet (people.html) is written into [default: DIR/facedb-people]; facedb's ledger guards it as it does crop folders.

@@ -149,14 +149,9 @@ impl<'a, 'b> Run<'a, 'b> {
         let new: Vec<usize> = (0..n).filter(|&i| faces.is_new(i)).collect();
         let others: Vec<usize> = (0..n).filter(|&i| !faces.is_new(i)).collect();
         let old_waiting: Vec<usize> = (0..n).filter(|&i| faces.person[i].is_none() && faces.waiting[i].is_some()).collect();
-        let new_rows = faces.rows(&new)?;
-        let cross = within(new_rows.view(), faces.rows(&others)?.view(), p.distance, false);
-        let among = within(new_rows.view(), new_rows.view(), p.distance, true);
         let mut lists = HashMap::with_capacity(new.len());
         let mut from_new: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
-        for (k, (c, a)) in cross.into_iter().zip(among).enumerate() {
-            let list: Vec<(usize, f32)> =
-                c.into_iter().map(|(j, d)| (others[j], d)).chain(a.into_iter().map(|(j, d)| (new[j], d))).collect();
+        for (k, list) in neighbours_of_new(faces, &new, &others, p.distance)?.into_iter().enumerate() {
             for &(b, d) in list.iter().filter(|(b, _)| faces.waiting[*b].is_some() && faces.person[*b].is_none()) {
                 from_new.entry(b).or_default().push((new[k], d));
             }
@@ -313,6 +308,22 @@ impl<'a, 'b> Run<'a, 'b> {
         }
         count.into_iter().filter(|&(i, c)| self.place[i].is_none() && self.faces.waiting[i] != Some(c)).collect()
     }
+}
+
+/// The complete neighbour lists (indices into `faces`) of the new faces.
+fn neighbours_of_new(faces: &Faces, new: &[usize], others: &[usize], max: f32) -> anyhow::Result<Vec<Vec<(usize, f32)>>> {
+    let new_rows = faces.rows(new)?;
+    if new.len() * 8 < faces.len() {
+        // A few new faces: against the whole matrix where it lies (no copy of the other faces;
+        // the pairs of new faces, computed twice, are few against the whole).
+        let all = ArrayView2::from_shape((faces.len(), faces.dim), faces.vectors)?;
+        let near = within(new_rows.view(), all, max, false);
+        return Ok(near.into_iter().zip(new).map(|(l, &a)| l.into_iter().filter(|&(b, _)| b != a).collect()).collect());
+    }
+    let cross = within(new_rows.view(), faces.rows(others)?.view(), max, false);
+    let among = within(new_rows.view(), new_rows.view(), max, true);
+    let lists = cross.into_iter().zip(among);
+    Ok(lists.map(|(c, a)| c.into_iter().map(|(j, d)| (others[j], d)).chain(a.into_iter().map(|(j, d)| (new[j], d))).collect()).collect())
 }
 
 /// The target most of these (target, distance) neighbours belong to (ties: the nearest one,

@@ -102,6 +102,29 @@ fn one_persons_portraits_become_one_person_strangers_do_not_and_new_photos_join_
     assert_eq!(source, "user");
     facedb().args(["people", "merge", &obama.to_string(), &biden_id.to_string()]).current_dir(dir).assert().success();
     assert_eq!(query_i64(&db(dir), "SELECT count(*) FROM people"), 1);
+
+    // Merged by mistake: split Biden's faces back out into a person of their own, which later
+    // runs keep, and match --person finds only him.
+    let biden_faces: Vec<String> = person_of_photo(dir).iter().filter(|(p, _)| p.starts_with("biden")).map(|(p, _)| p.clone()).collect();
+    let conn = db(dir);
+    let ids: Vec<String> = biden_faces
+        .iter()
+        .map(|p| conn.query_row("SELECT min(face_id) FROM face_people_v WHERE path = ?1", [p], |r| r.get::<_, i64>(0)).unwrap().to_string())
+        .collect();
+    facedb().args(["people", "split"]).args(&ids).current_dir(dir).assert().success();
+    let again = people_json(dir);
+    assert_eq!((again["summary"]["assigned"].as_u64(), again["summary"]["new_people"].as_u64()), (Some(0), Some(0)), "{again}");
+    let found = person_of_photo(dir);
+    let split: BTreeSet<Option<i64>> = found.iter().filter(|(p, _)| p.starts_with("biden")).map(|(_, &id)| id).collect();
+    assert_eq!(split.len(), 1, "{found:?}");
+    let split_id = split.into_iter().next().flatten().unwrap();
+    assert_ne!(split_id, obama);
+    assert_eq!(found["obama.jpg"], Some(obama));
+    let out = tempfile::tempdir().unwrap();
+    facedb().arg("match").arg(dir).args(["--person", &split_id.to_string(), "--out"]).arg(out.path()).assert().success();
+    let sources: BTreeSet<String> = manifest(out.path()).iter().map(|r| file_name_of(&r["source_path"])).collect();
+    assert!(!sources.is_empty() && sources.iter().all(|s| s.starts_with("biden")), "{sources:?}");
+    facedb().args(["people", "split", "999999"]).current_dir(dir).assert().code(2);
 }
 
 /// Saves a copy of `biden.jpg` edited one way (smaller, or mirrored and warmer), backdated.

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::{MatchArgs, PeopleAction, PeopleArgs};
 use crate::cluster::{self, Faces, Params, Plan};
-use crate::db::people::{self, StoredFace};
+use crate::db::people::{self, StoredFace, StoredFaces};
 use crate::pipeline::quality::BLURRY;
 use crate::util::display_str;
 
@@ -35,6 +35,11 @@ pub fn run(globals: &Globals, args: PeopleArgs) -> Result<ExitCode> {
             let mut db = open(globals, dir)?;
             let moved = people::merge(&mut db.conn, into, from)?;
             done(globals, &format!("{moved} face(s) of person {from} moved into person {into}; person {from} is gone"))
+        }
+        Some(PeopleAction::Split { faces, dir }) => {
+            let mut db = open(globals, dir)?;
+            let person = people::split(&mut db.conn, &faces)?;
+            done(globals, &format!("{} face(s) are person {person} now (kept there by later runs)", faces.len()))
         }
         Some(PeopleAction::Sheet { out, faces, people, dir }) => {
             super::people_sheet::run(globals, super::people_sheet::SheetArgs { dir, out, faces: faces as usize, people: people as usize })
@@ -93,20 +98,21 @@ fn group(globals: &Globals, dir: Option<PathBuf>, params: Params) -> Result<Exit
     };
     let mut stored = people::faces(&db.conn, embedder)?;
     let basis = format!("embedder {embedder}, distance {}, min_neighbours {}", params.distance, params.min_neighbours);
-    let remembered = trust_counts(&db.conn, &mut stored, &basis)?;
+    let remembered = trust_counts(&db.conn, &mut stored.faces, &basis)?;
     let plan = plan_for(&stored, params)?;
-    let ids = |idx: &[usize]| idx.iter().map(|&i| stored[i].face_id).collect::<Vec<i64>>();
+    let face = |i: usize| stored.faces[i].face_id;
+    let ids = |idx: &[usize]| idx.iter().map(|&i| face(i)).collect::<Vec<i64>>();
     let changes = people::Changes {
-        assigned: plan.assigned.iter().map(|&(i, t)| (stored[i].face_id, t)).collect(),
+        assigned: plan.assigned.iter().map(|&(i, t)| (face(i), t)).collect(),
         new_people: plan.new_people.iter().map(|g| ids(g)).collect(),
-        waiting: plan.waiting_counts.iter().map(|&(i, n)| (stored[i].face_id, n)).collect(),
+        waiting: plan.waiting_counts.iter().map(|&(i, n)| (face(i), n)).collect(),
         reset_waiting: !remembered,
         basis,
     };
     people::store(&mut db.conn, &changes)?;
     let summary = Summary {
-        faces: stored.len(),
-        kept: stored.iter().filter(|f| f.person.is_some()).count(),
+        faces: stored.faces.len(),
+        kept: stored.faces.iter().filter(|f| f.person.is_some()).count(),
         new_faces: plan.new_faces,
         assigned: changes.assigned.len(),
         clustered_among: plan.clustered_among,
@@ -135,32 +141,13 @@ fn trust_counts(conn: &Connection, stored: &mut [StoredFace], basis: &str) -> Re
     Ok(trusted)
 }
 
-fn plan_for(stored: &[StoredFace], params: Params) -> Result<Plan> {
-    let dim = stored.first().map_or(0, |f| f.vector.len());
-    // Vectors of another length (a damaged row) would misalign the matrix: they wait.
-    let usable: Vec<bool> = stored.iter().map(|f| f.vector.len() == dim).collect();
-    let vectors: Vec<f32> = stored.iter().filter(|f| f.vector.len() == dim).flat_map(|f| f.vector.iter().copied()).collect();
-    let index: Vec<usize> = (0..stored.len()).filter(|&i| usable[i]).collect();
-    let person: Vec<Option<i64>> = index.iter().map(|&i| stored[i].person).collect();
-    let waiting: Vec<Option<u32>> = index.iter().map(|&i| stored[i].waiting).collect();
-    let can_seed: Vec<bool> = index
-        .iter()
-        .map(|&i| stored[i].size_px >= SEED_MIN_SIZE && stored[i].sharpness >= BLURRY && stored[i].score >= SEED_MIN_SCORE)
-        .collect();
-    let mut plan = cluster::plan(&Faces { vectors: &vectors, dim, person: &person, can_seed: &can_seed, waiting: &waiting }, params)?;
-    // Back from matrix rows to `stored` indices.
-    for a in &mut plan.assigned {
-        a.0 = index[a.0];
-    }
-    for g in &mut plan.new_people {
-        for i in g.iter_mut() {
-            *i = index[*i];
-        }
-    }
-    for w in &mut plan.waiting_counts {
-        w.0 = index[w.0];
-    }
-    Ok(plan)
+fn plan_for(stored: &StoredFaces, params: Params) -> Result<Plan> {
+    let faces = &stored.faces;
+    let person: Vec<Option<i64>> = faces.iter().map(|f| f.person).collect();
+    let waiting: Vec<Option<u32>> = faces.iter().map(|f| f.waiting).collect();
+    let can_seed: Vec<bool> =
+        faces.iter().map(|f| f.size_px >= SEED_MIN_SIZE && f.sharpness >= BLURRY && f.score >= SEED_MIN_SCORE).collect();
+    cluster::plan(&Faces { vectors: &stored.vectors, dim: stored.dim, person: &person, can_seed: &can_seed, waiting: &waiting }, params)
 }
 
 fn print(globals: &Globals, conn: &Connection, s: &Summary) -> Result<()> {
