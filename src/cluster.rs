@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
@@ -351,25 +352,31 @@ fn within(query: ArrayView2<f32>, base: ArrayView2<f32>, max: f32, same: bool) -
     let blocks = query.nrows().div_ceil(BLOCK_ROWS);
     let pairs: Vec<Vec<(usize, usize, f32)>> = (0..blocks)
         .into_par_iter()
-        .map(|blk| {
-            let r0 = blk * BLOCK_ROWS;
-            let q = query.slice(s![r0..(r0 + BLOCK_ROWS).min(query.nrows()), ..]);
-            let mut found = Vec::new();
-            let mut c0 = if same { r0 } else { 0 };
-            while c0 < base.nrows() {
-                let c1 = (c0 + TILE_COLS).min(base.nrows());
-                let sims = q.dot(&base.slice(s![c0..c1, ..]).t());
-                for ((i, j), &sim) in sims.indexed_iter() {
-                    let (a, b) = (r0 + i, c0 + j);
-                    // NaN (a damaged vector) fails this comparison: never a neighbour.
-                    if sim >= min_sim && (!same || b > a) {
-                        found.push((a, b, (1.0 - sim).max(0.0)));
+        // One tile buffer reused by each worker's blocks: a fresh 16 MiB product per tile is
+        // mapped and faulted in page by page (measured: a third of a 100 000-face run in the kernel).
+        .map_init(
+            || Array2::<f32>::zeros((BLOCK_ROWS, TILE_COLS.min(base.nrows()))),
+            |buf, blk| {
+                let r0 = blk * BLOCK_ROWS;
+                let q = query.slice(s![r0..(r0 + BLOCK_ROWS).min(query.nrows()), ..]);
+                let mut found = Vec::new();
+                let mut c0 = if same { r0 } else { 0 };
+                while c0 < base.nrows() {
+                    let c1 = (c0 + TILE_COLS).min(base.nrows());
+                    let mut sims = buf.slice_mut(s![..q.nrows(), ..c1 - c0]);
+                    general_mat_mul(1.0, &q, &base.slice(s![c0..c1, ..]).t(), 0.0, &mut sims);
+                    for ((i, j), &sim) in sims.indexed_iter() {
+                        let (a, b) = (r0 + i, c0 + j);
+                        // NaN (a damaged vector) fails this comparison: never a neighbour.
+                        if sim >= min_sim && (!same || b > a) {
+                            found.push((a, b, (1.0 - sim).max(0.0)));
+                        }
                     }
+                    c0 = c1;
                 }
-                c0 = c1;
-            }
-            found
-        })
+                found
+            },
+        )
         .collect();
     let mut out = vec![Vec::new(); query.nrows()];
     for (a, b, d) in pairs.into_iter().flatten() {
