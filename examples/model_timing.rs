@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!("YuNet {w}x{h}: {:.1} ms", t.elapsed().as_secs_f64() * 100.0);
     }
-    let face = facedb::pipeline::align::AlignedFace { rgb: vec![128u8; 112 * 112 * 3] };
+    let face = facedb::models::sface::align::AlignedFace { rgb: vec![128u8; 112 * 112 * 3] };
     sface.embed(&face)?;
     let t = Instant::now();
     for _ in 0..10 {
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     println!("decode 12 MP JPEG: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0 / 3.0);
     let img = facedb::pipeline::decode::decode(&bytes)?.rgb;
     let t = Instant::now();
-    let input = facedb::pipeline::detect::to_input(&img, 1280);
+    let input = facedb::models::yunet::to_input(&img, 1280);
     println!("to_input 1280 from 12 MP: {:.1} ms ({}x{})", t.elapsed().as_secs_f64() * 1000.0, input.width, input.height);
     Ok(())
 }

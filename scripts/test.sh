@@ -2,7 +2,7 @@
 # The test command, in tiers, fastest first (as ripgrep's CI): formatting, lints, unit tests
 # (no models needed), then fetch the models, runtime and photos, check that the fuzz targets
 # still build, and run the whole suite against the real models and photos. Used by CI (.ci/run).
-# Extra arguments go to the last step: scripts/test.sh --test cli
+# Extra arguments go to the last step: scripts/test.sh --test it cli::  (one file of tests/it)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tier() { echo "== test tier: $1" >&2; }
@@ -13,17 +13,17 @@ cargo fmt --all --check
 # is ~10x slower unoptimised.
 tier "lints (clippy, warnings are errors)"
 cargo clippy --release --locked --all-targets -- -D warnings
-tier "unit tests"
-cargo test --release --locked --lib
+tier "unit tests and the CLI checks that need no models"
+cargo test --release --locked --lib --test cli_edge
 tier "models, runtime and test photos (scripts/setup.sh)"
 scripts/setup.sh
-tier "headless Chromium for the review page's browser test (tests/review.rs)"
+tier "headless Chromium for the review page's browser test (tests/it/review.rs)"
 # Debian's packages; CI runs as root. Without them the browser test says it skipped.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
-    echo "chromium/chromedriver missing and not root: tests/review.rs will skip its browser test" >&2
+    echo "chromium/chromedriver missing and not root: tests/it/review.rs will skip its browser test" >&2
   fi
 fi
 tier "fuzz targets build"

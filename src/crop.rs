@@ -8,7 +8,7 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::pipeline::align::bilinear;
+use crate::models::sface::align::bilinear;
 
 /// A pixel rectangle: x, y, width, height.
 pub type Rect = [u32; 4];

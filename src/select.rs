@@ -15,11 +15,11 @@
 use rayon::prelude::*;
 
 use crate::matching::cosine_distance;
-use crate::pipeline::align::TEMPLATE;
+use crate::models::sface::align::TEMPLATE;
 use crate::pipeline::quality::SHARP;
 
 /// Embeddings of near-duplicates are at most this far apart (cosine distance). Measured with
-/// SFace on the test portraits (tests/best.rs): obama.jpg re-encoded at JPEG 70 or resized to
+/// SFace on the test portraits (tests/it/best.rs): obama.jpg re-encoded at JPEG 70 or resized to
 /// 90 % 0.01-0.02 from the original, cropped by 5 % or as the next frame of a burst (shifted,
 /// brighter) 0.03-0.05, obama2.jpg darkened and blurred 0.09; other photos of the same person
 /// 0.19-0.60; a mirror image 0.09 and the photo cut to half its width 0.10-0.13 (not caught:

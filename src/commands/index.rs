@@ -16,7 +16,8 @@ use rusqlite::Connection;
 use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTED};
 use crate::cli::IndexArgs;
 use crate::db::write::{self, RunCounters};
-use crate::db::{read, Db, DB_FILE};
+use crate::db::{read, Db, LogLevel, ModelId, RunId, RunStatus, DB_FILE};
+use crate::models::sface::align;
 use crate::models::sface::{Embedding, SFace};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
@@ -24,7 +25,7 @@ use crate::pipeline::detect::{DetectParams, Detection};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{align, analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
+use crate::pipeline::{analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -104,9 +105,9 @@ struct Analyzed {
 /// What the run's stages share.
 struct Run<'a> {
     conn: &'a Connection,
-    run_id: i64,
-    detector_id: i64,
-    embedder_id: i64,
+    run_id: RunId,
+    detector_id: ModelId,
+    embedder_id: ModelId,
     params: DetectParams,
     interrupted: &'a AtomicBool,
     env: Environment<'a>,
@@ -167,8 +168,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
     let params =
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
-    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params))?;
-    let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    let (detector_id, embedder_id) = register_models(conn, &files, &params)?;
     let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed, "shard": shard.to_string()}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
     rekey_paths(conn)?;
@@ -197,11 +197,11 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let cache = cache?;
     // The dataset folder itself unreadable would otherwise mark every indexed photo missing.
     if let Some(p) = walked.problems.iter().find(|p| p.rel.is_empty()) {
-        write::finish_run(conn, run_id, "error", &counters)?;
+        write::finish_run(conn, run_id, RunStatus::Error, &counters)?;
         bail!("{}: {}", root.display(), p.error);
     }
     if walked.interrupted || interrupted.load(Ordering::SeqCst) {
-        return finish(globals, &ctx, &root, &counters, "interrupted", started);
+        return finish(globals, &ctx, &root, &counters, RunStatus::Interrupted, started);
     }
     if walked.files.is_empty() && walked.problems.is_empty() && walked.skipped.is_empty() && !globals.quiet {
         say_no_photos(&root, &cache);
@@ -210,11 +210,11 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let (work, mut known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
 
     let status = if work.is_empty() {
-        "ok"
+        RunStatus::Ok
     } else {
         let models = files.load()?;
         if interrupted.load(Ordering::SeqCst) {
-            return finish(globals, &ctx, &root, &counters, "interrupted", started);
+            return finish(globals, &ctx, &root, &counters, RunStatus::Interrupted, started);
         }
         let jobs = args.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
         process(&ctx, &models, work, jobs, &mut known, &cache, &mut counters)?
@@ -230,17 +230,17 @@ fn say_no_photos(root: &Path, cache: &HashMap<String, read::CachedFile>) {
 }
 
 /// Records the end of the run, prints its summary and picks the exit code.
-fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, status: &str, started: Instant) -> Result<ExitCode> {
+fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, status: RunStatus, started: Instant) -> Result<ExitCode> {
     let conn = ctx.conn;
     let totals = read::totals(conn)?;
     let unlisted = read::walk_issues(conn)?.iter().filter(|(_, kind, _)| kind == "error").count() as i64;
     let failed_now = totals.failed + unlisted;
-    let final_status = if status == "interrupted" {
+    let final_status = if status == RunStatus::Interrupted {
         status
     } else if failed_now > 0 {
-        "failures"
+        RunStatus::Failures
     } else {
-        "ok"
+        RunStatus::Ok
     };
     write::finish_run(conn, ctx.run_id, final_status, counters)?;
     write::finish_index_run(conn, ctx.run_id, counters)?;
@@ -256,9 +256,9 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
         });
         println!("{summary}");
     } else if !globals.quiet {
-        print_summary(root, counters, failed_now, started.elapsed(), status == "interrupted");
+        print_summary(root, counters, failed_now, started.elapsed(), status == RunStatus::Interrupted);
     }
-    Ok(if status == "interrupted" {
+    Ok(if status == RunStatus::Interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
     } else if failed_now > 0 {
         ExitCode::from(EXIT_FILES_FAILED)
@@ -357,11 +357,11 @@ fn plan(
 
     let tx = conn.unchecked_transaction()?;
     for p in &problems {
-        write::log(&tx, ctx.run_id, None, Some(&p.rel), "error", &p.error)?;
+        write::log(&tx, ctx.run_id, None, Some(&p.rel), LogLevel::Error, &p.error)?;
         counters.files_failed += 1;
     }
     for p in &skipped {
-        write::log(&tx, ctx.run_id, None, Some(&p.rel), "warn", &format!("skipped: {}", p.error))?;
+        write::log(&tx, ctx.run_id, None, Some(&p.rel), LogLevel::Warn, &format!("skipped: {}", p.error))?;
     }
     let issues: Vec<(&str, &str, &str)> = problems
         .iter()
@@ -413,6 +413,14 @@ fn plan(
     }
     tx.commit()?;
     Ok((work, read::image_hashes(conn)?))
+}
+
+/// The detector (with the parameters it runs with) and embedder rows, added if new: what
+/// `index` stores and what `match` embeds its references with.
+pub fn register_models(conn: &Connection, files: &ModelFiles, params: &DetectParams) -> Result<(ModelId, ModelId)> {
+    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(params))?;
+    let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
+    Ok((detector_id, embedder_id))
 }
 
 pub fn detector_params_json(p: &DetectParams) -> String {
@@ -471,7 +479,7 @@ fn process(
     known: &mut HashMap<String, i64>,
     cache: &HashMap<String, read::CachedFile>,
     counters: &mut RunCounters,
-) -> Result<&'static str> {
+) -> Result<RunStatus> {
     let bar = progress(work.len() as u64, ctx.quiet, "indexing");
     let total = work.len();
     let (work_tx, work_rx) = bounded::<Job>(jobs * 4);
@@ -480,7 +488,7 @@ fn process(
     let claimed = Mutex::new(known.keys().filter(|h| !ctx.retry.contains(*h)).cloned().collect::<HashSet<String>>());
     let (interrupted, params) = (ctx.interrupted, &ctx.params);
 
-    std::thread::scope(|scope| -> Result<&'static str> {
+    std::thread::scope(|scope| -> Result<RunStatus> {
         let mut workers = Vec::new();
         for _ in 0..jobs.min(total) {
             let (rx, tx, claimed) = (work_rx.clone(), out_tx.clone(), &claimed);
@@ -516,7 +524,7 @@ fn process(
         if let Some(e) = worker_error {
             return Err(e);
         }
-        Ok(if interrupted.load(Ordering::SeqCst) { "interrupted" } else { "ok" })
+        Ok(if interrupted.load(Ordering::SeqCst) { RunStatus::Interrupted } else { RunStatus::Ok })
     })
 }
 
@@ -638,7 +646,7 @@ fn store(
     let (mut rows, mut last_commit) = (0usize, Instant::now());
     loop {
         if ctx.interrupted.load(Ordering::SeqCst) {
-            write::finish_run(&tx, run_id, "interrupted", counters)?;
+            write::finish_run(&tx, run_id, RunStatus::Interrupted, counters)?;
             write::finish_index_run(&tx, run_id, counters)?;
             break;
         }
@@ -651,7 +659,7 @@ fn store(
         match outcome {
             Outcome::Unreadable { file, error } => {
                 write::upsert_file(&tx, run_id, &file, None, checked, None, Some(&error))?;
-                write::log(&tx, run_id, None, Some(&file.rel), "error", &error)?;
+                write::log(&tx, run_id, None, Some(&file.rel), LogLevel::Error, &error)?;
                 counters.files_failed += 1;
             }
             Outcome::KnownContent { file, stat, blake3, size, read_ms } => {
@@ -685,7 +693,7 @@ fn store(
                         run_id,
                         Some(image_id),
                         Some(&file.rel),
-                        "warn",
+                        LogLevel::Warn,
                         "file changed while being indexed; it will be read again next run",
                     )?;
                 }
@@ -751,14 +759,14 @@ fn store_analyzed(ctx: &Run, tx: &Connection, a: &Analyzed, previous: Option<i64
                 img.detector_calls,
                 img.embedder_calls
             );
-            write::log(tx, run_id, Some(id), Some(&file.rel), "info", &msg)?;
+            write::log(tx, run_id, Some(id), Some(&file.rel), LogLevel::Info, &msg)?;
             Ok(id)
         }
         Err(failure) => {
             counters.files_failed += 1;
             let id = write::insert_failed_image(tx, run_id, blake3, a.size, &failure.message)?;
             write::set_failure_kind(tx, id, failure.kind, ctx.env.get())?;
-            write::log(tx, run_id, Some(id), Some(&file.rel), "error", &failure.message)?;
+            write::log(tx, run_id, Some(id), Some(&file.rel), LogLevel::Error, &failure.message)?;
             Ok(id)
         }
     }
@@ -780,7 +788,7 @@ fn store_redone(
             write::add_embeddings(tx, image_id, ctx.embedder_id, &vectors)?;
             write::rescore_faces(tx, image_id, &quality)?;
             let msg = format!("embedded and scored the stored faces again (new embedder or quality measure): {calls} embedder calls");
-            write::log(tx, run_id, Some(image_id), Some(&file.rel), "info", &msg)
+            write::log(tx, run_id, Some(image_id), Some(&file.rel), LogLevel::Info, &msg)
         }
         Ok(Redone::Detected(img)) => {
             counters.images_redetected += 1;
@@ -789,7 +797,7 @@ fn store_redone(
             counters.embedder_calls += u64::from(img.embedder_calls);
             write::replace_detection(tx, image_id, &img, ctx.detector_id, ctx.embedder_id)?;
             let msg = format!("detected again with the new detector: {} face(s), {} detector calls", img.faces.len(), img.detector_calls);
-            write::log(tx, run_id, Some(image_id), Some(&file.rel), "info", &msg)
+            write::log(tx, run_id, Some(image_id), Some(&file.rel), LogLevel::Info, &msg)
         }
         // The earlier faces stay; the image stays marked for a redo and is tried next run.
         Err(failure) => write::log(
@@ -797,7 +805,7 @@ fn store_redone(
             run_id,
             Some(image_id),
             Some(&file.rel),
-            "warn",
+            LogLevel::Warn,
             &format!("could not redo with the new models: {}", failure.message),
         ),
     }
@@ -805,7 +813,7 @@ fn store_redone(
 
 fn link(
     conn: &Connection,
-    run_id: i64,
+    run_id: RunId,
     file: &FileEntry,
     stat: Option<Stat>,
     checked: i64,
@@ -819,7 +827,7 @@ fn link(
         run_id,
         Some(image_id),
         Some(&file.rel),
-        "info",
+        LogLevel::Info,
         "content already indexed (copy, rename or re-save); linked without decoding",
     )
 }

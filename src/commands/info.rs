@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use rusqlite::Connection;
 
 use super::{find_dataset, open_database, outln, Globals};
 use crate::cli::InfoArgs;
-use crate::db::{read, DB_FILE};
+use crate::db::read::{self, ImageInfo};
+use crate::db::DB_FILE;
 use crate::pipeline::hash;
 use crate::util::display_str;
 
@@ -19,27 +21,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
     };
     let db = open_database(globals, &root, false)?;
     let conn = &db.conn;
-    let image_id = if as_path.is_file() {
-        let canonical = as_path.canonicalize()?;
-        let by_path = canonical
-            .strip_prefix(&root)
-            .ok()
-            .and_then(|rel| rel.to_str())
-            .map(|rel| read::image_id_for_path(conn, rel))
-            .transpose()?
-            .flatten();
-        match by_path {
-            Some(id) => Some(id),
-            None => {
-                let bytes = std::fs::read(&as_path).with_context(|| format!("reading {}", as_path.display()))?;
-                read::image_id_for_hash(conn, &hash::content_hash(&bytes))?
-            }
-        }
-    } else if let Ok(face_id) = args.target.parse::<i64>() {
-        read::image_id_for_face(conn, face_id)?
-    } else {
-        read::image_id_for_path(conn, &args.target)?
-    };
+    let image_id = resolve(conn, &root, &args.target)?;
     let Some(image_id) = image_id else {
         // An unreadable file has logs but no image.
         let logs = read::logs_for_path(conn, &args.target)?;
@@ -56,6 +38,39 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print(&info)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The image a target names: a photo file (by its path in the dataset, else by its content), a
+/// face id, or a stored relative path.
+fn resolve(conn: &Connection, root: &Path, target: &str) -> Result<Option<i64>> {
+    let as_path = PathBuf::from(target);
+    if as_path.is_file() {
+        let canonical = as_path.canonicalize()?;
+        let by_path = canonical
+            .strip_prefix(root)
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .map(|rel| read::image_id_for_path(conn, rel))
+            .transpose()?
+            .flatten();
+        match by_path {
+            Some(id) => Ok(Some(id)),
+            None => {
+                let bytes = std::fs::read(&as_path).with_context(|| format!("reading {}", as_path.display()))?;
+                read::image_id_for_hash(conn, &hash::content_hash(&bytes))
+            }
+        }
+    } else if let Ok(face_id) = target.parse::<i64>() {
+        read::image_id_for_face(conn, face_id)
+    } else {
+        read::image_id_for_path(conn, target)
+    }
+}
+
+/// The human-readable listing of one image.
+fn print(info: &ImageInfo) -> Result<()> {
     outln!("image {}  blake3 {}", info.image_id, info.blake3);
     for p in &info.paths {
         outln!("  path {}", display_str(p));
@@ -118,7 +133,7 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The nearest ancestor of a photo's folder that holds a facedb database.

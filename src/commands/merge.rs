@@ -13,7 +13,7 @@ use super::{outln, Globals};
 use crate::cli::MergeArgs;
 use crate::db::merge::{self, Merged, ModelKey, Provenance};
 use crate::db::write::{self, RunCounters};
-use crate::db::Db;
+use crate::db::{Db, LogLevel, RunId, RunStatus};
 use crate::models::runtime::ORT_VERSION;
 
 /// A shard database, opened read-only, with what it was made from.
@@ -129,7 +129,7 @@ fn check_target(db: &Db, target: &Path, common: &Common) -> Result<()> {
 }
 
 /// Everything in one transaction: the target changes all at once or not at all.
-fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(i64, Vec<Merged>)> {
+fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(RunId, Vec<Merged>)> {
     let tx = db.conn.unchecked_transaction()?;
     let (d, e) = &common.models;
     let detector = write::ensure_model(&tx, &d.kind, &d.name, &d.file_blake3, &d.params_json)?;
@@ -157,7 +157,7 @@ fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(i64, Vec<M
             m.files_changed,
             m.files
         );
-        write::log(&tx, run_id, None, None, "info", &msg)?;
+        write::log(&tx, run_id, None, None, LogLevel::Info, &msg)?;
         counters.images_new += m.images_new;
         counters.faces_found += m.faces_new;
         counters.files_seen += m.files;
@@ -166,14 +166,14 @@ fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(i64, Vec<M
     let erased = crate::db::forget::erase_forgotten_faces(&tx)?;
     if forgotten > 0 || erased > 0 {
         let msg = format!("{forgotten} forget request(s) from the shards; {erased} face(s) the target held were erased by them");
-        write::log(&tx, run_id, None, None, "info", &msg)?;
+        write::log(&tx, run_id, None, None, LogLevel::Info, &msg)?;
     }
-    write::finish_run(&tx, run_id, "ok", &counters)?;
+    write::finish_run(&tx, run_id, RunStatus::Ok, &counters)?;
     tx.commit()?;
     Ok((run_id, all))
 }
 
-fn report(globals: &Globals, target: &Path, run_id: i64, shards: &[ShardDb], merged: &[Merged], started: Instant) -> Result<()> {
+fn report(globals: &Globals, target: &Path, run_id: RunId, shards: &[ShardDb], merged: &[Merged], started: Instant) -> Result<()> {
     let sum = |f: fn(&Merged) -> u64| merged.iter().map(f).sum::<u64>();
     if globals.json {
         let per: Vec<_> = shards

@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use super::{find::face_ref, find_dataset, open_database, outln, Globals};
 use crate::cli::RejectArgs;
 use crate::db::decisions::{self, NewDecision, Person, Source, Verdict};
+use crate::db::RunId;
 use crate::pipeline::hash;
 use crate::util::{display_path, read_photo_file};
 
@@ -71,7 +72,7 @@ fn crop_dataset(crop: &Path) -> Option<PathBuf> {
 
 /// The face a crop file holds (the file may be deleted already): the match run that wrote it
 /// into its folder (a layout subfolder included), else the face id in its name.
-fn resolve_crop(conn: &Connection, crop: &Path) -> Result<(i64, Option<i64>)> {
+fn resolve_crop(conn: &Connection, crop: &Path) -> Result<(i64, Option<RunId>)> {
     let name = crop.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} is not a crop file name", display_path(crop)))?;
     let parent = match crop.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use rusqlite::{params, Connection};
 
+use super::RunId;
 use crate::select::{Choice, Face};
 
 /// Selection inputs of these faces (embeddings are not read here: the caller has them from the
@@ -44,7 +45,7 @@ pub fn store_face_hashes(conn: &Connection, hashes: &[(i64, u64)]) -> Result<()>
 }
 
 /// One row per matched face of the run.
-pub fn insert_selection(conn: &Connection, run_id: i64, choices: &[Choice], n: usize) -> Result<()> {
+pub fn insert_selection(conn: &Connection, run_id: RunId, choices: &[Choice], n: usize) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO selection (run_id, face_id, score, group_id, group_size, rank, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
@@ -65,7 +66,7 @@ pub struct Selected {
 }
 
 /// face id -> its selection row in this run (empty for a run without --best).
-pub fn selection(conn: &Connection, run_id: i64) -> Result<HashMap<i64, Selected>> {
+pub fn selection(conn: &Connection, run_id: RunId) -> Result<HashMap<i64, Selected>> {
     let mut stmt = conn.prepare("SELECT face_id, score, group_id, group_size, rank, reason FROM selection WHERE run_id = ?1")?;
     let rows = stmt.query_map([run_id], |r| {
         Ok((r.get(0)?, Selected { score: r.get(1)?, group_id: r.get(2)?, group_size: r.get(3)?, rank: r.get(4)?, reason: r.get(5)? }))

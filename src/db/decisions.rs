@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{blob_to_vector, now_rfc3339};
-use crate::models::sface::EMBEDDING_DIM;
+use super::{blob_to_vector, now_rfc3339, Embedder, ModelId, RunId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -84,7 +83,7 @@ pub struct NewDecision<'a> {
     pub person: &'a Person,
     pub verdict: Verdict,
     pub source: Source,
-    pub run_id: Option<i64>,
+    pub run_id: Option<RunId>,
     pub detail: Option<&'a str>,
 }
 
@@ -165,16 +164,22 @@ fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     }
 }
 
-/// A face's stored embedding from `embedder_id`.
-pub fn face_vector(conn: &Connection, face_id: i64, embedder_id: i64) -> Result<Option<Vec<f32>>> {
+/// A face's stored embedding from `embedder`.
+pub fn face_vector(conn: &Connection, face_id: i64, embedder: Embedder) -> Result<Option<Vec<f32>>> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT vector FROM embeddings WHERE face_id = ?1 AND model_id = ?2", params![face_id, embedder_id], |r| r.get(0))
+        .query_row("SELECT vector FROM embeddings WHERE face_id = ?1 AND model_id = ?2", params![face_id, embedder.id], |r| r.get(0))
         .optional()?;
-    Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == EMBEDDING_DIM))
+    Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == embedder.dim))
 }
 
 /// Stores a face as a reference under `key` (see [`face_key`]), with its own box and embedding.
-pub fn insert_face_ref(conn: &Connection, key: &str, face_id: i64, (detector_id, embedder_id): (i64, i64), vector: &[f32]) -> Result<()> {
+pub fn insert_face_ref(
+    conn: &Connection,
+    key: &str,
+    face_id: i64,
+    (detector_id, embedder_id): (ModelId, ModelId),
+    vector: &[f32],
+) -> Result<()> {
     conn.execute(
         "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, landmarks_json, detector_id, embedder_id, vector, created_at)
          SELECT ?1, 'face:' || fc.id, i.width, i.height, 1, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json, ?2, ?3, ?4, ?5
@@ -194,7 +199,7 @@ pub fn face_key(conn: &Connection, face_id: i64) -> Result<Option<String>> {
 }
 
 /// The reference keys (person) of a match run.
-pub fn run_person(conn: &Connection, run_id: i64) -> Result<Person> {
+pub fn run_person(conn: &Connection, run_id: RunId) -> Result<Person> {
     let ids: Option<String> = conn.query_row("SELECT ref_ids_json FROM match_runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
     let Some(ids) = ids else { bail!("run {run_id} is not a match run") };
     let mut stmt = conn.prepare("SELECT blake3 FROM refs WHERE id IN (SELECT value FROM json_each(?1))")?;
@@ -203,7 +208,7 @@ pub fn run_person(conn: &Connection, run_id: i64) -> Result<Person> {
 }
 
 /// The latest finished match run that decided about `face_id`.
-pub fn latest_run_with_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
+pub fn latest_run_with_face(conn: &Connection, face_id: i64) -> Result<Option<RunId>> {
     Ok(conn
         .query_row(
             "SELECT r.run_id FROM match_results r JOIN match_runs m ON m.run_id = r.run_id WHERE r.face_id = ?1 ORDER BY r.run_id DESC LIMIT 1",
@@ -214,7 +219,7 @@ pub fn latest_run_with_face(conn: &Connection, face_id: i64) -> Result<Option<i6
 }
 
 /// Match runs, newest first, with the output folder each wrote into (as recorded).
-pub fn match_run_folders(conn: &Connection) -> Result<Vec<(i64, String)>> {
+pub fn match_run_folders(conn: &Connection) -> Result<Vec<(RunId, String)>> {
     let mut stmt = conn.prepare(
         "SELECT m.run_id, m.out_dir FROM match_runs m JOIN runs r ON r.id = m.run_id WHERE r.status IN ('ok', 'failures') ORDER BY m.run_id DESC",
     )?;
@@ -223,7 +228,7 @@ pub fn match_run_folders(conn: &Connection) -> Result<Vec<(i64, String)>> {
 }
 
 /// The face a run wrote to `crop_path` (relative to its output folder).
-pub fn face_of_crop(conn: &Connection, run_id: i64, crop_path: &str) -> Result<Option<i64>> {
+pub fn face_of_crop(conn: &Connection, run_id: RunId, crop_path: &str) -> Result<Option<i64>> {
     Ok(conn
         .query_row("SELECT face_id FROM match_results WHERE run_id = ?1 AND crop_path = ?2", params![run_id, crop_path], |r| r.get(0))
         .optional()?)
@@ -234,7 +239,7 @@ pub fn face_exists(conn: &Connection, face_id: i64) -> Result<bool> {
     Ok(conn.query_row("SELECT count(*) FROM faces WHERE id = ?1", [face_id], |r| r.get::<_, i64>(0))? > 0)
 }
 
-pub fn set_applied(conn: &Connection, run_id: i64, applied: usize) -> Result<()> {
+pub fn set_applied(conn: &Connection, run_id: RunId, applied: usize) -> Result<()> {
     conn.execute("UPDATE match_runs SET decisions_applied = ?2 WHERE run_id = ?1", params![run_id, applied as i64])?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use super::write;
+use super::{write, RunId};
 use crate::pipeline::shard::Shard;
 
 /// A model as its identity (the row id differs between databases).
@@ -101,7 +101,7 @@ const FACE_COLUMNS: &str = "idx, x, y, w, h, score, landmarks_json, size_px, sha
 /// target already has keeps its row (same models, so the same faces); new contents come with
 /// their faces and embeddings; every path takes the shard's row (the shard owns it). Merging
 /// the same shard again changes no row.
-pub fn merge_shard(tx: &Connection, shard: &Connection, owns: Shard, run_id: i64) -> Result<Merged> {
+pub fn merge_shard(tx: &Connection, shard: &Connection, owns: Shard, run_id: RunId) -> Result<Merged> {
     let mut map = IdMap::default();
     let mut stats = Merged::default();
     copy_models(tx, shard, &mut map)?;
@@ -116,7 +116,7 @@ fn copy_models(tx: &Connection, shard: &Connection, map: &mut IdMap) -> Result<(
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
     for row in rows {
         let (id, kind, name, file, params): (i64, String, String, String, String) = row?;
-        map.models.insert(id, write::ensure_model(tx, &kind, &name, &file, &params)?);
+        map.models.insert(id, write::ensure_model(tx, &kind, &name, &file, &params)?.0);
     }
     Ok(())
 }
@@ -129,7 +129,7 @@ fn mapped(models: &HashMap<i64, i64>, v: &Value) -> Result<Value> {
     }
 }
 
-fn copy_images(tx: &Connection, shard: &Connection, run_id: i64, map: &mut IdMap, stats: &mut Merged) -> Result<()> {
+fn copy_images(tx: &Connection, shard: &Connection, run_id: RunId, map: &mut IdMap, stats: &mut Merged) -> Result<()> {
     let mut stmt = shard.prepare(&format!("SELECT id, {IMAGE_COLUMNS} FROM images ORDER BY id"))?;
     let mut rows = stmt.query([])?;
     let n = IMAGE_COLUMNS.split(',').count();
@@ -148,7 +148,7 @@ fn copy_images(tx: &Connection, shard: &Connection, run_id: i64, map: &mut IdMap
         for v in values.iter_mut().skip(n - 2) {
             *v = mapped(&map.models, v)?;
         }
-        values.push(Value::Integer(run_id));
+        values.push(Value::Integer(run_id.0));
         let id = match known {
             // Same models on both sides, so a known content has the same faces, unless the
             // target kept an earlier failure that the shard's retry has since indexed.
@@ -239,7 +239,7 @@ pub fn copy_forgotten(tx: &Connection, shard: &Connection) -> Result<u64> {
 
 /// Every path of the shard takes the shard's row (stat cache, image, error, missing); a row
 /// that already says the same is not written, so a second merge changes nothing.
-fn copy_files(tx: &Connection, shard: &Connection, run_id: i64, map: &IdMap, stats: &mut Merged) -> Result<()> {
+fn copy_files(tx: &Connection, shard: &Connection, run_id: RunId, map: &IdMap, stats: &mut Merged) -> Result<()> {
     let mut stmt = shard.prepare("SELECT path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, missing FROM files")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -275,7 +275,7 @@ fn copy_files(tx: &Connection, shard: &Connection, run_id: i64, map: &IdMap, sta
 }
 
 /// The shard's walk issues replace the target's for the paths the shard owns (fixed ones go).
-fn copy_walk_issues(tx: &Connection, shard: &Connection, owns: Shard, run_id: i64) -> Result<()> {
+fn copy_walk_issues(tx: &Connection, shard: &Connection, owns: Shard, run_id: RunId) -> Result<()> {
     let mine: Vec<String> = {
         let mut stmt = tx.prepare("SELECT path FROM walk_issues")?;
         let paths = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;

@@ -4,10 +4,13 @@
 pub mod best;
 pub mod decisions;
 pub mod forget;
+pub mod ids;
 pub mod merge;
 pub mod people;
 pub mod read;
 pub mod review;
+pub mod rows;
+pub mod states;
 pub mod vectors;
 pub mod write;
 
@@ -18,6 +21,8 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::pipeline::shard::Shard;
+pub use ids::{FaceId, ImageId, ModelId, RunId};
+pub use states::{DecisionKind, LogLevel, RunStatus};
 
 /// Database file name inside the dataset directory.
 pub const DB_FILE: &str = "facedb.sqlite";
@@ -40,6 +45,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
 pub const APPLICATION_ID: i64 = 0x6664_6231;
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The embedder as the database sees it: its `models` row and the width of its vectors, which
+/// the model defines (a stored vector of another width is not one of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedder {
+    pub id: ModelId,
+    pub dim: usize,
+}
 
 pub fn db_path(dataset: &Path) -> PathBuf {
     dataset.join(DB_FILE)
@@ -66,6 +79,16 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut db = Self { conn };
         db.migrate().with_context(|| format!("migrating {}", path.display()))?;
+        Ok(db)
+    }
+
+    /// A new, migrated database in memory, for tests of the SQL itself.
+    #[cfg(test)]
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut db = Self { conn };
+        db.migrate()?;
         Ok(db)
     }
 
@@ -292,6 +315,58 @@ pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
     b.len().is_multiple_of(4).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
+/// A migrated in-memory database holding one indexed photo, for the unit tests of `read`
+/// and `write`.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+    use crate::models::yunet::Detection;
+    use crate::pipeline::embed::FaceRecord;
+    use crate::pipeline::quality::Quality;
+    use crate::pipeline::walk::{FileEntry, Stat};
+    use crate::pipeline::{AnalyzedImage, StageTimes};
+
+    pub const DIM: usize = 4;
+
+    pub struct Indexed {
+        pub db: Db,
+        pub run: RunId,
+        pub models: write::ModelIds,
+        pub image: i64,
+    }
+
+    pub fn face(x: f32, size: f32) -> FaceRecord {
+        let detection = Detection { x, y: 10.0, w: size, h: size, score: 0.9, landmarks: [[x + 1.0, 12.0]; 5] };
+        let quality = Quality { size_px: size, sharpness: 60.0, yaw: 5.0, roll: 1.0, brightness: 120.0 };
+        FaceRecord { detection, quality, embedding: None, face_hash: Some(7) }
+    }
+
+    /// `photos/a.jpg`, 200x100, two faces (40 and 80 px), indexed by one run.
+    pub fn indexed() -> Result<Indexed> {
+        let db = Db::open_in_memory()?;
+        let conn = &db.conn;
+        let detector = write::ensure_model(conn, "detector", "yunet.onnx", "d0", "{}")?;
+        let embedder = write::ensure_model(conn, "embedder", "sface.onnx", "e0", "{}")?;
+        let models = write::ModelIds { detector, embedder };
+        let run = write::begin_run(conn, "index", "{}", None, Some(detector), Some(embedder))?;
+        let img = AnalyzedImage {
+            width: 200,
+            height: 100,
+            format: "jpeg",
+            orientation: 1,
+            rotation: 0,
+            faces: vec![face(10.0, 40.0), face(100.0, 80.0)],
+            detector_calls: 1,
+            embedder_calls: 0,
+        };
+        let image = write::insert_image(conn, run, "b3", 1234, &img, &StageTimes::default(), models)?;
+        let stat = Stat { size: 1234, mtime_ns: 5, inode: 9 };
+        let file = FileEntry { rel: "photos/a.jpg".into(), raw: None, abs: "/x/photos/a.jpg".into(), stat };
+        write::upsert_file(conn, run, &file, Some(stat), 6, Some(image), None)?;
+        Ok(Indexed { db, run, models, image })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,7 +449,7 @@ mod tests {
         drop(Db::open(&p).unwrap());
         assert!(immutable_uri(&p).ends_with("odd%20%3F%23%25%20name.sqlite?immutable=1"), "{}", immutable_uri(&p));
         // Opened immutably, the file is read exactly (the case where -shm cannot be created
-        // needs a non-root user; tests/trust_db.rs covers it with the real binary).
+        // needs a non-root user; tests/it/trust_db.rs covers it with the real binary).
         let conn = Connection::open_with_flags(immutable_uri(&p), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).unwrap();
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);

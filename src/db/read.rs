@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::blob_to_vector;
+use super::ids::{ModelId, RunId};
+use super::rows::{self, FromRow};
+use super::states::{DecisionKind, LogLevel};
+use super::{blob_to_vector, Embedder};
 use crate::matching::FaceRow;
-use crate::models::sface::EMBEDDING_DIM;
 use crate::pipeline::shard::Shard;
 
 /// The stat cache row of one path.
@@ -22,44 +24,56 @@ pub struct CachedFile {
     pub missing: bool,
 }
 
+impl FromRow for CachedFile {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(CachedFile {
+            image_id: r.get("image_id")?,
+            size: r.get("size")?,
+            mtime_ns: r.get("mtime_ns")?,
+            inode: r.get("inode")?,
+            checked_ns: r.get("checked_ns")?,
+            missing: r.get("missing")?,
+        })
+    }
+}
+
 /// All file rows in one scan (a no-op re-index touches SQLite with this one query).
 pub fn file_cache(conn: &Connection) -> Result<HashMap<String, CachedFile>> {
     let mut stmt = conn.prepare("SELECT path, image_id, size, mtime_ns, inode, checked_ns, missing FROM files")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            CachedFile {
-                image_id: r.get(1)?,
-                size: r.get(2)?,
-                mtime_ns: r.get(3)?,
-                inode: r.get(4)?,
-                checked_ns: r.get(5)?,
-                missing: r.get(6)?,
-            },
-        ))
-    })?;
+    let rows = stmt.query_map([], |r| Ok((r.get("path")?, CachedFile::from_row(r)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// blake3 -> image id for all known content.
 pub fn image_hashes(conn: &Connection) -> Result<HashMap<String, i64>> {
     let mut stmt = conn.prepare("SELECT blake3, id FROM images")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get("blake3")?, r.get("id")?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Every face of every decoded photo that still has a present file (for `match --all`), ordered
 /// by photo.
 pub fn all_faces(conn: &Connection) -> Result<Vec<FaceRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT f.image_id, f.id, f.size_px, f.sharpness, f.yaw, f.score FROM faces f
+    rows::all(
+        conn,
+        "SELECT f.image_id, f.id AS face_id, f.size_px, f.sharpness, f.yaw, f.score FROM faces f
          JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
          WHERE EXISTS (SELECT 1 FROM files p WHERE p.image_id = f.image_id AND p.missing = 0) ORDER BY f.image_id, f.id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        [],
+    )
+}
+
+impl FromRow for FaceRow {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(FaceRow {
+            image_id: r.get("image_id")?,
+            face_id: r.get("face_id")?,
+            size_px: r.get("size_px")?,
+            sharpness: r.get("sharpness")?,
+            yaw: r.get("yaw")?,
+            score: r.get("score")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,33 +89,30 @@ pub struct RefRow {
     pub vector: Vec<f32>,
 }
 
-pub fn find_ref(conn: &Connection, blake3: &str, detector_id: i64, embedder_id: i64) -> Result<Option<RefRow>> {
-    let row = conn
-        .query_row(
-            "SELECT id, blake3, path, width, height, faces_in_photo, x, y, w, h, vector FROM refs
-             WHERE blake3 = ?1 AND detector_id = ?2 AND embedder_id = ?3",
-            params![blake3, detector_id, embedder_id],
-            |r| {
-                Ok((
-                    RefRow {
-                        id: r.get(0)?,
-                        blake3: r.get(1)?,
-                        path: r.get(2)?,
-                        width: r.get(3)?,
-                        height: r.get(4)?,
-                        faces_in_photo: r.get(5)?,
-                        face: [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?],
-                        vector: Vec::new(),
-                    },
-                    r.get::<_, Vec<u8>>(10)?,
-                ))
-            },
-        )
-        .optional()?;
-    Ok(row.and_then(|(mut refrow, blob)| {
-        refrow.vector = blob_to_vector(&blob).filter(|v| v.len() == EMBEDDING_DIM)?;
-        Some(refrow)
-    }))
+impl FromRow for RefRow {
+    /// The vector is read as stored; [`find_ref`] keeps it only at the embedder's width.
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(RefRow {
+            id: r.get("id")?,
+            blake3: r.get("blake3")?,
+            path: r.get("path")?,
+            width: r.get("width")?,
+            height: r.get("height")?,
+            faces_in_photo: r.get("faces_in_photo")?,
+            face: [r.get("x")?, r.get("y")?, r.get("w")?, r.get("h")?],
+            vector: blob_to_vector(&r.get::<_, Vec<u8>>("vector")?).unwrap_or_default(),
+        })
+    }
+}
+
+pub fn find_ref(conn: &Connection, blake3: &str, detector_id: ModelId, embedder: Embedder) -> Result<Option<RefRow>> {
+    let row: Option<RefRow> = rows::one(
+        conn,
+        "SELECT id, blake3, path, width, height, faces_in_photo, x, y, w, h, vector FROM refs
+         WHERE blake3 = ?1 AND detector_id = ?2 AND embedder_id = ?3",
+        params![blake3, detector_id, embedder.id],
+    )?;
+    Ok(row.filter(|r| r.vector.len() == embedder.dim))
 }
 
 /// What cropping and the manifest need about a face.
@@ -129,36 +140,42 @@ pub struct FaceInfo {
     pub paths: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl FromRow for FaceInfo {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(FaceInfo {
+            face_id: r.get("face_id")?,
+            image_id: r.get("image_id")?,
+            blake3: r.get("blake3")?,
+            width: r.get("width")?,
+            height: r.get("height")?,
+            x: r.get("x")?,
+            y: r.get("y")?,
+            w: r.get("w")?,
+            h: r.get("h")?,
+            score: r.get("score")?,
+            size_px: r.get("size_px")?,
+            sharpness: r.get("sharpness")?,
+            yaw: r.get("yaw")?,
+            roll: r.get("roll")?,
+            brightness: r.get("brightness")?,
+            landmarks: serde_json::from_str(&r.get::<_, String>("landmarks_json")?).unwrap_or([[0.0; 2]; 5]),
+            rotation: r.get("rotation")?,
+            paths: Vec::new(),
+        })
+    }
+}
+
 pub fn face_info(conn: &Connection, face_id: i64) -> Result<FaceInfo> {
-    let mut info = conn.query_row(
-        "SELECT fc.id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness, fc.landmarks_json, i.rotation
+    let mut info: FaceInfo = rows::one(
+        conn,
+        "SELECT fc.id AS face_id, fc.image_id, i.blake3, i.width, i.height, fc.x, fc.y, fc.w, fc.h, fc.score, fc.size_px, fc.sharpness,
+                fc.yaw, fc.roll, fc.brightness, fc.landmarks_json, i.rotation
          FROM faces fc JOIN images i ON i.id = fc.image_id WHERE fc.id = ?1",
         [face_id],
-        |r| {
-            Ok(FaceInfo {
-                face_id: r.get(0)?,
-                image_id: r.get(1)?,
-                blake3: r.get(2)?,
-                width: r.get(3)?,
-                height: r.get(4)?,
-                x: r.get(5)?,
-                y: r.get(6)?,
-                w: r.get(7)?,
-                h: r.get(8)?,
-                score: r.get(9)?,
-                size_px: r.get(10)?,
-                sharpness: r.get(11)?,
-                yaw: r.get(12)?,
-                roll: r.get(13)?,
-                brightness: r.get(14)?,
-                landmarks: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or([[0.0; 2]; 5]),
-                rotation: r.get(16)?,
-                paths: Vec::new(),
-            })
-        },
-    )?;
+    )?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let mut stmt = conn.prepare_cached("SELECT path, path_raw FROM files WHERE image_id = ?1 AND missing = 0 ORDER BY path")?;
-    info.paths = stmt.query_map([info.image_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    info.paths = stmt.query_map([info.image_id], |r| Ok((r.get("path")?, r.get("path_raw")?)))?.collect::<rusqlite::Result<_>>()?;
     Ok(info)
 }
 
@@ -173,18 +190,34 @@ pub struct Totals {
     pub several_faces: i64,
 }
 
+impl FromRow for Totals {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(Totals {
+            files: r.get("files")?,
+            images: r.get("images")?,
+            images_ok: r.get("images_ok")?,
+            failed: r.get("failed")?,
+            faces: r.get("faces")?,
+            no_face: r.get("no_face")?,
+            several_faces: r.get("several_faces")?,
+        })
+    }
+}
+
 pub fn totals(conn: &Connection) -> Result<Totals> {
-    Ok(conn.query_row(
-        "SELECT (SELECT count(*) FROM files WHERE missing = 0),
-                (SELECT count(*) FROM images),
-                (SELECT count(*) FROM images WHERE status = 'ok'),
-                (SELECT count(*) FROM files f LEFT JOIN images i ON i.id = f.image_id WHERE f.missing = 0 AND (f.image_id IS NULL OR i.status = 'failed')),
-                (SELECT count(*) FROM faces),
-                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count = 0),
-                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count > 1)",
+    let totals = rows::one(
+        conn,
+        "SELECT (SELECT count(*) FROM files WHERE missing = 0) AS files,
+                (SELECT count(*) FROM images) AS images,
+                (SELECT count(*) FROM images WHERE status = 'ok') AS images_ok,
+                (SELECT count(*) FROM files f LEFT JOIN images i ON i.id = f.image_id
+                  WHERE f.missing = 0 AND (f.image_id IS NULL OR i.status = 'failed')) AS failed,
+                (SELECT count(*) FROM faces) AS faces,
+                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count = 0) AS no_face,
+                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count > 1) AS several_faces",
         [],
-        |r| Ok(Totals { files: r.get(0)?, images: r.get(1)?, images_ok: r.get(2)?, failed: r.get(3)?, faces: r.get(4)?, no_face: r.get(5)?, several_faces: r.get(6)? }),
-    )?)
+    )?;
+    Ok(totals.ok_or(rusqlite::Error::QueryReturnedNoRows)?)
 }
 
 /// (path, face count) of present photos with exactly zero or more than one face.
@@ -194,17 +227,17 @@ pub fn photos_by_face_count(conn: &Connection, several: bool) -> Result<Vec<(Str
         "SELECT f.path, p.face_count FROM photos_v p JOIN files f ON f.image_id = p.image_id AND f.missing = 0
          WHERE p.status = 'ok' AND p.{cond} ORDER BY f.path"
     ))?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get("path")?, r.get("face_count")?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// (path, error) of present files that could not be read or decoded.
 pub fn failed_files(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(
-        "SELECT f.path, coalesce(f.error, i.error, 'unknown error') FROM files f LEFT JOIN images i ON i.id = f.image_id
+        "SELECT f.path, coalesce(f.error, i.error, 'unknown error') AS error FROM files f LEFT JOIN images i ON i.id = f.image_id
          WHERE f.missing = 0 AND (f.image_id IS NULL OR i.status = 'failed') ORDER BY f.path",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get("path")?, r.get("error")?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -215,7 +248,7 @@ pub fn image_paths(conn: &Connection) -> Result<HashMap<i64, String>> {
     let mut rows = stmt.query([])?;
     let mut out: HashMap<i64, String> = HashMap::new();
     while let Some(r) = rows.next()? {
-        out.entry(r.get(0)?).or_insert(r.get(1)?);
+        out.entry(r.get("image_id")?).or_insert(r.get("path")?);
     }
     Ok(out)
 }
@@ -229,10 +262,10 @@ pub fn paths_of_images(conn: &Connection, ids: &[i64]) -> Result<HashMap<i64, St
         all.retain(|id, _| wanted.contains(id));
         return Ok(all);
     }
-    let mut stmt = conn.prepare_cached("SELECT min(path) FROM files WHERE image_id = ?1 AND missing = 0")?;
+    let mut stmt = conn.prepare_cached("SELECT min(path) AS path FROM files WHERE image_id = ?1 AND missing = 0")?;
     let mut out = HashMap::new();
     for &id in ids {
-        if let Some(path) = stmt.query_row([id], |r| r.get::<_, Option<String>>(0))? {
+        if let Some(path) = stmt.query_row([id], |r| r.get::<_, Option<String>>("path"))? {
             out.insert(id, path);
         }
     }
@@ -242,7 +275,7 @@ pub fn paths_of_images(conn: &Connection, ids: &[i64]) -> Result<HashMap<i64, St
 /// A match run as `report` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MatchRunSummary {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub started_at: String,
     pub mode: String,
     pub threshold: f64,
@@ -256,36 +289,45 @@ pub struct MatchRunSummary {
     pub ambiguous: i64,
 }
 
+/// A match run's row with its reference ids as stored (JSON lists), before they become paths.
+struct MatchRunRow {
+    summary: MatchRunSummary,
+    ref_ids_json: String,
+    neg_ref_ids_json: String,
+}
+
+impl FromRow for MatchRunRow {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        let summary = MatchRunSummary {
+            run_id: r.get("run_id")?,
+            started_at: r.get("started_at")?,
+            mode: r.get("mode")?,
+            threshold: r.get("threshold")?,
+            combine: r.get("combine")?,
+            out_dir: r.get("out_dir")?,
+            references: Vec::new(),
+            negatives: Vec::new(),
+            photos: r.get("photos")?,
+            matched: r.get("matched")?,
+            rejected: r.get("rejected")?,
+            ambiguous: r.get("ambiguous")?,
+        };
+        Ok(MatchRunRow { summary, ref_ids_json: r.get("ref_ids_json")?, neg_ref_ids_json: r.get("neg_ref_ids_json")? })
+    }
+}
+
 pub fn match_runs(conn: &Connection) -> Result<Vec<MatchRunSummary>> {
-    let mut stmt = conn.prepare(
+    let found: Vec<MatchRunRow> = rows::all(
+        conn,
         "SELECT m.run_id, r.started_at, m.mode, m.threshold, m.combine, m.out_dir, m.ref_ids_json, m.neg_ref_ids_json, m.photos, m.matched, m.rejected, m.ambiguous
          FROM match_runs m JOIN runs r ON r.id = m.run_id ORDER BY m.run_id",
+        [],
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            MatchRunSummary {
-                run_id: r.get(0)?,
-                started_at: r.get(1)?,
-                mode: r.get(2)?,
-                threshold: r.get(3)?,
-                combine: r.get(4)?,
-                out_dir: r.get(5)?,
-                references: Vec::new(),
-                negatives: Vec::new(),
-                photos: r.get(8)?,
-                matched: r.get(9)?,
-                rejected: r.get(10)?,
-                ambiguous: r.get(11)?,
-            },
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (mut m, pos, neg) = row?;
-        m.references = ref_paths(conn, &pos)?;
-        m.negatives = ref_paths(conn, &neg)?;
+    let mut out = Vec::with_capacity(found.len());
+    for row in found {
+        let mut m = row.summary;
+        m.references = ref_paths(conn, &row.ref_ids_json)?;
+        m.negatives = ref_paths(conn, &row.neg_ref_ids_json)?;
         out.push(m);
     }
     Ok(out)
@@ -294,7 +336,7 @@ pub fn match_runs(conn: &Connection) -> Result<Vec<MatchRunSummary>> {
 fn ref_paths(conn: &Connection, ids_json: &str) -> Result<Vec<String>> {
     let ids: Vec<i64> = serde_json::from_str(ids_json).unwrap_or_default();
     let mut stmt = conn.prepare_cached("SELECT path FROM refs WHERE id = ?1")?;
-    ids.iter().map(|id| Ok(stmt.query_row([id], |r| r.get(0)).optional()?.unwrap_or_else(|| format!("ref #{id}")))).collect()
+    ids.iter().map(|id| Ok(stmt.query_row([id], |r| r.get("path")).optional()?.unwrap_or_else(|| format!("ref #{id}")))).collect()
 }
 
 /// One stored decision with what a contact sheet shows.
@@ -307,7 +349,7 @@ pub struct ResultRow {
     pub runner_up_distance: Option<f64>,
     pub ambiguous: bool,
     pub pass: i64,
-    pub decision: String,
+    pub decision: DecisionKind,
     pub reason: Option<String>,
     pub crop_path: Option<String>,
     pub face: [f64; 4],
@@ -319,42 +361,46 @@ pub struct ResultRow {
     pub rotation: u16,
 }
 
-pub fn match_results(conn: &Connection, run_id: i64) -> Result<Vec<ResultRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT r.face_id, r.image_id, (SELECT min(f.path) FROM files f WHERE f.image_id = r.image_id AND f.missing = 0),
+impl FromRow for ResultRow {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(ResultRow {
+            face_id: r.get("face_id")?,
+            image_id: r.get("image_id")?,
+            path: r.get("path")?,
+            distance: r.get("distance")?,
+            runner_up_distance: r.get("runner_up_distance")?,
+            ambiguous: r.get("ambiguous")?,
+            pass: r.get("pass")?,
+            decision: r.get("decision")?,
+            reason: r.get("reason")?,
+            crop_path: r.get("crop_path")?,
+            face: [r.get("x")?, r.get("y")?, r.get("w")?, r.get("h")?],
+            size_px: r.get("size_px")?,
+            sharpness: r.get("sharpness")?,
+            yaw: r.get("yaw")?,
+            score: r.get("score")?,
+            rotation: r.get("rotation")?,
+        })
+    }
+}
+
+pub fn match_results(conn: &Connection, run_id: RunId) -> Result<Vec<ResultRow>> {
+    rows::all(
+        conn,
+        "SELECT r.face_id, r.image_id, (SELECT min(f.path) FROM files f WHERE f.image_id = r.image_id AND f.missing = 0) AS path,
                 r.distance, r.runner_up_distance, r.ambiguous, r.pass, r.decision, r.reason, r.crop_path,
                 fc.x, fc.y, fc.w, fc.h, fc.size_px, fc.sharpness, fc.yaw, fc.score,
-                (SELECT i.rotation FROM images i WHERE i.id = r.image_id)
+                (SELECT i.rotation FROM images i WHERE i.id = r.image_id) AS rotation
          FROM match_results r JOIN faces fc ON fc.id = r.face_id WHERE r.run_id = ?1
          ORDER BY r.distance IS NULL, r.distance, r.face_id",
-    )?;
-    let rows = stmt.query_map([run_id], |r| {
-        Ok(ResultRow {
-            face_id: r.get(0)?,
-            image_id: r.get(1)?,
-            path: r.get(2)?,
-            distance: r.get(3)?,
-            runner_up_distance: r.get(4)?,
-            ambiguous: r.get(5)?,
-            pass: r.get(6)?,
-            decision: r.get(7)?,
-            reason: r.get(8)?,
-            crop_path: r.get(9)?,
-            face: [r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?],
-            size_px: r.get(14)?,
-            sharpness: r.get(15)?,
-            yaw: r.get(16)?,
-            score: r.get(17)?,
-            rotation: r.get(18)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        [run_id],
+    )
 }
 
 /// Shorter-side sizes and sharpness of every face, for distributions.
 pub fn face_measures(conn: &Connection) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut stmt = conn.prepare("SELECT size_px, sharpness FROM faces")?;
-    let rows: Vec<(f64, f64)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(f64, f64)> = stmt.query_map([], |r| Ok((r.get("size_px")?, r.get("sharpness")?)))?.collect::<rusqlite::Result<_>>()?;
     Ok(rows.into_iter().unzip())
 }
 
@@ -379,11 +425,11 @@ pub struct ImageInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MatchLine {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub at: String,
     pub face_id: i64,
     pub distance: Option<f64>,
-    pub decision: String,
+    pub decision: DecisionKind,
     pub reason: Option<String>,
     pub crop_path: Option<String>,
 }
@@ -405,126 +451,148 @@ pub struct FaceDetail {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub command: String,
     pub at: String,
-    pub level: String,
+    pub level: LogLevel,
     pub path: Option<String>,
     pub message: String,
 }
 
 pub fn image_id_for_path(conn: &Connection, rel: &str) -> Result<Option<i64>> {
-    Ok(conn.query_row("SELECT image_id FROM files WHERE path = ?1", [rel], |r| r.get(0)).optional()?.flatten())
+    Ok(conn.query_row("SELECT image_id FROM files WHERE path = ?1", [rel], |r| r.get("image_id")).optional()?.flatten())
 }
 
 pub fn image_id_for_hash(conn: &Connection, blake3: &str) -> Result<Option<i64>> {
-    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get(0)).optional()?)
+    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get("id")).optional()?)
 }
 
 pub fn image_id_for_face(conn: &Connection, face_id: i64) -> Result<Option<i64>> {
-    Ok(conn.query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| r.get(0)).optional()?)
+    Ok(conn.query_row("SELECT image_id FROM faces WHERE id = ?1", [face_id], |r| r.get("image_id")).optional()?)
 }
 
-/// A `logs` row joined with its run: (run_id, command, at, level, path, message).
-fn log_line(r: &rusqlite::Row) -> rusqlite::Result<LogLine> {
-    Ok(LogLine { run_id: r.get(0)?, command: r.get(1)?, at: r.get(2)?, level: r.get(3)?, path: r.get(4)?, message: r.get(5)? })
+/// A `logs` row joined with its run.
+impl FromRow for LogLine {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(LogLine {
+            run_id: r.get("run_id")?,
+            command: r.get("command")?,
+            at: r.get("at")?,
+            level: r.get("level")?,
+            path: r.get("path")?,
+            message: r.get("message")?,
+        })
+    }
 }
 
 /// Log lines about a path that never became an image (unreadable files).
 pub fn logs_for_path(conn: &Connection, rel: &str) -> Result<Vec<LogLine>> {
-    let mut stmt = conn.prepare(
+    rows::all(
+        conn,
         "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id WHERE l.path = ?1 ORDER BY l.id",
-    )?;
-    let rows = stmt.query_map([rel], log_line)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        [rel],
+    )
+}
+
+impl FromRow for ImageInfo {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(ImageInfo {
+            image_id: r.get("id")?,
+            blake3: r.get("blake3")?,
+            size_bytes: r.get("size_bytes")?,
+            width: r.get("width")?,
+            height: r.get("height")?,
+            format: r.get("format")?,
+            orientation: r.get("orientation")?,
+            status: r.get("status")?,
+            error: r.get("error")?,
+            indexed_at: r.get("created_at")?,
+            paths: Vec::new(),
+            faces: Vec::new(),
+            logs: Vec::new(),
+            match_decisions: Vec::new(),
+        })
+    }
+}
+
+impl FromRow for FaceDetail {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(FaceDetail {
+            face_id: r.get("id")?,
+            idx: r.get("idx")?,
+            box_xywh: [r.get("x")?, r.get("y")?, r.get("w")?, r.get("h")?],
+            score: r.get("score")?,
+            landmarks: serde_json::from_str(&r.get::<_, String>("landmarks_json")?).unwrap_or_default(),
+            size_px: r.get("size_px")?,
+            sharpness: r.get("sharpness")?,
+            yaw: r.get("yaw")?,
+            roll: r.get("roll")?,
+            brightness: r.get("brightness")?,
+            embedded: r.get("embedded")?,
+        })
+    }
+}
+
+impl FromRow for MatchLine {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(MatchLine {
+            run_id: r.get("run_id")?,
+            at: r.get("started_at")?,
+            face_id: r.get("face_id")?,
+            distance: r.get("distance")?,
+            decision: r.get("decision")?,
+            reason: r.get("reason")?,
+            crop_path: r.get("crop_path")?,
+        })
+    }
 }
 
 pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
-    let mut info = conn.query_row(
+    let mut info: ImageInfo = rows::one(
+        conn,
         "SELECT id, blake3, size_bytes, width, height, format, orientation, status, error, created_at FROM images WHERE id = ?1",
         [image_id],
-        |r| {
-            Ok(ImageInfo {
-                image_id: r.get(0)?,
-                blake3: r.get(1)?,
-                size_bytes: r.get(2)?,
-                width: r.get(3)?,
-                height: r.get(4)?,
-                format: r.get(5)?,
-                orientation: r.get(6)?,
-                status: r.get(7)?,
-                error: r.get(8)?,
-                indexed_at: r.get(9)?,
-                paths: Vec::new(),
-                faces: Vec::new(),
-                logs: Vec::new(),
-                match_decisions: Vec::new(),
-            })
-        },
-    )?;
-    let mut stmt =
-        conn.prepare("SELECT path || CASE WHEN missing = 1 THEN ' (missing)' ELSE '' END FROM files WHERE image_id = ?1 ORDER BY path")?;
-    info.paths = stmt.query_map([image_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    )?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let mut stmt = conn.prepare(
+        "SELECT path || CASE WHEN missing = 1 THEN ' (missing)' ELSE '' END AS listed FROM files WHERE image_id = ?1 ORDER BY path",
+    )?;
+    info.paths = stmt.query_map([image_id], |r| r.get("listed"))?.collect::<rusqlite::Result<_>>()?;
+    info.faces = rows::all(
+        conn,
         "SELECT fc.id, fc.idx, fc.x, fc.y, fc.w, fc.h, fc.score, fc.landmarks_json, fc.size_px, fc.sharpness, fc.yaw, fc.roll, fc.brightness,
-                EXISTS (SELECT 1 FROM embeddings e WHERE e.face_id = fc.id)
+                EXISTS (SELECT 1 FROM embeddings e WHERE e.face_id = fc.id) AS embedded
          FROM faces fc WHERE fc.image_id = ?1 ORDER BY fc.idx",
+        [image_id],
     )?;
-    info.faces = stmt
-        .query_map([image_id], |r| {
-            Ok(FaceDetail {
-                face_id: r.get(0)?,
-                idx: r.get(1)?,
-                box_xywh: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
-                score: r.get(6)?,
-                landmarks: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
-                size_px: r.get(8)?,
-                sharpness: r.get(9)?,
-                yaw: r.get(10)?,
-                roll: r.get(11)?,
-                brightness: r.get(12)?,
-                embedded: r.get(13)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
+    info.logs = rows::all(
+        conn,
         "SELECT l.run_id, r.command, l.at, l.level, l.path, l.message FROM logs l JOIN runs r ON r.id = l.run_id
          WHERE l.image_id = ?1
             OR l.path IN (SELECT path FROM files WHERE image_id = ?1)
          ORDER BY l.id",
+        [image_id],
     )?;
-    info.logs = stmt.query_map([image_id], log_line)?.collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
+    info.match_decisions = rows::all(
+        conn,
         "SELECT m.run_id, r.started_at, m.face_id, m.distance, m.decision, m.reason, m.crop_path FROM match_results m JOIN runs r ON r.id = m.run_id
          WHERE m.image_id = ?1 ORDER BY m.run_id, m.face_id",
+        [image_id],
     )?;
-    info.match_decisions = stmt
-        .query_map([image_id], |r| {
-            Ok(MatchLine {
-                run_id: r.get(0)?,
-                at: r.get(1)?,
-                face_id: r.get(2)?,
-                distance: r.get(3)?,
-                decision: r.get(4)?,
-                reason: r.get(5)?,
-                crop_path: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
     Ok(info)
 }
 
 /// This database's random id (migration 0002), which output folders record as their owner.
 pub fn database_id(conn: &Connection) -> Result<String> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'database_id'", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'database_id'", [], |r| r.get("value"))?)
 }
 
 /// (embeddings made by `embedder_id`, all embeddings).
-pub fn embedding_counts(conn: &Connection, embedder_id: i64) -> Result<(i64, i64)> {
+pub fn embedding_counts(conn: &Connection, embedder_id: ModelId) -> Result<(i64, i64)> {
     Ok(conn.query_row(
-        "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1), (SELECT count(*) FROM embeddings)",
+        "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1) AS current, (SELECT count(*) FROM embeddings) AS every",
         [embedder_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get("current")?, r.get("every")?)),
     )?)
 }
 
@@ -538,10 +606,14 @@ pub struct FailedImage {
     pub env: Option<String>,
 }
 
+impl FromRow for FailedImage {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(FailedImage { image_id: r.get("id")?, blake3: r.get("blake3")?, kind: r.get("failure_kind")?, env: r.get("failure_env")? })
+    }
+}
+
 pub fn failed_images(conn: &Connection) -> Result<Vec<FailedImage>> {
-    let mut stmt = conn.prepare("SELECT id, blake3, failure_kind, failure_env FROM images WHERE status = 'failed'")?;
-    let rows = stmt.query_map([], |r| Ok(FailedImage { image_id: r.get(0)?, blake3: r.get(1)?, kind: r.get(2)?, env: r.get(3)? }))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    rows::all(conn, "SELECT id, blake3, failure_kind, failure_env FROM images WHERE status = 'failed'", [])
 }
 
 /// An image whose faces were made by another model than the current one.
@@ -558,16 +630,21 @@ pub struct StaleImage {
 
 /// Decoded images whose detector file is not `detector_hash`, or whose faces were not embedded
 /// by `embedder_id`. Written as ORs of index lookups, so a no-op re-index does not scan.
-pub fn stale_images(conn: &Connection, detector_hash: &str, embedder_id: i64) -> Result<Vec<StaleImage>> {
-    let mut stmt = conn.prepare(
-        "SELECT i.id, i.blake3, i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1), i.rotation FROM images i
+impl FromRow for StaleImage {
+    fn from_row(r: &Row) -> rusqlite::Result<Self> {
+        Ok(StaleImage { image_id: r.get("id")?, blake3: r.get("blake3")?, redetect: r.get("redetect")?, rotation: r.get("rotation")? })
+    }
+}
+
+pub fn stale_images(conn: &Connection, detector_hash: &str, embedder_id: ModelId) -> Result<Vec<StaleImage>> {
+    rows::all(
+        conn,
+        "SELECT i.id, i.blake3, i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1) AS redetect, i.rotation
+         FROM images i
          WHERE i.status = 'ok' AND (i.detector_id IN (SELECT id FROM models WHERE kind = 'detector' AND file_blake3 <> ?1)
              OR i.embedder_id < ?2 OR i.embedder_id > ?2 OR i.embedder_id IS NULL OR i.quality_version < ?3)",
-    )?;
-    let rows = stmt.query_map(params![detector_hash, embedder_id, crate::pipeline::quality::QUALITY_VERSION], |r| {
-        Ok(StaleImage { image_id: r.get(0)?, blake3: r.get(1)?, redetect: r.get(2)?, rotation: r.get(3)? })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![detector_hash, embedder_id, crate::pipeline::quality::QUALITY_VERSION],
+    )
 }
 
 /// (face id, detection) of an image's current faces (those of its detector), to embed and
@@ -599,28 +676,84 @@ pub fn stored_detections(conn: &Connection, image_id: i64) -> Result<Vec<(i64, c
 /// A path the last walk could not index: (path, 'error' | 'skipped', reason).
 pub fn walk_issues(conn: &Connection) -> Result<Vec<(String, String, String)>> {
     let mut stmt = conn.prepare("SELECT path, kind, reason FROM walk_issues ORDER BY path")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get("path")?, r.get("kind")?, r.get("reason")?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Rows whose key may not be exact (stored with raw bytes, or holding a backslash).
 pub fn files_to_rekey(conn: &Connection) -> Result<Vec<(String, Option<Vec<u8>>)>> {
     let mut stmt = conn.prepare("SELECT path, path_raw FROM files WHERE path_raw IS NOT NULL OR instr(path, '\\') > 0")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get("path")?, r.get("path_raw")?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Whether the files rows were already moved to exact keys (see `write::mark_path_keys_exact`).
 pub fn path_keys_exact(conn: &Connection) -> Result<bool> {
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'path_keys' AND value = 'exact')", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'path_keys' AND value = 'exact') AS exact", [], |r| r.get("exact"))?)
 }
 
 /// The shard (`index --shard K/N`) this database holds; `None` for a whole folder.
 pub fn shard(conn: &Connection) -> Result<Option<Shard>> {
-    let text: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'shard'", [], |r| r.get(0)).optional()?;
+    let text: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'shard'", [], |r| r.get("value")).optional()?;
     text.map(|t| Shard::parse(&t).map_err(|e| anyhow::anyhow!("meta.shard: {e}"))).transpose()
 }
 
 pub fn has_files(conn: &Connection) -> Result<bool> {
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM files)", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM files) AS any", [], |r| r.get("any"))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::fixture::{self, face, DIM};
+    use crate::db::write::{self, NewRef};
+
+    #[test]
+    fn rows_come_back_by_column_name_from_a_migrated_database() {
+        let f = fixture::indexed().unwrap();
+        let conn = &f.db.conn;
+        let cache = file_cache(conn).unwrap();
+        let a = &cache["photos/a.jpg"];
+        assert_eq!((a.image_id, a.size, a.mtime_ns, a.inode, a.checked_ns, a.missing), (Some(f.image), 1234, 5, 9, 6, false));
+        let faces = all_faces(conn).unwrap();
+        assert_eq!(faces.iter().map(|r| (r.image_id, r.size_px)).collect::<Vec<_>>(), vec![(f.image, 40.0), (f.image, 80.0)]);
+        let info = face_info(conn, faces[1].face_id).unwrap();
+        assert_eq!((info.image_id, info.blake3.as_str(), info.width, info.height, info.x, info.w), (f.image, "b3", 200, 100, 100.0, 80.0));
+        assert_eq!((info.landmarks[0], info.paths.clone()), ([101.0, 12.0], vec![("photos/a.jpg".to_string(), None)]));
+        let t = totals(conn).unwrap();
+        assert_eq!((t.files, t.images, t.images_ok, t.failed, t.faces, t.no_face, t.several_faces), (1, 1, 1, 0, 2, 0, 1));
+        assert_eq!(photos_by_face_count(conn, true).unwrap(), vec![("photos/a.jpg".to_string(), 2)]);
+        assert_eq!(paths_of_images(conn, &[f.image, 999]).unwrap(), HashMap::from([(f.image, "photos/a.jpg".to_string())]));
+        assert!(face_info(conn, 999).is_err(), "a missing face is an error, not a default row");
+    }
+
+    #[test]
+    fn image_info_holds_faces_logs_and_decisions_with_typed_states() {
+        let f = fixture::indexed().unwrap();
+        let conn = &f.db.conn;
+        write::log(conn, f.run, Some(f.image), Some("photos/a.jpg"), LogLevel::Warn, "odd").unwrap();
+        let info = image_info(conn, f.image).unwrap();
+        assert_eq!((info.image_id, info.status.as_str(), info.paths.clone()), (f.image, "ok", vec!["photos/a.jpg".to_string()]));
+        assert_eq!(info.faces.iter().map(|d| (d.idx, d.embedded)).collect::<Vec<_>>(), vec![(0, false), (1, false)]);
+        let log = &info.logs[0];
+        assert_eq!((log.run_id, log.command.as_str(), log.level, log.message.as_str()), (f.run, "index", LogLevel::Warn, "odd"));
+        assert_eq!(logs_for_path(conn, "photos/a.jpg").unwrap().len(), 1);
+        assert_eq!(stale_images(conn, "d0", f.models.embedder).unwrap().len(), 1, "faces without embeddings are stale");
+        assert_eq!(embedding_counts(conn, f.models.embedder).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn a_reference_is_found_only_at_the_embedders_width() {
+        let f = fixture::indexed().unwrap();
+        let conn = &f.db.conn;
+        let face = face(1.0, 50.0);
+        let vector = [0.5f32; DIM];
+        let new = NewRef { blake3: "r1", path: "/refs/me.jpg", width: 60, height: 60, faces_in_photo: 1, face: &face, vector: &vector };
+        let id = write::insert_ref(conn, &new, f.models.detector, f.models.embedder).unwrap();
+        let embedder = Embedder { id: f.models.embedder, dim: DIM };
+        let r = find_ref(conn, "r1", f.models.detector, embedder).unwrap().unwrap();
+        assert_eq!((r.id, r.path.as_str(), r.face, r.vector.clone()), (id, "/refs/me.jpg", [1.0, 10.0, 50.0, 50.0], vector.to_vec()));
+        assert!(find_ref(conn, "r1", f.models.detector, Embedder { dim: 128, ..embedder }).unwrap().is_none());
+        assert!(find_ref(conn, "r1", f.models.embedder, embedder).unwrap().is_none(), "another detector's reference");
+    }
 }

@@ -9,9 +9,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::decisions::{self, Verdict};
+use super::RunId;
 use crate::histogram::RunHistogram;
 
-pub fn insert_histogram(conn: &Connection, run_id: i64, h: &RunHistogram) -> Result<()> {
+pub fn insert_histogram(conn: &Connection, run_id: RunId, h: &RunHistogram) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO match_histograms (run_id, bin_width, counts_json, non_finite, within) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![run_id, h.bin_width, serde_json::to_string(&h.counts)?, h.non_finite as i64, h.within as i64],
@@ -21,7 +22,7 @@ pub fn insert_histogram(conn: &Connection, run_id: i64, h: &RunHistogram) -> Res
 
 /// The run's stored histogram; None for runs made before migration 0008 (or `--all` without a
 /// reference, which has no distances).
-pub fn histogram(conn: &Connection, run_id: i64) -> Result<Option<RunHistogram>> {
+pub fn histogram(conn: &Connection, run_id: RunId) -> Result<Option<RunHistogram>> {
     let row: Option<(f64, String, i64, i64)> = conn
         .query_row("SELECT bin_width, counts_json, non_finite, within FROM match_histograms WHERE run_id = ?1", [run_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -33,17 +34,18 @@ pub fn histogram(conn: &Connection, run_id: i64) -> Result<Option<RunHistogram>>
     Ok(Some(RunHistogram { bin_width, counts, non_finite: non_finite.max(0) as u64, within: within.max(0) as u64 }))
 }
 
-pub fn set_run_name(conn: &Connection, run_id: i64, name: &str) -> Result<()> {
+pub fn set_run_name(conn: &Connection, run_id: RunId, name: &str) -> Result<()> {
     conn.execute("UPDATE match_runs SET name = ?2 WHERE run_id = ?1", params![run_id, name])?;
     Ok(())
 }
 
 /// A run named by number or by `match --name` (the latest run of that name).
-pub fn resolve_run(conn: &Connection, run: &str) -> Result<i64> {
+pub fn resolve_run(conn: &Connection, run: &str) -> Result<RunId> {
     if let Ok(id) = run.parse::<i64>() {
-        return Ok(id);
+        return Ok(RunId(id));
     }
-    let id: Option<i64> = conn.query_row("SELECT max(run_id) FROM match_runs WHERE name = ?1", [run], |r| r.get(0)).optional()?.flatten();
+    let id: Option<RunId> =
+        conn.query_row("SELECT max(run_id) AS run_id FROM match_runs WHERE name = ?1", [run], |r| r.get("run_id")).optional()?.flatten();
     match id {
         Some(id) => Ok(id),
         None => bail!("no match run named {run:?}; `facedb report` lists the runs (name one with `facedb match --name`)"),
@@ -51,7 +53,7 @@ pub fn resolve_run(conn: &Connection, run: &str) -> Result<i64> {
 }
 
 /// The arguments a match run was started with (runs.args_json).
-pub fn run_args(conn: &Connection, run_id: i64) -> Result<serde_json::Value> {
+pub fn run_args(conn: &Connection, run_id: RunId) -> Result<serde_json::Value> {
     let s: Option<String> = conn.query_row("SELECT args_json FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
     Ok(s.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null))
 }
@@ -69,7 +71,7 @@ pub struct RunRef {
     pub face: [f64; 4],
 }
 
-pub fn run_refs(conn: &Connection, run_id: i64) -> Result<Vec<RunRef>> {
+pub fn run_refs(conn: &Connection, run_id: RunId) -> Result<Vec<RunRef>> {
     let mut stmt = conn.prepare(
         "SELECT r.id, r.path, j.neg, r.x, r.y, r.w, r.h, (SELECT i.id FROM images i WHERE i.blake3 = r.blake3)
          FROM (SELECT value AS id, 0 AS neg FROM json_each((SELECT ref_ids_json FROM match_runs WHERE run_id = ?1))
@@ -123,13 +125,13 @@ pub fn image_place(conn: &Connection, image_id: i64) -> Result<Option<(String, u
 }
 
 /// The standing verdict on each face for the run's person (latest decision wins).
-pub fn verdicts(conn: &Connection, run_id: i64) -> Result<BTreeMap<i64, (Verdict, &'static str)>> {
+pub fn verdicts(conn: &Connection, run_id: RunId) -> Result<BTreeMap<i64, (Verdict, &'static str)>> {
     let person = decisions::run_person(conn, run_id)?;
     Ok(decisions::applying(conn, &person)?.into_iter().map(|a| (a.face_id, (a.verdict, a.source.as_str()))).collect())
 }
 
 /// Faces accepted on the review page for this run: the ones "apply" adds as references.
-pub fn accepted_in_review(conn: &Connection, run_id: i64) -> Result<Vec<i64>> {
+pub fn accepted_in_review(conn: &Connection, run_id: RunId) -> Result<Vec<i64>> {
     Ok(verdicts(conn, run_id)?.into_iter().filter(|(_, (v, s))| *v == Verdict::Accept && *s == "review").map(|(f, _)| f).collect())
 }
 
@@ -145,7 +147,7 @@ pub struct ResultExtras {
     pub same_face_copies: i64,
 }
 
-pub fn result_extras(conn: &Connection, run_id: i64) -> Result<BTreeMap<i64, ResultExtras>> {
+pub fn result_extras(conn: &Connection, run_id: RunId) -> Result<BTreeMap<i64, ResultExtras>> {
     let mut stmt = conn.prepare(
         "SELECT r.face_id, r.crop_x, r.crop_y, r.crop_w, r.crop_h, r.crop_out_w, r.crop_out_h, i.width, i.height, i.rotation,
                 coalesce(r.same_face_copies, 0)
@@ -165,6 +167,6 @@ pub fn result_extras(conn: &Connection, run_id: i64) -> Result<BTreeMap<i64, Res
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn run_name(conn: &Connection, run_id: i64) -> Result<Option<String>> {
+pub fn run_name(conn: &Connection, run_id: RunId) -> Result<Option<String>> {
     Ok(conn.query_row("SELECT name FROM match_runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?.flatten())
 }

@@ -4,6 +4,8 @@ use anyhow::Result;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
+use super::ids::{ModelId, RunId};
+use super::states::{DecisionKind, LogLevel, RunStatus};
 use super::{now_rfc3339, vector_to_blob};
 use crate::crop::CropPlan;
 use crate::matching::Decision;
@@ -34,7 +36,7 @@ pub struct RunCounters {
     pub files_skipped: u64,
 }
 
-pub fn ensure_model(conn: &Connection, kind: &str, name: &str, file_blake3: &str, params_json: &str) -> Result<i64> {
+pub fn ensure_model(conn: &Connection, kind: &str, name: &str, file_blake3: &str, params_json: &str) -> Result<ModelId> {
     conn.execute(
         "INSERT OR IGNORE INTO models (kind, name, file_blake3, params_json) VALUES (?1, ?2, ?3, ?4)",
         params![kind, name, file_blake3, params_json],
@@ -42,7 +44,7 @@ pub fn ensure_model(conn: &Connection, kind: &str, name: &str, file_blake3: &str
     Ok(conn.query_row(
         "SELECT id FROM models WHERE kind = ?1 AND name = ?2 AND file_blake3 = ?3 AND params_json = ?4",
         params![kind, name, file_blake3, params_json],
-        |r| r.get(0),
+        |r| r.get("id"),
     )?)
 }
 
@@ -51,15 +53,21 @@ pub fn begin_run(
     command: &str,
     args_json: &str,
     ort_version: Option<&str>,
-    detector_id: Option<i64>,
-    embedder_id: Option<i64>,
-) -> Result<i64> {
+    detector_id: Option<ModelId>,
+    embedder_id: Option<ModelId>,
+) -> Result<RunId> {
     close_abandoned_runs(conn)?;
     conn.execute(
         "INSERT INTO runs (command, args_json, facedb_version, ort_version, detector_id, embedder_id, started_at, pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![command, args_json, env!("CARGO_PKG_VERSION"), ort_version, detector_id, embedder_id, now_rfc3339(), std::process::id()],
     )?;
-    Ok(conn.last_insert_rowid())
+    Ok(RunId(conn.last_insert_rowid()))
+}
+
+/// Model calls a match made to embed new reference photos (0 when every reference was stored).
+pub fn set_ref_model_calls(conn: &Connection, run_id: RunId, calls: i64) -> Result<()> {
+    conn.execute("UPDATE runs SET ref_model_calls = ?2 WHERE id = ?1", params![run_id, calls])?;
+    Ok(())
 }
 
 /// Marks runs left `running` by a process that no longer exists (killed, crashed, power cut) as
@@ -95,11 +103,11 @@ fn process_alive(pid: i64) -> bool {
 /// recorded; `finished` disarms it once the run's own status is stored.
 pub struct RunGuard<'a> {
     conn: &'a Connection,
-    run_id: Option<i64>,
+    run_id: Option<RunId>,
 }
 
 impl<'a> RunGuard<'a> {
-    pub fn new(conn: &'a Connection, run_id: i64) -> Self {
+    pub fn new(conn: &'a Connection, run_id: RunId) -> Self {
         Self { conn, run_id: Some(run_id) }
     }
 
@@ -112,13 +120,13 @@ impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.run_id {
             // Best effort: if even this fails, the next run closes it by its dead pid.
-            let _ = abort_run(self.conn, id, "error");
+            let _ = abort_run(self.conn, id, RunStatus::Error);
         }
     }
 }
 
 /// Records that a run ended abnormally (an error after it began), unless it already finished.
-pub fn abort_run(conn: &Connection, run_id: i64, status: &str) -> Result<()> {
+pub fn abort_run(conn: &Connection, run_id: RunId, status: RunStatus) -> Result<()> {
     conn.execute(
         "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'running'",
         params![run_id, status, now_rfc3339()],
@@ -126,7 +134,7 @@ pub fn abort_run(conn: &Connection, run_id: i64, status: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn finish_run(conn: &Connection, run_id: i64, status: &str, c: &RunCounters) -> Result<()> {
+pub fn finish_run(conn: &Connection, run_id: RunId, status: RunStatus, c: &RunCounters) -> Result<()> {
     conn.execute(
         "UPDATE runs SET finished_at = ?2, status = ?3, files_seen = ?4, files_unchanged = ?5, files_linked = ?6, images_new = ?7,
                 files_failed = ?8, faces_found = ?9, detector_calls = ?10, embedder_calls = ?11, bytes_read = ?12, stage_ms_json = ?13
@@ -153,14 +161,14 @@ pub fn finish_run(conn: &Connection, run_id: i64, status: &str, c: &RunCounters)
 /// The detector and embedder rows (`models.id`) a run uses.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelIds {
-    pub detector: i64,
-    pub embedder: i64,
+    pub detector: ModelId,
+    pub embedder: ModelId,
 }
 
 /// Stores an analysed image with its faces and embeddings; returns the image id.
 pub fn insert_image(
     conn: &Connection,
-    run_id: i64,
+    run_id: RunId,
     blake3: &str,
     size: u64,
     img: &AnalyzedImage,
@@ -193,7 +201,7 @@ pub fn insert_image(
     Ok(image_id)
 }
 
-fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: i64, idx: usize, face: &FaceRecord) -> Result<()> {
+fn insert_face(conn: &Connection, image_id: i64, detector_id: ModelId, embedder_id: ModelId, idx: usize, face: &FaceRecord) -> Result<()> {
     let d = &face.detection;
     let q = &face.quality;
     // A face the user had facedb forget is not stored again (by any detector; migration 0009).
@@ -233,19 +241,19 @@ fn insert_face(conn: &Connection, image_id: i64, detector_id: i64, embedder_id: 
 }
 
 /// Stores content that could not be decoded, so the same bytes are never tried again.
-pub fn insert_failed_image(conn: &Connection, run_id: i64, blake3: &str, size: u64, error: &str) -> Result<i64> {
+pub fn insert_failed_image(conn: &Connection, run_id: RunId, blake3: &str, size: u64, error: &str) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO images (blake3, size_bytes, status, error, run_id, created_at) VALUES (?1, ?2, 'failed', ?3, ?4, ?5)
          ON CONFLICT (blake3) DO UPDATE SET error = excluded.error",
     )?
     .execute(params![blake3, size as i64, error, run_id, now_rfc3339()])?;
-    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT id FROM images WHERE blake3 = ?1", [blake3], |r| r.get("id"))?)
 }
 
 /// Records a path: its image (if its content could be read), stat cache and read error.
 pub fn upsert_file(
     conn: &Connection,
-    run_id: i64,
+    run_id: RunId,
     file: &FileEntry,
     stat: Option<Stat>,
     checked_ns: i64,
@@ -270,7 +278,7 @@ pub fn set_missing(conn: &Connection, path: &str, missing: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn log(conn: &Connection, run_id: i64, image_id: Option<i64>, path: Option<&str>, level: &str, message: &str) -> Result<()> {
+pub fn log(conn: &Connection, run_id: RunId, image_id: Option<i64>, path: Option<&str>, level: LogLevel, message: &str) -> Result<()> {
     conn.prepare_cached("INSERT INTO logs (run_id, image_id, path, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
         .execute(params![run_id, image_id, path, level, message, now_rfc3339()])?;
     Ok(())
@@ -286,7 +294,7 @@ pub struct NewRef<'a> {
     pub vector: &'a [f32],
 }
 
-pub fn insert_ref(conn: &Connection, r: &NewRef, detector_id: i64, embedder_id: i64) -> Result<i64> {
+pub fn insert_ref(conn: &Connection, r: &NewRef, detector_id: ModelId, embedder_id: ModelId) -> Result<i64> {
     let d = &r.face.detection;
     conn.execute(
         "INSERT INTO refs (blake3, path, width, height, faces_in_photo, x, y, w, h, score, landmarks_json, detector_id, embedder_id, vector, created_at)
@@ -329,7 +337,7 @@ pub struct NewMatchRun<'a> {
     pub neg_ref_ids: &'a [i64],
 }
 
-pub fn insert_match_run(conn: &Connection, run_id: i64, m: &NewMatchRun) -> Result<()> {
+pub fn insert_match_run(conn: &Connection, run_id: RunId, m: &NewMatchRun) -> Result<()> {
     conn.execute(
         "INSERT INTO match_runs (run_id, mode, threshold, combine, expand, options_json, out_dir, ref_ids_json, neg_ref_ids_json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -348,7 +356,7 @@ pub fn insert_match_run(conn: &Connection, run_id: i64, m: &NewMatchRun) -> Resu
     Ok(())
 }
 
-pub fn finish_match_run(conn: &Connection, run_id: i64, photos: u64, matched: u64, rejected: u64, ambiguous: u64) -> Result<()> {
+pub fn finish_match_run(conn: &Connection, run_id: RunId, photos: u64, matched: u64, rejected: u64, ambiguous: u64) -> Result<()> {
     conn.execute(
         "UPDATE match_runs SET photos = ?2, matched = ?3, rejected = ?4, ambiguous = ?5 WHERE run_id = ?1",
         params![run_id, photos as i64, matched as i64, rejected as i64, ambiguous as i64],
@@ -365,7 +373,7 @@ pub struct MatchRow<'a> {
     pub plan: Option<&'a CropPlan>,
 }
 
-pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Result<()> {
+pub fn insert_match_result(conn: &Connection, run_id: RunId, m: &MatchRow) -> Result<()> {
     let d = m.decision;
     let rect = m.plan.map(|p| p.rect.map(i64::from));
     conn.prepare_cached(
@@ -383,7 +391,7 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
         d.negative_distance,
         d.ambiguous,
         d.pass,
-        if m.reason.is_none() { "matched" } else { "rejected" },
+        if m.reason.is_none() { DecisionKind::Matched } else { DecisionKind::Rejected },
         m.reason,
         m.crop_path,
         rect.map(|r| r[0]),
@@ -399,7 +407,7 @@ pub fn insert_match_result(conn: &Connection, run_id: i64, m: &MatchRow) -> Resu
 }
 
 /// The counters `finish_run` does not know about (index only).
-pub fn finish_index_run(conn: &Connection, run_id: i64, c: &RunCounters) -> Result<()> {
+pub fn finish_index_run(conn: &Connection, run_id: RunId, c: &RunCounters) -> Result<()> {
     conn.execute(
         "UPDATE runs SET images_reembedded = ?2, images_redetected = ?3, images_retried = ?4, files_skipped = ?5 WHERE id = ?1",
         params![run_id, c.images_reembedded as i64, c.images_redetected as i64, c.images_retried as i64, c.files_skipped as i64],
@@ -408,7 +416,7 @@ pub fn finish_index_run(conn: &Connection, run_id: i64, c: &RunCounters) -> Resu
 }
 
 /// Records which embedder last embedded an image's faces (new images, re-embedded ones).
-pub fn set_image_embedder(conn: &Connection, image_id: i64, embedder_id: Option<i64>) -> Result<()> {
+pub fn set_image_embedder(conn: &Connection, image_id: i64, embedder_id: Option<ModelId>) -> Result<()> {
     conn.prepare_cached("UPDATE images SET embedder_id = ?2 WHERE id = ?1")?.execute(params![image_id, embedder_id])?;
     Ok(())
 }
@@ -428,11 +436,11 @@ pub fn rescore_faces(conn: &Connection, image_id: i64, quality: &[(i64, crate::p
 pub fn replace_failed_image(
     conn: &Connection,
     image_id: i64,
-    run_id: i64,
+    run_id: RunId,
     img: &AnalyzedImage,
     times: &StageTimes,
-    detector_id: i64,
-    embedder_id: i64,
+    detector_id: ModelId,
+    embedder_id: ModelId,
 ) -> Result<()> {
     conn.prepare_cached(
         "UPDATE images SET width = ?2, height = ?3, format = ?4, orientation = ?5, status = 'ok', error = NULL, failure_kind = NULL,
@@ -466,17 +474,12 @@ pub fn set_failure_kind(conn: &Connection, image_id: i64, kind: &str, env: &str)
 }
 
 /// Stores embeddings of existing faces made by a new embedder, and marks the image done.
-pub fn add_embeddings(
-    conn: &Connection,
-    image_id: i64,
-    embedder_id: i64,
-    vectors: &[(i64, crate::models::sface::Embedding)],
-) -> Result<()> {
+pub fn add_embeddings(conn: &Connection, image_id: i64, embedder_id: ModelId, vectors: &[(i64, impl AsRef<[f32]>)]) -> Result<()> {
     for (face_id, v) in vectors {
         conn.prepare_cached("INSERT OR REPLACE INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)")?.execute(params![
             face_id,
             embedder_id,
-            vector_to_blob(v)
+            vector_to_blob(v.as_ref())
         ])?;
     }
     set_image_embedder(conn, image_id, Some(embedder_id))
@@ -487,10 +490,10 @@ pub fn add_embeddings(
 /// embeddings: matched beside the new ones they would be the same face twice. If faces of this
 /// detector are already stored (the detector file was changed back), they are reused, and the
 /// new embeddings go to them by index (same detector, same bytes: the same faces).
-pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, detector_id: i64, embedder_id: i64) -> Result<()> {
+pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, detector_id: ModelId, embedder_id: ModelId) -> Result<()> {
     let existing: i64 =
-        conn.query_row("SELECT count(*) FROM faces WHERE image_id = ?1 AND detector_id = ?2", params![image_id, detector_id], |r| {
-            r.get(0)
+        conn.query_row("SELECT count(*) AS n FROM faces WHERE image_id = ?1 AND detector_id = ?2", params![image_id, detector_id], |r| {
+            r.get("n")
         })?;
     for (idx, face) in img.faces.iter().enumerate() {
         if existing == 0 {
@@ -511,7 +514,7 @@ pub fn replace_detection(conn: &Connection, image_id: i64, img: &AnalyzedImage, 
 }
 
 /// Replaces what the last walk could not index (see migration 0004).
-pub fn replace_walk_issues(conn: &Connection, run_id: i64, issues: &[(&str, &str, &str)]) -> Result<()> {
+pub fn replace_walk_issues(conn: &Connection, run_id: RunId, issues: &[(&str, &str, &str)]) -> Result<()> {
     conn.execute("DELETE FROM walk_issues", [])?;
     let mut stmt = conn.prepare_cached("INSERT OR REPLACE INTO walk_issues (path, kind, reason, run_id) VALUES (?1, ?2, ?3, ?4)")?;
     for (path, kind, reason) in issues {
@@ -523,7 +526,7 @@ pub fn replace_walk_issues(conn: &Connection, run_id: i64, issues: &[(&str, &str
 /// Moves a files row to its exact key (rows keyed by lossy UTF-8 before keys were exact). A
 /// row already at the new key wins; the old one goes.
 pub fn rekey_file(conn: &Connection, old: &str, new: &str, raw: Option<&[u8]>) -> Result<()> {
-    let taken: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM files WHERE path = ?1)", [new], |r| r.get(0))?;
+    let taken: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM files WHERE path = ?1) AS taken", [new], |r| r.get("taken"))?;
     if taken {
         conn.execute("DELETE FROM files WHERE path = ?1", [old])?;
     } else {
@@ -564,12 +567,52 @@ mod tests {
         )
         .unwrap();
         let alive = begin_run(conn, "index", "{}", None, None, None).unwrap();
-        let status = |id: i64| conn.query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get::<_, String>(0)).unwrap();
-        assert_eq!((status(1), status(2), status(alive)), ("interrupted".into(), "interrupted".into(), "running".into()));
+        let status = |id: RunId| conn.query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!((status(RunId(1)), status(RunId(2)), status(alive)), ("interrupted".into(), "interrupted".into(), "running".into()));
         // This process is alive: its run is left alone by another one starting.
         begin_run(conn, "match", "{}", None, None, None).unwrap();
         assert_eq!(status(alive), "running");
-        abort_run(conn, alive, "error").unwrap();
+        abort_run(conn, alive, RunStatus::Error).unwrap();
         assert_eq!(status(alive), "error");
+    }
+
+    #[test]
+    fn models_runs_and_results_are_stored_with_typed_ids_and_states() {
+        let f = crate::db::fixture::indexed().unwrap();
+        let conn = &f.db.conn;
+        assert_eq!(ensure_model(conn, "detector", "yunet.onnx", "d0", "{}").unwrap(), f.models.detector, "registered once");
+        assert_ne!(ensure_model(conn, "detector", "yunet.onnx", "d1", "{}").unwrap(), f.models.detector, "another file is another model");
+        let run = begin_run(conn, "match", "{}", None, Some(f.models.detector), Some(f.models.embedder)).unwrap();
+        let face_id: i64 = conn.query_row("SELECT id FROM faces WHERE idx = 1", [], |r| r.get("id")).unwrap();
+        let d = crate::matching::Decision {
+            image_id: f.image,
+            face_id,
+            distance: 0.3,
+            runner_up: None,
+            negative_distance: None,
+            ambiguous: false,
+            same_face_copies: 0,
+            pass: 1,
+            reason: None,
+        };
+        insert_match_result(
+            conn,
+            run,
+            &MatchRow { decision: &d, distance: Some(0.3), reason: None, crop_path: Some("a_face1.jpg"), plan: None },
+        )
+        .unwrap();
+        finish_run(conn, run, RunStatus::Failures, &RunCounters::default()).unwrap();
+        let (status, decision): (RunStatus, DecisionKind) = conn
+            .query_row("SELECT status, decision FROM runs JOIN match_results ON run_id = runs.id WHERE runs.id = ?1", [run], |r| {
+                Ok((r.get("status")?, r.get("decision")?))
+            })
+            .unwrap();
+        assert_eq!((status, decision), (RunStatus::Failures, DecisionKind::Matched));
+        let rows = crate::db::read::match_results(conn, run).unwrap();
+        assert_eq!((rows.len(), rows[0].face_id, rows[0].crop_path.as_deref()), (1, face_id, Some("a_face1.jpg")));
+        // A finished run is not aborted afterwards.
+        abort_run(conn, run, RunStatus::Error).unwrap();
+        let text: String = conn.query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0)).unwrap();
+        assert_eq!(text, "failures");
     }
 }

@@ -219,7 +219,7 @@ impl Models {
             // Both models are int8 with DequantizeLinear on constant weights. Without the QDQ
             // transformers ORT folds those into f32 weights at load time: measured here, YuNet
             // 22 -> 15 ms at 640x480 and SFace 45 -> 32 ms per face, embeddings unchanged
-            // (tests/opencv_parity.rs).
+            // (tests/it/opencv_parity.rs).
             .with_config_entry("session.disable_quant_qdq", "1")
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
             // Memory patterns are planned per input shape and kept; photos come in many shapes.

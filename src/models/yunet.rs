@@ -1,6 +1,9 @@
-//! The YuNet detector session: fixed 640x640 BGR input, raw per-stride outputs.
+//! The YuNet detector: its input tensor (BGR planar, sides padded to multiples of 32), the session,
+//! and the decoding of its per-stride outputs into detections, as OpenCV's FaceDetectorYN does.
+//! Which passes run on which copy of a photo is policy, kept in pipeline/detect.rs.
 
 use anyhow::{anyhow, ensure, Result};
+use image::RgbImage;
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -20,6 +23,18 @@ pub struct StrideOutput {
     pub kps: Vec<f32>,
 }
 
+/// One face as YuNet reports it: box, confidence and five landmarks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+    pub score: f32,
+    /// Right eye, left eye (image-left first), nose tip, right and left mouth corners.
+    pub landmarks: [[f32; 2]; 5],
+}
+
 pub struct YuNet {
     session: Session,
 }
@@ -34,6 +49,14 @@ impl YuNet {
             }
         }
         Ok(Self { session })
+    }
+
+    /// Faces in `image` resized to long side `long_side`, scoring at least `score_threshold`,
+    /// in pixels of `image` (before any merging or NMS).
+    pub fn detect(&mut self, image: &RgbImage, long_side: u32, score_threshold: f32) -> Result<Vec<Detection>> {
+        let input = to_input(image, long_side);
+        let raw = self.run(input.data, input.height, input.width)?;
+        Ok(decode(&raw, score_threshold).into_iter().map(|d| scaled(&d, 1.0 / input.scale)).collect())
     }
 
     /// Runs the network on a 1x3xHxW BGR tensor (values 0..255; H and W multiples of 32).
@@ -68,5 +91,162 @@ impl YuNet {
                 Ok(out)
             })
             .collect()
+    }
+}
+
+/// A detector input: BGR planar f32, sides padded up to multiples of 32 with black.
+pub struct Input {
+    pub data: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+    /// Image pixels -> input pixels.
+    pub scale: f32,
+}
+
+/// Resizes the image so its long side is `long_side` and pads it (right/bottom) to multiples of 32.
+/// Resampling (OpenCV's INTER_LINEAR rule) and the BGR planar layout happen in one pass.
+pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
+    let (w, h) = image.dimensions();
+    let scale = long_side as f32 / w.max(h).max(1) as f32;
+    let nw = ((w as f32 * scale).round() as u32).clamp(1, long_side) as usize;
+    let nh = ((h as f32 * scale).round() as u32).clamp(1, long_side) as usize;
+    let (width, height) = (nw.div_ceil(ALIGN) * ALIGN, nh.div_ceil(ALIGN) * ALIGN);
+    let plane = width * height;
+    let mut data = vec![0f32; 3 * plane];
+    // Byte offsets of the two source pixels and the weight of the second, per output column.
+    let xs: Vec<(usize, usize, f32)> = taps(nw, w).into_iter().map(|(x0, x1, f)| (x0 * 3, x1 * 3, f)).collect();
+    let raw = image.as_raw();
+    let stride = w as usize * 3;
+    let (blue, rest) = data.split_at_mut(plane);
+    let (green, red) = rest.split_at_mut(plane);
+    for (y, &(y0, y1, fy)) in taps(nh, h).iter().enumerate() {
+        let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
+        let row = y * width..y * width + nw;
+        let (b_row, g_row, r_row) = (&mut blue[row.clone()], &mut green[row.clone()], &mut red[row]);
+        for (x, &(a, b, fx)) in xs.iter().enumerate() {
+            let (p0, p1, q0, q1) = (&r0[a..a + 3], &r0[b..b + 3], &r1[a..a + 3], &r1[b..b + 3]);
+            let sample = |c: usize| {
+                let top = f32::from(p0[c]) + (f32::from(p1[c]) - f32::from(p0[c])) * fx;
+                let bottom = f32::from(q0[c]) + (f32::from(q1[c]) - f32::from(q0[c])) * fx;
+                // Rounded like OpenCV's 8-bit resize output.
+                (top + (bottom - top) * fy).round()
+            };
+            r_row[x] = sample(0);
+            g_row[x] = sample(1);
+            b_row[x] = sample(2);
+        }
+    }
+    Input { data, width, height, scale }
+}
+
+/// For each output index: the two source indices and the weight of the second
+/// (half-pixel centres, no antialiasing, clamped at the edges).
+fn taps(out_len: usize, in_len: u32) -> Vec<(usize, usize, f32)> {
+    let scale = in_len as f32 / out_len as f32;
+    (0..out_len)
+        .map(|d| {
+            let f = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (f.floor() as u32).min(in_len - 1);
+            let i1 = (i0 + 1).min(in_len - 1);
+            (i0 as usize, i1 as usize, f - i0 as f32)
+        })
+        .collect()
+}
+
+/// Decodes YuNet's raw outputs as OpenCV's FaceDetectorYN does (coordinates in input pixels).
+fn decode(outputs: &[StrideOutput], score_threshold: f32) -> Vec<Detection> {
+    let mut dets = Vec::new();
+    for out in outputs {
+        let s = out.stride as f32;
+        let cols = out.cols;
+        for i in 0..out.cls.len() {
+            let score = (out.cls[i].clamp(0.0, 1.0) * out.obj[i].clamp(0.0, 1.0)).sqrt();
+            if !(score >= score_threshold) {
+                continue;
+            }
+            let (col, row) = ((i % cols) as f32, (i / cols) as f32);
+            let b = &out.bbox[i * 4..i * 4 + 4];
+            let (cx, cy) = ((col + b[0]) * s, (row + b[1]) * s);
+            let (bw, bh) = (b[2].exp() * s, b[3].exp() * s);
+            if !(bw.is_finite() && bh.is_finite() && cx.is_finite() && cy.is_finite()) {
+                continue;
+            }
+            let k = &out.kps[i * 10..i * 10 + 10];
+            let landmarks = std::array::from_fn(|n| [(k[2 * n] + col) * s, (k[2 * n + 1] + row) * s]);
+            dets.push(Detection { x: cx - bw / 2.0, y: cy - bh / 2.0, w: bw, h: bh, score, landmarks });
+        }
+    }
+    dets
+}
+
+fn scaled(d: &Detection, factor: f32) -> Detection {
+    Detection {
+        x: d.x * factor,
+        y: d.y * factor,
+        w: d.w * factor,
+        h: d.h * factor,
+        score: d.score,
+        landmarks: d.landmarks.map(|[a, b]| [a * factor, b * factor]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_is_resized_and_padded_to_multiples_of_32() {
+        let img = RgbImage::from_pixel(1000, 500, image::Rgb([10, 20, 30]));
+        let input = to_input(&img, 640);
+        assert_eq!((input.width, input.height, input.scale), (640, 320, 0.64));
+        let small = to_input(&RgbImage::from_pixel(100, 71, image::Rgb([10, 20, 30])), 640);
+        assert_eq!((small.width, small.height), (640, 480));
+        // BGR planes; padding is black.
+        let plane = small.width * small.height;
+        assert_eq!((small.data[0], small.data[plane], small.data[2 * plane]), (30.0, 20.0, 10.0));
+        assert_eq!(small.data[plane - 1], 0.0);
+    }
+
+    #[test]
+    fn bilinear_resize_matches_opencv_half_pixel_rule() {
+        let mut img = RgbImage::new(4, 1);
+        for x in 0..4 {
+            img.put_pixel(x, 0, image::Rgb([x as u8 * 60, 0, 0]));
+        }
+        let input = to_input(&img, 2);
+        let red = 2 * input.width * input.height; // BGR planes: red is the third
+                                                  // Centres of output pixels map to source x = 0.5 and 2.5.
+        assert_eq!((input.data[red], input.data[red + 1]), (30.0, 150.0));
+    }
+
+    #[test]
+    fn decode_matches_opencv_formula() {
+        let mut outs: Vec<StrideOutput> = [8usize, 16, 32]
+            .iter()
+            .map(|&s| {
+                let n = (INPUT_SIZE / s).pow(2);
+                StrideOutput {
+                    stride: s,
+                    cols: INPUT_SIZE / s,
+                    cls: vec![0.0; n],
+                    obj: vec![0.0; n],
+                    bbox: vec![0.0; n * 4],
+                    kps: vec![0.0; n * 10],
+                }
+            })
+            .collect();
+        // Cell row 2, col 3 of stride 32 (cols = 20): i = 43.
+        let o = &mut outs[2];
+        o.cls[43] = 0.81;
+        o.obj[43] = 1.0;
+        o.bbox[172..176].copy_from_slice(&[0.5, 0.25, 0.0, (2.0f32).ln()]);
+        o.kps[430] = 1.0;
+        let d = decode(&outs, 0.5);
+        assert_eq!(d.len(), 1);
+        let d = d[0];
+        assert!((d.score - 0.9).abs() < 1e-6);
+        assert!((d.w - 32.0).abs() < 1e-4 && (d.h - 64.0).abs() < 1e-4);
+        assert!((d.x - (3.5 * 32.0 - 16.0)).abs() < 1e-4 && (d.y - (2.25 * 32.0 - 32.0)).abs() < 1e-4);
+        assert_eq!(d.landmarks[0], [4.0 * 32.0, 2.0 * 32.0]);
     }
 }

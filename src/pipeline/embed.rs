@@ -7,7 +7,8 @@ use image::RgbImage;
 
 use super::detect::Detection;
 use super::quality::{self, Quality};
-use super::{align, fingerprint, ms_since, StageTimes};
+use super::{fingerprint, ms_since, StageTimes};
+use crate::models::sface::align;
 use crate::models::sface::{Embedding, SFace};
 
 pub struct FaceRecord {

@@ -3,14 +3,14 @@
 //! photo (re-encoded, resized, slightly cropped) yields nearly the same aligned face and so
 //! nearly the same bits, while another photo of the same person (other light, other expression)
 //! moves many of them. `match --best` uses it, together with the embedding, to find
-//! near-duplicates. Measured on the test portraits (tests/best.rs): copies 0-7 bits apart (the
+//! near-duplicates. Measured on the test portraits (tests/it/best.rs): copies 0-7 bits apart (the
 //! landmarks of two detections differ by a pixel or so, which moves the aligned face), other
 //! photos of the same person 25-32. A pHash (lowest 8x8 DCT terms of the same face) was tried:
 //! copies 0-11 bits, others 25-35, a narrower gap.
 
 use image::RgbImage;
 
-use super::align::{self, AlignedFace, ALIGNED_SIZE};
+use crate::models::sface::align::{self, AlignedFace, ALIGNED_SIZE};
 
 /// dHash of the aligned face: luma area-averaged onto a 9x8 grid, one bit per horizontal
 /// neighbour pair (1 where the left cell is brighter), rows top to bottom.
@@ -48,7 +48,7 @@ pub fn face_hash(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::align::TEMPLATE;
+    use crate::models::sface::align::TEMPLATE;
 
     #[test]
     fn a_gradient_sets_every_bit_and_its_mirror_none() {

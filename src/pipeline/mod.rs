@@ -1,7 +1,6 @@
 //! The indexing pipeline, one file per stage:
 //! walk -> hash -> decode -> detect -> align -> embed -> quality -> (store, in `db`).
 
-pub mod align;
 pub mod decode;
 pub mod detect;
 pub mod embed;

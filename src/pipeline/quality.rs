@@ -48,7 +48,7 @@ pub fn pose(lm: &[[f32; 2]; 5]) -> (f32, f32) {
 pub const QUALITY_VERSION: i64 = 2;
 
 /// Sharpness bands (see `sharpness_and_brightness`): under `BLURRY` a face is blurred, from
-/// `SHARP` on it is sharp, soft in between. Measured (tests/quality_scores.rs) on the test
+/// `SHARP` on it is sharp, soft in between. Measured (tests/it/quality_scores.rs) on the test
 /// portraits: originals 59-83, the same upscaled 4x or at 30 % exposure within 1 of that, JPEG
 /// quality 15 61-83, shrunk to a 48 px face 46-67, blurred with sigma 3 % of the face width 11-19.
 pub const BLURRY: f32 = 25.0;
@@ -125,7 +125,7 @@ impl Moments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::align::TEMPLATE;
+    use crate::models::sface::align::TEMPLATE;
 
     fn face(x: f32, y: f32, w: f32, h: f32) -> Detection {
         Detection { x, y, w, h, score: 0.9, landmarks: TEMPLATE }

@@ -89,7 +89,7 @@ pub fn rotated(img: &image::RgbImage, deg: f32) -> image::RgbImage {
     let (cx, cy) = (img.width() as f32 / 2.0, img.height() as f32 / 2.0);
     image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
         let (dx, dy) = (x as f32 - cx, y as f32 - cy);
-        image::Rgb(facedb::pipeline::align::bilinear(img, f64::from(cx + dx * c + dy * s), f64::from(cy - dx * s + dy * c)))
+        image::Rgb(facedb::models::sface::align::bilinear(img, f64::from(cx + dx * c + dy * s), f64::from(cy - dx * s + dy * c)))
     })
 }
 

@@ -39,14 +39,14 @@ pub(super) fn choose(
     root: &Path,
     params: Params,
     decisions: &[Decision],
-    mut vectors: HashMap<i64, Vec<f32>>,
+    vectors: &HashMap<i64, Vec<f32>>,
 ) -> Result<Best> {
     let started = std::time::Instant::now();
     let ids: Vec<i64> = decisions.iter().filter(|d| d.matched()).map(|d| d.face_id).collect();
     let mut faces = crate::db::best::faces_for_selection(conn, &ids)?;
     let hashed_now = fill_missing_hashes(conn, root, &mut faces)?;
     for f in &mut faces {
-        f.embedding = vectors.remove(&f.face_id).filter(|v| !v.is_empty());
+        f.embedding = vectors.get(&f.face_id).filter(|v| !v.is_empty()).cloned();
     }
     let choices = select::select(&faces, &params).into_iter().map(|c| (c.face_id, c)).collect();
     Ok(Best { n: params.n, choices, hashed_now, seconds: started.elapsed().as_secs_f64() })
@@ -66,7 +66,7 @@ impl Best {
         self.choices.get(&face_id).and_then(|c| c.passed_over).map(|p| p.reason(self.n))
     }
 
-    pub fn store(&self, conn: &Connection, run_id: i64) -> Result<()> {
+    pub fn store(&self, conn: &Connection, run_id: crate::db::RunId) -> Result<()> {
         let mut all: Vec<Choice> = self.choices.values().copied().collect();
         all.sort_by_key(|c| c.face_id);
         crate::db::best::insert_selection(conn, run_id, &all, self.n)

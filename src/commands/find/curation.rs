@@ -9,6 +9,7 @@ use rusqlite::Connection;
 
 use crate::db::decisions::{self, NewDecision, Person, Source, Verdict};
 use crate::db::read::RefRow;
+use crate::db::Embedder;
 use crate::matching::Decision;
 use crate::output::OutputDir;
 
@@ -35,13 +36,13 @@ pub(super) struct Curated {
 pub(super) const SAME_PICTURE: f32 = 0.10;
 
 /// The matched faces that are copies of a picture whose crop the user deleted.
-pub(super) fn copies_of_deleted(conn: &Connection, curated: &Curated, decisions: &[Decision], embedder_id: i64) -> Result<HashSet<i64>> {
+pub(super) fn copies_of_deleted(conn: &Connection, curated: &Curated, decisions: &[Decision], embedder: Embedder) -> Result<HashSet<i64>> {
     let mut copies = HashSet::new();
     if curated.deleted_pictures.is_empty() {
         return Ok(copies);
     }
     for d in decisions.iter().filter(|d| d.matched()) {
-        let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? else { continue };
+        let Some(v) = decisions::face_vector(conn, d.face_id, embedder)? else { continue };
         let near = curated.deleted_pictures.iter().any(|p| 1.0 - p.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() <= SAME_PICTURE);
         if near {
             copies.insert(d.face_id);
@@ -73,7 +74,7 @@ pub(super) fn face_in_name(name: &str) -> Option<i64> {
 
 /// Stores the crops the user deleted from the output folder as rejections for the person of the
 /// run that wrote them, then loads every decision that applies to `person`.
-pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, embedder_id: i64) -> Result<Curated> {
+pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, embedder: Embedder) -> Result<Curated> {
     let mut curated = Curated::default();
     if let Some(out) = out {
         let c = out.curation();
@@ -93,7 +94,7 @@ pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, 
         curated.excluded.insert(d.face_id);
         // A deleted crop says "not this picture", not "not this person": as a negative it would
         // also push away the person's other photos (0.22-0.27 apart on the test portraits).
-        if let Some(v) = decisions::face_vector(conn, d.face_id, embedder_id)? {
+        if let Some(v) = decisions::face_vector(conn, d.face_id, embedder)? {
             if d.source == Source::DeletedCrop {
                 curated.deleted_pictures.push(v);
             } else {

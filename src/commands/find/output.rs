@@ -10,7 +10,10 @@ use rayon::prelude::*;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
+use super::best::{self, Best};
+use super::decide::Decided;
+use super::layout::{self, Layout};
+use super::{Ctx, MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
 use crate::commands::Progress;
 use crate::crop::{self, CropPlan, CropSpec, FaceGeometry};
 use crate::db::read::{self, FaceInfo, RefRow};
@@ -31,7 +34,7 @@ pub(super) struct Crop {
 }
 
 /// What every crop of a run shares.
-pub(super) struct CropJob<'a> {
+struct CropJob<'a> {
     pub db_file: &'a Path,
     pub root: &'a Path,
     pub out: &'a OutputDir,
@@ -44,9 +47,48 @@ pub(super) struct CropJob<'a> {
     pub quality: u8,
 }
 
+/// What this run writes into the output folder: the faces to crop and every name, checked free
+/// before anything is written.
+pub(super) struct Plan<'a> {
+    pub best: Option<Best>,
+    pub to_crop: Vec<&'a Decision>,
+    pub layout: Layout<'a>,
+    /// face id -> crop file name (within the layout's folder).
+    pub names: HashMap<i64, String>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(conn: &Connection, ctx: &'a Ctx, out: &OutputDir, decided: &'a Decided) -> Result<Self> {
+        let args = &ctx.args;
+        let best =
+            args.best.map(|n| best::choose(conn, &ctx.root, ctx.best_params(n), &decided.decisions, &decided.best_vectors)).transpose()?;
+        let to_crop: Vec<&Decision> =
+            decided.decisions.iter().filter(|d| d.matched() && best.as_ref().is_none_or(|b| b.picked(d.face_id))).collect();
+        let layout = Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
+        let names = layout::place_all(&layout, crop_names(&to_crop, &decided.paths, args.format));
+        layout.check_names(out, &names)?;
+        Ok(Self { best, to_crop, layout, names })
+    }
+
+    /// Crops every chosen face (photos in parallel); the user's edited crops are left as they are.
+    pub fn crop(&self, ctx: &Ctx, out: &OutputDir, bar: &Progress) -> HashMap<i64, Result<Crop>> {
+        let job = CropJob {
+            db_file: &ctx.db_file,
+            root: &ctx.root,
+            out,
+            names: &self.names,
+            kept: &out.curation().edited,
+            spec: ctx.spec,
+            format: ctx.args.format,
+            quality: ctx.args.quality,
+        };
+        job.run(&self.to_crop, bar)
+    }
+}
+
 /// face id -> the name of its crop: from the photo's first path, so the names can be checked
 /// before any file is written (a photo without a present path gets no name and fails to crop).
-pub(super) fn crop_names(chosen: &[&Decision], paths: &HashMap<i64, String>, format: crop::Format) -> HashMap<i64, String> {
+fn crop_names(chosen: &[&Decision], paths: &HashMap<i64, String>, format: crop::Format) -> HashMap<i64, String> {
     chosen.iter().filter_map(|d| paths.get(&d.image_id).map(|p| (d.face_id, crop::crop_file_name(p, d.face_id, format)))).collect()
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::db::read::{self, MatchRunSummary, ResultRow};
 use crate::db::review::{self, ResultExtras, RunRef};
+use crate::db::DecisionKind;
 use crate::histogram::RunHistogram;
 use crate::pipeline::{decode, walk};
 
@@ -31,7 +32,7 @@ impl Section {
     /// A row's place: the ambiguous section lists every ambiguous row (their count is the
     /// summary's `ambiguous`); matched and rejected split the rest by decision.
     pub fn of(r: &ResultRow) -> Section {
-        match (r.decision == "matched", r.ambiguous) {
+        match (r.decision == DecisionKind::Matched, r.ambiguous) {
             (true, _) => Section::Matched,
             (false, true) => Section::Ambiguous,
             (false, false) => Section::Rejected,
@@ -208,6 +209,7 @@ pub fn cut_face(rgb: &RgbImage, [x, y, w, h]: [f64; 4]) -> Option<RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::RunId;
 
     fn row(decision: &str, ambiguous: bool, reason: Option<&str>) -> ResultRow {
         ResultRow {
@@ -218,7 +220,7 @@ mod tests {
             runner_up_distance: None,
             ambiguous,
             pass: 1,
-            decision: decision.into(),
+            decision: DecisionKind::parse(decision).unwrap(),
             reason: reason.map(String::from),
             crop_path: None,
             face: [100.0, 100.0, 50.0, 50.0],
@@ -232,7 +234,7 @@ mod tests {
 
     fn summary(matched: i64, rejected: i64, ambiguous: i64) -> MatchRunSummary {
         MatchRunSummary {
-            run_id: 1,
+            run_id: RunId(1),
             started_at: String::new(),
             mode: "match".into(),
             threshold: 0.4,

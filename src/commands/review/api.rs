@@ -14,7 +14,7 @@ use tiny_http::{Header, Method, Request, Response};
 use super::rematch;
 use crate::commands::report::view::{self, RunView};
 use crate::db::decisions::{self, NewDecision, Source, Verdict};
-use crate::db::{review, Db};
+use crate::db::{review, Db, RunId};
 
 const PAGE: &str = include_str!("page.html");
 /// Long side of a photo shown in context, and of a face cut from a photo.
@@ -29,7 +29,7 @@ pub struct Setup {
     pub root: PathBuf,
     pub db: Db,
     pub token: String,
-    pub run_id: i64,
+    pub run_id: RunId,
     pub child_globals: Vec<String>,
 }
 
@@ -89,7 +89,7 @@ impl State {
         })
     }
 
-    fn view(&self, run_id: i64, fresh: bool) -> Result<std::cell::Ref<'_, RunView>> {
+    fn view(&self, run_id: RunId, fresh: bool) -> Result<std::cell::Ref<'_, RunView>> {
         let stale = self.loaded.borrow().as_ref().is_none_or(|v| v.summary.run_id != run_id);
         if fresh || stale {
             let conn = &self.setup.db.conn;
@@ -99,7 +99,7 @@ impl State {
         std::cell::Ref::filter_map(self.loaded.borrow(), Option::as_ref).map_err(|_| anyhow::anyhow!("run {run_id} is not loaded"))
     }
 
-    fn run_json(&self, run_id: i64) -> Result<Value> {
+    fn run_json(&self, run_id: RunId) -> Result<Value> {
         let conn = &self.setup.db.conn;
         let verdicts: HashMap<String, Value> = review::verdicts(conn, run_id)?
             .into_iter()
@@ -117,7 +117,7 @@ impl State {
         }))
     }
 
-    fn decide(&self, run_id: i64, body: &str) -> Result<Value> {
+    fn decide(&self, run_id: RunId, body: &str) -> Result<Value> {
         let req: Value = serde_json::from_str(body).context("the request is not JSON")?;
         let face_id = req["face_id"].as_i64().context("face_id missing")?;
         let verdict = match req["verdict"].as_str() {
@@ -136,7 +136,7 @@ impl State {
         Ok(json!({"decision_id": id, "face_id": face_id, "verdict": verdict.as_str()}))
     }
 
-    fn apply(&self, run_id: i64, body: &str) -> Result<Value> {
+    fn apply(&self, run_id: RunId, body: &str) -> Result<Value> {
         let req: Value = serde_json::from_str(body).context("the request is not JSON")?;
         let threshold = req["threshold"].as_f64().filter(|t| t.is_finite() && (0.0..=2.0).contains(t));
         let Some(threshold) = threshold else { bail!("threshold must be a number from 0 to 2") };
@@ -151,7 +151,7 @@ impl State {
         Ok(json!({"exit_code": out.code, "summary": out.summary, "messages": out.messages, "args": args}))
     }
 
-    fn face(&self, run_id: i64, face_id: i64) -> Result<Reply> {
+    fn face(&self, run_id: RunId, face_id: i64) -> Result<Reply> {
         let v = self.view(run_id, false)?;
         let Some(row) = v.rows.iter().find(|r| r.result.face_id == face_id) else { return Ok(text(404, "no such face in this run")) };
         let r = &row.result;
@@ -181,7 +181,7 @@ impl State {
         jpeg(&shrink(rgb, PHOTO_PX), Some(place.face.map(|v| v * scale)))
     }
 
-    fn reference(&self, run_id: i64, ref_id: i64) -> Result<Reply> {
+    fn reference(&self, run_id: RunId, ref_id: i64) -> Result<Reply> {
         let v = self.view(run_id, false)?;
         let Some(r) = v.refs.iter().find(|r| r.id == ref_id) else { return Ok(text(404, "no such reference in this run")) };
         match view::ref_image(&self.setup.db.conn, &self.setup.root, r) {

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::commands::Globals;
-use crate::db::review;
+use crate::db::{review, RunId};
 use crate::util::display_str;
 
 /// The global flags a child needs to see the same models and database.
@@ -26,7 +26,7 @@ pub fn global_flags(globals: &Globals) -> Vec<String> {
 }
 
 /// `match` arguments that repeat run `run_id` with `threshold`.
-pub fn match_args(conn: &Connection, root: &Path, run_id: i64, threshold: f32, add_accepted: bool) -> Result<Vec<String>> {
+pub fn match_args(conn: &Connection, root: &Path, run_id: RunId, threshold: f32, add_accepted: bool) -> Result<Vec<String>> {
     let a = review::run_args(conn, run_id)?;
     let mut v = vec!["match".to_string(), root.to_string_lossy().into_owned()];
     for r in review::run_refs(conn, run_id)? {

@@ -1,15 +1,13 @@
 //! `index` reads only what it should, retries what may now work, and redoes faces when a model
 //! file changes (issue 11). Real binary, real models, real photos.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 fn dataset(tmp: &Path) -> PathBuf {

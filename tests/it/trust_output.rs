@@ -1,15 +1,13 @@
 //! facedb never writes or deletes a file it did not create, never writes through a link, and
 //! cleans up after itself (issue 11). Real binary, real models, real photos.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn index(dir: &Path) {
     facedb().arg("index").arg(dir).assert().success();

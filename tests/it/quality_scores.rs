@@ -1,11 +1,9 @@
 //! Quality scores mean what they say: a sharp face stays sharp when the photo is upscaled or
 //! darkened, and a blurred one (Gaussian sigma 3 % of the face width) scores far lower.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use image::imageops::{self, FilterType};
 
 /// Sharpness of the largest face of every photo in `dir`, by file name.

@@ -1,12 +1,10 @@
 //! `facedb people`: faces grouped into people without a reference, incrementally; naming,
 //! merging, moving; `match --person`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn people_json(dir: &Path) -> serde_json::Value {
     let out = facedb().arg("--json").arg("people").arg(dir).assert().success();

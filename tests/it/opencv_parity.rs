@@ -2,11 +2,10 @@
 //! The fixture was generated once by scripts/make_opencv_fixture.py with
 //! opencv-python-headless 4.14.0 (see that script for how to regenerate it).
 
-mod common;
-
+use facedb::models::sface::align;
 use facedb::models::ModelFiles;
 use facedb::pipeline::detect::DetectParams;
-use facedb::pipeline::{align, analyze, largest, StageTimes};
+use facedb::pipeline::{analyze, largest, StageTimes};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -15,8 +14,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn embeddings_match_opencv() {
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/fixtures/opencv_sface.json")).unwrap()).unwrap();
-    let models = ModelFiles::locate(Some(&common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
+        serde_json::from_str(&std::fs::read_to_string(crate::common::repo().join("tests/fixtures/opencv_sface.json")).unwrap()).unwrap();
+    let models =
+        ModelFiles::locate(Some(&crate::common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
     let (mut detector, mut embedder) = (models.detector().unwrap(), models.embedder().unwrap());
     let photos = fixture["photos"].as_object().unwrap();
     assert_eq!(photos.len(), 7);
@@ -27,7 +27,7 @@ fn embeddings_match_opencv() {
             face["landmarks"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32]).collect();
         let landmarks: [[f32; 2]; 5] = lm.try_into().unwrap();
 
-        let bytes = std::fs::read(common::photo(name)).unwrap();
+        let bytes = std::fs::read(crate::common::photo(name)).unwrap();
         let rgb = facedb::pipeline::decode::decode(&bytes).unwrap().rgb;
         // Same landmarks: isolates alignment + embedding.
         let ours = embedder.embed(&align::align(&rgb, &landmarks).unwrap()).unwrap();

@@ -1,12 +1,10 @@
 //! Never lose work: SIGKILL at 20 moments, Ctrl-C, two indexers at once, readers during a write.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use image::imageops::{self, FilterType};
 use predicates::prelude::*;
 

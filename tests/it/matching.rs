@@ -1,12 +1,10 @@
 //! Matching and cropping the way a dataset builder needs: several and negative references,
 //! ambiguity, dry runs, crop framing and output hygiene. Real models, real photos.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 /// Quality filters off, so only identity decides.

@@ -1,11 +1,9 @@
 //! Crops hold only the photo's own pixels unless padding is asked for, have exactly the size
 //! asked, and say how they were made (issue 13). Real binary, real models, real photos.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn index(dir: &Path) {
     facedb().arg("index").arg(dir).assert().success();
@@ -33,7 +31,7 @@ fn tilted_near_border(img: &image::RgbImage, face: [f32; 2], deg: f32, at: [f32;
     image::RgbImage::from_fn(w, h, |x, y| {
         let (dx, dy) = (x as f32 - at[0], y as f32 - at[1]);
         let (sx, sy) = (face[0] + dx * c + dy * s, face[1] - dx * s + dy * c);
-        image::Rgb(facedb::pipeline::align::bilinear(img, f64::from(mirror(sx, iw)), f64::from(mirror(sy, ih))))
+        image::Rgb(facedb::models::sface::align::bilinear(img, f64::from(mirror(sx, iw)), f64::from(mirror(sy, ih))))
     })
 }
 

@@ -3,12 +3,10 @@
 //! is damaged behind an intact header, is detected and rebuilt, and results equal a run without
 //! any cache. Real binary, real models, real photos.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// What a match decided, without where it wrote: the JSON summary's counts, the manifest rows
 /// and rejected.csv rows (every column but the crop's file path), sorted.

@@ -1,11 +1,9 @@
 //! End-to-end tests: the real binary, real models, real photos, a real SQLite file, in temp dirs.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 fn index(dir: &Path) -> assert_cmd::assert::Assert {

@@ -2,12 +2,10 @@
 //! faces as references, trainer layouts read back as the trainers read them. Real binary, real
 //! models, real photos.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// A dataset of the given test photos, indexed.
 fn dataset(parent: &Path, photos: &[&str]) -> PathBuf {
@@ -202,7 +200,7 @@ fn a_stored_face_as_reference_matches_like_its_photo() {
     let by_photo = tmp.path().join("by_photo");
     run(&d, &by_photo, &[]);
     let rows = manifest(&by_photo);
-    let own = rows.iter().find(|r| common::file_name_of(&r["source_path"]) == "obama.jpg").unwrap()["face_id"].clone();
+    let own = rows.iter().find(|r| crate::common::file_name_of(&r["source_path"]) == "obama.jpg").unwrap()["face_id"].clone();
     let by_face = tmp.path().join("by_face");
     let o = facedb().arg("match").arg(&d).arg("--ref").arg(format!("face:{own}")).arg("--out").arg(&by_face).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -215,7 +213,7 @@ fn a_stored_face_as_reference_matches_like_its_photo() {
         assert!((da - b[face]).abs() < 0.02, "face {face}: {da} by photo, {} by face", b[face]);
     }
     // As a negative: that photo's own face is closer to the negative than to the references.
-    let obama2 = rows.iter().find(|r| common::file_name_of(&r["source_path"]) == "obama2.jpg").unwrap()["face_id"].clone();
+    let obama2 = rows.iter().find(|r| crate::common::file_name_of(&r["source_path"]) == "obama2.jpg").unwrap()["face_id"].clone();
     let neg = tmp.path().join("neg");
     run(&d, &neg, &["--not", &format!("face:{obama2}")]);
     assert_eq!(rejected(&neg).get(&obama2.parse().unwrap()).map(String::as_str), Some("negative reference"));

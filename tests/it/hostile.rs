@@ -1,11 +1,9 @@
 //! Real folders are messy: every hostile or unusual file gets a stored reason or is indexed, never
 //! a panic, and the exit code says whether something failed.
 
-mod common;
-
 use std::os::unix::ffi::OsStrExt;
 
-use common::*;
+use crate::common::*;
 use image::{imageops, DynamicImage, RgbImage};
 use jpeg_encoder::{ColorType, Encoder};
 use predicates::prelude::*;

@@ -1,10 +1,8 @@
 //! Reports, per-photo records, the HTML contact sheet and SQL people can read.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 /// A small dataset with every situation a report shows: one face, several, none, broken.

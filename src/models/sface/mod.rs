@@ -1,10 +1,13 @@
-//! The SFace embedder session: 112x112 RGB aligned face in, L2-normalised 128-d vector out.
+//! The SFace embedder: five-point alignment to its 112x112 template ([`align`]), the session,
+//! and its output as an L2-normalised 128-d vector.
+
+pub mod align;
 
 use anyhow::{anyhow, ensure, Result};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::pipeline::align::{AlignedFace, ALIGNED_SIZE};
+use align::{AlignedFace, ALIGNED_SIZE};
 
 pub const EMBEDDING_DIM: usize = 128;
 pub type Embedding = [f32; EMBEDDING_DIM];
@@ -14,6 +17,9 @@ pub struct SFace {
 }
 
 impl SFace {
+    /// The width of every vector this model writes.
+    pub const DIM: usize = EMBEDDING_DIM;
+
     pub fn new(session: Session) -> Result<Self> {
         ensure!(session.inputs().iter().any(|i| i.name() == "data"), "SFace model lacks input 'data'; is it the right file?");
         Ok(Self { session })

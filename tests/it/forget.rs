@@ -1,11 +1,9 @@
 //! `facedb forget`: erased faces leave no byte of their vectors in the database, its -wal or the
 //! vector cache; facedb's crops of them go; matching and re-indexing never bring them back.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// Every file the database keeps beside it that could hold vectors.
 fn database_files(dir: &Path) -> Vec<PathBuf> {

@@ -1,8 +1,6 @@
 //! Small faces in big group photos are found, and so is a face filling the frame.
 //! Composed from the real portraits: 12 MP canvases with 40-120 px faces.
 
-mod common;
-
 use std::time::Instant;
 
 use facedb::models::ModelFiles;
@@ -16,13 +14,14 @@ fn largest(dets: &[Detection]) -> Detection {
 
 #[test]
 fn small_faces_in_group_photos_and_frame_filling_faces_are_found() {
-    let models = ModelFiles::locate(Some(&common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
+    let models =
+        ModelFiles::locate(Some(&crate::common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
     let mut yunet = models.detector().unwrap();
     let params = DetectParams::default();
     let portraits: Vec<(RgbImage, Detection)> = ["obama.jpg", "biden.jpg", "obama3.jpg", "obama2.jpg"]
         .iter()
         .map(|n| {
-            let img = common::rgb(n);
+            let img = crate::common::rgb(n);
             let face = largest(&detect(&mut yunet, &img, &params).unwrap().faces);
             (img, face)
         })

@@ -1,13 +1,11 @@
 //! Shards of one folder indexed as separate tasks (in parallel, retried, killed and rerun) and
 //! merged equal one index of the whole folder, row for row; mismatched shards are refused.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use image::imageops::{self, FilterType};
 use predicates::prelude::*;
 
