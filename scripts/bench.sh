@@ -199,7 +199,9 @@ fi
 
 # 8. facedb people: clustering 100 000 stored faces (the synthetic faces of step 7 plus the real
 # one), from no people at all, then a run after 1 000 more faces arrive. Random embeddings are
-# nobody's neighbours, so every face waits: the worst case, each run compares all pairs.
+# nobody's neighbours, so every face waits: the worst case for the first run (all pairs). The
+# second compares only the 1 000 new faces with the rest (the waiting faces' neighbour counts
+# are remembered), so it is what adding photos to a clustered library costs.
 people_dir=$bench/people-$best_faces
 rm -rf "$people_dir" && cp -r "$best_dir" "$people_dir" && rm -rf "$people_dir/facedb.sqlite.vectors"
 /usr/bin/time -v "$facedb" --json people "$people_dir" >"$bench/people.json" 2>"$bench/people.time"
@@ -210,6 +212,8 @@ people_more_rss=$(rss "$bench/people-more.time")
 python3 - "$bench/people.json" "$people_rss" "$bench/people-more.json" "$people_more_rss" <<'PY'
 import json, sys
 first = json.load(open(sys.argv[1]))["summary"]; more = json.load(open(sys.argv[3]))["summary"]
-print(f"people: grouping {first['faces']} faces {first['seconds']:.2f} s (target under 30 s), peak RSS {sys.argv[2]} MiB (target under 300); "
-      f"then 1 000 more: {more['seconds']:.2f} s, peak RSS {sys.argv[4]} MiB ({more['assigned']} joined, {more['clustered_among']} clustered, {more['waiting']} waiting)")
+print(f"people: grouping {first['faces']} faces {first['seconds']:.2f} s (target under 30 s: {first['seconds'] / 30:.2f} of it), "
+      f"peak RSS {sys.argv[2]} MiB (target under 300: {int(sys.argv[2]) / 300:.2f} of it), {first['compared']:,} pairs compared")
+print(f"  then {more['new_faces']:,} new faces: {more['seconds']:.2f} s (target under 1 s: {more['seconds'] / 1:.2f} of it), peak RSS {sys.argv[4]} MiB, "
+      f"{more['compared']:,} pairs compared ({more['assigned']} joined, {more['promoted']} promoted, {more['waiting']} waiting)")
 PY

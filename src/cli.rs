@@ -340,6 +340,28 @@ pub enum PeopleAction {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Take faces out of their people into a new person (one person found as two, split back; kept by later runs).
+    Split {
+        #[arg(value_name = "FACE_ID", required = true, num_args = 1..)]
+        faces: Vec<i64>,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Write the people sheet: an HTML page with each person's largest faces and count, biggest first.
+    Sheet {
+        /// Folder the sheet (people.html) is written into [default: DIR/facedb-people]; facedb's ledger guards it as it does crop folders.
+        #[arg(long, value_name = "FOLDER")]
+        out: Option<PathBuf>,
+        /// Faces shown per person.
+        #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+        faces: u32,
+        /// People shown, the biggest first (each face shown decodes its photo).
+        #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        people: u32,
+        /// Dataset folder [default: found from the current directory upwards].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Put one face in another person (kept there by later runs).
     Move {
         #[arg(value_name = "FACE_ID")]
@@ -624,6 +646,11 @@ mod tests {
             assert!(Cli::try_parse_from(["facedb", "people", "name", "1", bad]).is_err(), "name {bad:?} accepted");
         }
         assert!(Cli::try_parse_from(["facedb", "people", "name", "1", "Anna"]).is_ok());
+        for bad in [&["--faces", "0"][..], &["--faces", "101"], &["--people", "0"], &["--faces", "many"]] {
+            let err = Cli::try_parse_from(["facedb", "people", "sheet"].iter().chain(bad)).expect_err(&format!("sheet {bad:?} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["facedb", "people", "sheet", "--faces", "3", "--out", "sheet"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "match", "--person", "Anna"]).is_ok());
         assert!(Cli::try_parse_from(["facedb", "index", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["facedb", "index", "--min-score", "nan"]).is_err());

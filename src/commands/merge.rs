@@ -138,6 +138,11 @@ fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(RunId, Vec
     let args = serde_json::json!({"dir": common.root, "shards": names, "shard_count": common.count}).to_string();
     let run_id = write::begin_run(&tx, "merge", &args, Some(ORT_VERSION), Some(detector), Some(embedder))?;
     merge::set_dataset_root(&tx, &common.root)?;
+    // Every shard's forget requests first: none of them may be undone by another shard's copy.
+    let mut forgotten = 0;
+    for s in shards {
+        forgotten += merge::copy_forgotten(&tx, &s.db.conn).with_context(|| format!("merging {}", s.path.display()))?;
+    }
     let mut all = Vec::with_capacity(shards.len());
     let mut counters = RunCounters::default();
     for s in shards {
@@ -158,6 +163,11 @@ fn merge_all(db: &Db, shards: &[ShardDb], common: &Common) -> Result<(RunId, Vec
         counters.files_seen += m.files;
         all.push(m);
     }
+    let erased = crate::db::forget::erase_forgotten_faces(&tx)?;
+    if forgotten > 0 || erased > 0 {
+        let msg = format!("{forgotten} forget request(s) from the shards; {erased} face(s) the target held were erased by them");
+        write::log(&tx, run_id, None, None, LogLevel::Info, &msg)?;
+    }
     write::finish_run(&tx, run_id, RunStatus::Ok, &counters)?;
     tx.commit()?;
     Ok((run_id, all))
@@ -172,7 +182,7 @@ fn report(globals: &Globals, target: &Path, run_id: RunId, shards: &[ShardDb], m
             .map(|(s, m)| serde_json::json!({"path": s.path, "shard": s.shard.to_string(), "merged": m}))
             .collect();
         let summary = serde_json::json!({"command": "merge", "database": target, "run_id": run_id, "shards": per,
-            "images_new": sum(|m| m.images_new), "faces_new": sum(|m| m.faces_new), "files_changed": sum(|m| m.files_changed),
+            "images_new": sum(|m| m.images_new), "faces_new": sum(|m| m.faces_new), "faces_forgotten": sum(|m| m.faces_forgotten), "files_changed": sum(|m| m.files_changed),
             "seconds": started.elapsed().as_secs_f64()});
         outln!("{summary}");
     } else if !globals.quiet {

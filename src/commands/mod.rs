@@ -7,6 +7,7 @@ pub mod index;
 pub mod info;
 pub mod merge;
 pub mod people;
+pub mod people_sheet;
 pub mod reject;
 pub mod report;
 pub mod review;

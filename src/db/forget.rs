@@ -130,6 +130,8 @@ pub fn erase(conn: &mut Connection, target: &Target) -> Result<Erased> {
     tx.execute("DELETE FROM selection WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     let decisions = tx.execute("DELETE FROM decisions WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     tx.execute("DELETE FROM person_faces WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
+    // The waiting faces' remembered neighbour counts may include an erased face: counted again.
+    tx.execute("DELETE FROM people_waiting", [])?;
     let embeddings = tx.execute("DELETE FROM embeddings WHERE face_id IN (SELECT id FROM forget_faces)", [])?;
     let faces = tx.execute("DELETE FROM faces WHERE id IN (SELECT id FROM forget_faces)", [])?;
     let erased = Erased { faces, embeddings, references, match_results, decisions };
@@ -141,6 +143,39 @@ pub fn erase(conn: &mut Connection, target: &Target) -> Result<Erased> {
     tx.execute("DELETE FROM forget_faces", [])?;
     tx.commit()?;
     Ok(erased)
+}
+
+/// Erases every stored face a `forgotten` row names, with the rows derived from it (`facedb
+/// merge`: a face one shard forgot, which the target held already). Runs inside the caller's
+/// transaction. Returns how many faces went.
+pub fn erase_forgotten_faces(tx: &Connection) -> Result<usize> {
+    tx.pragma_update(None, "secure_delete", "ON")?;
+    tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS forget_faces (id INTEGER PRIMARY KEY); DELETE FROM forget_faces;")?;
+    let iou = iou_sql(["fc.x", "fc.y", "fc.w", "fc.h"], ["fo.x", "fo.y", "fo.w", "fo.h"]);
+    tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO forget_faces (id) SELECT fc.id FROM faces fc JOIN images i ON i.id = fc.image_id
+             JOIN forgotten fo ON fo.blake3 = i.blake3 WHERE fo.w IS NULL OR {iou} > ?1"
+        ),
+        [SAME_FACE_IOU],
+    )?;
+    let faces: i64 = tx.query_row("SELECT count(*) FROM forget_faces", [], |r| r.get(0))?;
+    if faces > 0 {
+        tx.execute(
+            "DELETE FROM refs WHERE blake3 IN (SELECT 'face:' || i.blake3 || ':' || fc.idx FROM faces fc JOIN images i ON i.id = fc.image_id
+                                              WHERE fc.id IN (SELECT id FROM forget_faces))
+                OR blake3 IN (SELECT blake3 FROM forgotten WHERE w IS NULL)",
+            [],
+        )?;
+        for table in ["match_results", "selection", "decisions", "person_faces", "embeddings"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE face_id IN (SELECT id FROM forget_faces)"), [])?;
+        }
+        tx.execute("UPDATE match_results SET runner_up_face_id = NULL WHERE runner_up_face_id IN (SELECT id FROM forget_faces)", [])?;
+        tx.execute("DELETE FROM people_waiting", [])?;
+        tx.execute("DELETE FROM faces WHERE id IN (SELECT id FROM forget_faces)", [])?;
+    }
+    tx.execute("DELETE FROM forget_faces", [])?;
+    Ok(faces as usize)
 }
 
 /// References made from the forgotten faces: a stored face used as `face:ID` (keyed

@@ -1,7 +1,9 @@
 //! `facedb merge`: joins shard databases (`index --shard K/N`) into one, by content hash.
 //!
 //! Only index data travels: models, images, faces, embeddings, files (the stat cache, so a later
-//! `index` of the merged folder reads nothing again) and walk issues. Match-time data (refs, match
+//! `index` of the merged folder reads nothing again), walk issues, and what `facedb forget` erased
+//! (`forgotten`: a face forgotten in one shard is not brought back by another shard's copy of
+//! its photo, nor kept where the target held it). Match-time data (refs, match
 //! runs, decisions) belongs to the database it was made in; shard logs stay in the shards (the
 //! merge logs one line per shard). Each shard is read through its own read-only connection, so
 //! any number of shards join inside one transaction of the target (ATTACH allows 10, and not
@@ -78,6 +80,8 @@ pub struct Merged {
     /// Contents the target held as failed that the shard has since indexed (a retried failure).
     pub images_replaced: u64,
     pub faces_new: u64,
+    /// Faces of the shard not copied because a shard forgot them (`forgotten`).
+    pub faces_forgotten: u64,
     pub files_changed: u64,
     pub files: u64,
 }
@@ -165,7 +169,9 @@ fn copy_images(tx: &Connection, shard: &Connection, run_id: RunId, map: &mut IdM
             }
         };
         map.images.insert(shard_id, id);
-        stats.faces_new += copy_faces(tx, shard, shard_id, id, &map.models)?;
+        let (copied, forgotten) = copy_faces(tx, shard, shard_id, id, &map.models)?;
+        stats.faces_new += copied;
+        stats.faces_forgotten += forgotten;
     }
     Ok(())
 }
@@ -180,16 +186,21 @@ fn replace_failed(tx: &Connection, id: i64, values: Vec<Value>) -> Result<()> {
     Ok(())
 }
 
-/// Copies an image's faces (of every detector it was seen by) and their embeddings.
-fn copy_faces(tx: &Connection, shard: &Connection, shard_image: i64, image: i64, models: &HashMap<i64, i64>) -> Result<u64> {
+/// Copies an image's faces (of every detector it was seen by) and their embeddings, except the
+/// faces forgotten (the target holds every shard's `forgotten` rows by now). Returns (copied, forgotten).
+fn copy_faces(tx: &Connection, shard: &Connection, shard_image: i64, image: i64, models: &HashMap<i64, i64>) -> Result<(u64, u64)> {
     let mut faces = shard.prepare_cached(&format!("SELECT id, {FACE_COLUMNS} FROM faces WHERE image_id = ?1 ORDER BY id"))?;
     let mut rows = faces.query([shard_image])?;
     let n = FACE_COLUMNS.split(',').count();
     let placeholders = (1..=n + 1).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
     let insert = format!("INSERT INTO faces ({FACE_COLUMNS}, image_id) VALUES ({placeholders})");
-    let mut count = 0;
+    let (mut count, mut forgotten) = (0, 0);
     while let Some(r) = rows.next()? {
         let shard_face: i64 = r.get(0)?;
+        if super::forget::is_forgotten(tx, image, [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?])? {
+            forgotten += 1;
+            continue;
+        }
         let mut values: Vec<Value> = (1..=n).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
         values[n - 1] = mapped(models, &values[n - 1])?;
         values.push(Value::Integer(image));
@@ -205,7 +216,25 @@ fn copy_faces(tx: &Connection, shard: &Connection, shard_image: i64, image: i64,
                 .execute(params![face, model, vector])?;
         }
     }
-    Ok(count)
+    Ok((count, forgotten))
+}
+
+/// Copies the shard's `forgotten` rows the target does not hold yet (before any shard's faces,
+/// so no shard brings back a face another forgot). Returns how many were new.
+pub fn copy_forgotten(tx: &Connection, shard: &Connection) -> Result<u64> {
+    let mut stmt = shard.prepare("SELECT blake3, x, y, w, h, at FROM forgotten ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut added = 0;
+    while let Some(r) = rows.next()? {
+        let (blake3, b, at): (String, [Option<f64>; 4], String) = (r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?], r.get(5)?);
+        added += tx
+            .prepare_cached(
+                "INSERT INTO forgotten (blake3, x, y, w, h, at) SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE NOT EXISTS (SELECT 1 FROM forgotten WHERE blake3 = ?1 AND x IS ?2 AND y IS ?3 AND w IS ?4 AND h IS ?5)",
+            )?
+            .execute(params![blake3, b[0], b[1], b[2], b[3], at])? as u64;
+    }
+    Ok(added)
 }
 
 /// Every path of the shard takes the shard's row (stat cache, image, error, missing); a row

@@ -99,7 +99,7 @@ fn check_target(file: &Path, root: &Path, db_file: &Path) -> Result<()> {
 }
 
 /// A small JPEG data URI of an image.
-fn data_uri(image: image::RgbImage) -> Option<String> {
+pub(crate) fn data_uri(image: image::RgbImage) -> Option<String> {
     let scale = THUMB as f32 / image.width().max(image.height()) as f32;
     let small = if scale < 1.0 {
         image::imageops::resize(

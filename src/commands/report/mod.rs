@@ -1,7 +1,7 @@
 //! `facedb report`: totals, photos with zero or several faces, failed files, face-size and
 //! sharpness distributions, match runs; as a table, JSON or CSV; or an HTML contact sheet.
 
-mod html;
+pub(crate) mod html;
 pub mod view;
 
 use std::process::ExitCode;

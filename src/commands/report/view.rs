@@ -182,12 +182,17 @@ pub fn photo(root: &Path, path: &str, rotation: u16) -> Option<RgbImage> {
 /// or the reference photo where it was given (its box is in the photo as decoded, unturned).
 pub fn ref_image(conn: &Connection, root: &Path, r: &RunRef) -> Option<RgbImage> {
     if let Some(face) = r.face_id {
-        let place = review::face_place(conn, face).ok()??;
-        return cut_face(&photo(root, place.path.as_deref()?, place.rotation)?, place.face);
+        return stored_face(conn, root, face);
     }
     let in_dataset = r.image_id.and_then(|id| review::image_place(conn, id).ok().flatten()).and_then(|(p, _)| photo(root, &p, 0));
     let rgb = in_dataset.or_else(|| decode::decode(&crate::util::read_photo_file(Path::new(&r.path)).ok()?).ok().map(|d| d.rgb))?;
     cut_face(&rgb, r.face)
+}
+
+/// A stored face, cut with its margin from its photo as indexed (`match --ref face:ID`, people).
+pub fn stored_face(conn: &Connection, root: &Path, face_id: i64) -> Option<RgbImage> {
+    let place = review::face_place(conn, face_id).ok()??;
+    cut_face(&photo(root, place.path.as_deref()?, place.rotation)?, place.face)
 }
 
 /// The face box with 20% margin, clamped to the photo.
