@@ -22,6 +22,7 @@ use crate::models::sface::{SFace, EMBEDDING_DIM};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
 use crate::output::{OutputDir, Owner};
+use crate::pipeline::decode::Decoders;
 use crate::pipeline::detect::DetectParams;
 use crate::pipeline::quality::{BLURRY, SHARP};
 use crate::pipeline::walk;
@@ -58,9 +59,15 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let tx = db.conn.unchecked_transaction()?;
     super::people::add_person_refs(&tx, &mut args)?;
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
+    let decoders = Decoders::new(Some(&files.dir));
     let ref_params = DetectParams::default();
-    let detector_id =
-        write::ensure_model(&tx, "detector", &files.detector_name, &files.detector_hash, &super::index::detector_params_json(&ref_params))?;
+    let detector_id = write::ensure_model(
+        &tx,
+        "detector",
+        &files.detector_name,
+        &files.detector_hash,
+        &super::index::detector_params_json(&ref_params, &decoders),
+    )?;
     let embedder_id = write::ensure_model(&tx, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
     if !args.refs.is_empty() || !args.all {
         check_embeddings(&tx, &files, embedder_id, &root)?;
@@ -80,7 +87,16 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     .to_string();
     let run_id = write::begin_run(&tx, "match", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
 
-    let mut refs = References { files: &files, detector_id, embedder_id, run_id, sessions: None, model_calls: 0, quiet: globals.quiet };
+    let mut refs = References {
+        files: &files,
+        decoders: &decoders,
+        detector_id,
+        embedder_id,
+        run_id,
+        sessions: None,
+        model_calls: 0,
+        quiet: globals.quiet,
+    };
     let positives = refs.load_all(&tx, &args.refs, "--ref")?;
     let negatives = refs.load_all(&tx, &args.negatives, "--not")?;
     if positives.is_empty() && !args.all {
@@ -163,7 +179,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
         } else {
             print_dry_run(&decisions, &paths, &quality, args.threshold)?;
             if let Some(n) = args.best {
-                super::outln!("{}", best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)?.describe());
+                super::outln!("{}", best::choose(&tx, &root, &decoders, best_params(&args, n), &decisions, best_vectors)?.describe());
             }
         }
         drop(tx); // rolled back: nothing written
@@ -171,7 +187,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     };
     // Check every name this run writes before anything is written (or committed): a refusal
     // leaves the folder and the database as they were. Crops the user edited are theirs: kept.
-    let best = args.best.map(|n| best::choose(&tx, &root, best_params(&args, n), &decisions, best_vectors)).transpose()?;
+    let best = args.best.map(|n| best::choose(&tx, &root, &decoders, best_params(&args, n), &decisions, best_vectors)).transpose()?;
     let to_crop: Vec<&Decision> = decisions.iter().filter(|d| d.matched() && best.as_ref().is_none_or(|b| b.picked(d.face_id))).collect();
     let layout =
         layout::Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
@@ -197,6 +213,7 @@ pub fn run(globals: &Globals, mut args: MatchArgs) -> Result<ExitCode> {
     let job = output::CropJob {
         db_file: &db_file,
         root: &root,
+        decoders: &decoders,
         out: &out,
         names: &names,
         kept,
@@ -510,6 +527,7 @@ fn open_output(conn: &Connection, out_dir: &Path, root: &Path, db_file: &Path) -
 /// Loads reference embeddings, computing (and storing) each new reference photo's once.
 struct References<'a> {
     files: &'a ModelFiles,
+    decoders: &'a Decoders,
     detector_id: i64,
     embedder_id: i64,
     run_id: i64,
@@ -592,7 +610,7 @@ impl References<'_> {
             self.sessions = Some((models.detector()?, models.embedder()?));
         }
         let Some((detector, embedder)) = self.sessions.as_mut() else { bail!("model sessions unavailable") };
-        let img = analyze(&bytes, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
+        let img = analyze(&bytes, self.decoders, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
             .with_context(|| format!("reference photo {}", display_path(path)))?;
         self.model_calls += i64::from(img.detector_calls + img.embedder_calls);
         let Some(face) = largest(&img.faces) else {

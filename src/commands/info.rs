@@ -74,6 +74,9 @@ pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
         info.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
     outln!("  indexed {}", info.indexed_at);
+    if let Some(decoder) = &info.jpeg_decoder {
+        outln!("  decoded by {decoder}");
+    }
     outln!("\nfaces ({}):", info.faces.len());
     for f in &info.faces {
         let [x, y, w, h] = f.box_xywh;

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use image::RgbImage;
 
+use super::frame::{at_scale, Frame};
 use crate::models::yunet::{StrideOutput, YuNet, ALIGN, INPUT_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,8 +38,8 @@ impl Default for DetectParams {
 const DETAIL_MAX_FACE: f32 = 160.0;
 
 /// The detection procedure, stored with the detector model: photos detected by an older one are
-/// detected again.
-pub const PASSES: &str = "whole640+detail+closer+refine";
+/// detected again. `reduced` : passes read a DCT-reduced decode when it is big enough (`Frame`).
+pub const PASSES: &str = "whole640+detail+closer+refine+reduced";
 
 pub struct DetectOutcome {
     pub faces: Vec<Detection>,
@@ -51,12 +52,13 @@ pub struct DetectOutcome {
 /// landmarks and embeddings match it). Pass 2, for photos larger than that, runs once more at
 /// long side `max_side` and contributes only small faces that pass 1 missed. Pass 3, only when
 /// pass 2 saw faces near its lower limit, looks at 1.5x that side for their smaller neighbours.
-pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Result<DetectOutcome> {
-    let (w, h) = image.dimensions();
+pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result<DetectOutcome> {
+    let (w, h) = frame.dimensions();
     let long = w.max(h);
     let mut calls = 0;
     let mut run = |long_side: u32| -> Result<Vec<Detection>> {
-        let input = to_input(image, long_side);
+        // From the reduced decode when it is big enough (see `Frame`).
+        let input = frame.input(long_side)?;
         let raw = yunet.run(input.data, input.height, input.width)?;
         calls += 1;
         Ok(decode(&raw, params.score_threshold).into_iter().map(|d| scaled(&d, 1.0 / input.scale)).collect())
@@ -95,7 +97,9 @@ pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Res
         // scale, several pixels of the photo: look again at the photo's own resolution.
         let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
             calls += 1;
-            refine(yunet, image, &d)?.unwrap_or(d)
+            // On the reduced decode when the face is at least `REFINED_FACE` there (never enlarged).
+            let (image, factor) = frame.source_for_side(d.w.max(d.h), REFINED_FACE)?;
+            refine(yunet, image, &at_scale(&d, factor))?.map_or(d, |r| at_scale(&r, 1.0 / factor))
         } else {
             d
         };

@@ -34,6 +34,7 @@ pub(super) struct Crop {
 pub(super) struct CropJob<'a> {
     pub db_file: &'a Path,
     pub root: &'a Path,
+    pub decoders: &'a crate::pipeline::decode::Decoders,
     pub out: &'a OutputDir,
     /// face id -> crop file name, checked free before anything was written.
     pub names: &'a HashMap<i64, String>,
@@ -84,7 +85,7 @@ impl CropJob<'_> {
                 })
                 .ok_or_else(|| anyhow!("no file with this content is left in the folder; re-run `facedb index`"))?;
             let rotation = first.rotation;
-            Ok((infos, source, crate::pipeline::decode_as_indexed(&bytes, rotation)?))
+            Ok((infos, source, crate::pipeline::decode_as_indexed(&bytes, rotation, self.decoders)?))
         })();
         match loaded {
             Err(e) => {
