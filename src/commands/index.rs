@@ -174,7 +174,6 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
     let detector_id =
         write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(&params, &decoders))?;
-    say_decoders(conn, &decoders, &files.detector_hash, globals.quiet)?;
     let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
     let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed, "shard": shard.to_string()}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
@@ -232,10 +231,8 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
 
 /// Says when JPEGs are decoded by the slower built-in decoder, and when the database holds JPEGs
 /// whose faces another decoder's pixels gave (they differ by a level or two; not re-detected).
-fn say_decoders(conn: &Connection, decoders: &Decoders, detector_hash: &str, quiet: bool) -> Result<()> {
-    if quiet {
-        return Ok(());
-    }
+/// Said with the summary, so a fatal error stays one line.
+fn say_decoders(conn: &Connection, decoders: &Decoders, detector_hash: &str) -> Result<()> {
     if decoders.turbojpeg().is_none() {
         eprintln!("facedb: {}", decoders.describe_jpeg());
     }
@@ -279,11 +276,12 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
         let summary = serde_json::json!({
             "command": "index", "dataset": root.to_string_lossy(), "run_id": ctx.run_id, "status": final_status,
             "counters": counters, "failed_files_in_folder": failed_now, "seconds": secs,
-            "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9),
+            "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9), "jpeg_decoder": ctx.decoders.jpeg_identity(),
         });
         println!("{summary}");
     } else if !globals.quiet {
         print_summary(root, counters, failed_now, started.elapsed(), status == "interrupted");
+        say_decoders(conn, ctx.decoders, &ctx.env.files.detector_hash)?;
     }
     Ok(if status == "interrupted" {
         ExitCode::from(EXIT_INTERRUPTED)
