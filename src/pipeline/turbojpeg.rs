@@ -34,6 +34,8 @@ pub struct TurboJpeg {
     destroy: unsafe extern "C" fn(Handle) -> c_int,
     error: unsafe extern "C" fn(Handle) -> *const c_char,
     path: PathBuf,
+    /// The file's name and the start of its blake3, read once (`identity`).
+    identity: String,
     // Kept loaded for as long as the function pointers above are used.
     _lib: libloading::Library,
 }
@@ -59,6 +61,7 @@ impl TurboJpeg {
             destroy: sym!(b"tjDestroy"),
             error: sym!(b"tjGetErrorStr2"),
             path: path.to_path_buf(),
+            identity: identity_of(path),
             _lib: lib,
         })
     }
@@ -83,10 +86,8 @@ impl TurboJpeg {
 
     /// What made the pixels, for the detector's identity: the library's file name and the start
     /// of its blake3 (two builds of libjpeg-turbo may round differently).
-    pub fn identity(&self) -> String {
-        let hash = std::fs::read(&self.path).map(|b| blake3::hash(&b).to_hex()[..16].to_string()).unwrap_or_else(|_| "unreadable".into());
-        let name = self.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        format!("{name} blake3:{hash}")
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The library file in use.
@@ -171,6 +172,12 @@ impl Drop for Decompressor<'_> {
         // SAFETY: the handle came from tjInitDecompress and is destroyed once.
         unsafe { (self.0 .0.destroy)(self.0 .1) };
     }
+}
+
+fn identity_of(path: &Path) -> String {
+    let hash = std::fs::read(path).map(|b| blake3::hash(&b).to_hex()[..16].to_string()).unwrap_or_else(|_| "unreadable".into());
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    format!("{name} blake3:{hash}")
 }
 
 fn candidates(models_dir: Option<&Path>) -> Vec<PathBuf> {
