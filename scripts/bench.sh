@@ -8,7 +8,9 @@
 # Each size has its own output folders (a crop folder belongs to one dataset).
 # Environment: BENCH_PHOTOS (40), BENCH_NOOP_FILES (100000), BENCH_MATCH_FACES (1000000), BENCH_BEST_FACES (100000),
 #              BENCH_ARCHIVE_FACES (10000000; 0 skips),
-#              BENCH_FR_PHOTOS (face_recognition is slow: 6), BENCH_SKIP_PEERS=1 to skip peers.
+#              BENCH_FR_PHOTOS (face_recognition is slow: 6), BENCH_SKIP_PEERS=1 to skip peers,
+#              BENCH_INDEX_ONLY=1: only the index step, its floor and the OpenCV script (on a loaded
+#              machine, compare ratios of one run, not absolute times).
 set -euo pipefail
 # A step that fails says which one, instead of `set -e` ending the script without a word.
 trap 'echo "bench: step failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -51,13 +53,15 @@ index_rss=$(rss "$bench/index.time")
 # 2b. The same photos as BENCH_SHARDS shard tasks run one after another (each with every core),
 # then merged: the overhead of sharding against the single index above (target: under 5 %).
 shards=${BENCH_SHARDS:-4}
+index_only=${BENCH_INDEX_ONLY:-0}
+[ "$index_only" = 1 ] && shards=0
 rm -f "$bench"/shard-*.sqlite* "$bench"/shard-*.lock "$bench"/merged.sqlite*
 shard_t0=$(date +%s.%N)
 for ((k = 0; k < shards; k++)); do
   "$facedb" -q index "$set_dir" --shard "$k/$shards" --db "$bench/shard-$k.sqlite" || [ $? -eq 1 ]
 done
 shard_t1=$(date +%s.%N)
-"$facedb" -q merge --db "$bench/merged.sqlite" "$bench"/shard-*.sqlite
+[ "$shards" -eq 0 ] || "$facedb" -q merge --db "$bench/merged.sqlite" "$bench"/shard-*.sqlite
 shard_t2=$(date +%s.%N)
 
 # 3. The floor: per stage, the fastest single photo (among photos with exactly one face).
@@ -74,12 +78,30 @@ if [ "${BENCH_SKIP_PEERS:-0}" != 1 ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -c "import cv2" 2>/dev/null || "$venv/bin/pip" install -q "opencv-python-headless>=4.9,<5" "numpy<2.3"
   opencv_json=$("$venv/bin/python" scripts/bench_opencv.py models "$set_dir")
-  if "$venv/bin/python" -c "import face_recognition" 2>/dev/null || \
+  if [ "$index_only" = 1 ]; then
+    :
+  elif "$venv/bin/python" -c "import face_recognition" 2>/dev/null || \
      { "$venv/bin/pip" install -q dlib-bin face_recognition_models pillow click "setuptools<81" && "$venv/bin/pip" install -q --no-deps face_recognition==1.3.0; } >/dev/null 2>&1; then
     fr_json=$("$venv/bin/python" scripts/bench_face_recognition.py "$set_dir" "$fr_photos" 2>/dev/null || echo '{}')
   else
     echo "face_recognition (dlib-bin) did not install; skipping that peer"
   fi
+fi
+
+if [ "$index_only" = 1 ]; then
+  python3 - "$cores" "$bench/index.json" "$floor_json" "$opencv_json" "$index_rss" <<'PY'
+import json, sys
+cores = int(sys.argv[1]); index = json.load(open(sys.argv[2])); floor = json.loads(sys.argv[3])[0]; opencv = json.loads(sys.argv[4])
+c = index["counters"]; photos = c["images_new"]; secs = index["seconds"]; rate = photos / secs
+print(f"index: {photos} photos of 12 MP, {c['faces_found']} faces in {secs:.1f} s = {rate:.2f} photos/s ({cores} cores), peak RSS {sys.argv[5]} MiB")
+print("  per-stage time per photo (ms, summed over workers):", ", ".join(f"{k} {v / photos:.1f}" for k, v in c["stage_ms"].items()))
+floor_ms = sum(v for v in floor.values() if v is not None)
+floor_rate = cores * 1000.0 / floor_ms if floor_ms else float("nan")
+print(f"  floor: {floor_ms:.1f} ms/photo/core = {floor_rate:.2f} photos/s; facedb is at {rate / floor_rate:.2f}x of the floor")
+if opencv.get("photos_per_s"):
+    print(f"  OpenCV YuNet+SFace script (detect at 1280): {opencv['photos_per_s']:.2f} photos/s -> facedb is {rate / opencv['photos_per_s']:.2f}x")
+PY
+  exit 0
 fi
 
 # 5. No-op re-index of a big unchanged folder (hard links to one small photo).

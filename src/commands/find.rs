@@ -20,6 +20,7 @@ use crate::matching::Filters;
 use crate::models::sface::SFace;
 use crate::models::{runtime::ORT_VERSION, ModelFiles};
 use crate::output::{OutputDir, Owner};
+use crate::pipeline::decode::Decoders;
 use crate::pipeline::detect::DetectParams;
 use crate::util::display_path;
 
@@ -92,6 +93,8 @@ struct Ctx<'g> {
     out_dir: PathBuf,
     spec: CropSpec,
     filters: Filters,
+    /// The decoders `index` uses (libjpeg-turbo from the models folder when present).
+    decoders: Decoders,
     started: Instant,
 }
 
@@ -121,14 +124,15 @@ impl<'g> Ctx<'g> {
             CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align, pad: args.pad };
         let filters =
             Filters { min_face: args.min_face, min_sharpness: args.min_sharpness, max_yaw: args.max_yaw, min_score: args.min_score };
-        Ok(Self { globals, args, root, db_file, out_dir, spec, filters, started })
+        let decoders = Decoders::new(crate::models::runtime::models_dir(globals.models.as_deref()).as_deref());
+        Ok(Self { globals, args, root, db_file, out_dir, spec, filters, decoders, started })
     }
 
     /// Registers the models, refuses a database with no embedding from the embedder in use,
     /// and records the run.
     fn begin_run(&self, conn: &Connection) -> Result<RunIds> {
         let files = ModelFiles::locate(self.globals.models.as_deref(), self.globals.device)?;
-        let (detector_id, embedder_id) = super::index::register_models(conn, &files, &DetectParams::default())?;
+        let (detector_id, embedder_id) = super::index::register_models(conn, &files, &DetectParams::default(), &self.decoders)?;
         if !self.args.refs.is_empty() || !self.args.all {
             check_embeddings(conn, &files, embedder_id, &self.root)?;
         }

@@ -17,15 +17,15 @@ use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTE
 use crate::cli::IndexArgs;
 use crate::db::write::{self, RunCounters};
 use crate::db::{read, Db, LogLevel, ModelId, RunId, RunStatus, DB_FILE};
-use crate::models::sface::align;
 use crate::models::sface::{Embedding, SFace};
 use crate::models::yunet::YuNet;
 use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
+use crate::pipeline::decode::Decoders;
 use crate::pipeline::detect::{DetectParams, Detection};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{analyze, decode, hash, ms_since, AnalyzedImage, StageTimes};
+use crate::pipeline::{analyze, decode, embed, hash, ms_since, AnalyzedImage, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -109,6 +109,7 @@ struct Run<'a> {
     detector_id: ModelId,
     embedder_id: ModelId,
     params: DetectParams,
+    decoders: &'a Decoders,
     interrupted: &'a AtomicBool,
     env: Environment<'a>,
     /// Contents of earlier failures being tried again.
@@ -118,22 +119,24 @@ struct Run<'a> {
     shard: Shard,
 }
 
-/// What a failure's retry depends on: facedb, ONNX Runtime, the model files and libheif.
-/// Computed on first use (finding libheif loads it).
+/// What a failure's retry depends on: facedb, ONNX Runtime, the model files, libjpeg-turbo and
+/// libheif. Computed on first use (finding libheif loads it).
 struct Environment<'a> {
     files: &'a ModelFiles,
+    decoders: &'a Decoders,
     text: std::cell::OnceCell<String>,
 }
 
 impl Environment<'_> {
     fn get(&self) -> &str {
         self.text.get_or_init(|| {
-            let heif = crate::pipeline::heif::loaded_from().map_or_else(|_| "missing".to_string(), |p| p.display().to_string());
+            let heif = self.decoders.heif().map_or_else(|_| "missing".to_string(), |h| h.path().display().to_string());
             format!(
-                "facedb {}; onnxruntime {ORT_VERSION}; detector {}; embedder {}; libheif {heif}",
+                "facedb {}; onnxruntime {ORT_VERSION}; detector {}; embedder {}; jpeg {}; libheif {heif}",
                 env!("CARGO_PKG_VERSION"),
                 self.files.detector_hash,
-                self.files.embedder_hash
+                self.files.embedder_hash,
+                self.decoders.jpeg_identity()
             )
         })
     }
@@ -166,9 +169,10 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
+    let decoders = Decoders::new(Some(&files.dir));
     let params =
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
-    let (detector_id, embedder_id) = register_models(conn, &files, &params)?;
+    let (detector_id, embedder_id) = register_models(conn, &files, &params, &decoders)?;
     let args_json = serde_json::json!({"dir": root.to_string_lossy(), "detect_size": params.max_side, "min_score": params.score_threshold, "retry_failed": args.retry_failed, "shard": shard.to_string()}).to_string();
     let run_id = write::begin_run(conn, "index", &args_json, Some(ORT_VERSION), Some(detector_id), Some(embedder_id))?;
     rekey_paths(conn)?;
@@ -178,8 +182,9 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         detector_id,
         embedder_id,
         params,
+        decoders: &decoders,
         interrupted: &interrupted,
-        env: Environment { files: &files, text: Default::default() },
+        env: Environment { files: &files, decoders: &decoders, text: Default::default() },
         retry: HashSet::new(),
         quiet: globals.quiet,
         shard,
@@ -222,6 +227,23 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     finish(globals, &ctx, &root, &counters, status, started)
 }
 
+/// Says when JPEGs are decoded by the slower built-in decoder, and when the database holds JPEGs
+/// whose faces another decoder's pixels gave (they differ by a level or two; not re-detected).
+/// Said with the summary, so a fatal error stays one line.
+fn say_decoders(conn: &Connection, decoders: &Decoders, detector_hash: &str) -> Result<()> {
+    if decoders.turbojpeg().is_none() {
+        eprintln!("facedb: {}", decoders.describe_jpeg());
+    }
+    let others = read::jpegs_by_other_decoder(conn, detector_hash, &decoders.jpeg_identity())?;
+    if others > 0 {
+        eprintln!(
+            "facedb: {others} JPEG photos in this database were decoded by another JPEG decoder than now ({}); their faces stay as found (`facedb info` says which decoder)",
+            decoders.jpeg_identity()
+        );
+    }
+    Ok(())
+}
+
 /// An empty folder, or one without photos, is said so (an index of nothing looks like success).
 fn say_no_photos(root: &Path, cache: &HashMap<String, read::CachedFile>) {
     let before = cache.values().filter(|c| !c.missing).count();
@@ -252,11 +274,12 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
         let summary = serde_json::json!({
             "command": "index", "dataset": root.to_string_lossy(), "run_id": ctx.run_id, "status": final_status,
             "counters": counters, "failed_files_in_folder": failed_now, "seconds": secs,
-            "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9),
+            "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9), "jpeg_decoder": ctx.decoders.jpeg_identity(),
         });
         println!("{summary}");
     } else if !globals.quiet {
         print_summary(root, counters, failed_now, started.elapsed(), status == RunStatus::Interrupted);
+        say_decoders(conn, ctx.decoders, &ctx.env.files.detector_hash)?;
     }
     Ok(if status == RunStatus::Interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
@@ -417,16 +440,18 @@ fn plan(
 
 /// The detector (with the parameters it runs with) and embedder rows, added if new: what
 /// `index` stores and what `match` embeds its references with.
-pub fn register_models(conn: &Connection, files: &ModelFiles, params: &DetectParams) -> Result<(ModelId, ModelId)> {
-    let detector_id = write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(params))?;
+pub fn register_models(conn: &Connection, files: &ModelFiles, params: &DetectParams, decoders: &Decoders) -> Result<(ModelId, ModelId)> {
+    let detector_id =
+        write::ensure_model(conn, "detector", &files.detector_name, &files.detector_hash, &detector_params_json(params, decoders))?;
     let embedder_id = write::ensure_model(conn, "embedder", &files.embedder_name, &files.embedder_hash, "{}")?;
     Ok((detector_id, embedder_id))
 }
 
-pub fn detector_params_json(p: &DetectParams) -> String {
+pub fn detector_params_json(p: &DetectParams, decoders: &Decoders) -> String {
     // `passes` names the detection procedure: a change in it changes the detector's identity, so
     // photos detected the old way are detected again (see `commands::index`'s re-detect rule).
-    serde_json::json!({"max_side": p.max_side, "score_threshold": p.score_threshold, "nms_iou": p.nms_iou, "passes": crate::pipeline::detect::PASSES}).to_string()
+    // `jpeg` names the JPEG decoder whose pixels the detector saw (`decode::Decoders`).
+    serde_json::json!({"max_side": p.max_side, "score_threshold": p.score_threshold, "nms_iou": p.nms_iou, "passes": crate::pipeline::detect::PASSES, "jpeg": decoders.jpeg_identity()}).to_string()
 }
 
 /// One index at a time per database: a second one is refused with a clear message.
@@ -486,7 +511,7 @@ fn process(
     let (out_tx, out_rx) = bounded::<Outcome>(jobs * 4);
     // Contents already stored are only linked, except earlier failures being tried again.
     let claimed = Mutex::new(known.keys().filter(|h| !ctx.retry.contains(*h)).cloned().collect::<HashSet<String>>());
-    let (interrupted, params) = (ctx.interrupted, &ctx.params);
+    let (interrupted, params, decoders) = (ctx.interrupted, &ctx.params, ctx.decoders);
 
     std::thread::scope(|scope| -> Result<RunStatus> {
         let mut workers = Vec::new();
@@ -495,7 +520,8 @@ fn process(
             // Each worker builds its own sessions, so the cores load the models in parallel.
             workers.push(scope.spawn(move || -> Result<()> {
                 let (mut detector, mut embedder) = (models.detector()?, models.embedder()?);
-                worker(rx, tx, claimed, &mut detector, &mut embedder, params, interrupted);
+                let mut sessions = Sessions { detector: &mut detector, embedder: &mut embedder, decoders, params };
+                worker(rx, tx, claimed, &mut sessions, interrupted);
                 Ok(())
             }));
         }
@@ -528,15 +554,15 @@ fn process(
     })
 }
 
-fn worker(
-    rx: Receiver<Job>,
-    tx: Sender<Outcome>,
-    claimed: &Mutex<HashSet<String>>,
-    detector: &mut YuNet,
-    embedder: &mut SFace,
-    params: &DetectParams,
-    interrupted: &AtomicBool,
-) {
+/// What a worker analyses photos with.
+struct Sessions<'a> {
+    detector: &'a mut YuNet,
+    embedder: &'a mut SFace,
+    decoders: &'a Decoders,
+    params: &'a DetectParams,
+}
+
+fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, claimed: &Mutex<HashSet<String>>, m: &mut Sessions, interrupted: &AtomicBool) {
     for Job { file, redo } in rx {
         if interrupted.load(Ordering::SeqCst) {
             break;
@@ -560,11 +586,11 @@ fn worker(
         let mut times = StageTimes { read_hash: read_ms, ..StageTimes::default() };
         let outcome = match redo.filter(|r| r.blake3 == blake3) {
             Some(redo) => {
-                let result = contained(|| redo_image(&bytes, &redo, detector, embedder, params, &mut times));
+                let result = contained(|| redo_image(&bytes, &redo, m, &mut times));
                 Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times }
             }
             None if claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
-                let result = contained(|| analyze(&bytes, detector, embedder, params, &mut times).map_err(Failure::of));
+                let result = contained(|| analyze(&bytes, m.decoders, m.detector, m.embedder, m.params, &mut times).map_err(Failure::of));
                 Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
             }
             None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
@@ -598,34 +624,26 @@ impl Failure {
 
 /// Redoes a stored image's faces with the current models: embeds its stored faces again (the
 /// embedder changed), or detects again (the detector changed).
-fn redo_image(
-    bytes: &[u8],
-    redo: &Redo,
-    detector: &mut YuNet,
-    embedder: &mut SFace,
-    params: &DetectParams,
-    times: &mut StageTimes,
-) -> Result<Redone, Failure> {
+fn redo_image(bytes: &[u8], redo: &Redo, m: &mut Sessions, times: &mut StageTimes) -> Result<Redone, Failure> {
     let Some(faces) = &redo.faces else {
-        return analyze(bytes, detector, embedder, params, times).map(Redone::Detected).map_err(Failure::of);
+        return analyze(bytes, m.decoders, m.detector, m.embedder, m.params, times).map(Redone::Detected).map_err(Failure::of);
     };
     let t = Instant::now();
-    let rgb = crate::pipeline::decode_as_indexed(bytes, redo.rotation).map_err(Failure::of)?;
+    let frame = crate::pipeline::frame_as_indexed(bytes, redo.rotation, m.decoders).map_err(Failure::of)?;
     times.decode += ms_since(t);
-    let t = Instant::now();
-    let mut vectors = Vec::with_capacity(faces.len());
-    for (face_id, face) in faces {
-        // Faces that could not be aligned before cannot be now (same pixels, same landmarks).
-        if let Some(aligned) = align::align(&rgb, &face.landmarks) {
-            let v = embedder.embed(&aligned).map_err(|e| Failure { kind: "environment", message: format!("{e:#}") })?;
-            vectors.push((*face_id, v));
+    // The same pixels and measures as a first index of the photo (faces that could not be
+    // aligned before cannot be now: same pixels, same landmarks).
+    let detections: Vec<Detection> = faces.iter().map(|(_, d)| *d).collect();
+    let (records, calls) = embed::embed_faces(&frame, &detections, m.embedder, times).map_err(|e| {
+        if decode::is_content(&e) {
+            Failure::of(e)
+        } else {
+            Failure { kind: "environment", message: format!("{e:#}") }
         }
-    }
-    times.align_embed += ms_since(t);
-    let t = Instant::now();
-    let quality = faces.iter().map(|(face_id, face)| (*face_id, crate::pipeline::quality::measure(&rgb, face))).collect();
-    times.quality += ms_since(t);
-    let calls = vectors.len() as u32;
+    })?;
+    let ids = faces.iter().map(|(face_id, _)| *face_id);
+    let vectors = ids.clone().zip(&records).filter_map(|(id, r)| r.embedding.map(|v| (id, v))).collect();
+    let quality = ids.zip(&records).map(|(id, r)| (id, r.quality)).collect();
     Ok(Redone::Embedded { vectors, quality, calls })
 }
 

@@ -89,6 +89,9 @@ fn print(info: &ImageInfo) -> Result<()> {
         info.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
     outln!("  indexed {}", info.indexed_at);
+    if let Some(decoder) = &info.jpeg_decoder {
+        outln!("  decoded by {decoder}");
+    }
     outln!("\nfaces ({}):", info.faces.len());
     for f in &info.faces {
         let [x, y, w, h] = f.box_xywh;

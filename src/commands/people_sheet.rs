@@ -33,9 +33,7 @@ pub fn run(globals: &Globals, args: SheetArgs) -> Result<ExitCode> {
     let db_file = database_path(globals, &root);
     let db = open_database(globals, &root, false)?;
     // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.
-    if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
-        crate::pipeline::heif::set_models_dir(&dir);
-    }
+    let decoders = crate::pipeline::decode::Decoders::new(crate::models::runtime::models_dir(globals.models.as_deref()).as_deref());
     let all = people::list(&db.conn, args.faces)?;
     let shown = &all[..all.len().min(args.people)];
     let places: Vec<Vec<(i64, Option<review::FacePlace>)>> = shown
@@ -43,7 +41,7 @@ pub fn run(globals: &Globals, args: SheetArgs) -> Result<ExitCode> {
         .map(|p| p.sample.iter().map(|&(id, _)| Ok((id, review::face_place(&db.conn, id)?))).collect::<Result<_>>())
         .collect::<Result<_>>()?;
     let thumbs: Vec<Vec<Option<String>>> =
-        places.par_iter().map(|faces| faces.par_iter().map(|(_, place)| thumb(&root, place.as_ref())).collect()).collect();
+        places.par_iter().map(|faces| faces.par_iter().map(|(_, place)| thumb(&root, &decoders, place.as_ref())).collect()).collect();
     let html = render(&root, &all, shown, &thumbs);
     let out_dir = args.out.unwrap_or_else(|| root.join("facedb-people"));
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
@@ -67,9 +65,9 @@ pub fn run(globals: &Globals, args: SheetArgs) -> Result<ExitCode> {
 }
 
 /// A face as the contact sheet frames it, from its photo as indexed (None: the photo is gone).
-fn thumb(root: &Path, place: Option<&review::FacePlace>) -> Option<String> {
+fn thumb(root: &Path, decoders: &crate::pipeline::decode::Decoders, place: Option<&review::FacePlace>) -> Option<String> {
     let place = place?;
-    data_uri(view::cut_face(&view::photo(root, place.path.as_deref()?, place.rotation)?, place.face)?)
+    data_uri(view::cut_face(&view::photo(root, decoders, place.path.as_deref()?, place.rotation)?, place.face)?)
 }
 
 fn render(root: &Path, all: &[people::PersonRow], shown: &[people::PersonRow], thumbs: &[Vec<Option<String>>]) -> String {

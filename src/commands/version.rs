@@ -9,7 +9,8 @@ use super::{outln, Globals};
 use crate::cli::{ModelsAction, ModelsArgs};
 use crate::db::SCHEMA_VERSION;
 use crate::models::runtime::{self, ModelFiles, ORT_LIB_FILE, ORT_VERSION, SFACE_FILE, YUNET_FILE};
-use crate::pipeline::heif;
+use crate::pipeline::decode::Decoders;
+use crate::pipeline::{heif, turbojpeg};
 
 pub fn print(globals: &Globals) -> Result<()> {
     outln!("facedb {}", env!("CARGO_PKG_VERSION"));
@@ -26,8 +27,10 @@ pub fn print(globals: &Globals) -> Result<()> {
             outln!("models: {e:#}");
         }
     }
-    match heif::loaded_from() {
-        Ok(path) => outln!("HEIC/HEIF via libheif ({})", path.display()),
+    let decoders = Decoders::new(runtime::models_dir(globals.models.as_deref()).as_deref());
+    outln!("{}", decoders.describe_jpeg());
+    match decoders.heif() {
+        Ok(h) => outln!("HEIC/HEIF via libheif ({})", h.path().display()),
         Err(e) => outln!("HEIC/HEIF: unavailable: {e:#}"),
     }
     Ok(())
@@ -52,17 +55,21 @@ fn install(from: &Path) -> Result<ExitCode> {
         std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
         std::fs::rename(&tmp, dest.join(name))?;
     }
-    // libheif for HEIC photos, where setup.sh put it (optional: only HEIC files need it).
-    let heif_src = from.join(heif::HEIF_DIR);
-    if heif_src.is_dir() {
-        let heif_dest = dest.join(heif::HEIF_DIR);
-        std::fs::create_dir_all(&heif_dest).with_context(|| format!("creating {}", heif_dest.display()))?;
-        for entry in std::fs::read_dir(&heif_src)? {
+    // libheif for HEIC photos and libjpeg-turbo, where setup.sh put them (optional: without them
+    // HEIC files are not read and JPEGs decode more slowly).
+    for sub in [heif::HEIF_DIR, turbojpeg::TURBOJPEG_DIR] {
+        let lib_src = from.join(sub);
+        if !lib_src.is_dir() {
+            continue;
+        }
+        let lib_dest = dest.join(sub);
+        std::fs::create_dir_all(&lib_dest).with_context(|| format!("creating {}", lib_dest.display()))?;
+        for entry in std::fs::read_dir(&lib_src)? {
             let src = entry?.path();
             let Some(name) = src.file_name().filter(|_| src.is_file()) else { continue };
-            let tmp = heif_dest.join(format!("{}.part", name.to_string_lossy()));
+            let tmp = lib_dest.join(format!("{}.part", name.to_string_lossy()));
             std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
-            std::fs::rename(&tmp, heif_dest.join(name))?;
+            std::fs::rename(&tmp, lib_dest.join(name))?;
         }
     }
     // Verify what was installed loads the same way the binary will find it.

@@ -417,6 +417,8 @@ pub struct ImageInfo {
     pub status: String,
     pub error: Option<String>,
     pub indexed_at: String,
+    /// The JPEG decoder whose pixels the faces were found in (`None`: not a JPEG).
+    pub jpeg_decoder: Option<String>,
     pub paths: Vec<String>,
     pub faces: Vec<FaceDetail>,
     pub logs: Vec<LogLine>,
@@ -507,6 +509,7 @@ impl FromRow for ImageInfo {
             status: r.get("status")?,
             error: r.get("error")?,
             indexed_at: r.get("created_at")?,
+            jpeg_decoder: r.get("jpeg_decoder")?,
             paths: Vec::new(),
             faces: Vec::new(),
             logs: Vec::new(),
@@ -550,7 +553,9 @@ impl FromRow for MatchLine {
 pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
     let mut info: ImageInfo = rows::one(
         conn,
-        "SELECT id, blake3, size_bytes, width, height, format, orientation, status, error, created_at FROM images WHERE id = ?1",
+        "SELECT id, blake3, size_bytes, width, height, format, orientation, status, error, created_at,
+                CASE WHEN format = 'jpeg' THEN (SELECT coalesce(json_extract(m.params_json, '$.jpeg'), 'image-rs') FROM models m WHERE m.id = images.detector_id) END AS jpeg_decoder
+         FROM images WHERE id = ?1",
         [image_id],
     )?
     .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
@@ -636,6 +641,17 @@ pub struct StaleImage {
     pub redetect: bool,
     /// Degrees the photo was turned when indexed.
     pub rotation: u16,
+}
+
+/// JPEG images detected by this detector file from another JPEG decoder's pixels than `jpeg`
+/// (`decode::Decoders::jpeg_identity`; databases from before it was recorded used the image crate).
+pub fn jpegs_by_other_decoder(conn: &Connection, detector_hash: &str, jpeg: &str) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM images i JOIN models m ON m.id = i.detector_id
+         WHERE i.status = 'ok' AND i.format = 'jpeg' AND m.file_blake3 = ?1 AND coalesce(json_extract(m.params_json, '$.jpeg'), 'image-rs') <> ?2",
+        params![detector_hash, jpeg],
+        |r| r.get(0),
+    )?)
 }
 
 /// Decoded images whose detector file is not `detector_hash`, or whose faces were not embedded

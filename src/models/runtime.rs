@@ -108,8 +108,6 @@ impl ModelFiles {
                 })?
             }
         };
-        // libheif (for HEIC photos) is installed beside the models.
-        crate::pipeline::heif::set_models_dir(&dir);
         let gpu_lib = dir.join(CUDA_DIR).join(ORT_LIB_FILE);
         let (ort_lib, device) = match (std::env::var_os(ORT_LIB_ENV).filter(|v| !v.is_empty()), device) {
             (Some(p), device) => (PathBuf::from(p), device),

@@ -54,7 +54,12 @@ impl YuNet {
     /// Faces in `image` resized to long side `long_side`, scoring at least `score_threshold`,
     /// in pixels of `image` (before any merging or NMS).
     pub fn detect(&mut self, image: &RgbImage, long_side: u32, score_threshold: f32) -> Result<Vec<Detection>> {
-        let input = to_input(image, long_side);
+        self.detect_input(to_input(image, long_side), score_threshold)
+    }
+
+    /// Faces in a prepared input (see [`to_input`]), in the pixels of the image it was made from
+    /// divided by `input.scale`.
+    pub fn detect_input(&mut self, input: Input, score_threshold: f32) -> Result<Vec<Detection>> {
         let raw = self.run(input.data, input.height, input.width)?;
         Ok(decode(&raw, score_threshold).into_iter().map(|d| scaled(&d, 1.0 / input.scale)).collect())
     }

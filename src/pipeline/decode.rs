@@ -2,6 +2,8 @@
 //! can make us allocate.
 
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::metadata::Orientation;
@@ -19,6 +21,87 @@ pub struct Decoded {
     pub format: &'static str,
     /// EXIF orientation 1-8 as found in the file (1 when absent).
     pub orientation: u8,
+    /// `rgb` is 1/`denom` of the photo's size (1: full size; see `Decoders::decode_reduced`).
+    pub denom: u32,
+    /// The photo's upright size at full resolution.
+    pub full_size: (u32, u32),
+}
+
+/// A reduced decode is asked for only when the photo is at least this big at the reduced scale:
+/// the detector's passes read at most 1920 px (1.5x `--detect-size` 1280), so a 12 MP photo is
+/// decoded at 1/2 (2000x1500, 29 ms against 54 in full with libjpeg-turbo, one thread).
+pub const REDUCED_MIN_SIDE: u32 = 1920;
+
+/// The largest DCT scale divisor (2, 4, 8) leaving the long side at least `REDUCED_MIN_SIDE`, or 1.
+/// Depends on the photo's size only, so every command decoding a photo reduces it the same way.
+pub fn reduction_for(long_side: u32) -> u32 {
+    [8, 4, 2].into_iter().find(|d| long_side.div_ceil(*d) >= REDUCED_MIN_SIDE).unwrap_or(1)
+}
+
+/// The decoders beyond the image crate, found once in the models folder and passed to whatever
+/// decodes photos (no process-wide state): libjpeg-turbo for JPEG when installed (faster; the
+/// image crate otherwise and for every other format) and libheif for HEIC, loaded on first use.
+pub struct Decoders {
+    models_dir: Option<PathBuf>,
+    jpeg: std::result::Result<super::turbojpeg::TurboJpeg, String>,
+    heif: OnceLock<std::result::Result<super::heif::Heif, String>>,
+}
+
+impl Decoders {
+    /// Looks for the libraries in `models_dir` (and the environment variables naming them).
+    pub fn new(models_dir: Option<&Path>) -> Self {
+        Self { models_dir: models_dir.map(Path::to_path_buf), jpeg: super::turbojpeg::TurboJpeg::find(models_dir), heif: OnceLock::new() }
+    }
+
+    /// What decodes JPEG photos, as stored in the detector's identity: the same photo decoded by
+    /// another decoder gives slightly different pixels, so its faces are not silently mixed.
+    pub fn jpeg_identity(&self) -> String {
+        match &self.jpeg {
+            Ok(t) => format!("libturbojpeg {}", t.identity()),
+            Err(_) => "image-rs".into(),
+        }
+    }
+
+    /// One line saying which JPEG decoder is in use, and why when it is the slower one.
+    pub fn describe_jpeg(&self) -> String {
+        match &self.jpeg {
+            Ok(t) => format!("JPEG via libjpeg-turbo ({})", t.path().display()),
+            Err(e) => format!(
+                "JPEG via the built-in decoder (libjpeg-turbo not loaded: {e}; scripts/setup.sh puts it in <models>/{}/ and makes indexing faster)",
+                super::turbojpeg::TURBOJPEG_DIR
+            ),
+        }
+    }
+
+    /// libturbojpeg, if loaded.
+    pub fn turbojpeg(&self) -> Option<&super::turbojpeg::TurboJpeg> {
+        self.jpeg.as_ref().ok()
+    }
+
+    /// libheif, loaded on first use (it maps its HEVC codecs, which only HEIC photos need).
+    pub fn heif(&self) -> Result<&super::heif::Heif> {
+        self.heif.get_or_init(|| super::heif::Heif::find(self.models_dir.as_deref())).as_ref().map_err(|e| {
+            anyhow!(
+                "HEIC/HEIF needs libheif, which was not found ({e}); run scripts/setup.sh (it puts libheif in <models>/{}/), install your system's libheif, or set {}",
+                super::heif::HEIF_DIR,
+                super::heif::HEIF_LIB_ENV
+            )
+        })
+    }
+
+    /// Decodes `bytes` (format sniffed from content, not the file name). Every error says
+    /// whether the file's content (`BadContent`) or the environment (`NeedsEnvironment`) caused it.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded> {
+        decode(bytes, self)
+    }
+
+    /// Like `decode`, but a big JPEG comes back reduced by `reduction_for` when libjpeg-turbo is
+    /// loaded (DCT scaling: about half the time of a full decode). `Frame` decodes the full size
+    /// later only if a stage needs it.
+    pub fn decode_reduced(&self, bytes: &[u8]) -> Result<Decoded> {
+        decode_untagged(bytes, self, true)
+            .map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
+    }
 }
 
 pub fn limits() -> Limits {
@@ -43,28 +126,30 @@ pub fn format_name(format: ImageFormat) -> &'static str {
 
 /// Decodes `bytes` (format sniffed from content, not the file name). Every error says whether
 /// the file's content (`BadContent`) or the environment (`NeedsEnvironment`) caused it.
-pub fn decode(bytes: &[u8]) -> Result<Decoded> {
-    decode_untagged(bytes).map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
+pub fn decode(bytes: &[u8], decoders: &Decoders) -> Result<Decoded> {
+    decode_untagged(bytes, decoders, false)
+        .map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
 }
 
-fn decode_untagged(bytes: &[u8]) -> Result<Decoded> {
+fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(anyhow!("empty file (0 bytes)"));
     }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("reading image header")?;
     let Some(format) = reader.format() else {
         if let Some(brand) = heif_brand(bytes) {
-            let rgb = super::heif::decode(bytes, MAX_SIDE, MAX_ALLOC).map_err(|e| {
+            let rgb = decoders.heif().and_then(|h| super::heif::decode(h, bytes, MAX_SIDE, MAX_ALLOC)).map_err(|e| {
                 let message = format!("cannot decode HEIF ({brand}): {e:#}");
                 // Without libheif the file was never looked at: retry once it is installed.
-                if super::heif::loaded_from().is_err() {
+                if decoders.heif().is_err() {
                     anyhow::Error::new(NeedsEnvironment(message))
                 } else {
                     anyhow!(message)
                 }
             })?;
             // libheif has already applied the file's rotation and mirroring.
-            return Ok(Decoded { rgb, format: "heif", orientation: 1 });
+            let full_size = rgb.dimensions();
+            return Ok(Decoded { rgb, format: "heif", orientation: 1, denom: 1, full_size });
         }
         return Err(anyhow!("not a supported image (unrecognised content)"));
     };
@@ -76,11 +161,22 @@ fn decode_untagged(bytes: &[u8]) -> Result<Decoded> {
     }
     reader.limits(limits());
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
-    check_declared_size(decoder.dimensions(), decoder.total_bytes())?;
+    let (w, h) = decoder.dimensions();
+    check_declared_size((w, h), decoder.total_bytes())?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
+    let exif = orientation_exif(orientation);
+    let full_size = if (5..=8).contains(&exif) { (h, w) } else { (w, h) };
+    // libjpeg-turbo when loaded; a JPEG it refuses (CMYK, a corrupt-data warning) goes to the
+    // image crate, in full, which decides whether it is decodable as before.
+    let denom = if reduce { reduction_for(w.max(h)) } else { 1 };
+    let turbo =
+        decoders.turbojpeg().filter(|_| format == ImageFormat::Jpeg).and_then(|t| t.decode(bytes, denom).ok().map(|rgb| (rgb, denom)));
+    let (mut image, denom) = match turbo {
+        Some((rgb, denom)) => (DynamicImage::ImageRgb8(rgb), denom),
+        None => (DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?, 1),
+    };
     image.apply_orientation(orientation);
-    Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: orientation_exif(orientation) })
+    Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size })
 }
 
 /// Refuses what the header declares before anything is allocated: the decoders' own limits are
@@ -194,6 +290,10 @@ fn orientation_exif(o: Orientation) -> u8 {
 mod tests {
     use super::*;
 
+    fn decode_builtin(bytes: &[u8]) -> Result<Decoded> {
+        decode(bytes, &Decoders::new(None))
+    }
+
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();
         RgbImage::new(w, h).write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
@@ -202,16 +302,16 @@ mod tests {
 
     #[test]
     fn decodes_png_by_content() {
-        let d = decode(&png(7, 5)).unwrap();
+        let d = decode_builtin(&png(7, 5)).unwrap();
         assert_eq!((d.rgb.width(), d.rgb.height(), d.format, d.orientation), (7, 5, "png", 1));
     }
 
     #[test]
     fn refuses_empty_garbage_and_truncated() {
-        assert!(decode(&[]).unwrap_err().to_string().contains("empty"));
-        assert!(decode(b"hello, I am text").is_err());
+        assert!(decode_builtin(&[]).unwrap_err().to_string().contains("empty"));
+        assert!(decode_builtin(b"hello, I am text").is_err());
         let p = png(64, 64);
-        assert!(decode(&p[..p.len() / 2]).is_err());
+        assert!(decode_builtin(&p[..p.len() / 2]).is_err());
     }
 
     #[test]
@@ -219,7 +319,7 @@ mod tests {
         let mut jpeg = Vec::new();
         RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10])).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
         assert!(jpeg_is_complete(&jpeg));
-        assert!(decode(&jpeg).is_ok());
+        assert!(decode_builtin(&jpeg).is_ok());
         // An APP1 segment holding FF D9 (like an EXIF thumbnail) must not count as the end.
         let mut with_app1 = jpeg[..2].to_vec();
         with_app1.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD8, 0xFF, 0xD9]);
@@ -227,13 +327,13 @@ mod tests {
         assert!(jpeg_is_complete(&with_app1));
         let cut = &with_app1[..with_app1.len() - 40];
         assert!(!jpeg_is_complete(cut));
-        assert!(decode(cut).unwrap_err().to_string().contains("truncated JPEG"));
+        assert!(decode_builtin(cut).unwrap_err().to_string().contains("truncated JPEG"));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
     }
 
     #[test]
     fn broken_heic_gets_a_clear_message() {
-        let err = decode(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap_err().to_string();
+        let err = decode_builtin(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap_err().to_string();
         assert!(err.contains("cannot decode HEIF (heic)"), "{err}");
     }
 
@@ -245,7 +345,7 @@ mod tests {
         let crc = crc32fast::hash(&p[12..29]);
         p[29..33].copy_from_slice(&crc.to_be_bytes());
         let t = std::time::Instant::now();
-        let err = decode(&p).unwrap_err();
+        let err = decode_builtin(&p).unwrap_err();
         assert!(err.to_string().contains("29999x29999") && err.to_string().contains("MiB"), "{err}");
         assert!(is_content(&err) && !is_environment(&err));
         assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
@@ -261,7 +361,7 @@ mod tests {
         p[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         let crc = crc32fast::hash(&p[12..29]);
         p[29..33].copy_from_slice(&crc.to_be_bytes());
-        let err = decode(&p).unwrap_err().to_string();
+        let err = decode_builtin(&p).unwrap_err().to_string();
         assert!(err.contains("limit") || err.contains("dimension") || err.contains("large"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use image::RgbImage;
 
+use super::frame::{at_scale, Frame};
 pub use crate::models::yunet::Detection;
 use crate::models::yunet::{YuNet, ALIGN, INPUT_SIZE};
 
@@ -28,8 +29,8 @@ impl Default for DetectParams {
 const DETAIL_MAX_FACE: f32 = 160.0;
 
 /// The detection procedure, stored with the detector model: photos detected by an older one are
-/// detected again.
-pub const PASSES: &str = "whole640+detail+closer+refine";
+/// detected again. `reduced` : passes read a DCT-reduced decode when it is big enough (`Frame`).
+pub const PASSES: &str = "whole640+detail+closer+refine+reduced";
 
 pub struct DetectOutcome {
     pub faces: Vec<Detection>,
@@ -42,13 +43,15 @@ pub struct DetectOutcome {
 /// landmarks and embeddings match it). Pass 2, for photos larger than that, runs once more at
 /// long side `max_side` and contributes only small faces that pass 1 missed. Pass 3, only when
 /// pass 2 saw faces near its lower limit, looks at 1.5x that side for their smaller neighbours.
-pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Result<DetectOutcome> {
-    let (w, h) = image.dimensions();
+pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result<DetectOutcome> {
+    let (w, h) = frame.dimensions();
     let long = w.max(h);
     let mut calls = 0;
     let mut run = |long_side: u32| -> Result<Vec<Detection>> {
+        // From the reduced decode when it is big enough (see `Frame`).
+        let input = frame.input(long_side)?;
         calls += 1;
-        yunet.detect(image, long_side, params.score_threshold)
+        yunet.detect_input(input, params.score_threshold)
     };
     let whole = nms(run(INPUT_SIZE as u32)?, params.nms_iou);
     let detail_side = params.max_side.min(long);
@@ -84,7 +87,9 @@ pub fn detect(yunet: &mut YuNet, image: &RgbImage, params: &DetectParams) -> Res
         // scale, several pixels of the photo: look again at the photo's own resolution.
         let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
             calls += 1;
-            refine(yunet, image, &d)?.unwrap_or(d)
+            // On the reduced decode when the face is at least `REFINED_FACE` there (never enlarged).
+            let (image, factor) = frame.source_for_side(d.w.max(d.h), REFINED_FACE)?;
+            refine(yunet, image, &at_scale(&d, factor))?.map_or(d, |r| at_scale(&r, 1.0 / factor))
         } else {
             d
         };

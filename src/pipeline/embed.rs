@@ -3,9 +3,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use image::RgbImage;
 
 use super::detect::Detection;
+use super::frame::{at_scale, Frame};
 use super::quality::{self, Quality};
 use super::{fingerprint, ms_since, StageTimes};
 use crate::models::sface::align;
@@ -20,12 +20,18 @@ pub struct FaceRecord {
     pub face_hash: Option<u64>,
 }
 
-pub fn embed_faces(image: &RgbImage, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
+/// Aligns, embeds and scores `faces` (full-resolution coordinates), each on the reduced decode
+/// when it is big enough there (`Frame::source_for_face`).
+pub fn embed_faces(frame: &Frame, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
     let mut out = Vec::with_capacity(faces.len());
     let mut calls = 0;
     for face in faces {
         let t = Instant::now();
-        let (embedding, face_hash) = match align::align(image, &face.landmarks) {
+        let (image, factor) = frame.source_for_face(face)?;
+        times.decode += ms_since(t);
+        let local = at_scale(face, factor);
+        let t = Instant::now();
+        let (embedding, face_hash) = match align::align(image, &local.landmarks) {
             Some(aligned) => {
                 calls += 1;
                 (Some(embedder.embed(&aligned)?), Some(fingerprint::dhash(&aligned)))
@@ -34,7 +40,8 @@ pub fn embed_faces(image: &RgbImage, faces: &[Detection], embedder: &mut SFace, 
         };
         times.align_embed += ms_since(t);
         let t = Instant::now();
-        let quality = quality::measure(image, face);
+        // Size in full-resolution pixels, whatever image the rest was measured on.
+        let quality = Quality { size_px: face.w.min(face.h), ..quality::measure(image, &local) };
         times.quality += ms_since(t);
         out.push(FaceRecord { detection: *face, quality, embedding, face_hash });
     }

@@ -7,7 +7,6 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
@@ -16,14 +15,6 @@ use image::RgbImage;
 pub const HEIF_LIB_ENV: &str = "FACEDB_HEIF_LIB";
 /// Sub-folder of the models folder holding libheif and the libraries it needs.
 pub const HEIF_DIR: &str = "heif";
-
-static MODELS_DIR: OnceLock<PathBuf> = OnceLock::new();
-static LIBRARY: OnceLock<std::result::Result<Heif, String>> = OnceLock::new();
-
-/// Where to look for `heif/libheif*.so*` (the models folder); the first call wins.
-pub fn set_models_dir(dir: &Path) {
-    let _ = MODELS_DIR.set(dir.to_path_buf());
-}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -43,8 +34,9 @@ type Handle = c_void;
 type Img = c_void;
 type Encoder = c_void;
 
-/// The libheif entry points facedb uses (stable C API, libheif >= 1.10).
-struct Heif {
+/// The libheif entry points facedb uses (stable C API, libheif >= 1.10). Found by `Heif::find`
+/// and held by `decode::Decoders`.
+pub struct Heif {
     context_alloc: unsafe extern "C" fn() -> *mut Ctx,
     context_free: unsafe extern "C" fn(*mut Ctx),
     read_from_memory: unsafe extern "C" fn(*mut Ctx, *const c_void, usize, *const c_void) -> HeifError,
@@ -126,12 +118,12 @@ fn check(e: HeifError, what: &str) -> Result<()> {
 }
 
 /// Where libheif is looked for, in order.
-fn candidates() -> Vec<PathBuf> {
+fn candidates(models_dir: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os(HEIF_LIB_ENV).filter(|p| !p.is_empty()) {
         return vec![PathBuf::from(p)];
     }
     let mut out = Vec::new();
-    if let Some(dir) = MODELS_DIR.get() {
+    if let Some(dir) = models_dir {
         if let Ok(entries) = std::fs::read_dir(dir.join(HEIF_DIR)) {
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -146,29 +138,24 @@ fn candidates() -> Vec<PathBuf> {
     out
 }
 
-fn library() -> Result<&'static Heif> {
-    LIBRARY
-        .get_or_init(|| {
-            let mut errors = Vec::new();
-            for path in candidates() {
-                match Heif::open(&path) {
-                    Ok(h) => return Ok(h),
-                    Err(e) => errors.push(e),
-                }
+impl Heif {
+    /// Loads libheif: `FACEDB_HEIF_LIB`, else `<models>/heif/libheif*.so*`, else the system's.
+    /// `Err` says what was tried.
+    pub fn find(models_dir: Option<&Path>) -> std::result::Result<Self, String> {
+        let mut errors = Vec::new();
+        for path in candidates(models_dir) {
+            match Heif::open(&path) {
+                Ok(h) => return Ok(h),
+                Err(e) => errors.push(e),
             }
-            Err(errors.join("; "))
-        })
-        .as_ref()
-        .map_err(|e| {
-            anyhow!(
-                "HEIC/HEIF needs libheif, which was not found ({e}); run scripts/setup.sh (it puts libheif in <models>/{HEIF_DIR}/), install your system's libheif, or set {HEIF_LIB_ENV}"
-            )
-        })
-}
+        }
+        Err(errors.join("; "))
+    }
 
-/// The libheif file in use (for `--version`).
-pub fn loaded_from() -> Result<&'static Path> {
-    Ok(&library()?.path)
+    /// The libheif file in use (for `--version`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Frees a libheif object when dropped, so every early return cleans up.
@@ -181,8 +168,7 @@ impl<F: FnMut()> Drop for Guard<F> {
 
 /// Decodes the primary image of a HEIF file to upright 8-bit RGB, refusing sizes over the limits
 /// before anything is decoded.
-pub fn decode(bytes: &[u8], max_side: u32, max_alloc: u64) -> Result<RgbImage> {
-    let h = library()?;
+pub fn decode(h: &Heif, bytes: &[u8], max_side: u32, max_alloc: u64) -> Result<RgbImage> {
     // SAFETY: every pointer passed to libheif below is either one it returned (checked non-null)
     // or a live Rust slice; each object is released exactly once by its guard.
     unsafe {
@@ -226,8 +212,7 @@ pub fn decode(bytes: &[u8], max_side: u32, max_alloc: u64) -> Result<RgbImage> {
 
 /// Writes `image` as a HEIC file (HEVC, lossy `quality` 0-100). For test fixtures and
 /// benchmark sets; facedb itself never writes HEIC.
-pub fn encode_heic(image: &RgbImage, quality: u8, path: &Path) -> Result<()> {
-    let h = library()?;
+pub fn encode_heic(h: &Heif, image: &RgbImage, quality: u8, path: &Path) -> Result<()> {
     let (w, ht) = (c_int::try_from(image.width())?, c_int::try_from(image.height())?);
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: as in `decode`; the plane written is libheif's own buffer of `stride * height`.

@@ -5,10 +5,12 @@ pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod fingerprint;
+pub mod frame;
 pub mod hash;
 pub mod heif;
 pub mod quality;
 pub mod shard;
+pub mod turbojpeg;
 pub mod walk;
 
 use std::time::Instant;
@@ -18,6 +20,7 @@ use anyhow::Result;
 use crate::models::{sface::SFace, yunet::YuNet};
 use detect::{DetectParams, Detection};
 use embed::FaceRecord;
+use frame::Frame;
 
 /// Milliseconds spent in each stage (summed across photos by the run).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -62,19 +65,18 @@ pub struct AnalyzedImage {
 /// Decode -> detect -> align -> embed -> quality for one image's bytes.
 pub fn analyze(
     bytes: &[u8],
+    decoders: &decode::Decoders,
     detector: &mut YuNet,
     embedder: &mut SFace,
     params: &DetectParams,
     times: &mut StageTimes,
 ) -> Result<AnalyzedImage> {
     let t = Instant::now();
-    let decoded = decode::decode(bytes)?;
+    let mut frame = Frame::decode(bytes, decoders)?;
     times.decode += ms_since(t);
 
     let t = Instant::now();
-    let mut rgb = decoded.rgb;
-    let mut outcome = detect::detect(detector, &rgb, params)?;
-    let mut rotation = 0;
+    let mut outcome = detect::detect(detector, &frame, params)?;
     // A photo without a clear face may be a sideways scan or a camera that wrote no EXIF
     // orientation (YuNet finds some faces lying on their side, weakly and with useless
     // landmarks): look again turned either way (faceswap's --rotate-images) and keep a turn
@@ -84,36 +86,41 @@ pub fn analyze(
         // Probe both turns on a small copy (one 640 px detector pass each, ~1/10 of a full
         // detection of a 12 MP photo, and no full-size rotation); only a turn that shows faces
         // clearly better is detected again at full resolution and kept if it still does.
+        let (rgb, _) = frame.source_for(PROBE_SIDE)?;
         let scale = (PROBE_SIDE as f32 / rgb.width().max(rgb.height()).max(1) as f32).min(1.0);
         let side = |px: u32| ((px as f32 * scale).round() as u32).max(1);
-        let probe = image::imageops::thumbnail(&rgb, side(rgb.width()), side(rgb.height()));
+        let probe = image::imageops::thumbnail(rgb, side(rgb.width()), side(rgb.height()));
         let probe_params = DetectParams { max_side: PROBE_SIDE, ..*params };
         let mut turns = Vec::with_capacity(2);
         for degrees in [90, 270] {
-            let found = detect::detect(detector, &rotate(&probe, degrees), &probe_params)?;
+            let found = detect::detect(detector, &Frame::from_image(rotate(&probe, degrees)), &probe_params)?;
             outcome.detector_calls += found.detector_calls;
             turns.push((Evidence::of(&found.faces), degrees));
         }
         // An upside-down face can score too, so the two turns compete with each other first.
         let best = turns.into_iter().max_by(|a, b| a.0.clear.cmp(&b.0.clear).then(a.0.best_score.total_cmp(&b.0.best_score)));
         if let Some((_, degrees)) = best.filter(|(evidence, _)| evidence.beats(&upright)) {
-            let turned = rotate(&rgb, degrees);
+            let turned = frame.turned(degrees);
             let found = detect::detect(detector, &turned, params)?;
             outcome.detector_calls += found.detector_calls;
             if Evidence::of(&found.faces).beats(&upright) {
-                (rgb, rotation, outcome.faces) = (turned, degrees, found.faces);
+                (frame, outcome.faces) = (turned, found.faces);
             }
         }
     }
-    times.detect += ms_since(t);
+    // A full-resolution decode a pass or a refinement asked for counts as decoding.
+    let late_decode = frame.take_decode_ms();
+    times.detect += ms_since(t) - late_decode;
+    times.decode += late_decode;
 
-    let (faces, embedder_calls) = embed::embed_faces(&rgb, &outcome.faces, embedder, times)?;
+    let (faces, embedder_calls) = embed::embed_faces(&frame, &outcome.faces, embedder, times)?;
+    let (width, height) = frame.dimensions();
     Ok(AnalyzedImage {
-        width: rgb.width(),
-        height: rgb.height(),
-        format: decoded.format,
-        orientation: decoded.orientation,
-        rotation,
+        width,
+        height,
+        format: frame.format,
+        orientation: frame.orientation,
+        rotation: frame.rotation(),
         faces,
         detector_calls: outcome.detector_calls,
         embedder_calls,
@@ -159,10 +166,17 @@ pub fn rotate(image: &image::RgbImage, degrees: u16) -> image::RgbImage {
     }
 }
 
+/// A photo's frame the way indexing saw it (reduced decode, EXIF orientation, then turned by the
+/// rotation stored for it), so stored faces are measured on the same pixels.
+pub fn frame_as_indexed<'a>(bytes: &'a [u8], rotation: u16, decoders: &'a decode::Decoders) -> Result<Frame<'a>> {
+    let frame = Frame::decode(bytes, decoders)?;
+    Ok(if rotation == 0 { frame } else { frame.turned(rotation) })
+}
+
 /// Decodes a photo the way indexing saw it: EXIF orientation applied, then turned by the
 /// rotation stored for it, so stored face coordinates apply.
-pub fn decode_as_indexed(bytes: &[u8], rotation: u16) -> Result<image::RgbImage> {
-    let rgb = decode::decode(bytes)?.rgb;
+pub fn decode_as_indexed(bytes: &[u8], rotation: u16, decoders: &decode::Decoders) -> Result<image::RgbImage> {
+    let rgb = decoders.decode(bytes)?.rgb;
     Ok(if rotation == 0 { rgb } else { rotate(&rgb, rotation) })
 }
 

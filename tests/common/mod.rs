@@ -115,19 +115,23 @@ pub fn match_ref(dir: &Path, reference: &str) -> Command {
     c
 }
 
-/// A models folder under `dir` holding the checkout's model files (not its sub-folders such as
-/// `cuda/`), copied (to damage one) or symlinked.
+/// A models folder under `dir` holding the checkout's model files and its `turbojpeg/` (the JPEG
+/// decoder is part of the detector's identity; not other sub-folders such as `cuda/`), copied (to
+/// damage one) or symlinked.
 pub fn models_folder(dir: &Path, copy: bool) -> PathBuf {
     let models = dir.join("models");
-    std::fs::create_dir(&models).unwrap();
-    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let dest = models.join(path.file_name().unwrap());
-            if copy {
-                std::fs::copy(&path, dest).unwrap();
-            } else {
-                std::os::unix::fs::symlink(&path, dest).unwrap();
+    for sub in ["", "turbojpeg"] {
+        std::fs::create_dir(models.join(sub)).unwrap();
+        let Ok(entries) = std::fs::read_dir(repo().join("models").join(sub)) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let dest = models.join(sub).join(path.file_name().unwrap());
+                if copy {
+                    std::fs::copy(&path, dest).unwrap();
+                } else {
+                    std::os::unix::fs::symlink(&path, dest).unwrap();
+                }
             }
         }
     }

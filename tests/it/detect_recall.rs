@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use facedb::models::ModelFiles;
 use facedb::pipeline::detect::{detect, DetectParams, Detection};
+use facedb::pipeline::frame::Frame;
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 
@@ -22,7 +23,7 @@ fn small_faces_in_group_photos_and_frame_filling_faces_are_found() {
         .iter()
         .map(|n| {
             let img = crate::common::rgb(n);
-            let face = largest(&detect(&mut yunet, &img, &params).unwrap().faces);
+            let face = largest(&detect(&mut yunet, &Frame::from_image(img.clone()), &params).unwrap().faces);
             (img, face)
         })
         .collect();
@@ -46,7 +47,7 @@ fn small_faces_in_group_photos_and_frame_filling_faces_are_found() {
             truth.push((cx as f32 + face.x * s, cy as f32 + face.y * s, face.w * s, face.h * s, width));
         }
         let t = Instant::now();
-        let dets = detect(&mut yunet, &canvas, &params).unwrap().faces;
+        let dets = detect(&mut yunet, &Frame::from_image(canvas.clone()), &params).unwrap().faces;
         elapsed += t.elapsed().as_secs_f64();
         for (x, y, w, h, width) in truth {
             let hit = dets.iter().any(|d| {
@@ -72,7 +73,7 @@ fn small_faces_in_group_photos_and_frame_filling_faces_are_found() {
     let (img, face) = &portraits[0];
     let tight = imageops::crop_imm(img, face.x as u32, face.y as u32, face.w as u32, face.h as u32).to_image();
     let huge = imageops::resize(&tight, 2000, (2000.0 * face.h / face.w) as u32, FilterType::Triangle);
-    let dets = detect(&mut yunet, &huge, &params).unwrap().faces;
+    let dets = detect(&mut yunet, &Frame::from_image(huge), &params).unwrap().faces;
     assert_eq!(dets.len(), 1, "one face, no duplicates: {dets:?}");
     assert!(dets[0].w > 1200.0, "{:?}", dets[0]);
 }

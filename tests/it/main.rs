@@ -10,6 +10,7 @@ mod best;
 mod cli;
 mod crops;
 mod curation;
+mod decoders;
 mod detect_recall;
 mod export;
 mod forget;

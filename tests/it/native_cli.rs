@@ -76,10 +76,11 @@ fn heic_photos_are_decoded_matched_and_cropped() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     std::fs::create_dir(&photos).unwrap();
-    facedb::pipeline::heif::set_models_dir(&repo().join("models"));
+    let decoders = facedb::pipeline::decode::Decoders::new(Some(&repo().join("models")));
+    let heif = decoders.heif().unwrap();
     // Made with the same libheif (its x265 encoder), as an iPhone would write it.
-    facedb::pipeline::heif::encode_heic(&rgb("obama2.jpg"), 80, &photos.join("IMG_0001.HEIC")).unwrap();
-    facedb::pipeline::heif::encode_heic(&rgb("biden.jpg"), 80, &photos.join("IMG_0002.heic")).unwrap();
+    facedb::pipeline::heif::encode_heic(heif, &rgb("obama2.jpg"), 80, &photos.join("IMG_0001.HEIC")).unwrap();
+    facedb::pipeline::heif::encode_heic(heif, &rgb("biden.jpg"), 80, &photos.join("IMG_0002.heic")).unwrap();
     let bytes = std::fs::read(photos.join("IMG_0002.heic")).unwrap();
     std::fs::write(photos.join("IMG_0003.heic"), &bytes[..bytes.len() / 3]).unwrap();
 

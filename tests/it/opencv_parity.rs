@@ -18,6 +18,8 @@ fn embeddings_match_opencv() {
     let models =
         ModelFiles::locate(Some(&crate::common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
     let (mut detector, mut embedder) = (models.detector().unwrap(), models.embedder().unwrap());
+    // The decoders `index` uses (libjpeg-turbo when setup.sh installed it, as OpenCV's imread).
+    let decoders = facedb::pipeline::decode::Decoders::new(Some(&crate::common::repo().join("models")));
     let photos = fixture["photos"].as_object().unwrap();
     assert_eq!(photos.len(), 7);
     for (name, faces) in photos {
@@ -28,12 +30,12 @@ fn embeddings_match_opencv() {
         let landmarks: [[f32; 2]; 5] = lm.try_into().unwrap();
 
         let bytes = std::fs::read(crate::common::photo(name)).unwrap();
-        let rgb = facedb::pipeline::decode::decode(&bytes).unwrap().rgb;
+        let rgb = decoders.decode(&bytes).unwrap().rgb;
         // Same landmarks: isolates alignment + embedding.
         let ours = embedder.embed(&align::align(&rgb, &landmarks).unwrap()).unwrap();
         let same_landmarks = cosine(&ours, &expected);
         // Whole pipeline: our own detection, alignment and embedding.
-        let img = analyze(&bytes, &mut detector, &mut embedder, &DetectParams::default(), &mut StageTimes::default()).unwrap();
+        let img = analyze(&bytes, &decoders, &mut detector, &mut embedder, &DetectParams::default(), &mut StageTimes::default()).unwrap();
         let end_to_end = cosine(&largest(&img.faces).unwrap().embedding.unwrap(), &expected);
         eprintln!("{name}: cosine with OpenCV, same landmarks {same_landmarks:.5}, end to end {end_to_end:.5}");
         assert!(same_landmarks > 0.99, "{name}: {same_landmarks}");

@@ -355,8 +355,8 @@ fn a_changed_embedder_reembeds_stored_faces_and_a_changed_detector_redetects() {
 fn environment_failures_are_retried_when_it_changes_content_failures_only_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = dataset(tmp.path());
-    facedb::pipeline::heif::set_models_dir(&repo().join("models"));
-    facedb::pipeline::heif::encode_heic(&rgb("obama2.jpg"), 80, &photos.join("IMG_0001.heic")).unwrap();
+    let decoders = facedb::pipeline::decode::Decoders::new(Some(&repo().join("models")));
+    facedb::pipeline::heif::encode_heic(decoders.heif().unwrap(), &rgb("obama2.jpg"), 80, &photos.join("IMG_0001.heic")).unwrap();
     backdate(&photos.join("IMG_0001.heic"));
     let jpeg = std::fs::read(photo("obama.jpg")).unwrap();
     std::fs::write(photos.join("cut.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();

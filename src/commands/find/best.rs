@@ -11,7 +11,10 @@ use rusqlite::Connection;
 
 use crate::db::read::{self, FaceInfo};
 use crate::matching::{self, Decision, FaceRow, Vectors};
-use crate::pipeline::{decode_as_indexed, fingerprint, hash, walk};
+use crate::pipeline::decode::Decoders;
+use crate::pipeline::detect::Detection;
+use crate::pipeline::frame::at_scale;
+use crate::pipeline::{fingerprint, frame_as_indexed, hash, walk};
 use crate::select::{self, Choice, Params};
 use crate::util::read_photo_file;
 
@@ -37,6 +40,7 @@ pub(super) fn matched_vectors(vectors: &mut dyn Vectors, faces: &[FaceRow], deci
 pub(super) fn choose(
     conn: &Connection,
     root: &Path,
+    decoders: &Decoders,
     params: Params,
     decisions: &[Decision],
     vectors: &HashMap<i64, Vec<f32>>,
@@ -44,7 +48,7 @@ pub(super) fn choose(
     let started = std::time::Instant::now();
     let ids: Vec<i64> = decisions.iter().filter(|d| d.matched()).map(|d| d.face_id).collect();
     let mut faces = crate::db::best::faces_for_selection(conn, &ids)?;
-    let hashed_now = fill_missing_hashes(conn, root, &mut faces)?;
+    let hashed_now = fill_missing_hashes(conn, root, decoders, &mut faces)?;
     for f in &mut faces {
         f.embedding = vectors.get(&f.face_id).filter(|v| !v.is_empty()).cloned();
     }
@@ -94,7 +98,7 @@ impl Best {
 /// Computes and stores the face hash of faces indexed before facedb stored one. A face whose
 /// photo cannot be read keeps none: it is then nobody's near-duplicate (it cannot be cropped
 /// either, and says so).
-fn fill_missing_hashes(conn: &Connection, root: &Path, faces: &mut [select::Face]) -> Result<usize> {
+fn fill_missing_hashes(conn: &Connection, root: &Path, decoders: &Decoders, faces: &mut [select::Face]) -> Result<usize> {
     let missing: Vec<i64> = faces.iter().filter(|f| f.hash.is_none()).map(|f| f.face_id).collect();
     if missing.is_empty() {
         return Ok(0);
@@ -105,7 +109,7 @@ fn fill_missing_hashes(conn: &Connection, root: &Path, faces: &mut [select::Face
         by_image.entry(info.image_id).or_default().push(info);
     }
     let groups: Vec<Vec<&FaceInfo>> = by_image.into_values().collect();
-    let hashes: Vec<(i64, u64)> = groups.par_iter().flat_map_iter(|g| hash_photo(root, g)).collect();
+    let hashes: Vec<(i64, u64)> = groups.par_iter().flat_map_iter(|g| hash_photo(root, decoders, g)).collect();
     crate::db::best::store_face_hashes(conn, &hashes)?;
     let found: HashMap<i64, u64> = hashes.into_iter().collect();
     for f in faces.iter_mut() {
@@ -116,11 +120,18 @@ fn fill_missing_hashes(conn: &Connection, root: &Path, faces: &mut [select::Face
 
 /// Hashes of these faces of one photo, from the first present file with the indexed content,
 /// decoded as indexing saw it (so the hash equals the one `index` stores for new photos).
-fn hash_photo(root: &Path, faces: &[&FaceInfo]) -> Vec<(i64, u64)> {
+fn hash_photo(root: &Path, decoders: &Decoders, faces: &[&FaceInfo]) -> Vec<(i64, u64)> {
     let Some(first) = faces.first() else { return Vec::new() };
     let bytes = first.paths.iter().find_map(|(rel, raw)| {
         read_photo_file(&walk::resolve(root, rel, raw.as_deref())).ok().filter(|b| hash::content_hash(b) == first.blake3)
     });
-    let Some(rgb) = bytes.and_then(|b| decode_as_indexed(&b, first.rotation).ok()) else { return Vec::new() };
-    faces.iter().filter_map(|f| fingerprint::face_hash(&rgb, &f.landmarks).map(|h| (f.face_id, h))).collect()
+    let Some(bytes) = bytes else { return Vec::new() };
+    let Ok(frame) = frame_as_indexed(&bytes, first.rotation, decoders) else { return Vec::new() };
+    let hash = |f: &FaceInfo| {
+        let face = Detection { x: f.x, y: f.y, w: f.w, h: f.h, score: f.score, landmarks: f.landmarks };
+        // On the image `index` aligned this face on (see `Frame::source_for_face`).
+        let (rgb, factor) = frame.source_for_face(&face).ok()?;
+        fingerprint::face_hash(rgb, &at_scale(&face, factor).landmarks)
+    };
+    faces.iter().filter_map(|f| hash(f).map(|h| (f.face_id, h))).collect()
 }

@@ -37,6 +37,7 @@ pub(super) struct Crop {
 struct CropJob<'a> {
     pub db_file: &'a Path,
     pub root: &'a Path,
+    pub decoders: &'a crate::pipeline::decode::Decoders,
     pub out: &'a OutputDir,
     /// face id -> crop file name, checked free before anything was written.
     pub names: &'a HashMap<i64, String>,
@@ -60,8 +61,10 @@ pub(super) struct Plan<'a> {
 impl<'a> Plan<'a> {
     pub fn new(conn: &Connection, ctx: &'a Ctx, out: &OutputDir, decided: &'a Decided) -> Result<Self> {
         let args = &ctx.args;
-        let best =
-            args.best.map(|n| best::choose(conn, &ctx.root, ctx.best_params(n), &decided.decisions, &decided.best_vectors)).transpose()?;
+        let best = args
+            .best
+            .map(|n| best::choose(conn, &ctx.root, &ctx.decoders, ctx.best_params(n), &decided.decisions, &decided.best_vectors))
+            .transpose()?;
         let to_crop: Vec<&Decision> =
             decided.decisions.iter().filter(|d| d.matched() && best.as_ref().is_none_or(|b| b.picked(d.face_id))).collect();
         let layout = Layout { kind: args.layout, token: args.token.as_deref(), caption: args.caption.as_deref(), repeats: args.repeats };
@@ -75,6 +78,7 @@ impl<'a> Plan<'a> {
         let job = CropJob {
             db_file: &ctx.db_file,
             root: &ctx.root,
+            decoders: &ctx.decoders,
             out,
             names: &self.names,
             kept: &out.curation().edited,
@@ -126,7 +130,7 @@ impl CropJob<'_> {
                 })
                 .ok_or_else(|| anyhow!("no file with this content is left in the folder; re-run `facedb index`"))?;
             let rotation = first.rotation;
-            Ok((infos, source, crate::pipeline::decode_as_indexed(&bytes, rotation)?))
+            Ok((infos, source, crate::pipeline::decode_as_indexed(&bytes, rotation, self.decoders)?))
         })();
         match loaded {
             Err(e) => {

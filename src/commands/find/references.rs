@@ -40,7 +40,7 @@ impl Refs {
 /// Loads (embedding new ones) every `--ref` and `--not`; refuses a run with no usable reference.
 pub(super) fn load(conn: &Connection, ctx: &Ctx, ids: &RunIds) -> Result<Refs> {
     let quiet = ctx.globals.quiet;
-    let mut loader = References { ids, sessions: None, model_calls: 0, quiet };
+    let mut loader = References { ids, decoders: &ctx.decoders, sessions: None, model_calls: 0, quiet };
     let positives = loader.load_all(conn, &ctx.args.refs, "--ref")?;
     let negatives = loader.load_all(conn, &ctx.args.negatives, "--not")?;
     if positives.is_empty() && !ctx.args.all {
@@ -57,6 +57,7 @@ pub(super) fn load(conn: &Connection, ctx: &Ctx, ids: &RunIds) -> Result<Refs> {
 /// Loads reference embeddings, computing (and storing) each new reference photo's once.
 struct References<'a> {
     ids: &'a RunIds,
+    decoders: &'a crate::pipeline::decode::Decoders,
     sessions: Option<(YuNet, SFace)>,
     model_calls: i64,
     quiet: bool,
@@ -137,7 +138,7 @@ impl References<'_> {
             self.sessions = Some((models.detector()?, models.embedder()?));
         }
         let Some((detector, embedder)) = self.sessions.as_mut() else { bail!("model sessions unavailable") };
-        let img = analyze(&bytes, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
+        let img = analyze(&bytes, self.decoders, detector, embedder, &DetectParams::default(), &mut StageTimes::default())
             .with_context(|| format!("reference photo {}", display_path(path)))?;
         self.model_calls += i64::from(img.detector_calls + img.embedder_calls);
         let Some(face) = largest(&img.faces) else {

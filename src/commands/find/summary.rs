@@ -23,7 +23,10 @@ pub(super) fn dry_run(conn: &Connection, ctx: &Ctx, decided: &Decided) -> Result
     }
     print_dry_run(&decided.decisions, &decided.paths, &decided.quality, args.threshold)?;
     if let Some(n) = args.best {
-        outln!("{}", best::choose(conn, &ctx.root, ctx.best_params(n), &decided.decisions, &decided.best_vectors)?.describe());
+        outln!(
+            "{}",
+            best::choose(conn, &ctx.root, &ctx.decoders, ctx.best_params(n), &decided.decisions, &decided.best_vectors)?.describe()
+        );
     }
     Ok(())
 }

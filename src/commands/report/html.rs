@@ -18,6 +18,7 @@ use rusqlite::Connection;
 use super::view::{self, RunView, Section};
 use crate::db::best::Selected;
 use crate::matching;
+use crate::pipeline::decode::Decoders;
 use crate::pipeline::walk;
 use crate::util::display_path;
 
@@ -31,7 +32,7 @@ const SIGNATURE: &str =
 /// How sheets written before the signature started (`facedb match run <id>` follows).
 const OLD_SIGNATURE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>facedb match run ";
 
-pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: Option<&str>) -> Result<()> {
+pub fn write(conn: &Connection, root: &Path, decoders: &Decoders, db_file: &Path, file: &Path, run: Option<&str>) -> Result<()> {
     check_target(file, root, db_file)?;
     let v = view::load(conn, view::resolve(conn, run)?)?;
     let out_dir = Path::new(&v.summary.out_dir);
@@ -41,10 +42,10 @@ pub fn write(conn: &Connection, root: &Path, db_file: &Path, file: &Path, run: O
         .enumerate()
         .map(|(i, r)| {
             let want = r.section != Section::Rejected || i < MAX_REJECTED_THUMBS;
-            want.then(|| view::face_image(root, out_dir, &r.result).and_then(data_uri)).flatten()
+            want.then(|| view::face_image(root, decoders, out_dir, &r.result).and_then(data_uri)).flatten()
         })
         .collect();
-    let refs: Vec<Option<String>> = v.refs.iter().map(|r| view::ref_image(conn, root, r).and_then(data_uri)).collect();
+    let refs: Vec<Option<String>> = v.refs.iter().map(|r| view::ref_image(conn, root, decoders, r).and_then(data_uri)).collect();
     let selection = crate::db::best::selection(conn, v.summary.run_id)?;
     let html = render(&v, &thumbs, &refs, &selection);
     crate::output::write_beside(file, html.as_bytes())

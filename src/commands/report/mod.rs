@@ -13,6 +13,7 @@ use super::sql::render_table;
 use super::{database_path, find_dataset, open_database, outln, Globals};
 use crate::cli::{OutputFormat, ReportArgs};
 use crate::db::read::{self, MatchRunSummary, Totals};
+use crate::pipeline::decode::Decoders;
 use crate::util::display_str;
 
 #[derive(Serialize)]
@@ -86,11 +87,9 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
     let db = open_database(globals, &root, false)?;
     let conn = &db.conn;
     if let Some(file) = &args.html {
-        // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.
-        if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
-            crate::pipeline::heif::set_models_dir(&dir);
-        }
-        html::write(conn, &root, &db_file, file, args.run.as_deref())?;
+        // Thumbnails decode photos with the libraries beside the models (libheif for HEIC).
+        let decoders = Decoders::new(crate::models::runtime::models_dir(globals.models.as_deref()).as_deref());
+        html::write(conn, &root, &decoders, &db_file, file, args.run.as_deref())?;
         if !globals.quiet {
             eprintln!("wrote {}", crate::util::display_path(file));
         }

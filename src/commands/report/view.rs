@@ -13,7 +13,8 @@ use crate::db::read::{self, MatchRunSummary, ResultRow};
 use crate::db::review::{self, ResultExtras, RunRef};
 use crate::db::DecisionKind;
 use crate::histogram::RunHistogram;
-use crate::pipeline::{decode, walk};
+use crate::pipeline::decode::Decoders;
+use crate::pipeline::walk;
 
 /// Under this many pixels (shorter side) a face makes a weak training image.
 const SMALL_FACE_PX: f64 = 64.0;
@@ -163,36 +164,36 @@ pub fn load(conn: &Connection, summary: MatchRunSummary) -> Result<RunView> {
 
 /// The face of a row: the crop file when it exists, else the face cut from the photo with a
 /// margin (a rejected face has no crop).
-pub fn face_image(root: &Path, out_dir: &Path, r: &ResultRow) -> Option<RgbImage> {
+pub fn face_image(root: &Path, decoders: &Decoders, out_dir: &Path, r: &ResultRow) -> Option<RgbImage> {
     r.crop_path
         .as_ref()
         // Only regular files are read: a FIFO planted under a crop's or photo's name must not hang.
         .and_then(|c| crate::util::read_photo_file(&out_dir.join(c)).ok())
-        .and_then(|b| decode::decode(&b).ok())
+        .and_then(|b| decoders.decode(&b).ok())
         .map(|d| d.rgb)
-        .or_else(|| cut_face(&photo(root, r.path.as_deref()?, r.rotation)?, r.face))
+        .or_else(|| cut_face(&photo(root, decoders, r.path.as_deref()?, r.rotation)?, r.face))
 }
 
 /// A dataset photo as indexed (turned by its rotation).
-pub fn photo(root: &Path, path: &str, rotation: u16) -> Option<RgbImage> {
-    crate::pipeline::decode_as_indexed(&crate::util::read_photo_file(&walk::resolve(root, path, None)).ok()?, rotation).ok()
+pub fn photo(root: &Path, decoders: &Decoders, path: &str, rotation: u16) -> Option<RgbImage> {
+    crate::pipeline::decode_as_indexed(&crate::util::read_photo_file(&walk::resolve(root, path, None)).ok()?, rotation, decoders).ok()
 }
 
 /// A reference's face: a stored face (`face:ID`), a dataset photo with the reference's content,
 /// or the reference photo where it was given (its box is in the photo as decoded, unturned).
-pub fn ref_image(conn: &Connection, root: &Path, r: &RunRef) -> Option<RgbImage> {
+pub fn ref_image(conn: &Connection, root: &Path, decoders: &Decoders, r: &RunRef) -> Option<RgbImage> {
     if let Some(face) = r.face_id {
-        return stored_face(conn, root, face);
+        return stored_face(conn, root, decoders, face);
     }
-    let in_dataset = r.image_id.and_then(|id| review::image_place(conn, id).ok().flatten()).and_then(|(p, _)| photo(root, &p, 0));
-    let rgb = in_dataset.or_else(|| decode::decode(&crate::util::read_photo_file(Path::new(&r.path)).ok()?).ok().map(|d| d.rgb))?;
+    let in_dataset = r.image_id.and_then(|id| review::image_place(conn, id).ok().flatten()).and_then(|(p, _)| photo(root, decoders, &p, 0));
+    let rgb = in_dataset.or_else(|| decoders.decode(&crate::util::read_photo_file(Path::new(&r.path)).ok()?).ok().map(|d| d.rgb))?;
     cut_face(&rgb, r.face)
 }
 
 /// A stored face, cut with its margin from its photo as indexed (`match --ref face:ID`, people).
-pub fn stored_face(conn: &Connection, root: &Path, face_id: i64) -> Option<RgbImage> {
+pub fn stored_face(conn: &Connection, root: &Path, decoders: &Decoders, face_id: i64) -> Option<RgbImage> {
     let place = review::face_place(conn, face_id).ok()??;
-    cut_face(&photo(root, place.path.as_deref()?, place.rotation)?, place.face)
+    cut_face(&photo(root, decoders, place.path.as_deref()?, place.rotation)?, place.face)
 }
 
 /// The face box with 20% margin, clamped to the photo.

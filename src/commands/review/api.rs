@@ -28,6 +28,7 @@ type Reply = Response<Cursor<Vec<u8>>>;
 pub struct Setup {
     pub root: PathBuf,
     pub db: Db,
+    pub decoders: crate::pipeline::decode::Decoders,
     pub token: String,
     pub run_id: RunId,
     pub child_globals: Vec<String>,
@@ -165,7 +166,7 @@ impl State {
             };
             return Ok(with_type(Response::from_data(bytes), kind));
         }
-        match view::face_image(&self.setup.root, out_dir, r) {
+        match view::face_image(&self.setup.root, &self.setup.decoders, out_dir, r) {
             Some(img) => jpeg(&shrink(img, FACE_PX), None),
             None => Ok(text(404, "the photo cannot be read")),
         }
@@ -174,7 +175,7 @@ impl State {
     /// The face's photo, smaller, with the face box drawn.
     fn photo(&self, face_id: i64) -> Result<Reply> {
         let Some(place) = review::face_place(&self.setup.db.conn, face_id)? else { return Ok(text(404, "no such face")) };
-        let Some(rgb) = place.path.as_deref().and_then(|p| view::photo(&self.setup.root, p, place.rotation)) else {
+        let Some(rgb) = place.path.as_deref().and_then(|p| view::photo(&self.setup.root, &self.setup.decoders, p, place.rotation)) else {
             return Ok(text(404, "the photo cannot be read"));
         };
         let scale = (PHOTO_PX as f64 / f64::from(rgb.width().max(rgb.height()))).min(1.0);
@@ -184,7 +185,7 @@ impl State {
     fn reference(&self, run_id: RunId, ref_id: i64) -> Result<Reply> {
         let v = self.view(run_id, false)?;
         let Some(r) = v.refs.iter().find(|r| r.id == ref_id) else { return Ok(text(404, "no such reference in this run")) };
-        match view::ref_image(&self.setup.db.conn, &self.setup.root, r) {
+        match view::ref_image(&self.setup.db.conn, &self.setup.root, &self.setup.decoders, r) {
             Some(img) => jpeg(&shrink(img, FACE_PX), None),
             None => Ok(text(404, "the reference photo cannot be read")),
         }

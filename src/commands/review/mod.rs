@@ -23,10 +23,8 @@ pub fn run(globals: &Globals, args: ReviewArgs) -> Result<ExitCode> {
     let db = open_database(globals, &root, true)?;
     // Refuse a run that does not exist before listening.
     let run_id = view::resolve(&db.conn, args.run.as_deref())?.run_id;
-    // Faces are cut from photos; HEIC ones need libheif, which lives beside the models.
-    if let Some(dir) = crate::models::runtime::models_dir(globals.models.as_deref()) {
-        crate::pipeline::heif::set_models_dir(&dir);
-    }
+    // Faces are cut from photos, decoded with the libraries beside the models (libheif for HEIC).
+    let decoders = crate::pipeline::decode::Decoders::new(crate::models::runtime::models_dir(globals.models.as_deref()).as_deref());
     let server = tiny_http::Server::http(("127.0.0.1", args.port))
         .map_err(|e| anyhow!("cannot listen on 127.0.0.1:{}: {e}; pass another --port (0 picks a free one)", args.port))?;
     let port = server.server_addr().to_ip().map(|a| a.port()).context("the server has no TCP address")?;
@@ -39,7 +37,7 @@ pub fn run(globals: &Globals, args: ReviewArgs) -> Result<ExitCode> {
     if !args.no_open {
         open_browser(&url, globals.quiet);
     }
-    let state = api::State::new(api::Setup { root, db, token, run_id, child_globals: rematch::global_flags(globals) });
+    let state = api::State::new(api::Setup { root, db, decoders, token, run_id, child_globals: rematch::global_flags(globals) });
     for request in server.incoming_requests() {
         state.handle(request);
     }
