@@ -151,21 +151,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         bail!("--shard needs its own database: add --db shard-K.sqlite (one file per shard; `facedb merge` joins them)");
     }
     let shard = args.shard.unwrap_or(Shard::WHOLE);
-    // Opened (and so checked to be facedb's own, regular file) before its lock file is made.
-    let db = Db::open(&db_file).map_err(|e| {
-        if globals.db.is_none() {
-            anyhow!("{e:#}; if {} is read-only, pass --db PATH to keep the database elsewhere", root.display())
-        } else {
-            e
-        }
-    })?;
-    let _lock = lock_dataset(&db_file)?;
-    if let Some(warning) = db.check_dataset(&root, &db_file)? {
-        if !globals.quiet {
-            eprintln!("{warning}");
-        }
-    }
-    db.check_shard(args.shard, &db_file)?;
+    let (db, _lock) = open_locked(globals, &root, &db_file, args.shard)?;
     let conn = &db.conn;
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
@@ -455,6 +441,26 @@ pub fn detector_params_json(p: &DetectParams, decoders: &Decoders) -> String {
 }
 
 /// One index at a time per database: a second one is refused with a clear message.
+/// The database, opened (and so checked to be facedb's own, regular file) before its lock file
+/// is made, then locked for this run and checked to belong to this folder and shard.
+fn open_locked(globals: &Globals, root: &Path, db_file: &Path, shard: Option<Shard>) -> Result<(Db, File)> {
+    let db = Db::open(db_file).map_err(|e| {
+        if globals.db.is_none() {
+            anyhow!("{e:#}; if {} is read-only, pass --db PATH to keep the database elsewhere", root.display())
+        } else {
+            e
+        }
+    })?;
+    let lock = lock_dataset(db_file)?;
+    if let Some(warning) = db.check_dataset(root, db_file)? {
+        if !globals.quiet {
+            eprintln!("{warning}");
+        }
+    }
+    db.check_shard(shard, db_file)?;
+    Ok((db, lock))
+}
+
 pub(crate) fn lock_dataset(db_file: &Path) -> Result<File> {
     let lock_path = db_file.with_extension("lock");
     // Never through a link: a link planted as the lock file would make index create its target.
@@ -699,29 +705,7 @@ fn store(
                 store_redone(ctx, &tx, &file, image_id, result, counters)?;
                 write::upsert_file(&tx, run_id, &file, stat, checked, Some(image_id), None)?;
             }
-            Outcome::Analyzed(a) => {
-                counters.bytes_read += a.size;
-                counters.stage_ms.add(&a.times);
-                let t = Instant::now();
-                let image_id = store_analyzed(ctx, &tx, &a, known.get(&a.blake3).copied(), counters)?;
-                let Analyzed { file, stat, blake3, .. } = a;
-                if stat.is_none() {
-                    write::log(
-                        &tx,
-                        run_id,
-                        Some(image_id),
-                        Some(&file.rel),
-                        LogLevel::Warn,
-                        "file changed while being indexed; it will be read again next run",
-                    )?;
-                }
-                write::upsert_file(&tx, run_id, &file, stat, checked, Some(image_id), None)?;
-                known.insert(blake3.clone(), image_id);
-                for (f, s) in waiting.remove(&blake3).unwrap_or_default() {
-                    link(&tx, run_id, &f, s, checked, image_id, counters)?;
-                }
-                counters.stage_ms.store += ms_since(t);
-            }
+            Outcome::Analyzed(a) => store_new(ctx, &tx, a, checked, known, &mut waiting, counters)?,
         }
         bar.inc(1);
         rows += 1;
@@ -732,6 +716,41 @@ fn store(
         }
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// A new content with its file, and the other paths with the same content that waited for it.
+fn store_new(
+    ctx: &Run,
+    tx: &Connection,
+    a: Analyzed,
+    checked: i64,
+    known: &mut HashMap<String, i64>,
+    waiting: &mut HashMap<String, Vec<(FileEntry, Option<Stat>)>>,
+    counters: &mut RunCounters,
+) -> Result<()> {
+    let run_id = ctx.run_id;
+    counters.bytes_read += a.size;
+    counters.stage_ms.add(&a.times);
+    let t = Instant::now();
+    let image_id = store_analyzed(ctx, tx, &a, known.get(&a.blake3).copied(), counters)?;
+    let Analyzed { file, stat, blake3, .. } = a;
+    if stat.is_none() {
+        write::log(
+            tx,
+            run_id,
+            Some(image_id),
+            Some(&file.rel),
+            LogLevel::Warn,
+            "file changed while being indexed; it will be read again next run",
+        )?;
+    }
+    write::upsert_file(tx, run_id, &file, stat, checked, Some(image_id), None)?;
+    known.insert(blake3.clone(), image_id);
+    for (f, s) in waiting.remove(&blake3).unwrap_or_default() {
+        link(tx, run_id, &f, s, checked, image_id, counters)?;
+    }
+    counters.stage_ms.store += ms_since(t);
     Ok(())
 }
 
