@@ -92,3 +92,39 @@ fn commands_but_index_refuse_a_folder_without_a_database_and_use_the_dataset_aro
     facedb().args(["sql", "SELECT count(*) FROM images"]).current_dir(&sub).assert().success();
     assert!(!sub.join("facedb.sqlite").exists());
 }
+
+/// The README's people block, run from the folder above photos/ exactly as written (with the
+/// ids this dataset gives).
+#[test]
+fn the_readme_people_block_works_from_the_parent_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path();
+    let photos = parent.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    add_photos(&photos, &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]);
+    facedb().args(["index", "photos/"]).current_dir(parent).assert().success();
+    let run = |args: &[&str]| facedb().args(args).current_dir(parent).assert().success();
+    run(&["people", "photos/"]);
+    let conn = db(&photos);
+    let person = query_i64(&conn, "SELECT id FROM people");
+    let faces: Vec<i64> = {
+        let mut stmt = conn.prepare("SELECT face_id FROM person_faces ORDER BY face_id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(faces.len(), 3, "Obama's three portraits are one person");
+    let (p, f0, f1) = (person.to_string(), faces[0].to_string(), faces[1].to_string());
+    run(&["people", "name", &p, "Anna", "--dir", "photos/"]);
+    run(&["people", "split", &f0, &f1, "--dir", "photos/"]);
+    let other = query_i64(&conn, &format!("SELECT id FROM people WHERE id != {person}"));
+    run(&["people", "merge", &p, &other.to_string(), "--dir", "photos/"]);
+    run(&["people", "move", &f0, &p, "--dir", "photos/"]);
+    run(&["people", "sheet", "--dir", "photos/"]);
+    assert!(photos.join("facedb-people/people.html").is_file());
+    run(&["match", "photos/", "--person", "Anna"]);
+    let out = run(&["--json", "sql", "photos/", "SELECT * FROM face_people_v WHERE name = 'Anna'"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
+    // The block's subcommands without --dir, from the parent: the error names the flag.
+    let out = facedb().args(["people", "name", &p, "Anna"]).current_dir(parent).assert().code(2);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("`--dir DIR` for people name"));
+}
