@@ -325,7 +325,7 @@ pub enum PeopleAction {
     Name {
         #[arg(value_name = "PERSON_ID")]
         id: i64,
-        #[arg(value_name = "NAME", value_parser = person_name)]
+        #[arg(value_name = "NAME", value_parser = PersonName)]
         name: String,
         /// Dataset folder [default: found from the current directory upwards].
         #[arg(long, value_name = "DIR")]
@@ -574,10 +574,29 @@ fn caption(text: &str) -> Result<String, String> {
 }
 
 /// A person's name: one line, not a number (numbers are person ids on the command line).
+/// A person's name. A parser of its own because clap's refusal of a value repeats the value,
+/// and a name with control characters must not reach the terminal raw.
+#[derive(Clone)]
+struct PersonName;
+
+impl clap::builder::TypedValueParser for PersonName {
+    type Value = String;
+
+    fn parse_ref(&self, cmd: &clap::Command, _arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<String, clap::Error> {
+        let refuse = |msg: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n")).with_cmd(cmd);
+        let text = value.to_str().ok_or_else(|| refuse(format!("{value:?} is not UTF-8; a person's name must be")))?;
+        person_name(text).map_err(refuse)
+    }
+}
+
 fn person_name(text: &str) -> Result<String, String> {
     let t = text.trim();
-    if t.is_empty() || t.len() > 200 || t.contains(['\0', '\n', '\r']) || t.parse::<i64>().is_ok() {
-        return Err(format!("`{text}` cannot name a person (1-200 characters, one line, not a number)"));
+    // Control characters would reach terminals raw (ESC sequences) and make XMP invalid XML.
+    if t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control) || t.parse::<i64>().is_ok() {
+        return Err(format!(
+            "{:?} cannot name a person: a name is 1-200 characters on one line, without control characters, and not a number",
+            text.chars().take(60).collect::<String>()
+        ));
     }
     Ok(t.to_string())
 }
@@ -642,10 +661,17 @@ mod tests {
             let err = Cli::try_parse_from(["facedb", "people"].iter().chain(bad)).expect_err(&format!("people {bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
         }
-        for bad in ["", "42", "two\nlines"] {
-            assert!(Cli::try_parse_from(["facedb", "people", "name", "1", bad]).is_err(), "name {bad:?} accepted");
+        let long = "a".repeat(201);
+        for bad in ["", "  ", "42", "two\nlines", "a\u{1}b\u{1b}c", "tab\there", "del\u{7f}", "c1\u{85}c2", &long] {
+            let err = Cli::try_parse_from(["facedb", "people", "name", "1", bad]).expect_err(&format!("name {bad:?} accepted"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");
+            let said = err.to_string();
+            assert!(said.contains("1-200 characters on one line, without control characters"), "{said}");
+            assert!(!said.contains('\u{1b}') && !said.contains('\u{1}'), "the refusal echoes no raw control character: {said:?}");
         }
         assert!(Cli::try_parse_from(["facedb", "people", "name", "1", "Anna"]).is_ok());
+        assert!(Cli::try_parse_from(["facedb", "people", "name", "1", &"語".repeat(200)]).is_ok(), "200 characters, whatever their bytes");
+        assert!(Cli::try_parse_from(["facedb", "people", "name", "1", "José Ñúñez-O'Brien <Jr.>"]).is_ok());
         for bad in [&["--faces", "0"][..], &["--faces", "101"], &["--people", "0"], &["--faces", "many"]] {
             let err = Cli::try_parse_from(["facedb", "people", "sheet"].iter().chain(bad)).expect_err(&format!("sheet {bad:?} accepted"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {err}");

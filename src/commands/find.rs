@@ -114,7 +114,7 @@ impl<'g> Ctx<'g> {
         if args.layout == LayoutKind::Plain && (args.token.is_some() || args.caption.is_some()) {
             bail!("--token and --caption name the person for a trainer; add --layout kohya or --layout imagefolder (the plain layout writes no captions)");
         }
-        let root = find_dataset(args.dir.as_deref())?;
+        let root = find_dataset(globals, args.dir.as_deref())?;
         let db_file = database_path(globals, &root);
         if !db_file.is_file() {
             bail!("no database at {}; run `facedb index {}` first", display_path(&db_file), display_path(&root));

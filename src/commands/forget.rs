@@ -24,8 +24,8 @@ use crate::util::{display_path, read_photo_file};
 pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
     let as_path = PathBuf::from(args.target.as_deref().unwrap_or_default());
     let root = match &args.dir {
-        Some(d) => find_dataset(Some(d))?,
-        None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
+        Some(d) => find_dataset(globals, Some(d))?,
+        None => dataset_holding(&as_path).map_or_else(|| find_dataset(globals, None), Ok)?,
     };
     let mut db = open_database(globals, &root, true)?;
     let targets = match (&args.person, &args.target) {

@@ -16,8 +16,8 @@ use crate::util::display_str;
 pub fn run(globals: &Globals, args: InfoArgs) -> Result<ExitCode> {
     let as_path = PathBuf::from(&args.target);
     let root = match &args.dir {
-        Some(d) => find_dataset(Some(d))?,
-        None => dataset_holding(&as_path).map_or_else(|| find_dataset(None), Ok)?,
+        Some(d) => find_dataset(globals, Some(d))?,
+        None => dataset_holding(&as_path).map_or_else(|| find_dataset(globals, None), Ok)?,
     };
     let db = open_database(globals, &root, false)?;
     let conn = &db.conn;

@@ -85,14 +85,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The dataset directory: `dir` if given, else the nearest ancestor of the current directory
-/// holding a facedb.sqlite.
-pub fn find_dataset(dir: Option<&Path>) -> Result<PathBuf> {
+/// The dataset directory: `dir` if given (or the dataset holding it), else the nearest ancestor
+/// of the current directory holding a facedb.sqlite. Only `index` makes a database; every other
+/// command refuses a folder without one, so a typo or a subfolder never gets an empty database.
+pub fn find_dataset(globals: &Globals, dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = dir {
         if !d.is_dir() {
             bail!("{} is not a directory", d.display());
         }
-        return d.canonicalize().with_context(|| format!("resolving {}", d.display()));
+        let root = d.canonicalize().with_context(|| format!("resolving {}", d.display()))?;
+        return dataset_holding_dir(globals, d, root);
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     for ancestor in cwd.ancestors() {
@@ -101,9 +103,29 @@ pub fn find_dataset(dir: Option<&Path>) -> Result<PathBuf> {
         }
     }
     bail!(
-        "no {DB_FILE} in {} or any parent; pass the dataset folder (DIR, or `--dir DIR` for info and reject), run from inside it, or run `facedb index DIR` first",
+        "no {DB_FILE} in {} or any parent; pass the dataset folder (`DIR` for index, match, people, report, review, export xmp, sql; `--dir DIR` for people name|merge|move|split|sheet, info, reject, forget, export parquet), run from inside it, or run `facedb index DIR` first",
         cwd.display()
     )
+}
+
+/// A folder given on the command line: its own database (or `--db`), else the dataset it lies
+/// inside (as `index` does for a subfolder), else a refusal that creates nothing.
+fn dataset_holding_dir(globals: &Globals, given: &Path, root: PathBuf) -> Result<PathBuf> {
+    if globals.db.is_some() || root.join(DB_FILE).exists() {
+        return Ok(root);
+    }
+    let Some(dataset) = root.ancestors().skip(1).find(|a| crate::db::is_facedb_database(&a.join(DB_FILE))) else {
+        bail!("no database at {}; run `facedb index {}` first", root.join(DB_FILE).display(), given.display());
+    };
+    if !globals.quiet {
+        eprintln!(
+            "facedb: {} is inside the dataset {}; using its database {} (the whole dataset)",
+            root.display(),
+            dataset.display(),
+            dataset.join(DB_FILE).display()
+        );
+    }
+    Ok(dataset.to_path_buf())
 }
 
 pub fn database_path(globals: &Globals, dataset: &Path) -> PathBuf {
@@ -114,6 +136,10 @@ pub fn database_path(globals: &Globals, dataset: &Path) -> PathBuf {
 /// another folder.
 pub fn open_database(globals: &Globals, root: &Path, write: bool) -> Result<Db> {
     let path = database_path(globals, root);
+    // `Db::open` would create the file: only `index` may make a database.
+    if !path.exists() {
+        bail!("no database at {}; run `facedb index {}` first", path.display(), root.display());
+    }
     let db = if write { Db::open(&path)? } else { Db::open_read_only(&path)? };
     if let Some(warning) = db.check_dataset(root, &path)? {
         if !globals.quiet {

@@ -53,7 +53,7 @@ pub fn run(globals: &Globals, args: PeopleArgs) -> Result<ExitCode> {
 }
 
 fn open(globals: &Globals, dir: Option<PathBuf>) -> Result<crate::db::Db> {
-    let root = find_dataset(dir.as_deref())?;
+    let root = find_dataset(globals, dir.as_deref())?;
     open_database(globals, &root, true)
 }
 

@@ -29,7 +29,7 @@ pub struct SheetArgs {
 }
 
 pub fn run(globals: &Globals, args: SheetArgs) -> Result<ExitCode> {
-    let root = find_dataset(args.dir.as_deref())?;
+    let root = find_dataset(globals, args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     let db = open_database(globals, &root, false)?;
     // Thumbnails decode photos; HEIC ones need libheif, which lives beside the models.

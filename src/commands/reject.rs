@@ -19,9 +19,9 @@ pub fn run(globals: &Globals, args: RejectArgs) -> Result<ExitCode> {
     let face_id: Option<i64> = args.target.parse().ok();
     let crop = Path::new(&args.target);
     let root = match (&args.dir, face_id) {
-        (Some(dir), _) => find_dataset(Some(dir))?,
-        (None, None) => crop_dataset(crop).map_or_else(|| find_dataset(None), Ok)?,
-        (None, Some(_)) => find_dataset(None)?,
+        (Some(dir), _) => find_dataset(globals, Some(dir))?,
+        (None, None) => crop_dataset(crop).map_or_else(|| find_dataset(globals, None), Ok)?,
+        (None, Some(_)) => find_dataset(globals, None)?,
     };
     let db = open_database(globals, &root, true)?;
     let (face_id, run_id) = match face_id {

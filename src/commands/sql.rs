@@ -15,7 +15,7 @@ pub fn run(globals: &Globals, args: SqlArgs) -> Result<ExitCode> {
         [d, q] => (Some(Path::new(d.as_str())), q.as_str()),
         _ => return Err(anyhow!("usage: facedb sql [DIR] QUERY")),
     };
-    let root = find_dataset(dir)?;
+    let root = find_dataset(globals, dir)?;
     let db = open_database(globals, &root, args.write)?;
     let sql_error = |e: rusqlite::Error| {
         let msg = e.to_string();

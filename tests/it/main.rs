@@ -10,6 +10,7 @@ mod best;
 mod cli;
 mod crops;
 mod curation;
+mod dataset_discovery;
 mod decoders;
 mod detect_recall;
 mod export;

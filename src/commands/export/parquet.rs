@@ -33,7 +33,7 @@ struct Summary {
 }
 
 pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
-    let root = find_dataset(args.dir.as_deref())?;
+    let root = find_dataset(globals, args.dir.as_deref())?;
     let db = open_database(globals, &root, false)?;
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
     let out = OutputDir::open(&args.out, &root, &database_path(globals, &root), owner)?;

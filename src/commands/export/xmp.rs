@@ -53,7 +53,7 @@ struct Summary {
 }
 
 pub fn run(globals: &Globals, args: XmpArgs) -> Result<ExitCode> {
-    let root = find_dataset(args.dir.as_deref())?;
+    let root = find_dataset(globals, args.dir.as_deref())?;
     let db = open_database(globals, &root, true)?;
     let ledger = export::sidecar_ledger(&db.conn)?;
     let (jobs, mut failures) = plan(&root, export::photo_faces(&db.conn)?, args.sidecar_name, &ledger);

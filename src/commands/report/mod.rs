@@ -82,7 +82,7 @@ pub fn distribution(values: &[f64], edges: &[f64]) -> Distribution {
 }
 
 pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
-    let root = find_dataset(args.dir.as_deref())?;
+    let root = find_dataset(globals, args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
     let db = open_database(globals, &root, false)?;
     let conn = &db.conn;

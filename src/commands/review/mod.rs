@@ -19,7 +19,7 @@ use crate::cli::ReviewArgs;
 use crate::util::display_path;
 
 pub fn run(globals: &Globals, args: ReviewArgs) -> Result<ExitCode> {
-    let root = find_dataset(args.dir.as_deref())?;
+    let root = find_dataset(globals, args.dir.as_deref())?;
     let db = open_database(globals, &root, true)?;
     // Refuse a run that does not exist before listening.
     let run_id = view::resolve(&db.conn, args.run.as_deref())?.run_id;
