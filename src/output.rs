@@ -688,21 +688,54 @@ impl Write for NewFile<'_> {
     }
 }
 
-impl NewFile<'_> {
+impl<'a> NewFile<'a> {
     /// Flushes, records the name with its hash in the ledger, then renames it into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.stage()?.place()
+    }
+
+    /// Flushes and keeps the temp file, to be renamed into place by [`Staged::place`]: files that
+    /// belong together (one Parquet export) are all written before any replaces an older one.
+    pub fn stage(mut self) -> Result<Staged<'a>> {
+        let dest = self.out.path.join(&self.name);
+        let w = self.w.take().ok_or_else(|| anyhow!("file already finished"));
+        w.and_then(|w| w.into_inner().map_err(|e| anyhow!(e.into_error()))).with_context(|| format!("writing {}", display_path(&dest)))?;
+        let hash = self.hasher.finalize().to_hex().to_string();
+        // The temp file is the Staged's now (NewFile's drop removes nothing).
+        let tmp = std::mem::take(&mut self.tmp);
+        Ok(Staged { out: self.out, name: std::mem::take(&mut self.name), tmp, hash })
+    }
+}
+
+/// A file fully written under its temp name; removed if dropped before [`Staged::place`].
+pub struct Staged<'a> {
+    out: &'a OutputDir,
+    name: String,
+    tmp: PathBuf,
+    hash: String,
+}
+
+impl Staged<'_> {
+    /// Records the name with its hash in the ledger, then renames the file into place.
+    pub fn place(mut self) -> Result<()> {
         let dest = self.out.path.join(&self.name);
         let result = (|| -> Result<()> {
-            let w = self.w.take().ok_or_else(|| anyhow!("file already finished"))?;
-            w.into_inner().map_err(|e| anyhow!(e.into_error()))?;
-            let hash = self.hasher.finalize().to_hex().to_string();
-            self.out.journal(&format!("file {hash} {}\n", self.name))?;
+            self.out.journal(&format!("file {} {}\n", self.hash, self.name))?;
             let dir = self.out.dir_fd(&self.name)?;
             place_at(&self.tmp, dir, Path::new(split_name(&self.name).1), &dest, self.out.owned.contains_key(&self.name))?;
-            self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), hash);
+            self.tmp = PathBuf::new();
+            self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), self.hash.clone());
             Ok(())
         })();
         result.with_context(|| format!("writing {}", display_path(&dest)))
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -710,7 +743,9 @@ impl Drop for NewFile<'_> {
     fn drop(&mut self) {
         // Renamed into place, or to be removed: either way the temp name must not stay.
         drop(self.w.take());
-        let _ = std::fs::remove_file(&self.tmp);
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -776,6 +811,31 @@ fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
     }
 }
 
+/// The first folder of `path` (itself included, `stop` and above it not) that is a symbolic
+/// link: writing there would land somewhere else than the path says.
+pub fn linked_folder(path: &Path, stop: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .take_while(|a| *a != stop && !a.as_os_str().is_empty())
+        .find(|a| a.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()))
+        .map(Path::to_path_buf)
+}
+
+/// The temp-file names `.facedb-<token>-<n>.part` a run with `token` made in `dir`: regular
+/// files only (a link or folder of that name is never facedb's).
+pub fn temp_files_of(dir: &Path, token: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let rest = name.to_str().and_then(|n| n.strip_prefix(".facedb-")).and_then(|r| r.strip_suffix(".part"));
+            let n = rest.and_then(|r| r.strip_prefix(token)).and_then(|r| r.strip_prefix('-'));
+            n.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 /// A bare file name: no separators, not `.`/`..` (a tampered ledger cannot reach outside).
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0') && !name.contains('\n')
@@ -811,11 +871,17 @@ pub fn write_beside(dest: &Path, bytes: &[u8]) -> Result<()> {
 /// [`write_beside`], or with `replace` false a new file only: a file that appeared at `dest`
 /// meanwhile is left alone (`RENAME_NOREPLACE`). XMP sidecars beside the photos.
 pub fn write_in_place(dest: &Path, bytes: &[u8], replace: bool) -> Result<()> {
+    write_in_place_as(dest, bytes, replace, &random_token())
+}
+
+/// [`write_in_place`] with the temp file named `.facedb-<token>-<n>.part`: a caller that records
+/// `token` first can later prove a temp file a killed run left there is its own.
+pub fn write_in_place_as(dest: &Path, bytes: &[u8], replace: bool, token: &str) -> Result<()> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let (tmp, mut file) = create_temp(dir, &random_token(), &AtomicU64::new(0))?;
+    let (tmp, mut file) = create_temp(dir, token, &AtomicU64::new(0))?;
     let result = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| place(&tmp, dest, replace));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
