@@ -298,12 +298,7 @@ fn xml_safe(s: &str) -> String {
 
 /// Attributes of `e` as written (raw, still escaped), but for `skip`.
 fn raw_attrs(e: &Elem, skip: &[&str]) -> Vec<(String, String)> {
-    e.start
-        .attributes()
-        .flatten()
-        .filter(|a| !skip.contains(&a.key.0))
-        .map(|a| (a.key.0.to_string(), a.value.to_string()))
-        .collect()
+    e.start.attributes().flatten().filter(|a| !skip.contains(&a.key.0)).map(|a| (a.key.0.to_string(), a.value.to_string())).collect()
 }
 
 fn push_raw(e: &mut Elem, attrs: Vec<(String, String)>) {
@@ -624,6 +619,22 @@ mod tests {
         // Merging the same regions again changes nothing.
         let again = merge(&once.bytes, (10, 20), &[region(7, Some("Anna & Bo")), region(8, None)]).unwrap();
         assert_eq!(again.bytes, once.bytes);
+    }
+
+    #[test]
+    fn names_lose_what_xml_forbids_and_a_users_additions_to_a_region_stay() {
+        assert_eq!(xml_safe("a\u{1}b\u{1b}c\td\u{7f}\u{fffe}é"), "abc dé");
+        let new = new_sidecar((10, 20), &[region(7, None)]).unwrap();
+        let text = String::from_utf8(new.bytes).unwrap().replace("facedb:FaceId=", "mwg-rs:Name=\"Jo &amp; Bo\" facedb:FaceId=");
+        let edited = text.replace("</rdf:Description></rdf:li>", "<!-- mine --></rdf:Description></rdf:li>");
+        let merged = String::from_utf8(merge(edited.as_bytes(), (10, 20), &[region(7, None)]).unwrap().bytes).unwrap();
+        assert!(merged.contains("mwg-rs:Name=\"Jo &amp; Bo\"") && merged.contains("<!-- mine -->"), "{merged}");
+        // facedb names the face now: its name wins, the rest stays; the face gone, the region stays.
+        let named = String::from_utf8(merge(merged.as_bytes(), (10, 20), &[region(7, Some("Ann"))]).unwrap().bytes).unwrap();
+        assert!(named.contains("mwg-rs:Name=\"Ann\"") && !named.contains("Jo &amp; Bo") && named.contains("<!-- mine -->"), "{named}");
+        let gone = merge(merged.as_bytes(), (10, 20), &[]).unwrap();
+        assert_eq!(gone.other_regions, 1);
+        assert!(String::from_utf8(gone.bytes).unwrap().contains("<!-- mine -->"));
     }
 
     #[test]

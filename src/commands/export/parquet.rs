@@ -42,7 +42,7 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
             crate::util::display_path(&link)
         );
     }
-    let out = OutputDir::open(&args.out, &root, &database_path(globals, &root), owner)?;
+    let out = OutputDir::open_as(&args.out, &root, &database_path(globals, &root), owner, "OUT")?;
     // All four checked before any is written: a refusal leaves the folder as it was.
     out.check_free(TABLES)?;
     let mut summary = Summary {
