@@ -276,7 +276,9 @@ fn region_li(r: &Region, scope: u8) -> Node {
     let mut attrs: Vec<(&str, &str)> = vec![("mwg-rs:Type", "Face")];
     let name = r.name.as_deref().map(xml_safe);
     if let Some(name) = &name {
+        // The name again in facedb's namespace: a Name that differs from it is a user's edit.
         attrs.push(("mwg-rs:Name", name));
+        attrs.push(("facedb:Person", name));
     }
     attrs.push(("facedb:FaceId", &face_id));
     let description = Elem::new("rdf:Description", NS_RDF, &attrs, vec![Node::Elem(area)], ALL, 0);
@@ -331,7 +333,7 @@ fn face_id_of(li: &Elem) -> Option<i64> {
 }
 
 /// What a user added to one of facedb's regions: everything facedb does not write there (its
-/// type, face id and area; its name only when facedb has one for the face).
+/// type, face id and area; a name that is not the one facedb wrote, kept while facedb has none).
 #[derive(Default)]
 struct Extras {
     li_attrs: Vec<(String, String)>,
@@ -349,12 +351,13 @@ impl Extras {
         for node in &li.children {
             match node {
                 Node::Elem(d) if d.is(NS_RDF, "Description") => {
-                    x.attrs = raw_attrs(d, &["mwg-rs:Type", "mwg-rs:Name", "facedb:FaceId"]);
+                    x.attrs = raw_attrs(d, &["mwg-rs:Type", "mwg-rs:Name", "facedb:FaceId", "facedb:Person"]);
+                    let facedbs = raw_attrs(d, &[]).into_iter().find(|(k, _)| k == "facedb:Person").map(|(_, v)| v);
                     x.name_attr = d
                         .start
                         .attributes()
                         .flatten()
-                        .filter(|a| a.key.0 == "mwg-rs:Name")
+                        .filter(|a| a.key.0 == "mwg-rs:Name" && facedbs.as_deref() != Some(&*a.value))
                         .map(|a| (a.key.0.to_string(), a.value.to_string()))
                         .collect();
                     for n in &d.children {
@@ -373,13 +376,9 @@ impl Extras {
         x
     }
 
+    /// Nothing but a name: a region whose face is gone goes even if the user named it.
     fn is_empty(&self) -> bool {
-        self.li_attrs.is_empty()
-            && self.li_nodes.is_empty()
-            && self.attrs.is_empty()
-            && self.name_attr.is_empty()
-            && self.name_nodes.is_empty()
-            && self.nodes.is_empty()
+        self.li_attrs.is_empty() && self.li_nodes.is_empty() && self.attrs.is_empty() && self.nodes.is_empty()
     }
 
     /// Adds these to facedb's new version of the region (`li`, as [`region_li`] makes it).
