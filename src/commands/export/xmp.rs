@@ -167,6 +167,7 @@ fn remove_own_temps(root: &Path, ledger: &HashMap<String, SidecarEntry>) -> usiz
 fn plan(root: &Path, photos: Vec<PhotoFaces>, naming: SidecarName, ledger: &HashMap<String, SidecarEntry>) -> (Vec<Job>, Vec<String>) {
     let mut jobs: Vec<Job> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     for photo in photos {
         let key = sidecar_key(&photo.path, naming);
@@ -176,7 +177,7 @@ fn plan(root: &Path, photos: Vec<PhotoFaces>, naming: SidecarName, ledger: &Hash
         let source = walk::resolve(root, &photo.path, photo.path_raw.as_deref());
         if let Some(why) = refusal(root, &source, &photo, now) {
             // One line per linked folder, however many photos are under it.
-            if !failures.contains(&why) {
+            if seen.insert(why.clone()) {
                 failures.push(why);
             }
             continue;
