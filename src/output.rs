@@ -72,6 +72,8 @@ pub struct OutputDir {
     token: String,
     next_tmp: AtomicU64,
     owner: Owner,
+    /// How the user named the folder (`--out`, `OUT`), for messages.
+    arg: &'static str,
 }
 
 /// Crops and captions (the files a user curates) that the user deleted or edited since facedb
@@ -301,33 +303,38 @@ fn hash_file(path: &Path) -> Option<String> {
 }
 
 /// The fix every refusal to touch a file ends with.
-fn not_ours(path: &Path, what: &str) -> anyhow::Error {
-    anyhow!("refusing to overwrite {}: {what}; move it away or pass another --out", display_path(path))
+fn not_ours(path: &Path, what: &str, arg: &str) -> anyhow::Error {
+    anyhow!("refusing to overwrite {}: {what}; move it away or pass another {arg}", display_path(path))
 }
 
 impl OutputDir {
     /// Takes the folder for one run: checks it is facedb's (or new, or empty), locks it, verifies
     /// the ledger's files by hash, removes what a killed run left, and records this run.
     pub fn open(path: &Path, dataset: &Path, db_file: &Path, owner: Owner) -> Result<Self> {
+        Self::open_as(path, dataset, db_file, owner, "--out")
+    }
+
+    /// [`OutputDir::open`] for a folder the user named as `arg` (how messages call it).
+    pub fn open_as(path: &Path, dataset: &Path, db_file: &Path, owner: Owner, arg: &'static str) -> Result<Self> {
         let shown = display_path(path);
         match path.symlink_metadata() {
             Ok(m) if m.file_type().is_symlink() => {
-                bail!("--out {shown} is a symbolic link; facedb never writes through links: pass the folder it points to")
+                bail!("{arg} {shown} is a symbolic link; facedb never writes through links: pass the folder it points to")
             }
-            Ok(m) if !m.is_dir() => bail!("--out {shown} is not a folder; pass a new or empty folder"),
+            Ok(m) if !m.is_dir() => bail!("{arg} {shown} is not a folder; pass a new or empty folder"),
             Ok(_) => {}
             Err(_) => std::fs::create_dir_all(path).with_context(|| format!("cannot create the output folder {shown}"))?,
         }
         let canonical = path.canonicalize().with_context(|| format!("resolving {shown}"))?;
         if canonical == dataset {
             bail!(
-                "--out {shown} is the dataset folder: crops there would be indexed as photos; pass a new folder such as {}",
+                "{arg} {shown} is the dataset folder: crops there would be indexed as photos; pass a new folder such as {}",
                 display_path(&path.join("facedb-crops"))
             );
         }
         let db_dir = db_file.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
         if dataset.starts_with(&canonical) || db_dir.is_some_and(|d| d.starts_with(&canonical)) {
-            bail!("--out {shown} contains the dataset or its database; pass a new folder inside or beside the dataset");
+            bail!("{arg} {shown} contains the dataset or its database; pass a new folder inside or beside the dataset");
         }
         let lock = OpenOptions::new()
             .read(true)
@@ -343,17 +350,17 @@ impl OutputDir {
             Err(_) => {
                 if let Some(other) = std::fs::read_dir(path)?.filter_map(Result::ok).next() {
                     bail!(
-                        "--out {shown} already holds files facedb did not write (such as {}) and no {OUTPUT_MARKER}; pass a new or empty folder",
+                        "{arg} {shown} already holds files facedb did not write (such as {}) and no {OUTPUT_MARKER}; pass a new or empty folder",
                         display_path(Path::new(&other.file_name()))
                     );
                 }
                 Found::default()
             }
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(not_ours(&ledger_path, "it is a symbolic link and facedb never writes through links"))
+                return Err(not_ours(&ledger_path, "it is a symbolic link and facedb never writes through links", arg))
             }
-            Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is not a regular file, so not facedb's ledger")),
-            Ok(m) => Self::read_ledger(path, &ledger_path, &m, &owner)?,
+            Ok(m) if !m.is_file() => return Err(not_ours(&ledger_path, "it is not a regular file, so not facedb's ledger", arg)),
+            Ok(m) => Self::read_ledger(path, &ledger_path, &m, &owner, arg)?,
         };
         remove_leftover_temps(path, &found.tokens);
         let token = random_token();
@@ -374,6 +381,7 @@ impl OutputDir {
             token,
             next_tmp: AtomicU64::new(0),
             owner,
+            arg,
         };
         // Rewrite the ledger (current format, verified entries only) with this run recorded,
         // before any temp file exists; `index` skips the folder from here on.
@@ -390,9 +398,9 @@ impl OutputDir {
 
     /// Parses and verifies a ledger: the files it lists that still hold the bytes facedb wrote,
     /// what the user deleted or edited, and the run tokens whose temp files may be left over.
-    fn read_ledger(dir: &Path, ledger: &Path, meta: &std::fs::Metadata, owner: &Owner) -> Result<Found> {
+    fn read_ledger(dir: &Path, ledger: &Path, meta: &std::fs::Metadata, owner: &Owner, arg: &str) -> Result<Found> {
         if meta.len() > MAX_LEDGER {
-            return Err(not_ours(ledger, "it is too big to be facedb's ledger"));
+            return Err(not_ours(ledger, "it is too big to be facedb's ledger", arg));
         }
         let mut text = String::new();
         OpenOptions::new()
@@ -402,7 +410,7 @@ impl OutputDir {
             .and_then(|f| f.take(MAX_LEDGER).read_to_string(&mut text))
             .with_context(|| format!("cannot read {}", display_path(ledger)))?;
         if !text.starts_with(HEADER_PREFIX) {
-            return Err(not_ours(ledger, "it is not a ledger facedb wrote"));
+            return Err(not_ours(ledger, "it is not a ledger facedb wrote", arg));
         }
         let owner_line = text.lines().find_map(|l| l.strip_prefix(OWNER_PREFIX));
         let Some(owner_line) = owner_line else {
@@ -410,7 +418,7 @@ impl OutputDir {
             let names: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && is_plain_name(l)).collect();
             return Ok(Found { owned: adopt_v1(dir, &names, meta), ..Found::default() });
         };
-        let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged"))?;
+        let theirs: Owner = serde_json::from_str(owner_line).map_err(|_| not_ours(ledger, "its owner line is damaged", arg))?;
         let mut listed = parse_ledger(&text);
         // A name in a subfolder counts only in a subfolder the ledger says facedb created.
         let in_own_dir = |name: &String| split_name(name).0.is_none_or(|sub| listed.dirs.contains(sub));
@@ -464,7 +472,7 @@ impl OutputDir {
         // manifest included); emptied, it may change hands.
         if theirs.database_id != owner.database_id && !found.owned.is_empty() {
             bail!(
-                "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another --out for this dataset, or delete that folder if its dataset is gone",
+                "{} holds crops of the dataset {} (database {}), not of {} (database {}); pass another {arg} for this dataset, or delete that folder if its dataset is gone",
                 display_path(dir),
                 display_str(&theirs.dataset),
                 theirs.database_id,
@@ -503,11 +511,15 @@ impl OutputDir {
                 match sub_path.symlink_metadata() {
                     Err(_) => continue,
                     Ok(m) if m.file_type().is_symlink() => {
-                        return Err(not_ours(&sub_path, "it is a symbolic link and facedb never writes through links"))
+                        return Err(not_ours(&sub_path, "it is a symbolic link and facedb never writes through links", self.arg))
                     }
-                    Ok(m) if !m.is_dir() => return Err(not_ours(&sub_path, "it is not a folder")),
+                    Ok(m) if !m.is_dir() => return Err(not_ours(&sub_path, "it is not a folder", self.arg)),
                     Ok(_) if !self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.contains_key(sub) => {
-                        return Err(not_ours(&sub_path, &format!("facedb did not create this folder (it is not in {OUTPUT_MARKER})")))
+                        return Err(not_ours(
+                            &sub_path,
+                            &format!("facedb did not create this folder (it is not in {OUTPUT_MARKER})"),
+                            self.arg,
+                        ))
                     }
                     Ok(_) => {}
                 }
@@ -515,13 +527,14 @@ impl OutputDir {
             match path.symlink_metadata() {
                 Err(_) => {}
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links"))
+                    return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links", self.arg))
                 }
                 Ok(_) if self.owned.contains_key(name) => {}
                 Ok(_) => {
                     return Err(not_ours(
                         &path,
                         &format!("facedb did not write it (it is not in {OUTPUT_MARKER} with the hash facedb wrote)"),
+                        self.arg,
                     ))
                 }
             }
@@ -552,9 +565,9 @@ impl OutputDir {
         let path = self.path.join(sub);
         match path.symlink_metadata() {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links"))
+                return Err(not_ours(&path, "it is a symbolic link and facedb never writes through links", self.arg))
             }
-            Ok(_) => return Err(not_ours(&path, "facedb did not create this folder")),
+            Ok(_) => return Err(not_ours(&path, "facedb did not create this folder", self.arg)),
             Err(_) => {
                 self.journal(&format!("dir {sub}\n"))?;
                 std::fs::create_dir(&path).with_context(|| format!("cannot create {}", display_path(&path)))?;
@@ -688,21 +701,54 @@ impl Write for NewFile<'_> {
     }
 }
 
-impl NewFile<'_> {
+impl<'a> NewFile<'a> {
     /// Flushes, records the name with its hash in the ledger, then renames it into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.stage()?.place()
+    }
+
+    /// Flushes and keeps the temp file, to be renamed into place by [`Staged::place`]: files that
+    /// belong together (one Parquet export) are all written before any replaces an older one.
+    pub fn stage(mut self) -> Result<Staged<'a>> {
+        let dest = self.out.path.join(&self.name);
+        let w = self.w.take().ok_or_else(|| anyhow!("file already finished"));
+        w.and_then(|w| w.into_inner().map_err(|e| anyhow!(e.into_error()))).with_context(|| format!("writing {}", display_path(&dest)))?;
+        let hash = self.hasher.finalize().to_hex().to_string();
+        // The temp file is the Staged's now (NewFile's drop removes nothing).
+        let tmp = std::mem::take(&mut self.tmp);
+        Ok(Staged { out: self.out, name: std::mem::take(&mut self.name), tmp, hash })
+    }
+}
+
+/// A file fully written under its temp name; removed if dropped before [`Staged::place`].
+pub struct Staged<'a> {
+    out: &'a OutputDir,
+    name: String,
+    tmp: PathBuf,
+    hash: String,
+}
+
+impl Staged<'_> {
+    /// Records the name with its hash in the ledger, then renames the file into place.
+    pub fn place(mut self) -> Result<()> {
         let dest = self.out.path.join(&self.name);
         let result = (|| -> Result<()> {
-            let w = self.w.take().ok_or_else(|| anyhow!("file already finished"))?;
-            w.into_inner().map_err(|e| anyhow!(e.into_error()))?;
-            let hash = self.hasher.finalize().to_hex().to_string();
-            self.out.journal(&format!("file {hash} {}\n", self.name))?;
+            self.out.journal(&format!("file {} {}\n", self.hash, self.name))?;
             let dir = self.out.dir_fd(&self.name)?;
             place_at(&self.tmp, dir, Path::new(split_name(&self.name).1), &dest, self.out.owned.contains_key(&self.name))?;
-            self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), hash);
+            self.tmp = PathBuf::new();
+            self.out.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(self.name.clone(), self.hash.clone());
             Ok(())
         })();
         result.with_context(|| format!("writing {}", display_path(&dest)))
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -710,7 +756,9 @@ impl Drop for NewFile<'_> {
     fn drop(&mut self) {
         // Renamed into place, or to be removed: either way the temp name must not stay.
         drop(self.w.take());
-        let _ = std::fs::remove_file(&self.tmp);
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -776,6 +824,31 @@ fn looks_like_facedb_output(name: &str, head: &[u8]) -> bool {
     }
 }
 
+/// The first folder of `path` (itself included, `stop` and above it not) that is a symbolic
+/// link: writing there would land somewhere else than the path says.
+pub fn linked_folder(path: &Path, stop: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .take_while(|a| *a != stop && !a.as_os_str().is_empty())
+        .find(|a| a.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()))
+        .map(Path::to_path_buf)
+}
+
+/// The temp-file names `.facedb-<token>-<n>.part` a run with `token` made in `dir`: regular
+/// files only (a link or folder of that name is never facedb's).
+pub fn temp_files_of(dir: &Path, token: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let rest = name.to_str().and_then(|n| n.strip_prefix(".facedb-")).and_then(|r| r.strip_suffix(".part"));
+            let n = rest.and_then(|r| r.strip_prefix(token)).and_then(|r| r.strip_prefix('-'));
+            n.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 /// A bare file name: no separators, not `.`/`..` (a tampered ledger cannot reach outside).
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0') && !name.contains('\n')
@@ -811,11 +884,17 @@ pub fn write_beside(dest: &Path, bytes: &[u8]) -> Result<()> {
 /// [`write_beside`], or with `replace` false a new file only: a file that appeared at `dest`
 /// meanwhile is left alone (`RENAME_NOREPLACE`). XMP sidecars beside the photos.
 pub fn write_in_place(dest: &Path, bytes: &[u8], replace: bool) -> Result<()> {
+    write_in_place_as(dest, bytes, replace, &random_token())
+}
+
+/// [`write_in_place`] with the temp file named `.facedb-<token>-<n>.part`: a caller that records
+/// `token` first can later prove a temp file a killed run left there is its own.
+pub fn write_in_place_as(dest: &Path, bytes: &[u8], replace: bool, token: &str) -> Result<()> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let (tmp, mut file) = create_temp(dir, &random_token(), &AtomicU64::new(0))?;
+    let (tmp, mut file) = create_temp(dir, token, &AtomicU64::new(0))?;
     let result = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| place(&tmp, dest, replace));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -959,6 +1038,29 @@ mod tests {
         drop(out);
         let out = open(&d, "b");
         assert!(out.is_ok(), "a ledger listing no file that is still there: the folder is free");
+    }
+
+    #[test]
+    fn staged_files_replace_nothing_until_placed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        let out = open(&d, "a").unwrap();
+        let mut staged = Vec::new();
+        for name in ["a.parquet", "b.parquet"] {
+            let mut f = out.create(name).unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            staged.push(f.stage().unwrap());
+        }
+        assert_eq!(names(&d).len(), 3, "both under temp names: {:?}", names(&d));
+        assert!(!d.join("a.parquet").exists());
+        drop(staged.pop()); // stopped before placing b: its temp file goes
+        staged.pop().unwrap().place().unwrap();
+        assert_eq!(names(&d), [".facedb-output", "a.parquet"]);
+        drop(staged);
+        assert_eq!(out.finish().unwrap(), 0);
+        assert!(linked_folder(&d.join("x/y"), tmp.path()).is_none());
+        std::os::unix::fs::symlink(&d, tmp.path().join("l")).unwrap();
+        assert_eq!(linked_folder(&tmp.path().join("l/x"), tmp.path()), Some(tmp.path().join("l")));
     }
 
     #[test]

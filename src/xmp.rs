@@ -14,6 +14,7 @@ use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::name::{QName, ResolveResult};
 use quick_xml::reader::NsReader;
 use quick_xml::Writer;
+use std::collections::{HashMap, HashSet};
 
 use crate::db::export::PhotoFaces;
 
@@ -107,11 +108,13 @@ fn to_stored(u: f64, v: f64, rotation: u16, orientation: u8) -> (f64, f64) {
 }
 
 /// A parsed XML node: an element, or anything else kept as it was read.
+#[derive(Clone)]
 enum Node {
     Elem(Elem),
     Other(Event<'static>),
 }
 
+#[derive(Clone)]
 struct Elem {
     start: BytesStart<'static>,
     /// Resolved namespace and local name.
@@ -271,12 +274,128 @@ fn region_li(r: &Region, scope: u8) -> Node {
     );
     let face_id = r.face_id.to_string();
     let mut attrs: Vec<(&str, &str)> = vec![("mwg-rs:Type", "Face")];
-    if let Some(name) = &r.name {
+    let name = r.name.as_deref().map(xml_safe);
+    if let Some(name) = &name {
+        // The name again in facedb's namespace: a Name that differs from it is a user's edit.
         attrs.push(("mwg-rs:Name", name));
+        attrs.push(("facedb:Person", name));
     }
     attrs.push(("facedb:FaceId", &face_id));
     let description = Elem::new("rdf:Description", NS_RDF, &attrs, vec![Node::Elem(area)], ALL, 0);
     Node::Elem(Elem::new("rdf:li", NS_RDF, &[], vec![Node::Elem(description)], scope, RDF | MWG | AREA | FACEDB))
+}
+
+/// `s` without what XML 1.0 forbids: control characters are dropped (tab, CR and LF become
+/// spaces, as an attribute value reads them anyway), as are U+FFFE and U+FFFF.
+fn xml_safe(s: &str) -> String {
+    s.chars()
+        .filter_map(|c| match c {
+            '\t' | '\n' | '\r' => Some(' '),
+            '\u{fffe}' | '\u{ffff}' => None,
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+/// Attributes of `e` as written (raw, still escaped), but for `skip`.
+fn raw_attrs(e: &Elem, skip: &[&str]) -> Vec<(String, String)> {
+    e.start.attributes().flatten().filter(|a| !skip.contains(&a.key.0)).map(|a| (a.key.0.to_string(), a.value.to_string())).collect()
+}
+
+fn push_raw(e: &mut Elem, attrs: Vec<(String, String)>) {
+    for (k, v) in attrs {
+        e.start.push_attribute(quick_xml::events::attributes::Attribute { key: QName(&k), value: v.into() });
+    }
+}
+
+fn is_blank(n: &Node) -> bool {
+    matches!(n, Node::Other(Event::Text(t)) if t.trim().is_empty())
+}
+
+/// The face id of one of facedb's regions (an `rdf:li`), from its `facedb:FaceId`.
+fn face_id_of(li: &Elem) -> Option<i64> {
+    let desc = li.children.iter().find_map(|n| match n {
+        Node::Elem(e) if e.is(NS_RDF, "Description") => Some(e),
+        _ => None,
+    })?;
+    let attr = desc.start.attributes().flatten().find(|a| a.key.0 == "facedb:FaceId").map(|a| a.value.to_string());
+    let elem = || {
+        desc.children.iter().find_map(|n| match n {
+            Node::Elem(e) if e.is(NS_FACEDB, "FaceId") => e.children.iter().find_map(|t| match t {
+                Node::Other(Event::Text(t)) => Some(t.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        })
+    };
+    attr.or_else(elem)?.trim().parse().ok()
+}
+
+/// What a user added to one of facedb's regions: everything facedb does not write there (its
+/// type, face id and area; a name that is not the one facedb wrote, kept while facedb has none).
+#[derive(Default)]
+struct Extras {
+    li_attrs: Vec<(String, String)>,
+    li_nodes: Vec<Node>,
+    attrs: Vec<(String, String)>,
+    name_attr: Vec<(String, String)>,
+    name_nodes: Vec<Node>,
+    nodes: Vec<Node>,
+}
+
+impl Extras {
+    fn of(li: &Elem) -> Self {
+        let declared = ["xmlns:rdf", "xmlns:mwg-rs", "xmlns:stArea", "xmlns:facedb"];
+        let mut x = Extras { li_attrs: raw_attrs(li, &declared), ..Extras::default() };
+        for node in &li.children {
+            match node {
+                Node::Elem(d) if d.is(NS_RDF, "Description") => {
+                    x.attrs = raw_attrs(d, &["mwg-rs:Type", "mwg-rs:Name", "facedb:FaceId", "facedb:Person"]);
+                    let facedbs = raw_attrs(d, &[]).into_iter().find(|(k, _)| k == "facedb:Person").map(|(_, v)| v);
+                    x.name_attr = d
+                        .start
+                        .attributes()
+                        .flatten()
+                        .filter(|a| a.key.0 == "mwg-rs:Name" && facedbs.as_deref() != Some(&*a.value))
+                        .map(|a| (a.key.0.to_string(), a.value.to_string()))
+                        .collect();
+                    for n in &d.children {
+                        match n {
+                            Node::Elem(e) if e.is(NS_MWG_RS, "Area") || e.is(NS_MWG_RS, "Type") || e.is(NS_FACEDB, "FaceId") => {}
+                            Node::Elem(e) if e.is(NS_MWG_RS, "Name") => x.name_nodes.push(n.clone()),
+                            n if is_blank(n) => {}
+                            n => x.nodes.push(n.clone()),
+                        }
+                    }
+                }
+                n if is_blank(n) => {}
+                n => x.li_nodes.push(n.clone()),
+            }
+        }
+        x
+    }
+
+    /// Nothing but a name: a region whose face is gone goes even if the user named it.
+    fn is_empty(&self) -> bool {
+        self.li_attrs.is_empty() && self.li_nodes.is_empty() && self.attrs.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Adds these to facedb's new version of the region (`li`, as [`region_li`] makes it).
+    fn apply(self, li: &mut Elem, facedb_named: bool) {
+        push_raw(li, self.li_attrs);
+        if let Some(Node::Elem(desc)) = li.children.first_mut() {
+            push_raw(desc, self.attrs);
+            if !facedb_named {
+                push_raw(desc, self.name_attr);
+                desc.children.extend(self.name_nodes);
+            }
+            desc.children.extend(self.nodes);
+            desc.empty = false;
+        }
+        li.children.extend(self.li_nodes);
+        li.empty = false;
+    }
 }
 
 fn applied_to(dims: (u32, u32), scope: u8) -> Node {
@@ -343,7 +462,12 @@ pub fn merge(existing: &[u8], dims: (u32, u32), regions: &[Region]) -> Result<Me
     }
     let mut w = Writer::new(Vec::new());
     write(&doc, &mut w).map_err(|e| e.to_string())?;
-    Ok(Merged { bytes: w.into_inner(), other_regions })
+    let mut bytes = w.into_inner();
+    // A text file ends with a line break (the parser does not hand back the one after the end).
+    if !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    Ok(Merged { bytes, other_regions })
 }
 
 /// Fills a `mwg-rs:Regions` element: facedb's regions replaced, the others kept, one
@@ -375,17 +499,37 @@ fn replace_regions(regions_elem: &mut Elem, dims: (u32, u32), regions: &[Region]
     }
     list.empty = false;
     let Some(bag) = list.child_mut(NS_RDF, "Bag") else { return 0 };
-    // facedb's regions go, with the line break written after each (so re-exports stay byte-equal).
+    // facedb's regions go, with the line break written after each (so re-exports stay byte-equal);
+    // what a user added to one is carried over to its new version, and one whose face is gone
+    // that the user added to is kept as it is.
+    let wanted: HashSet<i64> = regions.iter().map(|r| r.face_id).collect();
+    let mut added: HashMap<i64, Extras> = HashMap::new();
     let mut drop_break = false;
-    bag.children.retain(|n| {
-        let facedb = matches!(n, Node::Elem(e) if e.is_facedb());
-        let after = drop_break && matches!(n, Node::Other(Event::Text(t)) if &**t == "\n");
-        drop_break = facedb;
-        !facedb && !after
-    });
+    for node in std::mem::take(&mut bag.children) {
+        let after = std::mem::take(&mut drop_break) && matches!(&node, Node::Other(Event::Text(t)) if &**t == "\n");
+        match node {
+            _ if after => {}
+            Node::Elem(e) if e.is_facedb() => {
+                let extras = Extras::of(&e);
+                match face_id_of(&e).filter(|id| wanted.contains(id)) {
+                    Some(id) => {
+                        added.insert(id, extras);
+                        drop_break = true;
+                    }
+                    None if extras.is_empty() => drop_break = true,
+                    None => bag.children.push(Node::Elem(e)),
+                }
+            }
+            other => bag.children.push(other),
+        }
+    }
     let kept = bag.children.iter().filter(|n| matches!(n, Node::Elem(e) if e.is(NS_RDF, "li"))).count();
     for r in regions {
-        bag.children.push(region_li(r, bag.bound));
+        let mut li = region_li(r, bag.bound);
+        if let (Some(extras), Node::Elem(li)) = (added.remove(&r.face_id), &mut li) {
+            extras.apply(li, r.name.is_some());
+        }
+        bag.children.push(li);
         bag.children.push(newline());
     }
     bag.empty = false;
@@ -404,7 +548,16 @@ mod tests {
     fn photo(w: u32, h: u32, orientation: u8, rotation: u16) -> PhotoFaces {
         // A face in the top-left corner of the upright image.
         let face = StoredRegion { face_id: 1, x: 0.0, y: 0.0, w: f64::from(w) / 4.0, h: f64::from(h) / 5.0, name: None };
-        PhotoFaces { path: "p.jpg".into(), path_raw: None, width: w, height: h, orientation, rotation, faces: vec![face] }
+        PhotoFaces {
+            path: "p.jpg".into(),
+            path_raw: None,
+            width: w,
+            height: h,
+            orientation,
+            rotation,
+            indexed: Default::default(),
+            faces: vec![face],
+        }
     }
 
     fn area(r: &Region) -> [f64; 4] {
@@ -465,6 +618,22 @@ mod tests {
         // Merging the same regions again changes nothing.
         let again = merge(&once.bytes, (10, 20), &[region(7, Some("Anna & Bo")), region(8, None)]).unwrap();
         assert_eq!(again.bytes, once.bytes);
+    }
+
+    #[test]
+    fn names_lose_what_xml_forbids_and_a_users_additions_to_a_region_stay() {
+        assert_eq!(xml_safe("a\u{1}b\u{1b}c\td\u{7f}\u{fffe}é"), "abc dé");
+        let new = new_sidecar((10, 20), &[region(7, None)]).unwrap();
+        let text = String::from_utf8(new.bytes).unwrap().replace("facedb:FaceId=", "mwg-rs:Name=\"Jo &amp; Bo\" facedb:FaceId=");
+        let edited = text.replace("</rdf:Description></rdf:li>", "<!-- mine --></rdf:Description></rdf:li>");
+        let merged = String::from_utf8(merge(edited.as_bytes(), (10, 20), &[region(7, None)]).unwrap().bytes).unwrap();
+        assert!(merged.contains("mwg-rs:Name=\"Jo &amp; Bo\"") && merged.contains("<!-- mine -->"), "{merged}");
+        // facedb names the face now: its name wins, the rest stays; the face gone, the region stays.
+        let named = String::from_utf8(merge(merged.as_bytes(), (10, 20), &[region(7, Some("Ann"))]).unwrap().bytes).unwrap();
+        assert!(named.contains("mwg-rs:Name=\"Ann\"") && !named.contains("Jo &amp; Bo") && named.contains("<!-- mine -->"), "{named}");
+        let gone = merge(merged.as_bytes(), (10, 20), &[]).unwrap();
+        assert_eq!(gone.other_regions, 1);
+        assert!(String::from_utf8(gone.bytes).unwrap().contains("<!-- mine -->"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const COMMIT_ROWS: usize = 256;
 /// A file modified this close to when it was last stat'ed may have changed within the same
 /// timestamp tick; like git's racy-clean rule, such entries are re-hashed.
-const RACY_NS: i64 = 2_000_000_000;
+pub(crate) const RACY_NS: i64 = 2_000_000_000;
 
 /// Once the first Ctrl-C is seen, the run stops within this time even if a worker is still in
 /// the middle of a big photo (everything committed stays; in-flight work is redone next run).

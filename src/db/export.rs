@@ -33,8 +33,22 @@ pub struct PhotoFaces {
     pub orientation: u8,
     /// Degrees clockwise facedb turned a sideways photo that had no EXIF orientation.
     pub rotation: u16,
+    /// The file as indexed (stat data and content hash): a photo changed since then is not the
+    /// one these faces were found in.
+    pub indexed: IndexedFile,
     /// Faces of the photo's current detector, highest score first.
     pub faces: Vec<StoredRegion>,
+}
+
+/// A file's stat data when it was last indexed, and the blake3 of the photo read then.
+#[derive(Debug, Clone, Default)]
+pub struct IndexedFile {
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub inode: i64,
+    /// When the stat data was taken (an mtime this close proves nothing: the racy rule of index).
+    pub checked_ns: i64,
+    pub blake3: String,
 }
 
 /// Every present file of every decoded photo with its current faces (photos without faces too,
@@ -42,6 +56,7 @@ pub struct PhotoFaces {
 pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
     let mut stmt = conn.prepare(
         "SELECT f.path, f.path_raw, i.width, i.height, coalesce(i.orientation, 1) AS orientation, i.rotation,
+                f.size, f.mtime_ns, f.inode, f.checked_ns, i.blake3,
                 fc.id AS face_id, fc.x, fc.y, fc.w, fc.h, p.name
          FROM files f JOIN images i ON i.id = f.image_id
          LEFT JOIN faces fc ON fc.image_id = i.id AND fc.detector_id = i.detector_id
@@ -61,6 +76,13 @@ pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
                 height: r.get("height")?,
                 orientation: r.get::<_, i64>("orientation")?.clamp(1, 8) as u8,
                 rotation: r.get::<_, i64>("rotation")?.rem_euclid(360) as u16,
+                indexed: IndexedFile {
+                    size: r.get("size")?,
+                    mtime_ns: r.get("mtime_ns")?,
+                    inode: r.get("inode")?,
+                    checked_ns: r.get("checked_ns")?,
+                    blake3: r.get("blake3")?,
+                },
                 faces: Vec::new(),
             });
         }

@@ -182,7 +182,7 @@ fn xmp_regions_read_back_with_exiftool_for_plain_rotated_and_merged_sidecars() {
         .arg(d)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("turned6.jpg.xmp exists and facedb did not write it"));
+        .stderr(predicate::str::contains("turned6.jpg.xmp was changed since facedb wrote it; pass --merge-existing"));
 }
 
 #[test]
@@ -301,4 +301,115 @@ fn parquet_reads_back_in_pyarrow_and_duckdb_as_stored_and_the_readme_query_finds
         .code(2)
         .stderr(predicate::str::contains("refusing to overwrite").and(predicate::str::contains("faces.parquet")));
     assert_eq!(std::fs::read_to_string(out.join("faces.parquet")).unwrap(), "mine");
+}
+
+#[test]
+fn xmp_refuses_photos_changed_gone_or_reached_through_links_and_removes_its_own_leftover_temp_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("photos");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    add_photos(&d, &["obama.jpg", "biden.jpg", "obama2.jpg"]);
+    std::fs::copy(photo("obama3.jpg"), d.join("sub/x.jpg")).unwrap();
+    std::fs::copy(photo("obama3.jpg"), elsewhere.join("target.jpg")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("target.jpg"), d.join("link.jpg")).unwrap();
+    facedb().arg("index").arg(&d).assert().success();
+    // Since the index: a photo replaced by another, one deleted, a folder swapped for a link.
+    std::fs::copy(photo("biden.jpg"), d.join("obama.jpg")).unwrap();
+    std::fs::remove_file(d.join("obama2.jpg")).unwrap();
+    std::fs::rename(d.join("sub"), tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("moved"), d.join("sub")).unwrap();
+    let shown = d.canonicalize().unwrap();
+    facedb()
+        .args(["export", "xmp"])
+        .arg(&d)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}/obama.jpg changed since it was indexed, so its stored faces may be another photo's; run `facedb index {}` first",
+            shown.display(),
+            shown.display()
+        )))
+        .stderr(predicate::str::contains("obama2.jpg is gone since it was indexed; run `facedb index"))
+        .stderr(predicate::str::contains(format!(
+            "{}/sub is a symbolic link to a folder; facedb never writes through links",
+            shown.display()
+        )))
+        .stderr(predicate::str::contains("link.jpg is a symbolic link to a photo; facedb writes no sidecar beside a link"))
+        .stderr(predicate::str::contains("1 sidecar(s) written (1 new").and(predicate::str::contains("4 refused or failed")));
+    assert!(d.join("biden.jpg.xmp").is_file());
+    for none in ["obama.jpg.xmp", "link.jpg.xmp"] {
+        assert!(!d.join(none).exists(), "{none}");
+    }
+    assert!(std::fs::read_dir(tmp.path().join("moved")).unwrap().count() == 1, "nothing written through the link");
+    assert!(std::fs::read_dir(&elsewhere).unwrap().count() == 1, "nothing beside the link's target");
+    let end = std::fs::read(d.join("biden.jpg.xmp")).unwrap();
+    assert!(end.ends_with(b"?>\n"), "a sidecar ends with a line break");
+
+    // A stopped export's temp file (named after the hash it recorded as pending) is removed by
+    // the next; one facedb cannot prove is its own stays.
+    let conn = db(&d);
+    let pending = "0123456789abcdef".repeat(4);
+    conn.execute("UPDATE xmp_sidecars SET pending = ?1 WHERE path = 'biden.jpg.xmp'", [&pending]).unwrap();
+    std::fs::write(d.join(".facedb-0123456789abcdef-0.part"), "half").unwrap();
+    std::fs::write(d.join(".facedb-fedcba9876543210-0.part"), "someone's").unwrap();
+    facedb().args(["export", "xmp"]).arg(&d).assert().code(1).stderr(predicate::str::contains("removed 1 temporary file(s)"));
+    assert!(!d.join(".facedb-0123456789abcdef-0.part").exists());
+    assert!(d.join(".facedb-fedcba9876543210-0.part").exists());
+    // Indexed again: the replaced photo gets the regions of what it is now.
+    std::fs::remove_file(d.join("sub")).unwrap();
+    std::fs::remove_file(d.join("link.jpg")).unwrap();
+    facedb().arg("index").arg(&d).assert().success();
+    facedb().args(["export", "xmp"]).arg(&d).assert().success();
+    let (_, dims) = regions(&exiftool(&[d.join("obama.jpg.xmp")])[0]);
+    assert_eq!(dims, (970, 2204), "biden.jpg's size, the photo now there");
+
+    // Parquet: an OUT whose parent is a link is refused, nothing written there.
+    std::os::unix::fs::symlink(&elsewhere, d.join("out-link")).unwrap();
+    facedb()
+        .args(["export", "parquet"])
+        .arg(d.join("out-link/tables"))
+        .arg("--dir")
+        .arg(&d)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("out-link is a symbolic link; facedb never writes through links"));
+    assert!(!elsewhere.join("tables").exists());
+}
+
+#[test]
+fn xmp_merging_keeps_what_a_user_added_to_facedbs_regions_and_names_are_valid_xml() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    add_photos(d, &["obama.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(d).assert().success();
+    let conn = db(d);
+    name_person(&conn, "a\u{1}b\u{1b}c\td", &faces_of(&conn, "obama.jpg"));
+    facedb().args(["export", "xmp"]).arg(d).assert().success();
+    let obama = std::fs::read_to_string(d.join("obama.jpg.xmp")).unwrap();
+    assert!(obama.contains("mwg-rs:Name=\"abc d\""), "{obama}");
+    assert_eq!(regions(&exiftool(&[d.join("obama.jpg.xmp")])[0]).0[0].0.as_deref(), Some("abc d"));
+    // The user names the face facedb has no name for, and adds a note to the region.
+    let path = d.join("biden.jpg.xmp");
+    let edited = std::fs::read_to_string(&path).unwrap().replace(
+        "facedb:FaceId=",
+        "mwg-rs:Name=\"Joe\" xmlns:dc=\"http://purl.org/dc/elements/1.1/\" dc:description=\"mine\" facedb:FaceId=",
+    );
+    std::fs::write(&path, &edited).unwrap();
+    facedb()
+        .args(["export", "xmp"])
+        .arg(d)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("biden.jpg.xmp was changed since facedb wrote it; pass --merge-existing"));
+    facedb().args(["export", "xmp", "--merge-existing"]).arg(d).assert().success();
+    let merged = std::fs::read_to_string(&path).unwrap();
+    assert!(merged.contains("mwg-rs:Name=\"Joe\"") && merged.contains("dc:description=\"mine\""), "{merged}");
+    assert_eq!(merged.matches("facedb:FaceId=").count(), 1, "{merged}");
+    let (r, _) = regions(&exiftool(std::slice::from_ref(&path))[0]);
+    assert_eq!((r.len(), r[0].0.as_deref()), (1, Some("Joe")));
+    // facedb's own again: a re-export leaves it as it is.
+    facedb().args(["export", "xmp"]).arg(d).assert().success();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), merged);
 }

@@ -5,13 +5,13 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cli::ParquetArgs;
 use crate::commands::{database_path, find_dataset, open_database, outln, Globals};
 use crate::db::export;
 use crate::db::read;
-use crate::output::{OutputDir, Owner};
+use crate::output::{OutputDir, Owner, Staged};
 use crate::parquet_file::{write_table, Column, TableWriter, Values};
 
 /// Rows per row group of faces and embeddings: 65 536 embeddings are 32 MiB.
@@ -36,7 +36,13 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
     let root = find_dataset(globals, args.dir.as_deref())?;
     let db = open_database(globals, &root, false)?;
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
-    let out = OutputDir::open(&args.out, &root, &database_path(globals, &root), owner)?;
+    if let Some(link) = crate::output::linked_folder(&args.out, Path::new("/")) {
+        bail!(
+            "{} is a symbolic link; facedb never writes through links: pass OUT as the real folder's path",
+            crate::util::display_path(&link)
+        );
+    }
+    let out = OutputDir::open_as(&args.out, &root, &database_path(globals, &root), owner, "OUT")?;
     // All four checked before any is written: a refusal leaves the folder as it was.
     out.check_free(TABLES)?;
     let mut summary = Summary {
@@ -51,12 +57,19 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
     };
     let images = export::images(&db.conn)?;
     summary.images = images.len();
-    save(&out, "images.parquet", &image_columns(images), Vec::new())?;
+    // All four are written under temp names first and renamed only then: stopped (Ctrl-C, a full
+    // disk) before, the folder holds the previous export whole, never tables of two exports.
+    let mut staged = vec![save(&out, "images.parquet", &image_columns(images), Vec::new())?];
     let files = export::files(&db.conn)?;
     summary.files = files.len();
-    save(&out, "files.parquet", &file_columns(files), Vec::new())?;
-    summary.faces = save_faces(&out, &db.conn)?;
-    save_embeddings(&out, &db.conn, &mut summary)?;
+    staged.push(save(&out, "files.parquet", &file_columns(files), Vec::new())?);
+    let (faces, count) = save_faces(&out, &db.conn)?;
+    summary.faces = count;
+    staged.push(faces);
+    staged.push(save_embeddings(&out, &db.conn, &mut summary)?);
+    for file in staged {
+        file.place()?;
+    }
     out.finish()?;
     if globals.json {
         outln!("{}", serde_json::to_string(&summary)?);
@@ -70,7 +83,7 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
 }
 
 /// Faces in row groups of `PAGE` (memory stays flat at any number of faces). Returns the count.
-fn save_faces(out: &OutputDir, conn: &rusqlite::Connection) -> Result<usize> {
+fn save_faces<'a>(out: &'a OutputDir, conn: &rusqlite::Connection) -> Result<(Staged<'a>, usize)> {
     let file = out.create("faces.parquet")?;
     let mut table = TableWriter::new(file, &face_columns(Vec::new()), Vec::new())?;
     let (mut after, mut count) = (0, 0);
@@ -82,12 +95,11 @@ fn save_faces(out: &OutputDir, conn: &rusqlite::Connection) -> Result<usize> {
     }
     let mut file = table.finish().context("writing faces.parquet")?;
     file.flush()?;
-    file.finish()?;
-    Ok(count)
+    Ok((file.stage()?, count))
 }
 
 /// Embeddings of the latest index's embedder, in row groups of `PAGE`.
-fn save_embeddings(out: &OutputDir, conn: &rusqlite::Connection, summary: &mut Summary) -> Result<()> {
+fn save_embeddings<'a>(out: &'a OutputDir, conn: &rusqlite::Connection, summary: &mut Summary) -> Result<Staged<'a>> {
     let embedder = export::current_embedder(conn)?;
     let mut metadata = vec![("facedb:embedding_dim".to_string(), crate::models::sface::EMBEDDING_DIM.to_string())];
     if let Some((_, name, hash)) = &embedder {
@@ -112,14 +124,14 @@ fn save_embeddings(out: &OutputDir, conn: &rusqlite::Connection, summary: &mut S
     }
     let mut file = table.finish().context("writing embeddings.parquet")?;
     file.flush()?;
-    file.finish()
+    file.stage()
 }
 
-fn save(out: &OutputDir, name: &str, columns: &[Column], metadata: Vec<(String, String)>) -> Result<()> {
+fn save<'a>(out: &'a OutputDir, name: &str, columns: &[Column], metadata: Vec<(String, String)>) -> Result<Staged<'a>> {
     let file = out.create(name)?;
     let mut file = write_table(file, columns, metadata).with_context(|| format!("writing {}", Path::new(name).display()))?;
     file.flush()?;
-    file.finish()
+    file.stage()
 }
 
 fn image_columns(rows: Vec<export::ImageRow>) -> Vec<Column> {
