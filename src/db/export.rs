@@ -7,7 +7,6 @@ use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{blob_to_vector, now_rfc3339};
-use crate::models::sface::EMBEDDING_DIM;
 
 /// A stored face as a region: its box in the photo's upright (indexed) pixels.
 #[derive(Debug, Clone)]
@@ -256,9 +255,9 @@ pub fn faces(conn: &Connection, after: i64, limit: usize) -> Result<Vec<FaceRow>
 pub type EmbeddingRow = (i64, Vec<f32>);
 
 /// Embeddings by `embedder_id` of current faces with ids over `after`, by face id, up to `limit`
-/// (a page); a damaged vector (wrong length) is left out, as match leaves it out. Returns the
+/// (a page); a damaged vector (not `dim` values) is left out, as match leaves it out. Returns the
 /// rows, how many were left out, and the last face id read (`None`: nothing left).
-pub fn embeddings(conn: &Connection, embedder_id: i64, after: i64, limit: usize) -> Result<(Vec<EmbeddingRow>, usize, Option<i64>)> {
+pub fn embeddings(conn: &Connection, embedder_id: i64, dim: usize, after: i64, limit: usize) -> Result<(Vec<EmbeddingRow>, usize, Option<i64>)> {
     let mut stmt = conn.prepare(
         "SELECT e.face_id, e.vector FROM embeddings e
          JOIN faces fc ON fc.id = e.face_id JOIN images i ON i.id = fc.image_id AND i.detector_id = fc.detector_id
@@ -270,7 +269,7 @@ pub fn embeddings(conn: &Connection, embedder_id: i64, after: i64, limit: usize)
         let face_id: i64 = r.get(0)?;
         last = Some(face_id);
         let blob: Vec<u8> = r.get(1)?;
-        match blob_to_vector(&blob).filter(|v| v.len() == EMBEDDING_DIM) {
+        match blob_to_vector(&blob).filter(|v| v.len() == dim) {
             Some(v) => out.push((face_id, v)),
             None => damaged += 1,
         }

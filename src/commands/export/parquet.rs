@@ -113,7 +113,7 @@ fn save_embeddings<'a>(out: &'a OutputDir, conn: &rusqlite::Connection, summary:
     let mut table = TableWriter::new(file, &template, metadata)?;
     let mut after = 0;
     while let Some((id, _, _)) = &embedder {
-        let (rows, damaged, last) = export::embeddings(conn, *id, after, PAGE)?;
+        let (rows, damaged, last) = export::embeddings(conn, *id, crate::models::sface::SFace::DIM, after, PAGE)?;
         let Some(last) = last else { break };
         after = last;
         summary.embeddings += rows.len();
