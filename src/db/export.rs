@@ -257,7 +257,13 @@ pub type EmbeddingRow = (i64, Vec<f32>);
 /// Embeddings by `embedder_id` of current faces with ids over `after`, by face id, up to `limit`
 /// (a page); a damaged vector (not `dim` values) is left out, as match leaves it out. Returns the
 /// rows, how many were left out, and the last face id read (`None`: nothing left).
-pub fn embeddings(conn: &Connection, embedder_id: i64, dim: usize, after: i64, limit: usize) -> Result<(Vec<EmbeddingRow>, usize, Option<i64>)> {
+pub fn embeddings(
+    conn: &Connection,
+    embedder_id: i64,
+    dim: usize,
+    after: i64,
+    limit: usize,
+) -> Result<(Vec<EmbeddingRow>, usize, Option<i64>)> {
     let mut stmt = conn.prepare(
         "SELECT e.face_id, e.vector FROM embeddings e
          JOIN faces fc ON fc.id = e.face_id JOIN images i ON i.id = fc.image_id AND i.detector_id = fc.detector_id

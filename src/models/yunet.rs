@@ -184,7 +184,8 @@ fn decode(outputs: &[StrideOutput], score_threshold: f32) -> Vec<Detection> {
     dets
 }
 
-fn scaled(d: &Detection, factor: f32) -> Detection {
+/// `d` in the pixels of an image `factor` times the one it was found in.
+pub fn scaled(d: &Detection, factor: f32) -> Detection {
     Detection {
         x: d.x * factor,
         y: d.y * factor,

@@ -171,12 +171,5 @@ fn full_with(rgb: RgbImage) -> OnceCell<RgbImage> {
 
 /// `d` in the pixels of an image `factor` times the full resolution.
 pub fn at_scale(d: &Detection, factor: f32) -> Detection {
-    Detection {
-        x: d.x * factor,
-        y: d.y * factor,
-        w: d.w * factor,
-        h: d.h * factor,
-        score: d.score,
-        landmarks: d.landmarks.map(|[x, y]| [x * factor, y * factor]),
-    }
+    crate::models::yunet::scaled(d, factor)
 }

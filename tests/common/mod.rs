@@ -137,3 +137,29 @@ pub fn models_folder(dir: &Path, copy: bool) -> PathBuf {
     }
     models
 }
+
+/// JPEG bytes with an EXIF APP1 segment carrying `orientation`.
+pub fn jpeg_with_orientation(stored: &image::RgbImage, orientation: u16) -> Vec<u8> {
+    let mut tiff = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+    enc.add_app_segment(1, &tiff).unwrap();
+    enc.encode(stored.as_raw(), stored.width() as u16, stored.height() as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    out
+}
+
+/// The stored pixels that display as `upright` under EXIF orientation `o`.
+pub fn stored_for(upright: &image::RgbImage, o: u16) -> image::RgbImage {
+    match o {
+        2 => image::imageops::flip_horizontal(upright),
+        3 => image::imageops::rotate180(upright),
+        4 => image::imageops::flip_vertical(upright),
+        5 => image::imageops::flip_horizontal(&image::imageops::rotate90(upright)),
+        6 => image::imageops::rotate270(upright),
+        7 => image::imageops::flip_horizontal(&image::imageops::rotate270(upright)),
+        8 => image::imageops::rotate90(upright),
+        _ => upright.clone(),
+    }
+}

@@ -6,35 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 use image::{imageops, Rgb, RgbImage};
-use jpeg_encoder::{ColorType, Encoder};
 use predicates::prelude::*;
 use serde_json::Value;
-
-/// JPEG bytes with an EXIF APP1 segment carrying `orientation`.
-fn jpeg_with_orientation(stored: &RgbImage, orientation: u16) -> Vec<u8> {
-    let mut tiff = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut out = Vec::new();
-    let mut enc = Encoder::new(&mut out, 90);
-    enc.add_app_segment(1, &tiff).unwrap();
-    enc.encode(stored.as_raw(), stored.width() as u16, stored.height() as u16, ColorType::Rgb).unwrap();
-    out
-}
-
-/// The stored pixels that display as `upright` under EXIF orientation `o`.
-fn stored_for(upright: &RgbImage, o: u16) -> RgbImage {
-    match o {
-        2 => imageops::flip_horizontal(upright),
-        3 => imageops::rotate180(upright),
-        4 => imageops::flip_vertical(upright),
-        5 => imageops::flip_horizontal(&imageops::rotate90(upright)),
-        6 => imageops::rotate270(upright),
-        7 => imageops::flip_horizontal(&imageops::rotate270(upright)),
-        8 => imageops::rotate90(upright),
-        _ => upright.clone(),
-    }
-}
 
 fn exiftool(files: &[PathBuf]) -> Vec<Value> {
     let out = std::process::Command::new("exiftool")

@@ -8,32 +8,6 @@ use image::{imageops, DynamicImage, RgbImage};
 use jpeg_encoder::{ColorType, Encoder};
 use predicates::prelude::*;
 
-/// JPEG bytes with an EXIF APP1 segment carrying `orientation`.
-fn jpeg_with_orientation(stored: &RgbImage, orientation: u16) -> Vec<u8> {
-    let mut tiff = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut out = Vec::new();
-    let mut enc = Encoder::new(&mut out, 90);
-    enc.add_app_segment(1, &tiff).unwrap();
-    enc.encode(stored.as_raw(), stored.width() as u16, stored.height() as u16, ColorType::Rgb).unwrap();
-    out
-}
-
-/// The stored pixels that display as `upright` under EXIF orientation `o`.
-fn stored_for(upright: &RgbImage, o: u16) -> RgbImage {
-    match o {
-        2 => imageops::flip_horizontal(upright),
-        3 => imageops::rotate180(upright),
-        4 => imageops::flip_vertical(upright),
-        5 => imageops::flip_horizontal(&imageops::rotate90(upright)),
-        6 => imageops::rotate270(upright),
-        7 => imageops::flip_horizontal(&imageops::rotate270(upright)),
-        8 => imageops::rotate90(upright),
-        _ => upright.clone(),
-    }
-}
-
 #[test]
 fn every_exif_orientation_comes_out_upright() {
     let tmp = tempfile::tempdir().unwrap();
