@@ -191,6 +191,12 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        // A current schema needs no write lock: taking one would wait behind a running index's
+        // transactions (up to the busy timeout) before its lock could even be checked.
+        let current: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         check_not_newer(version, Path::new("the database"))?;

@@ -37,6 +37,9 @@ pub fn run(globals: &Globals, args: ReviewArgs) -> Result<ExitCode> {
     if !args.no_open {
         open_browser(&url, globals.quiet);
     }
+    // Ctrl-C ends the server even where the shell started it with SIGINT ignored (a background
+    // job of a script); nothing is half-written between requests.
+    let _ = ctrlc::set_handler(|| std::process::exit(i32::from(super::EXIT_INTERRUPTED)));
     let state = api::State::new(api::Setup { root, db, decoders, token, run_id, child_globals: rematch::global_flags(globals) });
     for request in server.incoming_requests() {
         state.handle(request);
