@@ -549,6 +549,7 @@ mod tests {
         // A face in the top-left corner of the upright image.
         let face = StoredRegion { face_id: 1, x: 0.0, y: 0.0, w: f64::from(w) / 4.0, h: f64::from(h) / 5.0, name: None };
         PhotoFaces {
+            image_id: 1,
             path: "p.jpg".into(),
             path_raw: None,
             width: w,

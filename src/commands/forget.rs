@@ -7,13 +7,13 @@
 //! crops first (through each output folder's ledger: only files facedb wrote, still as it wrote
 //! them), then the rows in one transaction, then the cache file, then VACUUM and an emptied log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use super::{database_path, find_dataset, info::dataset_holding, open_database, outln, Globals};
+use super::{database_path, find_dataset, info::dataset_holding, open_database, outln, Globals, EXIT_FILES_FAILED};
 use crate::cli::ForgetArgs;
 use crate::db::forget::{self, Erased, Target, WrittenCrop};
 use crate::db::{people, read, vectors, Db};
@@ -46,12 +46,19 @@ pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
     if let Some(name) = &args.person {
         people::remove(&db.conn, name)?;
     }
+    // After the rows, so each sidecar is rewritten from what is left stored; a re-run of an
+    // interrupted forget (or `export xmp`) rewrites it again.
+    let photos: HashSet<i64> = targets.iter().map(|t| t.image_id).collect();
+    let (sidecars, sidecar_failures) = super::export::xmp::strip_forgotten(&db.conn, &root, &photos)?;
+    for failure in &sidecar_failures {
+        eprintln!("{failure}");
+    }
     let db_file = database_path(globals, &root);
     let cache_removed = vectors::erase(&db_file)?;
     forget::compact(&db.conn).with_context(|| format!("compacting {}", display_path(&db_file)))?;
     let what = args.person.as_ref().map(|n| format!("person {n}")).or(args.target).unwrap_or_default();
-    summary(globals, &what, &erased, crops_removed, cache_removed)?;
-    Ok(ExitCode::SUCCESS)
+    summary(globals, &what, &erased, Removed { crops: crops_removed, sidecars, cache: cache_removed })?;
+    Ok(if sidecar_failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FILES_FAILED) })
 }
 
 /// The photo (a file, by path in the dataset or else by content) or the face id named.
@@ -108,15 +115,24 @@ fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], globals: &Globals) 
     Ok(removed)
 }
 
-fn summary(globals: &Globals, target: &str, e: &Erased, crops_removed: usize, cache_removed: bool) -> Result<()> {
+/// What forget took out of files beside the database.
+struct Removed {
+    crops: usize,
+    /// Sidecars facedb wrote that were rewritten without the forgotten faces.
+    sidecars: usize,
+    cache: bool,
+}
+
+fn summary(globals: &Globals, target: &str, e: &Erased, removed: Removed) -> Result<()> {
+    let Removed { crops: crops_removed, sidecars, cache: cache_removed } = removed;
     if globals.json {
         outln!(
             "{}",
-            serde_json::json!({"command": "forget", "target": target, "erased": e, "crops_removed": crops_removed, "vector_cache_removed": cache_removed})
+            serde_json::json!({"command": "forget", "target": target, "erased": e, "crops_removed": crops_removed, "sidecars_rewritten": sidecars, "vector_cache_removed": cache_removed})
         );
     } else if !globals.quiet {
         eprintln!(
-            "forgot {target}: {} face(s), {} embedding(s), {} reference(s), {} match result(s), {} decision(s), {crops_removed} crop file(s); database compacted{}; `facedb index` will not store these faces again",
+            "forgot {target}: {} face(s), {} embedding(s), {} reference(s), {} match result(s), {} decision(s), {crops_removed} crop file(s), {sidecars} XMP sidecar(s) rewritten; database compacted{}; `facedb index` will not store these faces again",
             e.faces,
             e.embeddings,
             e.references,

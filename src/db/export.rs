@@ -23,6 +23,7 @@ pub struct StoredRegion {
 /// One present file of a decoded photo, with what is needed to place regions in its pixels.
 #[derive(Debug, Clone)]
 pub struct PhotoFaces {
+    pub image_id: i64,
     pub path: String,
     pub path_raw: Option<Vec<u8>>,
     /// Upright size: EXIF orientation applied, then turned by `rotation` (as faces are stored).
@@ -54,7 +55,7 @@ pub struct IndexedFile {
 /// so a sidecar facedb wrote earlier can lose regions that are gone), ordered by path.
 pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
     let mut stmt = conn.prepare(
-        "SELECT f.path, f.path_raw, i.width, i.height, coalesce(i.orientation, 1) AS orientation, i.rotation,
+        "SELECT i.id AS image_id, f.path, f.path_raw, i.width, i.height, coalesce(i.orientation, 1) AS orientation, i.rotation,
                 f.size, f.mtime_ns, f.inode, f.checked_ns, i.blake3,
                 fc.id AS face_id, fc.x, fc.y, fc.w, fc.h, p.name
          FROM files f JOIN images i ON i.id = f.image_id
@@ -69,6 +70,7 @@ pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
         let path: String = r.get("path")?;
         if out.last().is_none_or(|p| p.path != path) {
             out.push(PhotoFaces {
+                image_id: r.get("image_id")?,
                 path,
                 path_raw: r.get("path_raw")?,
                 width: r.get("width")?,

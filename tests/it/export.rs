@@ -386,3 +386,52 @@ fn xmp_merging_keeps_what_a_user_added_to_facedbs_regions_and_names_are_valid_xm
     facedb().args(["export", "xmp"]).arg(d).assert().success();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), merged);
 }
+
+/// `forget` takes the forgotten faces (and their names) out of the sidecars facedb wrote, keeps
+/// the rest of each file, and leaves a sidecar the user changed alone, naming it and the fix.
+#[test]
+fn forget_takes_forgotten_faces_out_of_facedbs_sidecars_and_leaves_changed_ones_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    add_photos(d, &["obama.jpg", "biden.jpg", "obama2.jpg"]);
+    std::fs::write(d.join("biden.jpg.xmp"), FOREIGN).unwrap();
+    facedb().arg("index").arg(d).assert().success();
+    let conn = db(d);
+    let obama = faces_of(&conn, "obama.jpg");
+    name_person(&conn, "Barack Obama", &obama);
+    facedb().args(["export", "xmp", "--merge-existing"]).arg(d).assert().success();
+    let sidecars: Vec<PathBuf> = ["obama.jpg.xmp", "biden.jpg.xmp", "obama2.jpg.xmp"].iter().map(|n| d.join(n)).collect();
+    let before = exiftool(&sidecars);
+    assert_eq!(regions(&before[0]).0[0].0.as_deref(), Some("Barack Obama"));
+    assert!(!regions(&before[1]).0.is_empty(), "facedb's region merged into the user's sidecar");
+    let obama2_before = std::fs::read(&sidecars[2]).unwrap();
+
+    // A photo facedb wrote the sidecar of, and one whose sidecar was the user's: both lose
+    // facedb's regions; the user's other XMP stays; the third photo's sidecar is untouched.
+    for p in ["obama.jpg", "biden.jpg"] {
+        facedb().arg("forget").arg(d.join(p)).assert().success().stderr(predicate::str::contains("1 XMP sidecar(s) rewritten"));
+    }
+    let after = exiftool(&sidecars);
+    let listed = |info: &Value| info["RegionInfo"]["RegionList"].as_array().cloned().unwrap_or_default();
+    for info in &after[..2] {
+        assert!(listed(info).iter().all(|r| r["Type"] != "Face"), "forgotten faces are gone from the sidecar: {info}");
+    }
+    assert_eq!(listed(&after[1]).len(), 1, "the user's own region stays: {}", after[1]);
+    assert!(!std::fs::read_to_string(&sidecars[0]).unwrap().contains("Barack Obama"), "the name is gone too");
+    assert_eq!(after[1]["Rating"], 4, "the user's rating stays: {}", after[1]);
+    assert_eq!(std::fs::read(&sidecars[2]).unwrap(), obama2_before);
+
+    // A sidecar changed since facedb wrote it: left as the user made it, named, exit 1.
+    let changed = std::fs::read_to_string(&sidecars[2]).unwrap() + "<!-- checked by hand -->\n";
+    std::fs::write(&sidecars[2], &changed).unwrap();
+    facedb()
+        .arg("forget")
+        .arg(d.join("obama2.jpg"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("obama2.jpg.xmp still holds facedb's regions of the forgotten faces"))
+        .stderr(predicate::str::contains("--merge-existing"));
+    assert_eq!(std::fs::read_to_string(&sidecars[2]).unwrap(), changed);
+    facedb().args(["export", "xmp", "--merge-existing"]).arg(d).assert().success();
+    assert!(listed(&exiftool(&sidecars[2..])[0]).is_empty(), "the fix named works");
+}

@@ -2,7 +2,7 @@
 //! sidecar ledger aside, which records what facedb wrote so it never overwrites anyone else's).
 
 mod parquet;
-mod xmp;
+pub mod xmp;
 
 use std::process::ExitCode;
 

@@ -141,6 +141,49 @@ fn not_writable(e: &anyhow::Error) -> Option<String> {
         .find_map(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)).then(|| io.to_string()))
 }
 
+/// After `forget`: rewrites each sidecar facedb wrote for these photos so that it holds only the
+/// faces still stored (facedb's regions of the forgotten faces go, everything else in the file
+/// stays). Unlike an export, a photo changed since it was indexed is no reason to keep them. A
+/// sidecar changed since facedb wrote it is not touched: it is named with the fix. Returns the
+/// sidecars rewritten and one line per sidecar left holding forgotten faces.
+pub fn strip_forgotten(conn: &Connection, root: &Path, image_ids: &HashSet<i64>) -> Result<(usize, Vec<String>)> {
+    let ledger = export::sidecar_ledger(conn)?;
+    let mut rewritten = 0;
+    let mut failures = Vec::new();
+    if ledger.is_empty() || image_ids.is_empty() {
+        return Ok((rewritten, failures));
+    }
+    let photos = export::photo_faces(conn)?.into_iter().filter(|p| image_ids.contains(&p.image_id));
+    for photo in photos {
+        for naming in [SidecarName::Full, SidecarName::Stem] {
+            let key = sidecar_key(&photo.path, naming);
+            if !ledger.contains_key(&key) {
+                continue;
+            }
+            let source = walk::resolve(root, &photo.path, photo.path_raw.as_deref());
+            let dest = sidecar_path(&source, naming);
+            let shown = display_path(&dest);
+            if let Some(link) = source.parent().and_then(|p| crate::output::linked_folder(p, root)) {
+                failures.push(format!(
+                    "{shown} may still name the forgotten faces: {} is a symbolic link and facedb never writes through links; remove their regions from it by hand",
+                    display_path(&link)
+                ));
+                continue;
+            }
+            let job = Job { key, dest, photo: photo.clone() };
+            match write_sidecar(conn, &ledger, &job, false) {
+                Ok(Outcome::Updated | Outcome::Merged | Outcome::Created) => rewritten += 1,
+                Ok(Outcome::Unchanged | Outcome::Skipped) => {}
+                Err(e) => failures.push(format!(
+                    "{shown} still holds facedb's regions of the forgotten faces ({e:#}); run `facedb export xmp {} --merge-existing` to take them out",
+                    display_path(root)
+                )),
+            }
+        }
+    }
+    Ok((rewritten, failures))
+}
+
 /// Removes the temp files a stopped export left beside the photos: only those it can prove are
 /// its own, named after a hash the ledger records as pending (recorded before the file is made).
 fn remove_own_temps(root: &Path, ledger: &HashMap<String, SidecarEntry>) -> usize {
@@ -269,7 +312,9 @@ fn write_sidecar(conn: &Connection, ledger: &HashMap<String, SidecarEntry>, job:
             if !ours && !merge_existing {
                 bail!("{shown} exists and facedb did not write it; pass --merge-existing to add facedb's face regions to it (everything in it is kept)");
             }
-            if !ours && regions.is_empty() {
+            // A sidecar facedb never wrote holds none of its regions to take out; one it wrote and
+            // the user changed may (its photo's faces were forgotten or re-detected away).
+            if !ours && regions.is_empty() && !ledger.contains_key(&job.key) {
                 return Ok(Outcome::Skipped);
             }
             let merged =
