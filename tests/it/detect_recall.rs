@@ -117,3 +117,27 @@ fn a_small_face_in_a_big_group_photo_is_found_and_recognised_at_the_defaults() {
     let (cx, cy) = (f("face_x") + f("face_w") / 2.0, f("face_y") + f("face_h") / 2.0);
     assert!((tx..tx + tw).contains(&cx) && (ty..ty + th).contains(&cy), "crop of {:?}, person at {:?}", rows[0], (tx, ty, tw, th));
 }
+
+/// A database indexed with another small-face pass size (the old default, 1280) is not mixed
+/// with the new one unnoticed: `index` says how many photos were detected the other way.
+#[test]
+fn photos_detected_with_another_detect_size_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::common::add_photos(tmp.path(), &["obama.jpg", "biden.jpg"]);
+    crate::common::facedb().arg("index").arg(tmp.path()).arg("--detect-size").arg("1280").assert().success();
+    crate::common::add_photos(tmp.path(), &["obama2.jpg"]);
+    let said = crate::common::facedb().arg("index").arg(tmp.path()).assert().success().get_output().stderr.clone();
+    let said = String::from_utf8_lossy(&said);
+    assert!(said.contains("2 photos in this database were detected with another --detect-size than now (960"), "{said}");
+    let again = crate::common::facedb()
+        .arg("index")
+        .arg(tmp.path())
+        .arg("--detect-size")
+        .arg("1280")
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    assert!(String::from_utf8_lossy(&again).contains("1 photos in this database were detected with another --detect-size than now (1280"));
+}
