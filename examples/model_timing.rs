@@ -1,7 +1,6 @@
 //! Times one YuNet call per input size and one SFace call, single-threaded, on this machine, and
 //! decoding one photo with each decoder (the image crate; libjpeg-turbo full size and DCT-scaled).
 //!     cargo run --release --example model_timing [PHOTO.jpg]   (decode timing needs a photo)
-use std::time::Instant;
 
 use facedb::pipeline::decode::Decoders;
 
@@ -9,30 +8,6 @@ fn main() -> anyhow::Result<()> {
     let files = facedb::models::ModelFiles::locate(None, facedb::models::runtime::Device::Cpu)?;
     let models = files.load()?;
     let (mut yunet, mut sface) = (models.detector()?, models.embedder()?);
-    for (w, h) in [(640usize, 480usize), (640, 640), (1280, 960)] {
-        let input = vec![100f32; 3 * w * h];
-        yunet.run(input.clone(), h, w)?;
-        let t = Instant::now();
-        for _ in 0..10 {
-            yunet.run(input.clone(), h, w)?;
-        }
-        println!("YuNet {w}x{h}: {:.1} ms", t.elapsed().as_secs_f64() * 100.0);
-    }
-    let face = facedb::models::sface::align::AlignedFace { rgb: vec![128u8; 112 * 112 * 3] };
-    sface.embed(&face)?;
-    let t = Instant::now();
-    for _ in 0..10 {
-        sface.embed(&face)?;
-    }
-    println!("SFace: {:.1} ms", t.elapsed().as_secs_f64() * 100.0);
-    let Some(photo) = std::env::args()
-        .nth(1)
-        .or_else(|| Some(".cache/bench/photos-40/bench001.jpg".into()))
-        .filter(|p| std::path::Path::new(p).is_file())
-    else {
-        return Ok(());
-    };
-    let bytes = std::fs::read(photo)?;
     // Best of 5 in this thread's CPU time: on a shared machine wall time measures the others.
     let best_ms = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         let mut best = f64::MAX;
@@ -43,6 +18,24 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(best)
     };
+    for (w, h) in [(288usize, 288usize), (320, 256), (640, 480), (640, 640), (960, 736), (1280, 960), (1920, 1440)] {
+        let input = vec![100f32; 3 * w * h];
+        yunet.run(input.clone(), h, w)?;
+        let ms = best_ms(&mut || yunet.run(input.clone(), h, w).map(drop))?;
+        println!("YuNet {w}x{h}: {ms:.1} ms");
+    }
+    let face = facedb::models::sface::align::AlignedFace { rgb: vec![128u8; 112 * 112 * 3] };
+    sface.embed(&face)?;
+    let ms = best_ms(&mut || sface.embed(&face).map(drop))?;
+    println!("SFace: {ms:.1} ms");
+    let Some(photo) = std::env::args()
+        .nth(1)
+        .or_else(|| Some(".cache/bench/photos-40/bench001.jpg".into()))
+        .filter(|p| std::path::Path::new(p).is_file())
+    else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(photo)?;
     let builtin = Decoders::new(Some(std::path::Path::new("/nonexistent")));
     let ms = best_ms(&mut || builtin.decode(&bytes).map(drop))?;
     println!("decode JPEG, image crate: {ms:.1} ms");
@@ -60,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let img = decoders.decode(&bytes)?.rgb;
     let reduced = decoders.decode_reduced(&bytes)?.rgb;
     for (name, src) in [("full", &img), ("reduced", &reduced)] {
-        for side in [640, 1280] {
+        for side in [640, 960, 1280] {
             let ms = best_ms(&mut || {
                 facedb::models::yunet::to_input(src, side);
                 Ok(())

@@ -230,6 +230,18 @@ fn say_decoders(conn: &Connection, decoders: &Decoders, detector_hash: &str) -> 
     Ok(())
 }
 
+/// Says when the database holds photos detected with another `--detect-size`, so one dataset
+/// does not mix two detection settings unnoticed.
+fn say_detect_size(conn: &Connection, detector_hash: &str, max_side: u32) -> Result<()> {
+    let others = read::images_by_other_detect_size(conn, detector_hash, max_side)?;
+    if others > 0 {
+        eprintln!(
+            "facedb: {others} photos in this database were detected with another --detect-size than now ({max_side}; the default was 1280 before 2026-12-02); their faces stay as found"
+        );
+    }
+    Ok(())
+}
+
 /// An empty folder, or one without photos, is said so (an index of nothing looks like success).
 fn say_no_photos(root: &Path, cache: &HashMap<String, read::CachedFile>) {
     let before = cache.values().filter(|c| !c.missing).count();
@@ -266,6 +278,7 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
     } else if !globals.quiet {
         print_summary(root, counters, failed_now, started.elapsed(), status == RunStatus::Interrupted);
         say_decoders(conn, ctx.decoders, &ctx.env.files.detector_hash)?;
+        say_detect_size(conn, &ctx.env.files.detector_hash, ctx.params.max_side)?;
     }
     Ok(if status == RunStatus::Interrupted {
         ExitCode::from(EXIT_INTERRUPTED)

@@ -654,6 +654,17 @@ pub fn jpegs_by_other_decoder(conn: &Connection, detector_hash: &str, jpeg: &str
     )?)
 }
 
+/// Images detected by this detector file with another small-face pass size than `max_side`
+/// (`--detect-size`; its default went from 1280 to 960): their faces stay as found.
+pub fn images_by_other_detect_size(conn: &Connection, detector_hash: &str, max_side: u32) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM images i JOIN models m ON m.id = i.detector_id
+         WHERE i.status = 'ok' AND m.file_blake3 = ?1 AND json_extract(m.params_json, '$.max_side') <> ?2",
+        params![detector_hash, max_side],
+        |r| r.get(0),
+    )?)
+}
+
 /// Decoded images whose detector file is not `detector_hash`, or whose faces were not embedded
 /// by `embedder_id`. Written as ORs of index lookups, so a no-op re-index does not scan.
 impl FromRow for StaleImage {

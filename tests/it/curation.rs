@@ -333,7 +333,7 @@ fn a_rejection_survives_detecting_the_photos_again() {
     let first = run(&d, &out, &[]);
     let (_, face) = crops(&out).into_iter().find(|(n, _)| n.starts_with("obama2")).unwrap();
     facedb().arg("reject").arg(face.to_string()).arg("--dir").arg(&d).assert().success();
-    facedb().arg("index").arg(&d).arg("--detect-size").arg("960").assert().success();
+    facedb().arg("index").arg(&d).arg("--detect-size").arg("1280").assert().success();
     let again = run(&d, &out, &[]);
     assert_eq!(again["matched"].as_u64(), Some(first["matched"].as_u64().unwrap() - 1), "{again}");
     assert!(crops(&out).keys().all(|n| !n.starts_with("obama2")), "{:?}", crops(&out));
