@@ -322,6 +322,47 @@ pub fn decide(
     decide_with(faces, vectors, positives, negatives, opts, &std::collections::HashSet::new())
 }
 
+/// Far photos, counted instead of kept: their best face is farther than the threshold plus
+/// [`EXACT_BAND`], so nothing lists, stores or crops them, and all that is read from them is
+/// their distance (for the histograms). At ten million photos a `Decision` each cost 640 MB.
+#[derive(Debug, Default)]
+pub struct FarPhotos {
+    /// The best distance of each far photo (possibly an estimate, in the right 0.01 bin).
+    pub distances: Vec<f32>,
+}
+
+/// [`decide_with`], keeping decisions only for photos that can matter: far photos (see
+/// [`FarPhotos`]) are counted, unless their face is in `keep` (the faces of crops an earlier run
+/// wrote, whose reason is reported). Every photo is kept with `--expand` (a later pass compares
+/// all decisions) or a threshold above [`SUSPICIOUS_THRESHOLD`] (whose warning reads them all).
+pub fn decide_counting_far(
+    faces: &[FaceRow],
+    vectors: &mut dyn Vectors,
+    refs: (&[Vec<f32>], &[Vec<f32>]),
+    opts: &Options,
+    rejected: &std::collections::HashSet<i64>,
+    keep: &std::collections::HashSet<i64>,
+) -> anyhow::Result<(Vec<Decision>, FarPhotos)> {
+    let (positives, negatives) = refs;
+    if opts.expand.is_some() || opts.threshold > SUSPICIOUS_THRESHOLD {
+        return Ok((decide_with(faces, vectors, positives, negatives, opts, rejected)?, FarPhotos::default()));
+    }
+    let mut far = FarPhotos::default();
+    let order = order_by_photo(faces);
+    let round = Round { refs: positives, negatives, pass: 1, rejected };
+    let decisions = evaluate(faces, &order, vectors, &round, opts, Some((&mut far, keep)))?;
+    Ok((decisions, far))
+}
+
+/// Face indices grouped by photo.
+fn order_by_photo(faces: &[FaceRow]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..faces.len()).collect();
+    if !faces.is_sorted_by_key(|f| f.image_id) {
+        order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
+    }
+    order
+}
+
 /// [`decide`], with faces the user rejected for this person: such a face is never chosen (the
 /// photo's next face may be, "this face, not the other one"); a photo whose closest face within
 /// the threshold is rejected and whose other faces do not match is decided about the rejected
@@ -334,12 +375,9 @@ pub fn decide_with(
     opts: &Options,
     rejected: &std::collections::HashSet<i64>,
 ) -> anyhow::Result<Vec<Decision>> {
-    let mut order: Vec<usize> = (0..faces.len()).collect();
-    if !faces.is_sorted_by_key(|f| f.image_id) {
-        order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
-    }
+    let order = order_by_photo(faces);
     let mut refs = positives.to_vec();
-    let mut decisions = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts)?;
+    let mut decisions = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts, None)?;
     let Some(expand_within) = opts.expand else {
         return Ok(decisions);
     };
@@ -355,7 +393,7 @@ pub fn decide_with(
             break;
         }
         refs.extend(gather(vectors, &new)?);
-        let next = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass, rejected }, opts)?;
+        let next = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass, rejected }, opts, None)?;
         decisions = next
             .into_iter()
             .zip(&decisions)
@@ -418,7 +456,17 @@ struct Round<'a> {
     rejected: &'a std::collections::HashSet<i64>,
 }
 
-fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round: &Round, opts: &Options) -> anyhow::Result<Vec<Decision>> {
+/// Far photos go to `far` unless their face is in its set (see [`decide_counting_far`]).
+type FarSink<'a> = Option<(&'a mut FarPhotos, &'a std::collections::HashSet<i64>)>;
+
+fn evaluate(
+    faces: &[FaceRow],
+    order: &[usize],
+    vectors: &mut dyn Vectors,
+    round: &Round,
+    opts: &Options,
+    mut far: FarSink,
+) -> anyhow::Result<Vec<Decision>> {
     let Round { refs, negatives, pass, rejected } = *round;
     let mean;
     let refs: &[Vec<f32>] = match opts.combine {
@@ -493,6 +541,7 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
     // all) are decided at once; the others wait for their vectors (holding every photo's
     // candidates until then cost a gigabyte at ten million photos).
     let mut out = Vec::new();
+    let far_from = opts.threshold + EXACT_BAND;
     let mut waiting: Vec<(usize, Candidates)> = Vec::new();
     let none = std::collections::HashMap::new();
     for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
@@ -522,7 +571,14 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             });
             waiting.push((out.len() - 1, c));
         } else if let Some(d) = verdict(c, &none) {
-            out.push(d);
+            match far.as_mut() {
+                Some((far, keep))
+                    if d.reason == Some(Reason::TooFar) && (d.distance.is_nan() || d.distance > far_from) && !keep.contains(&d.face_id) =>
+                {
+                    far.distances.push(d.distance)
+                }
+                _ => out.push(d),
+            }
         }
     }
     // Whether the other faces within the threshold are the chosen face again or someone else
@@ -787,6 +843,29 @@ mod tests {
     fn the_widest_gap_is_where_people_separate() {
         assert_eq!(widest_gap(&[0.2, 0.25, 0.3, 0.85, 0.9, f32::NAN, 1.5]), Some((0.3, 0.85)));
         assert_eq!(widest_gap(&[0.3]), None);
+    }
+
+    #[test]
+    fn far_photos_are_counted_with_their_distances_not_kept() {
+        // Photos at 0-170 degrees from the reference; a rejected face and a kept one among the far.
+        let faces: Vec<FaceRow> = (0..18).map(|i| row(i, 100 + i)).collect();
+        let vectors = flat(&(0..18).map(|i| unit(i as f32 * 10.0)).collect::<Vec<_>>());
+        let rejected: std::collections::HashSet<i64> = [115].into();
+        let keep: std::collections::HashSet<i64> = [116].into();
+        let o = opts(0.3);
+        let all = decide_with(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, &[unit(0.0)], &[], &o, &rejected).unwrap();
+        let (kept, far) =
+            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &o, &rejected, &keep).unwrap();
+        let beyond = |d: &Decision| d.reason == Some(Reason::TooFar) && d.distance > 0.3 + EXACT_BAND && d.face_id != 116;
+        assert_eq!(kept, all.iter().filter(|d| !beyond(d)).copied().collect::<Vec<_>>());
+        assert_eq!(far.distances, all.iter().filter(|d| beyond(d)).map(|d| d.distance).collect::<Vec<_>>());
+        assert!(far.distances.len() >= 8 && kept.iter().any(|d| d.face_id == 116), "{kept:?}");
+        // With --expand every photo is kept.
+        let grown = Options { expand: Some(0.2), ..o };
+        let (kept, far) =
+            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &grown, &rejected, &keep)
+                .unwrap();
+        assert_eq!((kept.len(), far.distances.len()), (18, 0));
     }
 
     #[test]
