@@ -274,7 +274,7 @@ pub fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec
 /// distances everywhere, while only the faces near the threshold are read in f32.
 fn distances_that_count(
     faces: &[FaceRow],
-    order: &[usize],
+    order: Option<&[usize]>,
     vectors: &mut dyn Vectors,
     round: &Round,
     opts: &Options,
@@ -289,7 +289,7 @@ fn distances_that_count(
     }
     let exact_upto = opts.threshold + EXACT_BAND;
     let mut wanted = Vec::new();
-    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+    for_each_photo(faces, order, |group: &[usize]| {
         let far = |i: usize| pos[i].is_finite() && bound[i].is_finite() && pos[i] - bound[i] > exact_upto;
         let proven = group.iter().all(|&i| far(i) && !round.rejected.contains(&faces[i].face_id)) && {
             let best = group.iter().copied().min_by(|&a, &b| pos[a].total_cmp(&pos[b])).unwrap_or(group[0]);
@@ -299,7 +299,7 @@ fn distances_that_count(
         if !proven {
             wanted.extend_from_slice(group);
         }
-    }
+    });
     wanted.sort_unstable();
     for (&i, v) in wanted.iter().zip(vectors.fetch(&wanted)?) {
         pos[i] = nearest(&v, round.refs);
@@ -350,17 +350,36 @@ pub fn decide_counting_far(
     let mut far = FarPhotos::default();
     let order = order_by_photo(faces);
     let round = Round { refs: positives, negatives, pass: 1, rejected };
-    let decisions = evaluate(faces, &order, vectors, &round, opts, Some((&mut far, keep)))?;
+    let decisions = evaluate(faces, order.as_deref(), vectors, &round, opts, Some((&mut far, keep)))?;
     Ok((decisions, far))
 }
 
 /// Face indices grouped by photo.
-fn order_by_photo(faces: &[FaceRow]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..faces.len()).collect();
-    if !faces.is_sorted_by_key(|f| f.image_id) {
-        order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
+/// Face indices grouped by photo, when the faces are not already (`None`: they are; a cache
+/// holds them so, and at ten million faces an identity order cost 80 MB).
+fn order_by_photo(faces: &[FaceRow]) -> Option<Vec<usize>> {
+    if faces.is_sorted_by_key(|f| f.image_id) {
+        return None;
     }
-    order
+    let mut order: Vec<usize> = (0..faces.len()).collect();
+    order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
+    Some(order)
+}
+
+/// Calls `visit` with the face indices of each photo in turn: runs of `order`, or of `faces`
+/// themselves when there is no order.
+fn for_each_photo(faces: &[FaceRow], order: Option<&[usize]>, mut visit: impl FnMut(&[usize])) {
+    if let Some(order) = order {
+        order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id).for_each(visit);
+        return;
+    }
+    let (mut group, mut start) = (Vec::new(), 0);
+    for run in faces.chunk_by(|a, b| a.image_id == b.image_id) {
+        group.clear();
+        group.extend(start..start + run.len());
+        visit(&group);
+        start += run.len();
+    }
 }
 
 /// [`decide`], with faces the user rejected for this person: such a face is never chosen (the
@@ -377,7 +396,7 @@ pub fn decide_with(
 ) -> anyhow::Result<Vec<Decision>> {
     let order = order_by_photo(faces);
     let mut refs = positives.to_vec();
-    let mut decisions = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts, None)?;
+    let mut decisions = evaluate(faces, order.as_deref(), vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts, None)?;
     let Some(expand_within) = opts.expand else {
         return Ok(decisions);
     };
@@ -393,7 +412,7 @@ pub fn decide_with(
             break;
         }
         refs.extend(gather(vectors, &new)?);
-        let next = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass, rejected }, opts, None)?;
+        let next = evaluate(faces, order.as_deref(), vectors, &Round { refs: &refs, negatives, pass, rejected }, opts, None)?;
         decisions = next
             .into_iter()
             .zip(&decisions)
@@ -461,7 +480,7 @@ type FarSink<'a> = Option<(&'a mut FarPhotos, &'a std::collections::HashSet<i64>
 
 fn evaluate(
     faces: &[FaceRow],
-    order: &[usize],
+    order: Option<&[usize]>,
     vectors: &mut dyn Vectors,
     round: &Round,
     opts: &Options,
@@ -544,7 +563,7 @@ fn evaluate(
     let far_from = opts.threshold + EXACT_BAND;
     let mut waiting: Vec<(usize, Candidates)> = Vec::new();
     let none = std::collections::HashMap::new();
-    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+    for_each_photo(faces, order, |group: &[usize]| {
         let image_id = faces[group[0]].image_id;
         let mut ranked: Vec<(usize, f32)> = group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -580,7 +599,7 @@ fn evaluate(
                 _ => out.push(d),
             }
         }
-    }
+    });
     // Whether the other faces within the threshold are the chosen face again or someone else
     // needs their vectors: one more read, for just those faces.
     let contested: Vec<usize> = waiting.iter().flat_map(|(_, p)| p.ranked.iter().map(|&(i, _)| i)).collect();
