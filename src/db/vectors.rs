@@ -72,8 +72,10 @@ const CHUNK_FACES: usize = 4096;
 const CHUNK_SUM_LEN: usize = 4;
 /// i16 slots before a compact vector's values: its scale and its bound, two f32.
 const COMPACT_HEAD_SLOTS: usize = 4;
-/// Log entries after the cache's beyond which rebuilding is cheaper than looking each one up.
-const MAX_LOG_ENTRIES: usize = 200_000;
+/// Log entries after the cache's beyond which rebuilding may be cheaper than looking each one up
+/// (or half the faces held, if more: two entries a new photo, two queries each, against a
+/// rebuild's ~4 us a face).
+const MAX_LOG_ENTRIES: u64 = 200_000;
 
 /// Bytes of one face in a compact block and in an exact block.
 fn compact_len(dim: usize) -> usize {
@@ -373,7 +375,8 @@ fn plan_checked(conn: &Connection, header: &Header, head: LogMark, embedder_id: 
     if after == 0 {
         return Ok(Plan::Current);
     }
-    if after as usize > MAX_LOG_ENTRIES || header.segments.len() >= MAX_SEGMENTS {
+    let held: u64 = header.segments.iter().map(|s| s.count).sum();
+    if after as u64 > MAX_LOG_ENTRIES.max(held / 2) || header.segments.len() >= MAX_SEGMENTS {
         return Ok(Plan::Rebuild);
     }
     let (mut faces, mut images) = (Vec::new(), Vec::new());
