@@ -274,7 +274,7 @@ pub fn gather(vectors: &mut dyn Vectors, wanted: &[usize]) -> anyhow::Result<Vec
 /// distances everywhere, while only the faces near the threshold are read in f32.
 fn distances_that_count(
     faces: &[FaceRow],
-    order: &[usize],
+    order: Option<&[usize]>,
     vectors: &mut dyn Vectors,
     round: &Round,
     opts: &Options,
@@ -289,7 +289,7 @@ fn distances_that_count(
     }
     let exact_upto = opts.threshold + EXACT_BAND;
     let mut wanted = Vec::new();
-    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+    for_each_photo(faces, order, |group: &[usize]| {
         let far = |i: usize| pos[i].is_finite() && bound[i].is_finite() && pos[i] - bound[i] > exact_upto;
         let proven = group.iter().all(|&i| far(i) && !round.rejected.contains(&faces[i].face_id)) && {
             let best = group.iter().copied().min_by(|&a, &b| pos[a].total_cmp(&pos[b])).unwrap_or(group[0]);
@@ -299,7 +299,7 @@ fn distances_that_count(
         if !proven {
             wanted.extend_from_slice(group);
         }
-    }
+    });
     wanted.sort_unstable();
     for (&i, v) in wanted.iter().zip(vectors.fetch(&wanted)?) {
         pos[i] = nearest(&v, round.refs);
@@ -322,6 +322,66 @@ pub fn decide(
     decide_with(faces, vectors, positives, negatives, opts, &std::collections::HashSet::new())
 }
 
+/// Far photos, counted instead of kept: their best face is farther than the threshold plus
+/// [`EXACT_BAND`], so nothing lists, stores or crops them, and all that is read from them is
+/// their distance (for the histograms). At ten million photos a `Decision` each cost 640 MB.
+#[derive(Debug, Default)]
+pub struct FarPhotos {
+    /// The best distance of each far photo (possibly an estimate, in the right 0.01 bin).
+    pub distances: Vec<f32>,
+}
+
+/// [`decide_with`], keeping decisions only for photos that can matter: far photos (see
+/// [`FarPhotos`]) are counted, unless their face is in `keep` (the faces of crops an earlier run
+/// wrote, whose reason is reported). Every photo is kept with `--expand` (a later pass compares
+/// all decisions) or a threshold above [`SUSPICIOUS_THRESHOLD`] (whose warning reads them all).
+pub fn decide_counting_far(
+    faces: &[FaceRow],
+    vectors: &mut dyn Vectors,
+    refs: (&[Vec<f32>], &[Vec<f32>]),
+    opts: &Options,
+    rejected: &std::collections::HashSet<i64>,
+    keep: &std::collections::HashSet<i64>,
+) -> anyhow::Result<(Vec<Decision>, FarPhotos)> {
+    let (positives, negatives) = refs;
+    if opts.expand.is_some() || opts.threshold > SUSPICIOUS_THRESHOLD {
+        return Ok((decide_with(faces, vectors, positives, negatives, opts, rejected)?, FarPhotos::default()));
+    }
+    let mut far = FarPhotos::default();
+    let order = order_by_photo(faces);
+    let round = Round { refs: positives, negatives, pass: 1, rejected };
+    let decisions = evaluate(faces, order.as_deref(), vectors, &round, opts, Some((&mut far, keep)))?;
+    Ok((decisions, far))
+}
+
+/// Face indices grouped by photo.
+/// Face indices grouped by photo, when the faces are not already (`None`: they are; a cache
+/// holds them so, and at ten million faces an identity order cost 80 MB).
+fn order_by_photo(faces: &[FaceRow]) -> Option<Vec<usize>> {
+    if faces.is_sorted_by_key(|f| f.image_id) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..faces.len()).collect();
+    order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
+    Some(order)
+}
+
+/// Calls `visit` with the face indices of each photo in turn: runs of `order`, or of `faces`
+/// themselves when there is no order.
+fn for_each_photo(faces: &[FaceRow], order: Option<&[usize]>, mut visit: impl FnMut(&[usize])) {
+    if let Some(order) = order {
+        order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id).for_each(visit);
+        return;
+    }
+    let (mut group, mut start) = (Vec::new(), 0);
+    for run in faces.chunk_by(|a, b| a.image_id == b.image_id) {
+        group.clear();
+        group.extend(start..start + run.len());
+        visit(&group);
+        start += run.len();
+    }
+}
+
 /// [`decide`], with faces the user rejected for this person: such a face is never chosen (the
 /// photo's next face may be, "this face, not the other one"); a photo whose closest face within
 /// the threshold is rejected and whose other faces do not match is decided about the rejected
@@ -334,12 +394,9 @@ pub fn decide_with(
     opts: &Options,
     rejected: &std::collections::HashSet<i64>,
 ) -> anyhow::Result<Vec<Decision>> {
-    let mut order: Vec<usize> = (0..faces.len()).collect();
-    if !faces.is_sorted_by_key(|f| f.image_id) {
-        order.sort_by_key(|&i| (faces[i].image_id, faces[i].face_id));
-    }
+    let order = order_by_photo(faces);
     let mut refs = positives.to_vec();
-    let mut decisions = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts)?;
+    let mut decisions = evaluate(faces, order.as_deref(), vectors, &Round { refs: &refs, negatives, pass: 1, rejected }, opts, None)?;
     let Some(expand_within) = opts.expand else {
         return Ok(decisions);
     };
@@ -355,7 +412,7 @@ pub fn decide_with(
             break;
         }
         refs.extend(gather(vectors, &new)?);
-        let next = evaluate(faces, &order, vectors, &Round { refs: &refs, negatives, pass, rejected }, opts)?;
+        let next = evaluate(faces, order.as_deref(), vectors, &Round { refs: &refs, negatives, pass, rejected }, opts, None)?;
         decisions = next
             .into_iter()
             .zip(&decisions)
@@ -418,7 +475,17 @@ struct Round<'a> {
     rejected: &'a std::collections::HashSet<i64>,
 }
 
-fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round: &Round, opts: &Options) -> anyhow::Result<Vec<Decision>> {
+/// Far photos go to `far` unless their face is in its set (see [`decide_counting_far`]).
+type FarSink<'a> = Option<(&'a mut FarPhotos, &'a std::collections::HashSet<i64>)>;
+
+fn evaluate(
+    faces: &[FaceRow],
+    order: Option<&[usize]>,
+    vectors: &mut dyn Vectors,
+    round: &Round,
+    opts: &Options,
+    mut far: FarSink,
+) -> anyhow::Result<Vec<Decision>> {
     let Round { refs, negatives, pass, rejected } = *round;
     let mean;
     let refs: &[Vec<f32>] = match opts.combine {
@@ -493,9 +560,10 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
     // all) are decided at once; the others wait for their vectors (holding every photo's
     // candidates until then cost a gigabyte at ten million photos).
     let mut out = Vec::new();
+    let far_from = opts.threshold + EXACT_BAND;
     let mut waiting: Vec<(usize, Candidates)> = Vec::new();
     let none = std::collections::HashMap::new();
-    for group in order.chunk_by(|&a, &b| faces[a].image_id == faces[b].image_id) {
+    for_each_photo(faces, order, |group: &[usize]| {
         let image_id = faces[group[0]].image_id;
         let mut ranked: Vec<(usize, f32)> = group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -522,9 +590,16 @@ fn evaluate(faces: &[FaceRow], order: &[usize], vectors: &mut dyn Vectors, round
             });
             waiting.push((out.len() - 1, c));
         } else if let Some(d) = verdict(c, &none) {
-            out.push(d);
+            match far.as_mut() {
+                Some((far, keep))
+                    if d.reason == Some(Reason::TooFar) && (d.distance.is_nan() || d.distance > far_from) && !keep.contains(&d.face_id) =>
+                {
+                    far.distances.push(d.distance)
+                }
+                _ => out.push(d),
+            }
         }
-    }
+    });
     // Whether the other faces within the threshold are the chosen face again or someone else
     // needs their vectors: one more read, for just those faces.
     let contested: Vec<usize> = waiting.iter().flat_map(|(_, p)| p.ranked.iter().map(|&(i, _)| i)).collect();
@@ -787,6 +862,29 @@ mod tests {
     fn the_widest_gap_is_where_people_separate() {
         assert_eq!(widest_gap(&[0.2, 0.25, 0.3, 0.85, 0.9, f32::NAN, 1.5]), Some((0.3, 0.85)));
         assert_eq!(widest_gap(&[0.3]), None);
+    }
+
+    #[test]
+    fn far_photos_are_counted_with_their_distances_not_kept() {
+        // Photos at 0-170 degrees from the reference; a rejected face and a kept one among the far.
+        let faces: Vec<FaceRow> = (0..18).map(|i| row(i, 100 + i)).collect();
+        let vectors = flat(&(0..18).map(|i| unit(i as f32 * 10.0)).collect::<Vec<_>>());
+        let rejected: std::collections::HashSet<i64> = [115].into();
+        let keep: std::collections::HashSet<i64> = [116].into();
+        let o = opts(0.3);
+        let all = decide_with(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, &[unit(0.0)], &[], &o, &rejected).unwrap();
+        let (kept, far) =
+            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &o, &rejected, &keep).unwrap();
+        let beyond = |d: &Decision| d.reason == Some(Reason::TooFar) && d.distance > 0.3 + EXACT_BAND && d.face_id != 116;
+        assert_eq!(kept, all.iter().filter(|d| !beyond(d)).copied().collect::<Vec<_>>());
+        assert_eq!(far.distances, all.iter().filter(|d| beyond(d)).map(|d| d.distance).collect::<Vec<_>>());
+        assert!(far.distances.len() >= 8 && kept.iter().any(|d| d.face_id == 116), "{kept:?}");
+        // With --expand every photo is kept.
+        let grown = Options { expand: Some(0.2), ..o };
+        let (kept, far) =
+            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &grown, &rejected, &keep)
+                .unwrap();
+        assert_eq!((kept.len(), far.distances.len()), (18, 0));
     }
 
     #[test]

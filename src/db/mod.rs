@@ -41,6 +41,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0009_people", include_str!("../../migrations/0009_people.sql")),
     ("0010_xmp_sidecars", include_str!("../../migrations/0010_xmp_sidecars.sql")),
     ("0011_people_waiting", include_str!("../../migrations/0011_people_waiting.sql")),
+    ("0012_vector_log", include_str!("../../migrations/0012_vector_log.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.

@@ -9,9 +9,11 @@
 //!
 //! The cache may only make `match` faster, never change its result, so it proves what it
 //! mirrors before it is used:
-//! - its key names the database id, the random state token that triggers replace on every change
-//!   the cache could see (migration 0003: two histories diverging from one copy never share a
-//!   token), the embedder's id and model file hash, and the dimension;
+//! - its key names the database id, the embedder's id and model file hash, and the dimension;
+//! - it names the last entry of the database's change log (`vector_log`, migration 0012) that it
+//!   mirrors, by seq and random tag. That entry must still be there with that tag (a copy
+//!   restored and changed again has another tag there, or none) and the entries after it must be
+//!   contiguous; they are then exactly the changes since, and are applied or make it rebuild;
 //! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
 //!   on open; every compact chunk is checked against its CRC-32 as it is streamed, and every
 //!   exact row against its own CRC-32 when it is read (CRC-32 runs at ~4 GB/s here against
@@ -20,37 +22,60 @@
 //!
 //! Anything that does not prove itself is rebuilt from SQLite; a chunk or row found damaged in
 //! the middle of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller
-//! always sees every vector exactly once and only vectors that match the database. There is no
-//! append path: an older cache cannot cheaply prove its faces still mirror the database (a
-//! restored copy that gains new faces reuses their ids), so any change rebuilds it. Deleting it
-//! is always safe.
+//! always sees every vector exactly once and only vectors that match the database.
 //!
-//! Layout, little-endian: header; then per chunk of `CHUNK_FACES` faces (the last one shorter) a
-//! compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact block (per
-//! face: `dim` f32 and the CRC-32 of their bytes); then `count` face records; then one CRC-32 per
-//! compact block.
-//! Header: magic, key digest, count (u64), dim (u32), chunk faces (u32), digest of the face
-//! records, digest of the chunk table, digest of the header bytes before it.
+//! Bringing it up to date: when every change since names a face or an image newer than any the
+//! cache holds (an `index` of new photos), the new faces are appended as a new segment; any other
+//! change (a face removed or re-scored, a photo gone, a model edited) rebuilds it, as do more than
+//! `MAX_SEGMENTS` segments. Appended faces all have higher ids than the cached ones, so the cache
+//! stays in face id order, the order a rebuild writes (a damaged chunk is replaced by a rebuilt
+//! file holding the same faces in the same places). An append writes the segment, syncs it, then
+//! writes the header slot not in use and syncs again: a crash in between leaves the previous
+//! header, which still proves the previous state (bytes past its segments are ignored). Appends
+//! hold an exclusive `flock` on the file; readers never need one (written bytes never change).
+//! `match` then deletes the log entries before the one its saved cache names: the log stays short.
+//! Deleting the cache is always safe.
+//!
+//! Layout, little-endian: two header slots of `SLOT_LEN` bytes (the valid one of the higher
+//! generation counts), then segments. A segment holds, per chunk of `CHUNK_FACES` faces (the last
+//! one shorter), a compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact
+//! block (per face: `dim` f32 and the CRC-32 of their bytes); then its face records; then one
+//! CRC-32 per compact block.
+//! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
+//! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
+//! the face records, digest of the chunk checksums), digest of the slot's bytes before it.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::matching::{Estimates, FaceRow, Vectors};
 
-const MAGIC: &[u8; 8] = b"FACEDBV3";
+const MAGIC: &[u8; 8] = b"FACEDBV4";
+/// The previous layout's magic: `erase` still removes such a file.
+const MAGIC_V3: &[u8; 8] = b"FACEDBV3";
 const DIGEST_LEN: usize = 32;
-const HEADER_LEN: usize = 8 + DIGEST_LEN + 8 + 4 + 4 + 3 * DIGEST_LEN;
+const SLOT_LEN: usize = 2048;
+const MAX_SEGMENTS: usize = 16;
+const SEGMENT_ENTRY_LEN: usize = 8 + 8 + 2 * DIGEST_LEN;
+const SLOT_FIELDS_LEN: usize = 8 + 8 + DIGEST_LEN + 4 * 8 + 3 * 4 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN;
+const _: () = assert!(SLOT_FIELDS_LEN + DIGEST_LEN <= SLOT_LEN);
+const BODY_START: u64 = 2 * SLOT_LEN as u64;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
 /// Faces per read while streaming (1 MiB of compact 128-d vectors) and per checksum.
 const CHUNK_FACES: usize = 4096;
 const CHUNK_SUM_LEN: usize = 4;
 /// i16 slots before a compact vector's values: its scale and its bound, two f32.
 const COMPACT_HEAD_SLOTS: usize = 4;
+/// Log entries after the cache's beyond which rebuilding may be cheaper than looking each one up
+/// (or half the faces held, if more: two entries a new photo, two queries each, against a
+/// rebuild's ~4 us a face).
+const MAX_LOG_ENTRIES: u64 = 200_000;
 
 /// Bytes of one face in a compact block and in an exact block.
 fn compact_len(dim: usize) -> usize {
@@ -62,11 +87,11 @@ fn exact_len(dim: usize) -> usize {
 
 type Digest = [u8; DIGEST_LEN];
 
-/// What the cache must mirror: one database state, one embedder, one dimension.
+/// What the cache must mirror: one database, one embedder, one dimension (the state within
+/// that database is proven by the change log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     database_id: String,
-    state: String,
     embedder_id: i64,
     embedder_blake3: String,
     dim: usize,
@@ -75,8 +100,8 @@ struct Key {
 impl Key {
     fn digest(&self) -> Digest {
         let mut h = blake3::Hasher::new();
-        h.update(b"facedb vector cache 2\0");
-        for part in [&self.database_id, &self.state, &self.embedder_blake3] {
+        h.update(b"facedb vector cache 4\0");
+        for part in [&self.database_id, &self.embedder_blake3] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -120,6 +145,8 @@ impl FaceMatrix<'_> {
 pub enum Refresh {
     /// The cache proved current.
     None,
+    /// Brought up to date by appending the faces added since.
+    Appended,
     /// Rebuilt from SQLite (first use, a change, or a cache that failed a check).
     Rebuilt,
 }
@@ -128,9 +155,17 @@ impl Refresh {
     pub fn as_str(self) -> &'static str {
         match self {
             Refresh::None => "current",
+            Refresh::Appended => "appended",
             Refresh::Rebuilt => "rebuilt",
         }
     }
+}
+
+/// The change log entry a cache mirrors up to: its seq and random tag (seq 0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct LogMark {
+    seq: i64,
+    tag: i64,
 }
 
 /// How to rebuild the cache if a chunk fails its checksum mid-scan.
@@ -141,13 +176,45 @@ struct Source<'c> {
     write: CacheWrite,
 }
 
+/// One segment as a header slot lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    count: u64,
+    records: Digest,
+    sums: Digest,
+}
+
+/// A header slot's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    generation: u64,
+    key: Digest,
+    mark: LogMark,
+    max_face: i64,
+    max_image: i64,
+    segments: Vec<Segment>,
+    dim: usize,
+}
+
+/// One compact block and where its faces sit in the cache's order.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    first: usize,
+    n: usize,
+    offset: u64,
+    sum: u32,
+}
+
 /// The vector section of a verified cache file, streamed (and checked) on each scan.
 pub struct VectorFile<'c> {
     file: File,
     dim: usize,
     count: usize,
-    chunk_sums: Vec<u32>,
-    faces_digest: Digest,
+    chunks: Vec<Chunk>,
+    header: Header,
+    /// Which slot `header` was read from.
+    slot: usize,
     source: Option<Source<'c>>,
     repaired: bool,
     /// Exact rows read one by one (the faces estimates could not decide), for tests and tuning.
@@ -169,16 +236,17 @@ pub fn erase(db_path: &Path) -> Result<bool> {
     let path = cache_path(db_path);
     let Ok(file) = open_existing(&path) else { return Ok(false) };
     let mut magic = [0u8; MAGIC.len()];
-    if file.take(MAGIC.len() as u64).read_exact(&mut magic).is_err() || &magic != MAGIC {
+    if file.take(MAGIC.len() as u64).read_exact(&mut magic).is_err() || (&magic != MAGIC && &magic != MAGIC_V3) {
         return Ok(false);
     }
     std::fs::remove_file(&path).with_context(|| format!("cannot remove the vector cache {}; delete it by hand", path.display()))?;
     Ok(true)
 }
 
-/// Opens the cache for `embedder_id`, rebuilding it first unless it proves it mirrors the
-/// database as `conn` sees it. `conn` should be inside a transaction so the key, the rows and any
-/// rebuild during a later scan come from one snapshot; the matrix borrows it for that reason.
+/// Opens the cache for `embedder_id`, bringing it up to date first unless it proves it mirrors
+/// the database as `conn` sees it. `conn` should be inside a transaction so the key, the rows and
+/// any rebuild during a later scan come from one snapshot; the matrix borrows it for that reason.
+/// With `CacheWrite::Save`, log entries older than the saved cache's are deleted through `conn`.
 pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usize, write: CacheWrite) -> Result<FaceMatrix<'c>> {
     let (key, mut warning) = current_key(conn, embedder_id, dim)?;
     let path = cache_path(db_path);
@@ -199,16 +267,35 @@ pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usi
             source.write = CacheWrite::Temporary;
         }
     }
-    let (faces, vectors, refresh) = match open_existing(&source.path).and_then(|f| open_verified(f, &source.key)) {
-        Ok((faces, v)) => (faces, v, Refresh::None),
-        Err(_) => {
-            let (file, note) = build(&mut source)?;
-            warning = warning.or(note);
-            let (faces, v) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-            (faces, v, Refresh::Rebuilt)
-        }
+    let head = log_head(conn)?;
+    let existing = open_existing(&source.path).and_then(|f| open_verified(f, &source.key));
+    let (faces, vectors, refresh) = match existing.map(|(faces, v)| {
+        let plan = if warning.is_some() { Plan::Rebuild } else { plan(conn, &v.header, head, embedder_id, dim) };
+        (faces, v, plan)
+    }) {
+        Ok((faces, v, Plan::Current)) => (faces, v, Refresh::None),
+        Ok((faces, v, Plan::Append(new))) if source.write == CacheWrite::Save => match append(&source, (faces, v), &new, head) {
+            Ok((faces, v)) => (faces, v, Refresh::Appended),
+            Err(_) => rebuild(&mut source, &mut warning)?,
+        },
+        _ => rebuild(&mut source, &mut warning)?,
     };
+    if source.write == CacheWrite::Save && vectors.header.mark.seq > 0 {
+        // The entries before the one the saved cache names are needed by no cache (a rebuild is
+        // still safe if another process's older cache lands after this: it fails its proof).
+        // Errors (a read-only database) only leave the log longer.
+        let _ = conn.execute("DELETE FROM vector_log WHERE seq < ?1", [vectors.header.mark.seq]);
+    }
     Ok(FaceMatrix { faces, vectors: VectorFile { source: Some(source), ..vectors }, refresh, warning })
+}
+
+fn rebuild<'c>(source: &mut Source, warning: &mut Option<String>) -> Result<(Vec<FaceRow>, VectorFile<'c>, Refresh)> {
+    let (file, note) = build(source)?;
+    if warning.is_none() {
+        *warning = note;
+    }
+    let (faces, v) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+    Ok((faces, v, Refresh::Rebuilt))
 }
 
 /// Opens the existing cache for reading without blocking on a FIFO or following a link.
@@ -237,11 +324,11 @@ fn current_key(conn: &Connection, embedder_id: i64, dim: usize) -> Result<(Key, 
         _ => None,
     };
     match (token(database_id), token(state)) {
-        (Some(database_id), Some(state)) => Ok((Key { database_id, state, embedder_id, embedder_blake3, dim }, None)),
+        (Some(database_id), Some(_)) => Ok((Key { database_id, embedder_id, embedder_blake3, dim }, None)),
         // A hand-edited meta table: no cache can prove it mirrors this database, so none is used
         // or saved (a key no file carries), and matching goes on from SQLite.
         _ => Ok((
-            Key { database_id: String::new(), state: format!("{:016x}", random_u64()), embedder_id, embedder_blake3, dim },
+            Key { database_id: format!("{:016x}", random_u64()), embedder_id, embedder_blake3, dim },
             Some("the database's 'meta' table lacks a valid database_id or cache_state, so the vector cache is rebuilt on every match; restore the database from a backup".to_string()),
         )),
     }
@@ -252,6 +339,168 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// The last entry of the change log in this snapshot (seq 0 when it is empty).
+fn log_head(conn: &Connection) -> Result<LogMark> {
+    let mark = conn
+        .query_row("SELECT seq, tag FROM vector_log ORDER BY seq DESC LIMIT 1", [], |r| Ok(LogMark { seq: r.get(0)?, tag: r.get(1)? }))
+        .optional()?;
+    Ok(mark.unwrap_or_default())
+}
+
+/// What a verified cache needs to mirror the database.
+enum Plan {
+    Current,
+    /// These faces (face id order, all newer than the cache's) are to be appended.
+    Append(Vec<(FaceRow, Vec<u8>)>),
+    Rebuild,
+}
+
+/// Proves from the change log what happened since the cache's entry: nothing, only new faces
+/// (returned with their vectors), or anything else (rebuild).
+fn plan(conn: &Connection, header: &Header, head: LogMark, embedder_id: i64, dim: usize) -> Plan {
+    plan_checked(conn, header, head, embedder_id, dim).unwrap_or(Plan::Rebuild)
+}
+
+fn plan_checked(conn: &Connection, header: &Header, head: LogMark, embedder_id: i64, dim: usize) -> Result<Plan> {
+    let mark = header.mark;
+    let tag: Option<i64> = conn.query_row("SELECT tag FROM vector_log WHERE seq = ?1", [mark.seq], |r| r.get(0)).optional()?;
+    if mark.seq <= 0 || tag != Some(mark.tag) {
+        return Ok(Plan::Rebuild);
+    }
+    // Entries are never deleted after a cache's own (only before), so a gap means a hand edit.
+    let after: i64 = conn.query_row("SELECT count(*) FROM vector_log WHERE seq > ?1", [mark.seq], |r| r.get(0))?;
+    if after != head.seq - mark.seq {
+        return Ok(Plan::Rebuild);
+    }
+    if after == 0 {
+        return Ok(Plan::Current);
+    }
+    let held: u64 = header.segments.iter().map(|s| s.count).sum();
+    if after as u64 > MAX_LOG_ENTRIES.max(held / 2) || header.segments.len() >= MAX_SEGMENTS {
+        return Ok(Plan::Rebuild);
+    }
+    let (mut faces, mut images) = (Vec::new(), Vec::new());
+    let mut stmt = conn.prepare("SELECT kind, id FROM vector_log WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([mark.seq])?;
+    while let Some(r) = rows.next()? {
+        // Only what cannot touch a cached face is appended: a face or image newer than all.
+        match (r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?) {
+            (1, Some(id)) if id > header.max_face => faces.push(id),
+            (2, Some(id)) if id > header.max_image => images.push(id),
+            _ => return Ok(Plan::Rebuild),
+        }
+    }
+    let new = changed_faces(conn, embedder_id, dim, &faces, &images)?;
+    if new.iter().any(|(f, _)| f.face_id <= header.max_face) {
+        return Ok(Plan::Rebuild);
+    }
+    Ok(Plan::Append(new))
+}
+
+/// The faces the cache must hold among `faces` and the faces of `images`, by the rule of
+/// [`for_each_face`], in face id order, each once.
+fn changed_faces(conn: &Connection, embedder_id: i64, dim: usize, faces: &[i64], images: &[i64]) -> Result<Vec<(FaceRow, Vec<u8>)>> {
+    const RULE: &str = "SELECT f.image_id, e.face_id, f.size_px, f.sharpness, f.yaw, f.score, e.vector
+         FROM faces f JOIN embeddings e ON e.face_id = f.id AND e.model_id = ?2
+         JOIN images i ON i.id = f.image_id AND i.detector_id = f.detector_id
+         WHERE EXISTS (SELECT 1 FROM files p WHERE p.image_id = f.image_id AND p.missing = 0) AND ";
+    let mut out = std::collections::BTreeMap::new();
+    for (ids, column) in [(faces, "f.id"), (images, "f.image_id")] {
+        let mut stmt = conn.prepare_cached(&format!("{RULE}{column} = ?1"))?;
+        let mut seen = std::collections::HashSet::new();
+        for &id in ids.iter().filter(|&&id| seen.insert(id)) {
+            let mut rows = stmt.query([id, embedder_id])?;
+            while let Some(r) = rows.next()? {
+                let blob = r.get_ref(6)?.as_blob().unwrap_or(&[]);
+                // A malformed vector is skipped, as a rebuild skips it.
+                if blob.len() != dim * 4 {
+                    continue;
+                }
+                let face = FaceRow {
+                    image_id: r.get(0)?,
+                    face_id: r.get(1)?,
+                    size_px: r.get(2)?,
+                    sharpness: r.get(3)?,
+                    yaw: r.get(4)?,
+                    score: r.get(5)?,
+                };
+                out.insert(face.face_id, (face, blob.to_vec()));
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Reads and checks one header slot.
+fn read_slot(file: &File, slot: usize) -> Option<Header> {
+    let mut h = [0u8; SLOT_LEN];
+    file.read_exact_at(&mut h, (slot * SLOT_LEN) as u64).ok()?;
+    let (fields, digest) = (&h[..SLOT_FIELDS_LEN], &h[SLOT_FIELDS_LEN..SLOT_FIELDS_LEN + DIGEST_LEN]);
+    if &h[..8] != MAGIC || blake3::hash(fields).as_bytes() != digest {
+        return None;
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap_or_default());
+    let digest_at = |o: usize| -> Digest { h[o..o + DIGEST_LEN].try_into().unwrap_or_default() };
+    let o = 16 + DIGEST_LEN;
+    let (dim, chunk_faces, segments) = (u32_at(o + 32), u32_at(o + 36), u32_at(o + 40) as usize);
+    if chunk_faces as usize != CHUNK_FACES || dim == 0 || segments > MAX_SEGMENTS {
+        return None;
+    }
+    let segments = (0..segments)
+        .map(|k| {
+            let s = o + 44 + k * SEGMENT_ENTRY_LEN;
+            Segment { offset: u64_at(s), count: u64_at(s + 8), records: digest_at(s + 16), sums: digest_at(s + 16 + DIGEST_LEN) }
+        })
+        .collect();
+    Some(Header {
+        generation: u64_at(8),
+        key: digest_at(16),
+        mark: LogMark { seq: u64_at(o) as i64, tag: u64_at(o + 8) as i64 },
+        max_face: u64_at(o + 16) as i64,
+        max_image: u64_at(o + 24) as i64,
+        segments,
+        dim: dim as usize,
+    })
+}
+
+/// The bytes of a header slot.
+fn encode_slot(h: &Header) -> Result<Vec<u8>> {
+    let mut b = Vec::with_capacity(SLOT_LEN);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&h.generation.to_le_bytes());
+    b.extend_from_slice(&h.key);
+    for v in [h.mark.seq, h.mark.tag, h.max_face, h.max_image] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&u32::try_from(h.dim)?.to_le_bytes());
+    b.extend_from_slice(&(CHUNK_FACES as u32).to_le_bytes());
+    b.extend_from_slice(&(h.segments.len() as u32).to_le_bytes());
+    for k in 0..MAX_SEGMENTS {
+        match h.segments.get(k) {
+            Some(s) => {
+                b.extend_from_slice(&s.offset.to_le_bytes());
+                b.extend_from_slice(&s.count.to_le_bytes());
+                b.extend_from_slice(&s.records);
+                b.extend_from_slice(&s.sums);
+            }
+            None => b.extend_from_slice(&[0u8; SEGMENT_ENTRY_LEN]),
+        }
+    }
+    debug_assert_eq!(b.len(), SLOT_FIELDS_LEN);
+    let digest = blake3::hash(&b);
+    b.extend_from_slice(digest.as_bytes());
+    b.resize(SLOT_LEN, 0);
+    Ok(b)
+}
+
+/// Bytes of a segment of `count` faces.
+fn segment_len(count: u64, dim: usize) -> Option<u64> {
+    let chunks = count.div_ceil(CHUNK_FACES as u64);
+    let per_face = (compact_len(dim) + exact_len(dim) + FACE_RECORD_LEN) as u64;
+    count.checked_mul(per_face)?.checked_add(chunks * CHUNK_SUM_LEN as u64)
+}
+
 /// Checks everything but the vector chunks (those are checked as they are streamed) and reads the
 /// face records. Never trusts a length before comparing it with the file's real size.
 fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
@@ -260,47 +509,58 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
     if !meta.file_type().is_file() {
         bail!("not a regular file");
     }
-    let mut h = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut h, 0).context("cache shorter than its header")?;
-    let (fields, header_digest) = h.split_at(HEADER_LEN - DIGEST_LEN);
-    if &h[..8] != MAGIC || blake3::hash(fields).as_bytes() != header_digest {
-        bail!("not a facedb vector cache, or its header is damaged");
+    // The valid slot of the higher generation: a torn write of the newer one leaves the older,
+    // whose segments are still there (segments are only ever added past them).
+    let (slot, header) = [0, 1]
+        .into_iter()
+        .filter_map(|s| read_slot(&file, s).map(|h| (s, h)))
+        .max_by_key(|(_, h)| h.generation)
+        .context("not a facedb vector cache, or its header is damaged")?;
+    if header.key != key.digest() || header.dim != dim {
+        bail!("the cache mirrors another database, embedder or dimension");
     }
-    if h[8..40] != key.digest() {
-        bail!("the cache mirrors another database state, embedder or dimension");
+    let mut faces = Vec::new();
+    let mut chunks = Vec::new();
+    for s in &header.segments {
+        let len = segment_len(s.count, dim).context("size overflow")?;
+        if s.offset < BODY_START || s.offset.checked_add(len).is_none_or(|end| end > meta.len()) {
+            bail!("cache has the wrong length");
+        }
+        let count = usize::try_from(s.count)?;
+        let n_chunks = count.div_ceil(CHUNK_FACES);
+        let vectors_len = (count * (compact_len(dim) + exact_len(dim))) as u64;
+        // Lengths are now bounded by the file's real size, so these allocations are too. Records
+        // are read a chunk's worth at a time: one buffer for all would double the peak memory.
+        let first = faces.len();
+        faces.reserve_exact(count);
+        let (mut hasher, mut block) = (blake3::Hasher::new(), vec![0u8; CHUNK_FACES * FACE_RECORD_LEN]);
+        for k in 0..n_chunks {
+            let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
+            let records = &mut block[..n * FACE_RECORD_LEN];
+            file.read_exact_at(records, s.offset + vectors_len + (k * CHUNK_FACES * FACE_RECORD_LEN) as u64)?;
+            hasher.update(records);
+            faces.extend(records.chunks_exact(FACE_RECORD_LEN).map(decode_face));
+        }
+        let mut sums = vec![0u8; n_chunks * CHUNK_SUM_LEN];
+        file.read_exact_at(&mut sums, s.offset + vectors_len + (count * FACE_RECORD_LEN) as u64)?;
+        if hasher.finalize().as_bytes() != &s.records || blake3::hash(&sums).as_bytes() != &s.sums {
+            bail!("cache face records or chunk checksums are damaged");
+        }
+        for (k, sum) in sums.chunks_exact(CHUNK_SUM_LEN).enumerate() {
+            let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
+            let offset = s.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
+            chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum: u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) });
+        }
     }
-    let count = u64::from_le_bytes(h[40..48].try_into()?);
-    let stored_dim = u32::from_le_bytes(h[48..52].try_into()?);
-    let chunk_faces = u32::from_le_bytes(h[52..56].try_into()?);
-    if stored_dim as usize != dim || chunk_faces as usize != CHUNK_FACES || dim == 0 {
-        bail!("cache layout differs");
+    // The highest ids are what an append is checked against, so they must be the records' own.
+    let max_face = faces.iter().map(|f| f.face_id).max().unwrap_or(i64::MIN);
+    let max_image = faces.iter().map(|f| f.image_id).max().unwrap_or(i64::MIN);
+    if (max_face, max_image) != (header.max_face, header.max_image) || !faces.is_sorted_by_key(|f| f.face_id) {
+        bail!("cache header does not describe its faces");
     }
-    let chunks = count.div_ceil(CHUNK_FACES as u64);
-    let vectors_len = count.checked_mul((compact_len(dim) + exact_len(dim)) as u64).context("size overflow")?;
-    let faces_len = count.checked_mul(FACE_RECORD_LEN as u64).context("size overflow")?;
-    let sums_len = chunks * CHUNK_SUM_LEN as u64;
-    let expected =
-        [vectors_len, faces_len, sums_len].iter().try_fold(HEADER_LEN as u64, |a, &b| a.checked_add(b)).context("size overflow")?;
-    if meta.len() != expected {
-        bail!("cache has the wrong length");
-    }
-    // Lengths are now bounded by the file's real size, so these allocations are too.
-    let mut faces_raw = vec![0u8; usize::try_from(faces_len)?];
-    file.read_exact_at(&mut faces_raw, HEADER_LEN as u64 + vectors_len)?;
-    let faces_digest = *blake3::hash(&faces_raw).as_bytes();
-    if faces_digest[..] != h[56..88] {
-        bail!("cache face records are damaged");
-    }
-    let mut sums_raw = vec![0u8; usize::try_from(sums_len)?];
-    file.read_exact_at(&mut sums_raw, HEADER_LEN as u64 + vectors_len + faces_len)?;
-    if blake3::hash(&sums_raw).as_bytes()[..] != h[88..120] {
-        bail!("cache chunk checksums are damaged");
-    }
-    let faces: Vec<FaceRow> = faces_raw.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
-    let chunk_sums = sums_raw.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     file.seek(SeekFrom::Start(0))?;
     let count = faces.len();
-    Ok((faces, VectorFile { file, dim, count, chunk_sums, faces_digest, source: None, repaired: false, exact_reads: 0 }))
+    Ok((faces, VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0 }))
 }
 
 /// Builds the cache for `source.key` from SQLite: saved beside the database (written under a
@@ -382,66 +642,161 @@ fn remove_stale_parts(path: &Path) {
     }
 }
 
-/// Writes the whole cache for `key` into `file` (empty, at offset 0): the rows come from the
-/// caller's snapshot, in face id order.
-fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
-    let dim = key.dim;
-    let mut out = BufWriter::with_capacity(1 << 20, &mut *file);
-    out.write_all(&[0u8; HEADER_LEN])?;
-    let mut faces = Vec::new();
-    let mut sums = Vec::new();
-    // One chunk's blocks are gathered, then written compact block first.
-    let (mut compact, mut exact) = (Vec::with_capacity(CHUNK_FACES * compact_len(dim)), Vec::with_capacity(CHUNK_FACES * exact_len(dim)));
-    let mut flush = |out: &mut BufWriter<&mut File>, compact: &mut Vec<u8>, exact: &mut Vec<u8>| -> Result<()> {
-        sums.extend_from_slice(&crc32fast::hash(compact).to_le_bytes());
-        out.write_all(compact)?;
-        out.write_all(exact)?;
-        compact.clear();
-        exact.clear();
-        Ok(())
-    };
-    let mut floats = vec![0f32; dim];
-    for_each_face(conn, key.embedder_id, |face, blob| {
-        // A malformed vector (hand-edited database) is skipped rather than trusted.
-        if blob.len() != dim * 4 {
-            return Ok(());
-        }
-        for (x, b) in floats.iter_mut().zip(blob.chunks_exact(4)) {
+/// Writes one segment at the writer's position: chunks of compact and exact blocks, then the
+/// face records, then the chunk checksums.
+struct SegmentWriter<'f> {
+    out: BufWriter<&'f mut File>,
+    offset: u64,
+    records: Vec<u8>,
+    sums: Vec<u8>,
+    compact: Vec<u8>,
+    exact: Vec<u8>,
+    floats: Vec<f32>,
+    count: usize,
+    max_face: i64,
+    max_image: i64,
+}
+
+impl<'f> SegmentWriter<'f> {
+    fn new(file: &'f mut File, offset: u64, dim: usize) -> Result<Self> {
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            offset,
+            records: Vec::new(),
+            sums: Vec::new(),
+            compact: Vec::with_capacity(CHUNK_FACES * compact_len(dim)),
+            exact: Vec::with_capacity(CHUNK_FACES * exact_len(dim)),
+            floats: vec![0f32; dim],
+            count: 0,
+            max_face: i64::MIN,
+            max_image: i64::MIN,
+        })
+    }
+
+    /// Adds one face (its vector's blob must be `dim` f32).
+    fn push(&mut self, face: &FaceRow, blob: &[u8]) -> Result<()> {
+        for (x, b) in self.floats.iter_mut().zip(blob.chunks_exact(4)) {
             *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-        quantize(&floats, &mut compact);
-        exact.extend_from_slice(blob);
-        exact.extend_from_slice(&crc32fast::hash(blob).to_le_bytes());
-        faces.push(face);
-        if faces.len() % CHUNK_FACES == 0 {
-            flush(&mut out, &mut compact, &mut exact)?;
+        quantize(&self.floats, &mut self.compact);
+        self.exact.extend_from_slice(blob);
+        self.exact.extend_from_slice(&crc32fast::hash(blob).to_le_bytes());
+        self.records.extend_from_slice(&encode_face(face));
+        self.count += 1;
+        self.max_face = self.max_face.max(face.face_id);
+        self.max_image = self.max_image.max(face.image_id);
+        if self.count.is_multiple_of(CHUNK_FACES) {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self) -> Result<()> {
+        self.sums.extend_from_slice(&crc32fast::hash(&self.compact).to_le_bytes());
+        self.out.write_all(&self.compact)?;
+        self.out.write_all(&self.exact)?;
+        self.compact.clear();
+        self.exact.clear();
+        Ok(())
+    }
+
+    /// Writes the records and checksums; returns the segment, the highest ids it holds and the
+    /// checksum of each compact block.
+    fn finish(mut self) -> Result<(Segment, i64, i64, Vec<u32>)> {
+        if !self.compact.is_empty() {
+            self.flush_chunk()?;
+        }
+        self.out.write_all(&self.records)?;
+        self.out.write_all(&self.sums)?;
+        self.out.flush()?;
+        let segment = Segment {
+            offset: self.offset,
+            count: self.count as u64,
+            records: *blake3::hash(&self.records).as_bytes(),
+            sums: *blake3::hash(&self.sums).as_bytes(),
+        };
+        let sums = self.sums.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok((segment, self.max_face, self.max_image, sums))
+    }
+}
+
+/// Writes the whole cache for `key` into `file` (empty): the rows come from the caller's
+/// snapshot, in face id order, as one segment, named after the snapshot's last log entry.
+fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
+    let dim = key.dim;
+    let head = log_head(conn)?;
+    let mut w = SegmentWriter::new(file, BODY_START, dim)?;
+    for_each_face(conn, key.embedder_id, |face, blob| {
+        // A malformed vector (hand-edited database) is skipped rather than trusted.
+        if blob.len() == dim * 4 {
+            w.push(&face, blob)?;
         }
         Ok(())
     })?;
-    if !compact.is_empty() {
-        flush(&mut out, &mut compact, &mut exact)?;
-    }
-    let mut faces_hash = blake3::Hasher::new();
-    for f in &faces {
-        let rec = encode_face(f);
-        out.write_all(&rec)?;
-        faces_hash.update(&rec);
-    }
-    out.write_all(&sums)?;
-    out.flush()?;
-    drop(out);
-    let mut h = Vec::with_capacity(HEADER_LEN);
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&key.digest());
-    h.extend_from_slice(&(faces.len() as u64).to_le_bytes());
-    h.extend_from_slice(&u32::try_from(dim)?.to_le_bytes());
-    h.extend_from_slice(&(CHUNK_FACES as u32).to_le_bytes());
-    h.extend_from_slice(faces_hash.finalize().as_bytes());
-    h.extend_from_slice(blake3::hash(&sums).as_bytes());
-    let header_digest = blake3::hash(&h);
-    h.extend_from_slice(header_digest.as_bytes());
-    file.write_all_at(&h, 0)?;
+    let (segment, max_face, max_image, _) = w.finish()?;
+    let header = Header { generation: 1, key: key.digest(), mark: head, max_face, max_image, segments: vec![segment], dim };
+    file.write_all_at(&encode_slot(&header)?, 0)?;
+    // The other slot stays zero: never valid.
+    file.write_all_at(&[0u8; SLOT_LEN], SLOT_LEN as u64)?;
     Ok(())
+}
+
+/// Appends `new` to the saved cache `v` as one more segment, then makes the other header slot
+/// name it and `head`. Holds an exclusive lock on the file, and gives up (the caller rebuilds)
+/// if another process changed the file since `v` was verified.
+fn append<'c>(
+    source: &Source,
+    (mut faces, mut v): (Vec<FaceRow>, VectorFile<'c>),
+    new: &[(FaceRow, Vec<u8>)],
+    head: LogMark,
+) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
+    let dim = v.dim;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&source.path)
+        .context("opening the vector cache to append")?;
+    let (meta, seen) = (file.metadata()?, v.file.metadata()?);
+    if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != (seen.dev(), seen.ino()) {
+        bail!("the vector cache was replaced meanwhile");
+    }
+    // SAFETY: flock on a descriptor this function owns; released when it is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock the vector cache");
+    }
+    if read_slot(&file, v.slot).as_ref() != Some(&v.header)
+        || read_slot(&file, 1 - v.slot).is_some_and(|h| h.generation > v.header.generation)
+    {
+        bail!("the vector cache changed meanwhile");
+    }
+    let end = file.metadata()?.len().max(BODY_START);
+    let mut w = SegmentWriter::new(&mut file, end, dim)?;
+    for (face, blob) in new {
+        w.push(face, blob)?;
+    }
+    let (segment, max_face, max_image, sums) = w.finish()?;
+    file.sync_data()?;
+    let mut header = v.header.clone();
+    header.generation += 1;
+    header.mark = head;
+    header.max_face = header.max_face.max(max_face);
+    header.max_image = header.max_image.max(max_image);
+    header.segments.push(segment);
+    file.write_all_at(&encode_slot(&header)?, ((1 - v.slot) * SLOT_LEN) as u64)?;
+    file.sync_data()?;
+    // What was verified plus what was just written (reading every record again cost 0.1 s a
+    // million faces).
+    let first = faces.len();
+    faces.extend(new.iter().map(|(f, _)| *f));
+    for (k, sum) in sums.into_iter().enumerate() {
+        let n = CHUNK_FACES.min(new.len() - k * CHUNK_FACES);
+        let offset = segment.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
+        v.chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum });
+    }
+    (v.file, v.header, v.slot, v.count) = (file, header, 1 - v.slot, faces.len());
+    Ok((faces, v))
 }
 
 /// Largest magnitude of a compact value.
@@ -633,39 +988,61 @@ fn f32_at(slots: &[i16], k: usize) -> f32 {
     f32::from_le_bytes([a[0], a[1], b[0], b[1]])
 }
 
+/// Reads chunk `c`'s compact block into `slots` and says whether it matches its checksum (a
+/// read error, e.g. a file truncated under us, counts as a mismatch).
+fn read_compact(file: &File, c: &Chunk, slots: &mut [i16]) -> bool {
+    let bytes = slots_as_bytes_mut(slots);
+    file.read_exact_at(bytes, c.offset).is_ok() && crc32fast::hash(bytes) == c.sum
+}
+
+/// Per face of one compact block: the estimated distances and the bound, into the slices
+/// (`neg` empty without negatives).
+struct Estimator<'a> {
+    refs: &'a [Vec<f32>],
+    negatives: &'a [Vec<f32>],
+    norm: f32,
+    dim: usize,
+}
+
+impl Estimator<'_> {
+    fn fill(&self, slots: &[i16], pos: &mut [f32], neg: &mut [f32], bound: &mut [f32]) {
+        let per_face = COMPACT_HEAD_SLOTS + self.dim;
+        for (j, face) in slots.chunks_exact(per_face).enumerate().take(pos.len()) {
+            let (scale, b) = (f32_at(face, 0), f32_at(face, 2));
+            let q = &face[COMPACT_HEAD_SLOTS..];
+            pos[j] = nearest_compact(scale, q, self.refs);
+            if let Some(n) = neg.get_mut(j) {
+                *n = nearest_compact(scale, q, self.negatives);
+            }
+            // See `quantize` for the bound; NaN for a vector that has no estimate.
+            bound[j] = if scale.is_finite() { b * self.norm + 1e-6 } else { f32::NAN };
+        }
+    }
+}
+
 impl VectorFile<'_> {
     /// How many exact rows were read one by one so far.
     pub fn exact_reads(&self) -> usize {
         self.exact_reads
     }
 
-    /// Faces in chunk `k` and where the chunk starts.
-    fn chunk(&self, k: usize) -> (usize, u64) {
-        let n = CHUNK_FACES.min(self.count - k * CHUNK_FACES);
-        let per_face = (compact_len(self.dim) + exact_len(self.dim)) as u64;
-        (n, HEADER_LEN as u64 + (k * CHUNK_FACES) as u64 * per_face)
-    }
-
-    /// Reads chunk `k`'s compact block into `slots` and says whether it matches its checksum (a
-    /// read error, e.g. a file truncated under us, counts as a mismatch).
-    fn read_compact(&self, k: usize, slots: &mut [i16]) -> bool {
-        let (_, offset) = self.chunk(k);
-        let bytes = slots_as_bytes_mut(slots);
-        self.file.read_exact_at(bytes, offset).is_ok() && self.chunk_sums.get(k) == Some(&crc32fast::hash(bytes))
+    /// The chunk holding face `i` (< count).
+    fn chunk_of(&self, i: usize) -> usize {
+        self.chunks.partition_point(|c| c.first + c.n <= i)
     }
 
     /// Reads the exact rows of faces `first..first + out.len() / dim` (all in one chunk) into
     /// `out`, each checked against its own checksum.
     fn read_exact(&self, first: usize, out: &mut [f32], raw: &mut Vec<u8>) -> bool {
         let (dim, row) = (self.dim, exact_len(self.dim));
-        let (k, j) = (first / CHUNK_FACES, first % CHUNK_FACES);
-        let (n, start) = self.chunk(k);
+        let Some(c) = self.chunks.get(self.chunk_of(first)) else { return false };
+        let j = first - c.first;
         let rows = out.len() / dim;
-        if j + rows > n {
+        if j + rows > c.n {
             return false;
         }
         raw.resize(rows * row, 0);
-        let offset = start + (n * compact_len(dim) + j * row) as u64;
+        let offset = c.offset + (c.n * compact_len(dim) + j * row) as u64;
         if self.file.read_exact_at(raw, offset).is_err() {
             return false;
         }
@@ -690,19 +1067,65 @@ impl VectorFile<'_> {
     }
 
     /// Replaces a cache that failed a chunk checksum by one rebuilt from the same snapshot. The
-    /// face records were verified on open, so the rebuilt file must hold exactly the same faces.
+    /// face records were verified on open, and a cache holds its faces in face id order as a
+    /// rebuild does, so the rebuilt file must hold exactly the same faces in the same places.
     fn repair(&mut self) -> Result<()> {
         let Some(source) = self.source.as_mut() else {
             bail!("the vector cache is damaged");
         };
         let (file, _) = build(source)?;
-        let (_, fresh) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-        if fresh.faces_digest != self.faces_digest || fresh.count != self.count {
+        let (faces, fresh) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+        if fresh.count != self.count || !self.same_records(&faces)? {
             bail!("the database changed during the match; run it again");
         }
         self.file = fresh.file;
-        self.chunk_sums = fresh.chunk_sums;
+        self.chunks = fresh.chunks;
+        self.header = fresh.header;
+        self.slot = fresh.slot;
         self.repaired = true;
+        Ok(())
+    }
+
+    /// Whether this cache's face records (verified on open) are `faces`, in order.
+    fn same_records(&self, faces: &[FaceRow]) -> Result<bool> {
+        let mut at = 0;
+        for s in &self.header.segments {
+            let count = usize::try_from(s.count)?;
+            let mut raw = vec![0u8; count * FACE_RECORD_LEN];
+            self.file.read_exact_at(&mut raw, s.offset + (count * (compact_len(self.dim) + exact_len(self.dim))) as u64)?;
+            let Some(expected) = faces.get(at..at + count) else { return Ok(false) };
+            if blake3::hash(&raw).as_bytes() != &s.records
+                || !raw.chunks_exact(FACE_RECORD_LEN).zip(expected).all(|(r, f)| r == encode_face(f))
+            {
+                return Ok(false);
+            }
+            at += count;
+        }
+        Ok(at == faces.len())
+    }
+
+    /// Estimates faces `first..end` one chunk after another, rebuilding a damaged cache once.
+    fn estimate_range(&mut self, e: &Estimator, range: std::ops::Range<usize>, est: &mut Estimates) -> Result<()> {
+        let per_face = COMPACT_HEAD_SLOTS + self.dim;
+        let mut slots = vec![0i16; CHUNK_FACES * per_face];
+        let mut first = range.start;
+        while first < range.end {
+            let c = self.chunks[self.chunk_of(first)];
+            let chunk = &mut slots[..c.n * per_face];
+            if !read_compact(&self.file, &c, chunk) {
+                self.repair().context("rebuilding the damaged vector cache")?;
+                let c = self.chunks[self.chunk_of(first)];
+                if !read_compact(&self.file, &c, &mut slots[..c.n * per_face]) {
+                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
+                }
+                continue;
+            }
+            let end = range.end.min(c.first + c.n);
+            let faces = &chunk[(first - c.first) * per_face..];
+            let neg = if est.neg.is_empty() { &mut [][..] } else { &mut est.neg[first..end] };
+            e.fill(faces, &mut est.pos[first..end], neg, &mut est.bound[first..end]);
+            first = end;
+        }
         Ok(())
     }
 }
@@ -729,12 +1152,21 @@ impl Vectors for VectorFile<'_> {
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         let mut floats = vec![0f32; CHUNK_FACES * self.dim];
         let mut raw = Vec::new();
-        let mut first = 0;
+        let (mut first, mut repaired_at) = (0, None);
         while first < self.count {
-            let n = CHUNK_FACES.min(self.count - first);
+            let c = self.chunks[self.chunk_of(first)];
+            let n = c.first + c.n - first;
             let chunk = &mut floats[..n * self.dim];
             // Checked before it is visited: a damaged row never reaches the caller.
-            self.read_exact_or_repair(first, chunk, &mut raw)?;
+            if !self.read_exact(first, chunk, &mut raw) {
+                if repaired_at == Some(first) {
+                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
+                }
+                // A rebuilt file may cut chunks elsewhere: the chunk is looked up again.
+                self.repair().context("rebuilding the damaged vector cache")?;
+                repaired_at = Some(first);
+                continue;
+            }
             visit(first, chunk);
             first += n;
         }
@@ -742,39 +1174,53 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
+        use rayon::prelude::*;
         let dim = self.dim;
         if refs.iter().chain(negatives).any(|r| r.len() != dim) {
             return Ok(None);
         }
         let Some(norm) = largest_norm(&[refs, negatives]) else { return Ok(None) };
-        let mut est = Estimates { pos: Vec::with_capacity(self.count), neg: Vec::new(), bound: Vec::with_capacity(self.count) };
+        let e = Estimator { refs, negatives, norm, dim };
+        let mut est = Estimates { pos: vec![0.0; self.count], neg: Vec::new(), bound: vec![0.0; self.count] };
         if !negatives.is_empty() {
-            est.neg.reserve_exact(self.count);
+            est.neg = vec![0.0; self.count];
         }
-        let per_face = COMPACT_HEAD_SLOTS + dim;
-        let mut slots = vec![0i16; CHUNK_FACES * per_face];
-        let mut first = 0;
-        while first < self.count {
-            let k = first / CHUNK_FACES;
-            let (n, _) = self.chunk(k);
-            let chunk = &mut slots[..n * per_face];
-            if !self.read_compact(k, chunk) {
-                self.repair().context("rebuilding the damaged vector cache")?;
-                if !self.read_compact(k, chunk) {
-                    bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
-                }
-            }
-            for face in chunk.chunks_exact(per_face) {
-                let (scale, bound) = (f32_at(face, 0), f32_at(face, 2));
-                let q = &face[COMPACT_HEAD_SLOTS..];
-                est.pos.push(nearest_compact(scale, q, refs));
-                if !negatives.is_empty() {
-                    est.neg.push(nearest_compact(scale, q, negatives));
-                }
-                // See `quantize` for the bound; NaN for a vector that has no estimate.
-                est.bound.push(if scale.is_finite() { bound * norm + 1e-6 } else { f32::NAN });
-            }
-            first += n;
+        // One slice per chunk, so the chunks are read (pread) and estimated on every core.
+        let mut jobs = Vec::with_capacity(self.chunks.len());
+        let (mut pos, mut neg, mut bound) = (&mut est.pos[..], &mut est.neg[..], &mut est.bound[..]);
+        for c in &self.chunks {
+            let (p, rest) = std::mem::take(&mut pos).split_at_mut(c.n);
+            pos = rest;
+            let (b, rest) = std::mem::take(&mut bound).split_at_mut(c.n);
+            bound = rest;
+            let n = if neg.is_empty() {
+                &mut [][..]
+            } else {
+                let (n, rest) = std::mem::take(&mut neg).split_at_mut(c.n);
+                neg = rest;
+                n
+            };
+            jobs.push((*c, p, n, b));
+        }
+        let (file, per_face) = (&self.file, COMPACT_HEAD_SLOTS + dim);
+        let damaged: Vec<Chunk> = jobs
+            .into_par_iter()
+            .map_init(
+                || vec![0i16; CHUNK_FACES * per_face],
+                |slots, (c, p, n, b)| {
+                    let chunk = &mut slots[..c.n * per_face];
+                    if !read_compact(file, &c, chunk) {
+                        return Some(c);
+                    }
+                    e.fill(chunk, p, n, b);
+                    None
+                },
+            )
+            .flatten()
+            .collect();
+        // A damaged chunk: rebuild the cache (once) and estimate those faces from the new file.
+        for c in damaged {
+            self.estimate_range(&e, c.first..c.first + c.n, &mut est)?;
         }
         Ok(Some(est))
     }
@@ -795,8 +1241,6 @@ impl Vectors for VectorFile<'_> {
     }
 }
 
-/// Support for the fuzz target and the property test: a database fixture and a loader that takes
-/// arbitrary cache bytes. Not part of facedb's interface.
 #[doc(hidden)]
 pub mod fuzzing {
     use super::*;
@@ -1210,14 +1654,14 @@ mod tests {
                 }
                 2 => {
                     let chunk = CHUNK_FACES * DIM * 4;
-                    let (a, b) = (HEADER_LEN, HEADER_LEN + chunk);
+                    let (a, b) = (BODY_START as usize, BODY_START as usize + chunk);
                     let (x, y) = bytes[a..b + chunk].split_at_mut(chunk);
                     x.swap_with_slice(y);
                 }
                 3 => bytes.truncate((next() as usize) % len),
                 _ => {
                     // Random bytes over the whole body, header kept.
-                    for b in &mut bytes[HEADER_LEN..] {
+                    for b in &mut bytes[BODY_START as usize..] {
                         *b = next() as u8;
                     }
                 }
@@ -1230,6 +1674,140 @@ mod tests {
         assert!(rebuilt >= 55, "nearly every damage is detected (a zeroed range can hit zero padding): {rebuilt}");
     }
 
+    /// The cache's header as stored (the valid slot of the higher generation).
+    fn stored_header(fx: &Fixture) -> Header {
+        let file = File::open(fx.cache_path()).unwrap();
+        [0, 1].into_iter().filter_map(|s| read_slot(&file, s)).max_by_key(|h| h.generation).unwrap()
+    }
+
+    fn log_len(fx: &Fixture) -> i64 {
+        fx.db.conn.query_row("SELECT count(*) FROM vector_log", [], |r| r.get(0)).unwrap()
+    }
+
+    /// Loads inside a transaction that commits, as `match` does (so the log is pruned).
+    fn load_committed(fx: &Fixture) -> (Vec<FaceRow>, Vec<f32>, Refresh) {
+        let tx = fx.db.conn.unchecked_transaction().unwrap();
+        let mut m = load(&tx, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+        fuzzing::check_estimates(&mut m.vectors).unwrap();
+        let all = scan_all(&mut m.vectors).unwrap();
+        let (faces, refresh) = (std::mem::take(&mut m.faces), m.refresh());
+        drop(m);
+        tx.commit().unwrap();
+        (faces, all, refresh)
+    }
+
+    #[test]
+    fn new_faces_are_appended_and_the_log_stays_short() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(CHUNK_FACES + 10).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert_eq!(log_len(&fx), 1, "a saved cache keeps only the entry it names");
+        let size = std::fs::metadata(fx.cache_path()).unwrap().len();
+        for round in 1..MAX_SEGMENTS {
+            fx.add_random_faces(round * 7).unwrap();
+            let (faces, vectors, refresh) = load_committed(&fx);
+            assert_eq!(refresh, Refresh::Appended, "round {round}");
+            assert!(same(&(faces, vectors), &fx.truth().unwrap()), "round {round}");
+            assert_eq!((stored_header(&fx).segments.len(), log_len(&fx)), (round + 1, 1));
+            assert_eq!(load_committed(&fx).2, Refresh::None);
+        }
+        assert!(std::fs::metadata(fx.cache_path()).unwrap().len() > size);
+        // Segments are bounded: one more change rebuilds into one.
+        fx.add_random_faces(3).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!((refresh, stored_header(&fx).segments.len()), (Refresh::Rebuilt, 1));
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // Anything but new faces rebuilds: a photo going missing, a face removed, a re-scored face.
+        for sql in [
+            "UPDATE files SET missing = 1 WHERE image_id = 3",
+            "DELETE FROM embeddings WHERE face_id = 5",
+            "UPDATE faces SET sharpness = 1 WHERE id = 7",
+        ] {
+            fx.db.conn.execute(sql, []).unwrap();
+            let (faces, vectors, refresh) = load_committed(&fx);
+            assert_eq!(refresh, Refresh::Rebuilt, "{sql}");
+            assert!(same(&(faces, vectors), &fx.truth().unwrap()), "{sql}");
+        }
+        // --dry-run never writes: a stale cache is rebuilt in a temporary file, the saved one kept.
+        fx.add_random_faces(2).unwrap();
+        let before = std::fs::read(fx.cache_path()).unwrap();
+        let mut m = load(&fx.db.conn, &fx.db_path, 2, DIM, CacheWrite::Temporary).unwrap();
+        assert_eq!((m.refresh(), m.faces.len()), (Refresh::Rebuilt, fx.truth().unwrap().0.len()));
+        assert_eq!(collect(&mut m).len(), m.faces.len() * DIM);
+        drop(m);
+        assert!(std::fs::read(fx.cache_path()).unwrap() == before);
+    }
+
+    /// A copy restored from a backup and given other faces under the same ids, or a log edited
+    /// by hand, never reuses or extends the cache.
+    #[test]
+    fn a_restored_copy_or_an_edited_log_never_reuses_the_cache() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(50).unwrap();
+        let backup = fx.dir.path().join("backup.sqlite");
+        fx.backup(&backup).unwrap();
+        load_committed(&fx);
+        fx.add_random_faces(20).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Appended);
+        // The backup holds the entry the first cache named; it gains 20 other faces (ids 51-70).
+        fx.restore(&backup).unwrap();
+        fx.set_next_face(51);
+        fx.add_random_faces(20).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // A copy taken at the cache's entry, restored and given new faces, is extended.
+        let copy = fx.dir.path().join("copy.sqlite");
+        fx.backup(&copy).unwrap();
+        fx.restore(&copy).unwrap();
+        fx.add_random_faces(5).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Appended);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // An entry deleted by hand after the cache's one hides a change: seen as a gap.
+        load_committed(&fx);
+        fx.add_random_faces(3).unwrap();
+        fx.db.conn.execute("DELETE FROM vector_log WHERE seq = (SELECT max(seq) - 1 FROM vector_log)", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert!(fx.db.conn.execute("UPDATE vector_log SET tag = 0", []).is_err(), "the log is append-only");
+    }
+
+    #[test]
+    fn an_interrupted_append_or_a_torn_header_is_never_trusted() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(CHUNK_FACES + 3).unwrap();
+        load_committed(&fx);
+        fx.add_random_faces(40).unwrap();
+        // Killed after writing part of a segment, before the header: the old header still holds.
+        let mut file = std::fs::OpenOptions::new().append(true).open(fx.cache_path()).unwrap();
+        file.write_all(&[0xA5; 5000]).unwrap();
+        drop(file);
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Appended, "appended past the leftover bytes");
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // The newest header slot torn: the older one names an entry since deleted, so rebuilt.
+        fx.add_random_faces(4).unwrap();
+        load_committed(&fx);
+        let h = stored_header(&fx);
+        let mut bytes = std::fs::read(fx.cache_path()).unwrap();
+        let slot = if read_slot(&File::open(fx.cache_path()).unwrap(), 0).is_some_and(|s| s.generation == h.generation) { 0 } else { 1 };
+        bytes[slot * SLOT_LEN + 100] ^= 0xFF;
+        std::fs::write(fx.cache_path(), &bytes).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // A damaged chunk of an appended segment is caught while streaming and rebuilt.
+        fx.add_random_faces(30).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Appended);
+        let last = *stored_header(&fx).segments.last().unwrap();
+        let mut bytes = std::fs::read(fx.cache_path()).unwrap();
+        bytes[last.offset as usize + 9] ^= 1;
+        std::fs::write(fx.cache_path(), &bytes).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_loader() {
         let mut fx = Fixture::new().unwrap();
@@ -1237,11 +1815,11 @@ mod tests {
         fx.load().unwrap();
         let good = std::fs::read(fx.cache_path()).unwrap();
         assert_eq!(fuzzing::load_bytes(&fx, &good).unwrap().len(), 20 * DIM);
-        for n in [0, 1, 8, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 1, good.len() - 1] {
+        for n in [0, 1, 8, SLOT_LEN - 1, SLOT_LEN, BODY_START as usize - 1, BODY_START as usize + 1, good.len() - 1] {
             assert!(fuzzing::load_bytes(&fx, &good[..n]).is_err());
         }
         let mut bad = good.clone();
-        bad[HEADER_LEN + 5] ^= 1;
+        bad[BODY_START as usize + 5] ^= 1;
         assert!(fuzzing::load_bytes(&fx, &bad).is_err(), "a flipped vector bit is caught while streaming");
     }
 

@@ -39,12 +39,13 @@ fn json_summaries() {
     let v = match_json();
     assert_eq!((v["matched"].as_u64(), v["rejected"]["too far"].as_u64()), (Some(1), Some(1)));
     assert_eq!(v["vector_cache"], "rebuilt");
-    // Matching again reuses the vector cache; after indexing one more photo it is rebuilt.
+    // Matching again reuses the vector cache; after indexing one more photo its faces are appended.
     assert_eq!(match_json()["vector_cache"], "current");
     add_photos(tmp.path(), &["obama3.jpg"]);
     facedb().arg("-q").arg("index").arg(tmp.path()).assert().success();
     let v = match_json();
-    assert_eq!((v["vector_cache"].as_str(), v["matched"].as_u64()), (Some("rebuilt"), Some(2)));
+    assert_eq!((v["vector_cache"].as_str(), v["matched"].as_u64()), (Some("appended"), Some(2)));
+    assert_eq!(match_json()["vector_cache"], "current");
     // Completions, man page and usage are checked in tests/cli_edge.rs (no models needed).
 }
 

@@ -24,6 +24,8 @@ const _: () = assert!(NEAR_MISS_BAND < crate::matching::EXACT_BAND && DRY_RUN_BA
 /// Every decision of the run and what the later steps need to list and crop them.
 pub(super) struct Decided {
     pub decisions: Vec<Decision>,
+    /// Photos too far to list or store, counted with their distances (not in `decisions`).
+    pub far: matching::FarPhotos,
     pub curated: Curated,
     /// Decisions about faces this run considered (not about faces re-detected or gone since).
     pub applied: usize,
@@ -60,16 +62,23 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     };
     // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
     let cache_write = if args.dry_run { vectors::CacheWrite::Temporary } else { vectors::CacheWrite::Save };
+    let timer = Timer::from_env();
     let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder.id.0, ids.embedder.dim, cache_write)?;
+    timer.lap("vector cache loaded");
     if let Some(w) = matrix.warning.as_deref().filter(|_| !ctx.globals.quiet) {
         eprintln!("warning: {w}");
     }
-    let (mut decisions, face_rows) = if args.all {
-        decide_all(conn, &mut matrix, &pos_vecs, &ctx.filters, &curated.excluded)?
+    let (mut decisions, face_rows, far) = if args.all {
+        let (decisions, faces) = decide_all(conn, &mut matrix, &pos_vecs, &ctx.filters, &curated.excluded)?;
+        (decisions, faces, matching::FarPhotos::default())
     } else {
-        let decisions = matching::decide_with(&matrix.faces, &mut matrix.vectors, &pos_vecs, &neg_vecs, &opts, &curated.excluded)?;
-        (decisions, std::mem::take(&mut matrix.faces))
+        // Far photos are counted, except those of crops an earlier run wrote (their reason is reported).
+        let keep: HashSet<i64> = out.map(|o| o.owned().filter_map(curation::face_in_name).collect()).unwrap_or_default();
+        let refs = (&pos_vecs[..], &neg_vecs[..]);
+        let (decisions, far) = matching::decide_counting_far(&matrix.faces, &mut matrix.vectors, refs, &opts, &curated.excluded, &keep)?;
+        (decisions, std::mem::take(&mut matrix.faces), far)
     };
+    timer.lap("decided");
     // --best needs the matched faces' vectors, still in the matrix (in `--all` mode face_rows is not in matrix order).
     let best_vectors = match args.best {
         Some(_) => best::matched_vectors(&mut matrix.vectors, if args.all { &matrix.faces } else { &face_rows }, &decisions)?,
@@ -84,13 +93,15 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();
     drop(matrix);
+    // Every photo is kept at such a threshold (`decide_counting_far`), so this sees them all.
     if args.threshold > matching::SUSPICIOUS_THRESHOLD && !pos_vecs.is_empty() && !ctx.globals.quiet {
         warn_similarity_threshold(&decisions, args.threshold);
     }
     output::reject_smaller_than_size(conn, &mut decisions, &ctx.spec)?;
     let (paths, quality) = listed(conn, &decisions, face_rows, args.threshold, args.dry_run)?;
+    timer.lap("listed");
     let has_distances = !(args.all && pos_vecs.is_empty());
-    Ok(Decided { decisions, curated, applied, best_vectors, cache_refresh, paths, quality, has_distances })
+    Ok(Decided { decisions, far, curated, applied, best_vectors, cache_refresh, paths, quality, has_distances })
 }
 
 /// A threshold high enough to be a similarity given by mistake.
@@ -165,4 +176,19 @@ fn decide_all(
         })
         .collect();
     Ok((decisions, faces))
+}
+
+/// Stage times on stderr when `FACEDB_TIMINGS` is set, to see where a match spends its time.
+struct Timer(Option<std::time::Instant>);
+
+impl Timer {
+    fn from_env() -> Self {
+        Timer(std::env::var_os("FACEDB_TIMINGS").map(|_| std::time::Instant::now()))
+    }
+
+    fn lap(&self, what: &str) {
+        if let Some(t) = self.0 {
+            eprintln!("timing: {what} at {:.3} s", t.elapsed().as_secs_f64());
+        }
+    }
 }

@@ -78,6 +78,12 @@ impl Outcome<'_> {
             let row = MatchRow { decision: d, distance: self.decided.distance_of(d), reason: reason.as_deref(), crop_path, plan };
             write::insert_match_result(conn, self.ids.run_id, &row)?;
         }
+        // Far photos were counted, not kept: too far, like the unrecorded decisions above.
+        let far = self.decided.far.distances.len() as u64;
+        if far > 0 {
+            tally.rejected += far;
+            *tally.why_not.entry(Reason::TooFar.as_str().to_string()).or_default() += far;
+        }
         manifest.finish()?;
         Ok(tally)
     }
@@ -158,7 +164,8 @@ impl Outcome<'_> {
         write::finish_match_run(conn, run_id, self.photos(), tally.matched, tally.rejected, tally.ambiguous)?;
         // Every photo's distance, the far ones that get no row included.
         if self.decided.has_distances {
-            review::insert_histogram(conn, run_id, &RunHistogram::new(decisions.iter().map(|d| d.distance), args.threshold))?;
+            let distances = decisions.iter().map(|d| d.distance).chain(self.decided.far.distances.iter().copied());
+            review::insert_histogram(conn, run_id, &RunHistogram::new(distances, args.threshold))?;
         }
         if let Some(name) = &args.name {
             review::set_run_name(conn, run_id, name)?;
@@ -168,7 +175,7 @@ impl Outcome<'_> {
     }
 
     pub fn photos(&self) -> u64 {
-        distinct_photos(&self.decided.decisions) as u64
+        (distinct_photos(&self.decided.decisions) + self.decided.far.distances.len()) as u64
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rusqlite::Connection;
 
 use super::decide::{is_recorded, Decided, DRY_RUN_BAND};
-use super::record::{distinct_photos, CurationReport, Outcome, Tally};
+use super::record::{CurationReport, Outcome, Tally};
 use super::{best, output, Ctx, MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
 use crate::commands::outln;
 use crate::matching::{self, Decision, Reason};
@@ -21,7 +21,7 @@ pub(super) fn dry_run(conn: &Connection, ctx: &Ctx, decided: &Decided) -> Result
         let recorded: Vec<&Decision> = decided.decisions.iter().filter(|d| is_recorded(d, args.threshold)).collect();
         return print_list(&recorded, &decided.paths);
     }
-    print_dry_run(&decided.decisions, &decided.paths, &decided.quality, args.threshold)?;
+    print_dry_run(decided, args.threshold)?;
     if let Some(n) = args.best {
         outln!(
             "{}",
@@ -49,7 +49,7 @@ pub(super) fn print(done: &Outcome, tally: &Tally, curation: &CurationReport) ->
     if ctx.globals.quiet {
         return Ok(());
     }
-    print_summary(ctx, &done.decided.decisions, &done.decided.paths, tally);
+    print_summary(ctx, &done.decided.decisions, done.photos(), &done.decided.paths, tally);
     let args = &ctx.args;
     let small = done.decided.decisions.iter().filter(|d| d.reason == Some(Reason::SmallerThanSize)).count();
     if small > 0 {
@@ -71,13 +71,10 @@ pub(super) fn print(done: &Outcome, tally: &Tally, curation: &CurationReport) ->
     Ok(())
 }
 
-fn print_dry_run(
-    decisions: &[Decision],
-    paths: &HashMap<i64, String>,
-    quality: &HashMap<i64, matching::FaceRow>,
-    threshold: f32,
-) -> Result<()> {
-    let distances: Vec<f32> = decisions.iter().map(|d| d.distance).filter(|d| d.is_finite()).collect();
+fn print_dry_run(decided: &Decided, threshold: f32) -> Result<()> {
+    let (decisions, paths, quality) = (&decided.decisions, &decided.paths, &decided.quality);
+    let far = &decided.far.distances;
+    let distances: Vec<f32> = decisions.iter().map(|d| d.distance).chain(far.iter().copied()).filter(|d| d.is_finite()).collect();
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
     let peak = counts.iter().copied().max().unwrap_or(0).max(1);
@@ -106,7 +103,7 @@ fn print_dry_run(
             q(0.0), q(0.1), q(0.5), q(0.9), q(1.0)
         );
     }
-    let reasons = count_reasons(decisions);
+    let reasons = count_reasons(decisions, far.len());
     outln!("\nwould crop {} photos; would reject: {}", decisions.iter().filter(|d| d.matched()).count(), reasons);
     outln!("(dry run: nothing was written)");
     Ok(())
@@ -133,10 +130,14 @@ fn print_list(recorded: &[&Decision], paths: &HashMap<i64, String>) -> Result<()
     Ok(())
 }
 
-fn count_reasons(decisions: &[Decision]) -> String {
+/// Rejections by reason, the `far` photos counted as too far.
+fn count_reasons(decisions: &[Decision], far: usize) -> String {
     let mut by: BTreeMap<&str, usize> = BTreeMap::new();
     for r in decisions.iter().filter_map(|d| d.reason) {
         *by.entry(r.as_str()).or_default() += 1;
+    }
+    if far > 0 {
+        *by.entry(Reason::TooFar.as_str()).or_default() += far;
     }
     if by.is_empty() {
         return "none".into();
@@ -144,11 +145,10 @@ fn count_reasons(decisions: &[Decision]) -> String {
     by.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
 }
 
-fn print_summary(ctx: &Ctx, decisions: &[Decision], paths: &HashMap<i64, String>, tally: &Tally) {
+fn print_summary(ctx: &Ctx, decisions: &[Decision], photos: u64, paths: &HashMap<i64, String>, tally: &Tally) {
     let (args, root, out_dir, started) = (&ctx.args, &ctx.root, &ctx.out_dir, ctx.started);
     let (written, why_not) = (tally.matched, &tally.why_not);
     eprintln!("facedb match {}", display_path(root));
-    let photos = distinct_photos(decisions);
     let crop_failures = why_not.get("crop failed").copied().unwrap_or(0);
     let rejected = if why_not.is_empty() {
         "none".to_string()
