@@ -23,8 +23,9 @@ impl Default for DetectParams {
     /// the defaults and 1.000/1.000 with the filters off (groups 16/16, every kind the same), the
     /// largest genuine distance 0.42 and the smallest impostor one 0.71 (0.70 at 1280), at 15 %
     /// less index CPU time. Group photos with faces under 100 px (of 4000) still get the closer
-    /// pass, at 1440 px. The size is part of the detector's identity (`detector_params_json`),
-    /// so photos detected at another size are detected again.
+    /// pass, at 1440 px. The size is stored with the detector's parameters; photos detected at
+    /// another size keep their faces (only a new detector file detects again), and `index` says
+    /// how many there are.
     fn default() -> Self {
         Self { max_side: 960, score_threshold: 0.6, nms_iou: 0.3 }
     }
@@ -35,8 +36,9 @@ impl Default for DetectParams {
 /// pass's job, where YuNet sees them at a size it handles well.
 const DETAIL_MAX_FACE: f32 = 0.125;
 
-/// The detection procedure, stored with the detector model: photos detected by an older one are
-/// detected again. `reduced` : passes read a DCT-reduced decode when it is big enough (`Frame`).
+/// The detection procedure, stored with the detector's parameters so every photo's faces say how
+/// they were found (only a new detector file detects photos again). `reduced`: passes read a
+/// DCT-reduced decode when it is big enough (`Frame`).
 pub const PASSES: &str = "whole640+detail+closer+refine+reduced";
 
 pub struct DetectOutcome {
