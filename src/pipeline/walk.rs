@@ -89,8 +89,8 @@ pub fn walk(root: &Path) -> (Vec<FileEntry>, Vec<WalkProblem>) {
 /// `walk`, also listing special files, and stopping soon after `stop` is set.
 ///
 /// Folders are listed in parallel and each photo is stat'ed relative to its open folder
-/// (`DirEntry::metadata`, fstatat), not through its whole path: on a no-op re-index of 100 000
-/// files the walk is most of the time, and resolving every path from the root doubled it.
+/// (`DirEntry::metadata`, fstatat), not through its whole path: the walk is most of a no-op
+/// re-index (100 000 files: CPU 0.6 -> 0.4 s with the changes of that commit).
 pub fn walk_until(root: &Path, stop: &AtomicBool) -> Walked {
     let mut out = Walked::default();
     for found in visit(root, b"", true, stop) {
