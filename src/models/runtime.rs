@@ -167,16 +167,6 @@ fn environment(lib: &Path) -> Result<Environment> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Options for a run whose activations are big (YuNet on a whole frame: tens of MB): the CPU
-/// arena gives back the chunks the run added when it ends. Kept, they stayed allocated in every
-/// worker while it decoded the next photo (index peak RSS of 40 photos 397 -> 351 MiB, CPU time
-/// the same). The arena off instead: 340 MiB but twice the system time (a mmap per tensor).
-pub fn releasing_run() -> Result<ort::session::RunOptions> {
-    let mut options = ort::session::RunOptions::new().map_err(|e| anyhow!("ONNX Runtime run options: {e}"))?;
-    options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(|e| anyhow!("ONNX Runtime run options: {e}"))?;
-    Ok(options)
-}
-
 /// Model bytes ready to become sessions; cheap to share across worker threads.
 pub struct Models {
     dir: PathBuf,
@@ -240,7 +230,11 @@ impl Models {
             .with_config_entry("session.disable_quant_qdq", "1")
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
             // Memory patterns are planned per input shape and kept; photos come in many shapes.
-            // Off: index peak RSS 558 -> 456 MiB with 2 workers, same speed.
+            // Off: index peak RSS 558 -> 456 MiB with 2 workers, same speed. The CPU arena keeps
+            // its chunks between runs; giving them back after each YuNet run (run option
+            // `memory.enable_memory_arena_shrinkage`) took peak RSS 318 -> 280 MiB but cost 20 %
+            // more CPU (the chunks are mapped and faulted in again every run), and the arena off
+            // twice the system time (a mmap per tensor).
             .with_memory_pattern(false)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?;
         Ok(builder)
@@ -252,8 +246,8 @@ impl Models {
 
     /// One SFace session shared by the workers, made on first use: each session holds its own
     /// f32 copy of the weights (~38 MB), and embedding is a tenth of a worker's time, so they
-    /// seldom wait for each other. Index of 40 photos, 2 workers: peak RSS 347 -> 278-285 MiB,
-    /// CPU time and per-photo embed time unchanged.
+    /// seldom wait for each other. Index of 20 photos, 2 workers: peak RSS 377 -> 317-319 MiB,
+    /// CPU time 4.5-4.6 -> 4.0-4.2 s, per-photo embed time unchanged.
     pub fn embedder(&self) -> Result<SFace> {
         let mut shared = self.shared_embedder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sface) = shared.as_ref() {

@@ -37,7 +37,6 @@ pub struct Detection {
 
 pub struct YuNet {
     session: Session,
-    options: ort::session::RunOptions,
 }
 
 impl YuNet {
@@ -49,7 +48,7 @@ impl YuNet {
                 ensure!(names.contains(&name.as_str()), "YuNet model lacks output {name}; is it the right file?");
             }
         }
-        Ok(Self { session, options: super::runtime::releasing_run()? })
+        Ok(Self { session })
     }
 
     /// Faces in `image` resized to long side `long_side`, scoring at least `score_threshold`,
@@ -73,8 +72,7 @@ impl YuNet {
         );
         ensure!(input.len() == 3 * height * width, "YuNet input has the wrong size");
         let tensor = Tensor::from_array((vec![1i64, 3, height as i64, width as i64], input)).map_err(|e| anyhow!("YuNet input: {e}"))?;
-        let outputs =
-            self.session.run_with_options(ort::inputs!["input" => tensor], &self.options).map_err(|e| anyhow!("YuNet inference: {e}"))?;
+        let outputs = self.session.run(ort::inputs!["input" => tensor]).map_err(|e| anyhow!("YuNet inference: {e}"))?;
         let get = |name: String| -> Result<Vec<f32>> {
             let (_, data) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("YuNet output {name}: {e}"))?;
             Ok(data.to_vec())
