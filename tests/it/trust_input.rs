@@ -258,6 +258,36 @@ fn photos_with_future_mtimes_are_not_reread() {
 }
 
 #[test]
+fn a_photo_replaced_under_its_old_size_and_mtime_or_a_relinked_name_is_read_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = dataset(tmp.path());
+    add_photos(&photos, &["obama.jpg", "biden.jpg"]);
+    std::os::unix::fs::symlink(photos.join("obama.jpg"), photos.join("link.jpg")).unwrap();
+    facedb().arg("index").arg(&photos).assert().code(0);
+    facedb().arg("index").arg(&photos).assert().code(0);
+    let conn = db(&photos);
+    assert_eq!((last_run(&conn, "files_unchanged"), last_run(&conn, "bytes_read")), (3, 0));
+
+    // The same bytes saved as a new file (an editor's write-and-rename), the old mtime put back:
+    // only the inode says it is another file, and that is enough to read it again.
+    let size = std::fs::metadata(photos.join("biden.jpg")).unwrap().len();
+    let mtime = std::fs::metadata(photos.join("biden.jpg")).unwrap().modified().unwrap();
+    std::fs::copy(photos.join("biden.jpg"), photos.join("biden.new")).unwrap();
+    std::fs::rename(photos.join("biden.new"), photos.join("biden.jpg")).unwrap();
+    std::fs::File::options().write(true).open(photos.join("biden.jpg")).unwrap().set_modified(mtime).unwrap();
+    facedb().arg("index").arg(&photos).assert().code(0);
+    assert_eq!((last_run(&conn, "files_unchanged"), last_run(&conn, "bytes_read")), (3, size as i64));
+
+    // A link pointed at another photo: the walk stats the target, so the change shows.
+    std::fs::remove_file(photos.join("link.jpg")).unwrap();
+    std::os::unix::fs::symlink(photos.join("biden.jpg"), photos.join("link.jpg")).unwrap();
+    facedb().arg("index").arg(&photos).assert().code(0);
+    assert_eq!((last_run(&conn, "files_linked"), last_run(&conn, "images_new")), (1, 0));
+    let linked = "SELECT count(*) FROM files a JOIN files b ON a.image_id = b.image_id WHERE a.path = 'link.jpg' AND b.path = 'biden.jpg'";
+    assert_eq!(query_i64(&conn, linked), 1);
+}
+
+#[test]
 fn index_in_a_subfolder_uses_the_dataset_database_and_an_empty_folder_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = dataset(tmp.path());

@@ -3,6 +3,8 @@
 
 pub mod align;
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{anyhow, ensure, Result};
 use ort::session::Session;
 use ort::value::Tensor;
@@ -12,8 +14,10 @@ use align::{AlignedFace, ALIGNED_SIZE};
 pub const EMBEDDING_DIM: usize = 128;
 pub type Embedding = [f32; EMBEDDING_DIM];
 
+/// A handle on one SFace session; clones share it (`Models::embedder`), each run taking its turn.
+#[derive(Clone)]
 pub struct SFace {
-    session: Session,
+    session: Arc<Mutex<Session>>,
 }
 
 impl SFace {
@@ -22,7 +26,7 @@ impl SFace {
 
     pub fn new(session: Session) -> Result<Self> {
         ensure!(session.inputs().iter().any(|i| i.name() == "data"), "SFace model lacks input 'data'; is it the right file?");
-        Ok(Self { session })
+        Ok(Self { session: Arc::new(Mutex::new(session)) })
     }
 
     /// Embeds one aligned face. The graph normalises pixels itself; it wants RGB 0..255, NCHW.
@@ -36,7 +40,9 @@ impl SFace {
         }
         let side = ALIGNED_SIZE as i64;
         let tensor = Tensor::from_array((vec![1i64, 3, side, side], input)).map_err(|e| anyhow!("SFace input: {e}"))?;
-        let outputs = self.session.run(ort::inputs!["data" => tensor]).map_err(|e| anyhow!("SFace inference: {e}"))?;
+        // A poisoned lock only means another worker's run panicked; the session is not changed by a run.
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(ort::inputs!["data" => tensor]).map_err(|e| anyhow!("SFace inference: {e}"))?;
         let (_, data) = outputs["fc1"].try_extract_tensor::<f32>().map_err(|e| anyhow!("SFace output: {e}"))?;
         ensure!(data.len() == EMBEDDING_DIM, "SFace output has {} values, expected {EMBEDDING_DIM}", data.len());
         let mut v = [0f32; EMBEDDING_DIM];
