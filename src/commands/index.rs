@@ -424,6 +424,9 @@ fn plan(
                 if c.missing {
                     write::set_missing(&tx, &e.rel, false)?;
                 }
+                if c.ctime_ns.is_none() {
+                    write::set_ctime(&tx, &e.rel, e.stat.ctime_ns)?;
+                }
             }
             _ => work.push(Job { file: e, redo }),
         }
@@ -524,7 +527,11 @@ fn now_ns() -> i64 {
 /// is read again. An mtime in the future stays trustworthy until the clock reaches it (any
 /// write before then stamps a different mtime), so such photos are not re-read every run.
 fn is_unchanged(c: &read::CachedFile, s: &Stat, now: i64) -> bool {
-    let same = c.image_id.is_some() && c.size == s.size as i64 && c.mtime_ns == s.mtime_ns && c.inode == s.inode as i64;
+    let same = c.image_id.is_some()
+        && c.size == s.size as i64
+        && c.mtime_ns == s.mtime_ns
+        && c.inode == s.inode as i64
+        && c.ctime_ns.is_none_or(|ctime| ctime == s.ctime_ns);
     let settled = c.mtime_ns < c.checked_ns - RACY_NS || (c.mtime_ns > c.checked_ns + RACY_NS && c.mtime_ns > now + RACY_NS);
     same && settled
 }
@@ -927,9 +934,16 @@ mod tests {
     #[test]
     fn racy_timestamps_are_rechecked_but_future_ones_only_once_the_clock_reaches_them() {
         let now = 1_000_000_000_000i64;
-        let cached =
-            |mtime_ns, checked_ns| read::CachedFile { image_id: Some(1), size: 10, mtime_ns, inode: 7, checked_ns, missing: false };
-        let stat = |mtime_ns| Stat { size: 10, mtime_ns, inode: 7 };
+        let cached = |mtime_ns, checked_ns| read::CachedFile {
+            image_id: Some(1),
+            size: 10,
+            mtime_ns,
+            inode: 7,
+            checked_ns,
+            missing: false,
+            ctime_ns: Some(mtime_ns),
+        };
+        let stat = |mtime_ns| Stat { size: 10, mtime_ns, inode: 7, ctime_ns: mtime_ns };
         let hour = 3_600_000_000_000i64;
         assert!(is_unchanged(&cached(now - hour, now - 10), &stat(now - hour), now));
         // Modified in the second it was checked: may have changed within the tick.
@@ -938,5 +952,10 @@ mod tests {
         assert!(is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now));
         assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour), now + hour));
         assert!(!is_unchanged(&cached(now + hour, now - 10), &stat(now + hour + 1), now));
+        // Same size, mtime and inode, another ctime: written in place with its mtime put back.
+        let edited = Stat { ctime_ns: now - 5, ..stat(now - hour) };
+        assert!(!is_unchanged(&cached(now - hour, now - 10), &edited, now));
+        // A row from before ctimes were recorded is trusted as it was then.
+        assert!(is_unchanged(&read::CachedFile { ctime_ns: None, ..cached(now - hour, now - 10) }, &edited, now));
     }
 }

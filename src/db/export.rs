@@ -46,6 +46,8 @@ pub struct IndexedFile {
     pub size: i64,
     pub mtime_ns: i64,
     pub inode: i64,
+    /// `None`: indexed before ctimes were recorded (migration 0014).
+    pub ctime_ns: Option<i64>,
     /// When the stat data was taken (an mtime this close proves nothing: the racy rule of index).
     pub checked_ns: i64,
     pub blake3: String,
@@ -56,7 +58,7 @@ pub struct IndexedFile {
 pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
     let mut stmt = conn.prepare(
         "SELECT i.id AS image_id, f.path, f.path_raw, i.width, i.height, coalesce(i.orientation, 1) AS orientation, i.rotation,
-                f.size, f.mtime_ns, f.inode, f.checked_ns, i.blake3,
+                f.size, f.mtime_ns, f.inode, f.ctime_ns, f.checked_ns, i.blake3,
                 fc.id AS face_id, fc.x, fc.y, fc.w, fc.h, p.name
          FROM files f JOIN images i ON i.id = f.image_id
          LEFT JOIN faces fc ON fc.image_id = i.id AND fc.detector_id = i.detector_id
@@ -81,6 +83,7 @@ pub fn photo_faces(conn: &Connection) -> Result<Vec<PhotoFaces>> {
                     size: r.get("size")?,
                     mtime_ns: r.get("mtime_ns")?,
                     inode: r.get("inode")?,
+                    ctime_ns: r.get("ctime_ns")?,
                     checked_ns: r.get("checked_ns")?,
                     blake3: r.get("blake3")?,
                 },

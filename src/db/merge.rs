@@ -240,21 +240,23 @@ pub fn copy_forgotten(tx: &Connection, shard: &Connection) -> Result<u64> {
 /// Every path of the shard takes the shard's row (stat cache, image, error, missing); a row
 /// that already says the same is not written, so a second merge changes nothing.
 fn copy_files(tx: &Connection, shard: &Connection, run_id: RunId, map: &IdMap, stats: &mut Merged) -> Result<()> {
-    let mut stmt = shard.prepare("SELECT path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, missing FROM files")?;
+    let mut stmt =
+        shard.prepare("SELECT path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, missing, ctime_ns FROM files")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let image: Option<i64> = r.get(2)?;
         let image = image.map(|id| map.images.get(&id).copied().context("a file names an image the shard does not hold")).transpose()?;
         let changed = tx
             .prepare_cached(
-                "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+                "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing, ctime_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)
                  ON CONFLICT (path) DO UPDATE SET path_raw = excluded.path_raw, image_id = excluded.image_id, size = excluded.size,
                      mtime_ns = excluded.mtime_ns, inode = excluded.inode, checked_ns = excluded.checked_ns, error = excluded.error,
-                     last_run = excluded.last_run, missing = excluded.missing
-                 WHERE (files.path_raw, files.image_id, files.size, files.mtime_ns, files.inode, files.checked_ns, files.error, files.missing)
+                     last_run = excluded.last_run, missing = excluded.missing, ctime_ns = excluded.ctime_ns
+                 WHERE (files.path_raw, files.image_id, files.size, files.mtime_ns, files.inode, files.checked_ns, files.error, files.missing,
+                        files.ctime_ns)
                      IS NOT (excluded.path_raw, excluded.image_id, excluded.size, excluded.mtime_ns, excluded.inode, excluded.checked_ns,
-                             excluded.error, excluded.missing)",
+                             excluded.error, excluded.missing, excluded.ctime_ns)",
             )?
             .execute(params![
                 r.get::<_, String>(0)?,
@@ -266,7 +268,8 @@ fn copy_files(tx: &Connection, shard: &Connection, run_id: RunId, map: &IdMap, s
                 r.get::<_, i64>(6)?,
                 r.get::<_, Option<String>>(7)?,
                 run_id,
-                r.get::<_, i64>(8)?
+                r.get::<_, i64>(8)?,
+                r.get::<_, Option<i64>>(9)?
             ])?;
         stats.files += 1;
         stats.files_changed += changed as u64;

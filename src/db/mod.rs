@@ -42,6 +42,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0010_xmp_sidecars", include_str!("../../migrations/0010_xmp_sidecars.sql")),
     ("0011_people_waiting", include_str!("../../migrations/0011_people_waiting.sql")),
     ("0012_vector_log", include_str!("../../migrations/0012_vector_log.sql")),
+    ("0014_files_ctime", include_str!("../../migrations/0014_files_ctime.sql")),
 ];
 
 /// `PRAGMA application_id` of a facedb database ("fdb1"), set by migration 0005.
@@ -369,7 +370,7 @@ pub(crate) mod fixture {
             embedder_calls: 0,
         };
         let image = write::insert_image(conn, run, "b3", 1234, &img, &StageTimes::default(), models)?;
-        let stat = Stat { size: 1234, mtime_ns: 5, inode: 9 };
+        let stat = Stat { size: 1234, mtime_ns: 5, inode: 9, ctime_ns: 8 };
         let file = FileEntry { rel: "photos/a.jpg".into(), raw: None, abs: "/x/photos/a.jpg".into(), stat };
         write::upsert_file(conn, run, &file, Some(stat), 6, Some(image), None)?;
         Ok(Indexed { db, run, models, image })

@@ -22,6 +22,8 @@ pub struct CachedFile {
     pub inode: i64,
     pub checked_ns: i64,
     pub missing: bool,
+    /// `None`: the row was written before facedb recorded ctimes (migration 0014).
+    pub ctime_ns: Option<i64>,
 }
 
 impl FromRow for CachedFile {
@@ -33,6 +35,7 @@ impl FromRow for CachedFile {
             inode: r.get("inode")?,
             checked_ns: r.get("checked_ns")?,
             missing: r.get("missing")?,
+            ctime_ns: r.get("ctime_ns")?,
         })
     }
 }
@@ -40,10 +43,10 @@ impl FromRow for CachedFile {
 /// All file rows in one scan (a no-op re-index touches SQLite with this one query). Columns are
 /// looked up by name once for the statement, not once per row.
 pub fn file_cache(conn: &Connection) -> Result<HashMap<String, CachedFile>> {
-    let mut stmt = conn.prepare("SELECT path, image_id, size, mtime_ns, inode, checked_ns, missing FROM files")?;
+    let mut stmt = conn.prepare("SELECT path, image_id, size, mtime_ns, inode, checked_ns, missing, ctime_ns FROM files")?;
     let ix = |name: &str| stmt.column_index(name);
-    let (path, image_id, size, mtime_ns, inode, checked_ns, missing) =
-        (ix("path")?, ix("image_id")?, ix("size")?, ix("mtime_ns")?, ix("inode")?, ix("checked_ns")?, ix("missing")?);
+    let (path, image_id, size, mtime_ns, inode, checked_ns, missing, ctime_ns) =
+        (ix("path")?, ix("image_id")?, ix("size")?, ix("mtime_ns")?, ix("inode")?, ix("checked_ns")?, ix("missing")?, ix("ctime_ns")?);
     let mut out = HashMap::new();
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -54,6 +57,7 @@ pub fn file_cache(conn: &Connection) -> Result<HashMap<String, CachedFile>> {
             inode: r.get(inode)?,
             checked_ns: r.get(checked_ns)?,
             missing: r.get(missing)?,
+            ctime_ns: r.get(ctime_ns)?,
         };
         out.insert(r.get(path)?, c);
     }

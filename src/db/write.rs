@@ -261,15 +261,21 @@ pub fn upsert_file(
     error: Option<&str>,
 ) -> Result<()> {
     // A `None` stat stores size -1, which never matches, so the next run reads the file again.
-    let (size, mtime, inode) = stat.map_or((-1, 0, 0), |s| (s.size as i64, s.mtime_ns, s.inode as i64));
+    let (size, mtime, inode, ctime) = stat.map_or((-1, 0, 0, None), |s| (s.size as i64, s.mtime_ns, s.inode as i64, Some(s.ctime_ns)));
     conn.prepare_cached(
-        "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0)
+        "INSERT INTO files (path, path_raw, image_id, size, mtime_ns, inode, checked_ns, error, first_run, last_run, missing, ctime_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0, ?10)
          ON CONFLICT (path) DO UPDATE SET path_raw = excluded.path_raw, image_id = excluded.image_id, size = excluded.size,
              mtime_ns = excluded.mtime_ns, inode = excluded.inode, checked_ns = excluded.checked_ns, error = excluded.error,
-             last_run = excluded.last_run, missing = 0",
+             last_run = excluded.last_run, missing = 0, ctime_ns = excluded.ctime_ns",
     )?
-    .execute(params![file.rel, file.raw, image_id, size, mtime, inode, checked_ns, error, run_id])?;
+    .execute(params![file.rel, file.raw, image_id, size, mtime, inode, checked_ns, error, run_id, ctime])?;
+    Ok(())
+}
+
+/// Records the ctime of a file found unchanged whose row predates the ctime column (migration 0014).
+pub fn set_ctime(conn: &Connection, path: &str, ctime_ns: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET ctime_ns = ?2 WHERE path = ?1")?.execute(params![path, ctime_ns])?;
     Ok(())
 }
 

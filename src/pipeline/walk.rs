@@ -31,11 +31,19 @@ pub struct Stat {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    /// Status change time: set by the kernel on every write, rename or chmod, never by a user.
+    pub ctime_ns: i64,
 }
 
 impl Stat {
     pub fn of(meta: &std::fs::Metadata) -> Self {
-        Self { size: meta.len(), mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()), inode: meta.ino() }
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            inode: meta.ino(),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
     }
 }
 

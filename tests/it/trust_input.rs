@@ -287,6 +287,42 @@ fn a_photo_replaced_under_its_old_size_and_mtime_or_a_relinked_name_is_read_agai
     assert_eq!(query_i64(&conn, linked), 1);
 }
 
+/// An edit in place that keeps size, inode and (put back) mtime, as `touch -r` or `exiftool -P`
+/// on a same-length field leaves it: only the ctime, which no user tool sets, shows it.
+#[test]
+fn a_photo_edited_in_place_with_its_mtime_put_back_is_read_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = dataset(tmp.path());
+    add_photos(&photos, &["obama.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(&photos).assert().code(0);
+    let conn = db(&photos);
+    let hash = "SELECT i.blake3 FROM files f JOIN images i ON i.id = f.image_id WHERE f.path = 'obama.jpg'";
+    let before: String = conn.query_row(hash, [], |r| r.get(0)).unwrap();
+    let path = photos.join("obama.jpg");
+    let meta = std::fs::metadata(&path).unwrap();
+    let (size, inode, mtime) = (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta), meta.modified().unwrap());
+    // One byte of the JPEG comment-free tail changed in place (the last bytes before EOI).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x01;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let after_edit = std::fs::metadata(&path).unwrap();
+    assert_eq!((after_edit.len(), std::os::unix::fs::MetadataExt::ino(&after_edit), after_edit.modified().unwrap()), (size, inode, mtime));
+    facedb().arg("index").arg(&photos).assert().code(0);
+    assert_eq!(last_run(&conn, "files_unchanged"), 1, "only biden.jpg is unchanged");
+    let after: String = conn.query_row(hash, [], |r| r.get(0)).unwrap();
+    assert_ne!(before, after, "the edited bytes are another photo");
+    // Unchanged since: trusted again, nothing read.
+    facedb().arg("index").arg(&photos).assert().code(0);
+    assert_eq!((last_run(&conn, "files_unchanged"), last_run(&conn, "bytes_read")), (2, 0));
+}
+
 #[test]
 fn index_in_a_subfolder_uses_the_dataset_database_and_an_empty_folder_says_so() {
     let tmp = tempfile::tempdir().unwrap();

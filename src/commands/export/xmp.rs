@@ -271,7 +271,11 @@ fn refusal(root: &Path, source: &Path, photo: &PhotoFaces, now: i64) -> Option<S
     }
     let was = &photo.indexed;
     let stat = walk::Stat::of(&meta);
-    let same = meta.is_file() && stat.size as i64 == was.size && stat.mtime_ns == was.mtime_ns && stat.inode as i64 == was.inode;
+    let same = meta.is_file()
+        && stat.size as i64 == was.size
+        && stat.mtime_ns == was.mtime_ns
+        && stat.inode as i64 == was.inode
+        && was.ctime_ns.is_none_or(|ctime| ctime == stat.ctime_ns);
     let racy = (was.mtime_ns - was.checked_ns).abs() <= RACY_NS || was.mtime_ns > now;
     let same = same && (!racy || walk::read_regular(source).is_ok_and(|b| crate::pipeline::hash::content_hash(&b) == was.blake3));
     (!same).then(|| format!("{shown} changed since it was indexed, so its stored faces may be another photo's; {reindex}"))
