@@ -13,7 +13,13 @@
 //! - it names the last entry of the database's change log (`vector_log`, migration 0012) that it
 //!   mirrors, by seq and random tag. That entry must still be there with that tag (a copy
 //!   restored and changed again has another tag there, or none) and the entries after it must be
-//!   contiguous; they are then exactly the changes since, and are applied or make it rebuild;
+//!   contiguous; they are then exactly the changes since, and are applied or make it rebuild.
+//!   The log proves nothing when its last entry is older than the last seq SQLite handed out (its
+//!   tail deleted), when it is empty, or when its table or triggers differ from migration 0013's
+//!   text (`repair_log` recreates them at every writable open); then the cache is rebuilt and a
+//!   baseline entry written, so the next match can prove it again;
+//! - it names the embedder's embedding count and highest face id, which must still hold for the
+//!   faces no log entry names (rows dropped or added where no trigger fires: a dump reloaded);
 //! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
 //!   on open; every compact chunk is checked against its CRC-32 as it is streamed, and every
 //!   exact row against its own CRC-32 when it is read (CRC-32 runs at ~4 GB/s here against
@@ -25,13 +31,15 @@
 //! always sees every vector exactly once and only vectors that match the database.
 //!
 //! Bringing it up to date: when every change since names a face or an image newer than any the
-//! cache holds (an `index` of new photos), the new faces are appended as a new segment; any other
+//! cache holds (an `index` of new photos), or a photo whose faces are still exactly the cached
+//! ones (a copy under a new name), the new faces are appended as a new segment; any other
 //! change (a face removed or re-scored, a photo gone, a model edited) rebuilds it, as do more than
 //! `MAX_SEGMENTS` segments. Appended faces all have higher ids than the cached ones, so the cache
 //! stays in face id order, the order a rebuild writes (a damaged chunk is replaced by a rebuilt
 //! file holding the same faces in the same places). An append writes the segment, syncs it, then
 //! writes the header slot not in use and syncs again: a crash in between leaves the previous
-//! header, which still proves the previous state (bytes past its segments are ignored). Appends
+//! header, which still proves the previous state (bytes past its segments are ignored, and cut by
+//! the next append). Appends
 //! hold an exclusive `flock` on the file; readers never need one (written bytes never change).
 //! `match` then deletes the log entries before the one its saved cache names: the log stays short.
 //! Deleting the cache is always safe.
@@ -43,7 +51,8 @@
 //! CRC-32 per compact block.
 //! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
 //! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
-//! the face records, digest of the chunk checksums), digest of the slot's bytes before it.
+//! the face records, digest of the chunk checksums), embedding count and highest embedded face
+//! id, digest of the slot's bytes before it.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
