@@ -55,9 +55,11 @@ pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
     }
     let db_file = database_path(globals, &root);
     let cache_removed = vectors::erase(&db_file)?;
+    let leftovers = vectors::erase_leftovers(&db_file);
+    warn_leftovers(&vectors::cache_path(&db_file), &leftovers);
     forget::compact(&db.conn).with_context(|| format!("compacting {}", display_path(&db_file)))?;
     let what = args.person.as_ref().map(|n| format!("person {n}")).or(args.target).unwrap_or_default();
-    summary(globals, &what, &erased, Removed { crops: crops_removed, sidecars, cache: cache_removed })?;
+    summary(globals, &what, &erased, Removed { crops: crops_removed, sidecars, cache: cache_removed, parts: leftovers.parts_removed })?;
     Ok(if sidecar_failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FILES_FAILED) })
 }
 
@@ -121,24 +123,45 @@ struct Removed {
     /// Sidecars facedb wrote that were rewritten without the forgotten faces.
     sidecars: usize,
     cache: bool,
+    /// Unfinished vector caches (`<cache>.*.part`) removed.
+    parts: usize,
+}
+
+/// What forget could not remove that may still hold the forgotten vectors, one line each
+/// (said even with --quiet: the user has to act).
+fn warn_leftovers(cache: &Path, leftovers: &vectors::Leftovers) {
+    if let Some(target) = &leftovers.link {
+        eprintln!(
+            "warning: {} is a link, left alone; its target {} may still hold the forgotten faces' vectors: delete it by hand",
+            display_path(cache),
+            display_path(target)
+        );
+    }
+    for part in &leftovers.parts_kept {
+        eprintln!(
+            "warning: cannot remove {}, an unfinished vector cache that may hold the forgotten faces' vectors: delete it by hand",
+            display_path(part)
+        );
+    }
 }
 
 fn summary(globals: &Globals, target: &str, e: &Erased, removed: Removed) -> Result<()> {
-    let Removed { crops: crops_removed, sidecars, cache: cache_removed } = removed;
+    let Removed { crops: crops_removed, sidecars, cache: cache_removed, parts } = removed;
     if globals.json {
         outln!(
             "{}",
-            serde_json::json!({"command": "forget", "target": target, "erased": e, "crops_removed": crops_removed, "sidecars_rewritten": sidecars, "vector_cache_removed": cache_removed})
+            serde_json::json!({"command": "forget", "target": target, "erased": e, "crops_removed": crops_removed, "sidecars_rewritten": sidecars, "vector_cache_removed": cache_removed, "vector_cache_parts_removed": parts})
         );
     } else if !globals.quiet {
         eprintln!(
-            "forgot {target}: {} face(s), {} embedding(s), {} reference(s), {} match result(s), {} decision(s), {crops_removed} crop file(s), {sidecars} XMP sidecar(s) rewritten; database compacted{}; `facedb index` will not store these faces again",
+            "forgot {target}: {} face(s), {} embedding(s), {} reference(s), {} match result(s), {} decision(s), {crops_removed} crop file(s), {sidecars} XMP sidecar(s) rewritten; database compacted{}{}; `facedb index` will not store these faces again",
             e.faces,
             e.embeddings,
             e.references,
             e.match_results,
             e.decisions,
-            if cache_removed { ", vector cache removed (the next match rebuilds it)" } else { "" }
+            if cache_removed { ", vector cache removed (the next match rebuilds it)" } else { "" },
+            if parts > 0 { format!(", {parts} unfinished vector cache file(s) removed") } else { String::new() }
         );
     }
     Ok(())

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0010_xmp_sidecars", include_str!("../../migrations/0010_xmp_sidecars.sql")),
     ("0011_people_waiting", include_str!("../../migrations/0011_people_waiting.sql")),
     ("0012_vector_log", include_str!("../../migrations/0012_vector_log.sql")),
+    ("0013_vector_log_triggers", include_str!("../../migrations/0013_vector_log_triggers.sql")),
     ("0014_files_ctime", include_str!("../../migrations/0014_files_ctime.sql")),
 ];
 
@@ -83,6 +84,10 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut db = Self { conn };
         db.migrate().with_context(|| format!("migrating {}", path.display()))?;
+        // Where it cannot repair, `match` says so and rebuilds the vector cache every time.
+        if let Ok(Some(warning)) = vectors::repair_log(&db.conn) {
+            eprintln!("warning: {}: {warning}", path.display());
+        }
         Ok(db)
     }
 

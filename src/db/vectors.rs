@@ -13,7 +13,13 @@
 //! - it names the last entry of the database's change log (`vector_log`, migration 0012) that it
 //!   mirrors, by seq and random tag. That entry must still be there with that tag (a copy
 //!   restored and changed again has another tag there, or none) and the entries after it must be
-//!   contiguous; they are then exactly the changes since, and are applied or make it rebuild;
+//!   contiguous; they are then exactly the changes since, and are applied or make it rebuild.
+//!   The log proves nothing when its last entry is older than the last seq SQLite handed out (its
+//!   tail deleted), when it is empty, or when its table or triggers differ from migration 0013's
+//!   text (`repair_log` recreates them at every writable open); then the cache is rebuilt and a
+//!   baseline entry written, so the next match can prove it again;
+//! - it names the embedder's embedding count and highest face id, which must still hold for the
+//!   faces no log entry names (rows dropped or added where no trigger fires: a dump reloaded);
 //! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
 //!   on open; every compact chunk is checked against its CRC-32 as it is streamed, and every
 //!   exact row against its own CRC-32 when it is read (CRC-32 runs at ~4 GB/s here against
@@ -25,13 +31,15 @@
 //! always sees every vector exactly once and only vectors that match the database.
 //!
 //! Bringing it up to date: when every change since names a face or an image newer than any the
-//! cache holds (an `index` of new photos), the new faces are appended as a new segment; any other
+//! cache holds (an `index` of new photos), or a photo whose faces are still exactly the cached
+//! ones (a copy under a new name), the new faces are appended as a new segment; any other
 //! change (a face removed or re-scored, a photo gone, a model edited) rebuilds it, as do more than
 //! `MAX_SEGMENTS` segments. Appended faces all have higher ids than the cached ones, so the cache
 //! stays in face id order, the order a rebuild writes (a damaged chunk is replaced by a rebuilt
 //! file holding the same faces in the same places). An append writes the segment, syncs it, then
 //! writes the header slot not in use and syncs again: a crash in between leaves the previous
-//! header, which still proves the previous state (bytes past its segments are ignored). Appends
+//! header, which still proves the previous state (bytes past its segments are ignored, and cut by
+//! the next append). Appends
 //! hold an exclusive `flock` on the file; readers never need one (written bytes never change).
 //! `match` then deletes the log entries before the one its saved cache names: the log stays short.
 //! Deleting the cache is always safe.
@@ -43,7 +51,8 @@
 //! CRC-32 per compact block.
 //! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
 //! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
-//! the face records, digest of the chunk checksums), digest of the slot's bytes before it.
+//! the face records, digest of the chunk checksums), embedding count and highest embedded face
+//! id, digest of the slot's bytes before it.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -63,7 +72,7 @@ const DIGEST_LEN: usize = 32;
 const SLOT_LEN: usize = 2048;
 const MAX_SEGMENTS: usize = 16;
 const SEGMENT_ENTRY_LEN: usize = 8 + 8 + 2 * DIGEST_LEN;
-const SLOT_FIELDS_LEN: usize = 8 + 8 + DIGEST_LEN + 4 * 8 + 3 * 4 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN;
+const SLOT_FIELDS_LEN: usize = 8 + 8 + DIGEST_LEN + 4 * 8 + 3 * 4 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN + 2 * 8;
 const _: () = assert!(SLOT_FIELDS_LEN + DIGEST_LEN <= SLOT_LEN);
 const BODY_START: u64 = 2 * SLOT_LEN as u64;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
@@ -172,6 +181,9 @@ struct LogMark {
 struct Source<'c> {
     conn: &'c Connection,
     key: Key,
+    /// The log entry and census of the snapshot a rebuild writes (the caller's transaction).
+    head: LogMark,
+    census: Census,
     path: PathBuf,
     write: CacheWrite,
 }
@@ -195,6 +207,40 @@ struct Header {
     max_image: i64,
     segments: Vec<Segment>,
     dim: usize,
+    census: Census,
+}
+
+/// The embedder's embeddings as SQLite counts them (over the `embeddings_model` index): how many
+/// and the highest face id. A cheap second proof beside the log: rows dropped or added outside
+/// any trigger (a database dumped and reloaded by hand) change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Census {
+    count: i64,
+    max_face: i64,
+}
+
+impl Census {
+    /// One pass over the index: ~70-120 ms at a million faces on a loaded machine (290 ms
+    /// through the table itself, which holds the vectors).
+    fn of(conn: &Connection, embedder_id: i64) -> Result<Self> {
+        let (count, max): (i64, Option<i64>) =
+            conn.query_row("SELECT count(*), max(face_id) FROM embeddings WHERE model_id = ?1", [embedder_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(Census { count, max_face: max.unwrap_or(i64::MIN) })
+    }
+
+    /// Only the embeddings of faces up to `face`, from the whole census `all`: it counts the few
+    /// rows above `face` (the faces an index just added) instead of the many below.
+    fn up_to(conn: &Connection, embedder_id: i64, face: i64, all: Census) -> Result<Self> {
+        let (above, max): (i64, Option<i64>) = conn.query_row(
+            "SELECT (SELECT count(*) FROM embeddings WHERE model_id = ?1 AND face_id > ?2),
+                    (SELECT max(face_id) FROM embeddings WHERE model_id = ?1 AND face_id <= ?2)",
+            [embedder_id, face],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Census { count: all.count - above, max_face: max.unwrap_or(i64::MIN) })
+    }
 }
 
 /// One compact block and where its faces sit in the cache's order.
@@ -250,7 +296,14 @@ pub fn erase(db_path: &Path) -> Result<bool> {
 pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usize, write: CacheWrite) -> Result<FaceMatrix<'c>> {
     let (key, mut warning) = current_key(conn, embedder_id, dim)?;
     let path = cache_path(db_path);
-    let mut source = Source { conn, key, path, write };
+    // A log whose table or triggers are not facedb's proves nothing (`repair_log`, run at every
+    // writable open, recreates them where it can): rebuilt every time, never saved.
+    let intact = log_intact(conn)?;
+    if !intact {
+        warning = warning.or(Some(LOG_BROKEN.to_string()));
+    }
+    let census = Census::of(conn, embedder_id)?;
+    let mut source = Source { conn, key, head: LogMark::default(), census, path, write };
     if warning.is_some() {
         source.write = CacheWrite::Temporary;
     }
@@ -267,15 +320,30 @@ pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usi
             source.write = CacheWrite::Temporary;
         }
     }
-    let head = log_head(conn)?;
+    // A log emptied or cut short by hand (its last entry older than the last seq SQLite handed
+    // out) proves nothing either. A baseline entry lets the cache rebuilt now be proven by the
+    // next match instead of rebuilding until the next index.
+    let mut proven = intact && warning.is_none();
+    if intact {
+        source.head = log_head(conn)?;
+        if source.head.seq == 0 || source.head.seq < last_log_seq(conn)? {
+            proven = false;
+            if source.write == CacheWrite::Save && conn.execute(BASELINE, []).is_ok() {
+                source.head = log_head(conn)?;
+            }
+        }
+    }
     let existing = open_existing(&source.path).and_then(|f| open_verified(f, &source.key));
     let (faces, vectors, refresh) = match existing.map(|(faces, v)| {
-        let plan = if warning.is_some() { Plan::Rebuild } else { plan(conn, &v.header, head, embedder_id, dim) };
+        let plan = if proven { plan(conn, &faces, &v.header, &source, embedder_id) } else { Plan::Rebuild };
         (faces, v, plan)
     }) {
         Ok((faces, v, Plan::Current)) => (faces, v, Refresh::None),
-        Ok((faces, v, Plan::Append(new))) if source.write == CacheWrite::Save => match append(&source, (faces, v), &new, head) {
-            Ok((faces, v)) => (faces, v, Refresh::Appended),
+        // Nothing to append (entries for photos it already mirrors unchanged): the cache is
+        // current; saving only moves its mark.
+        Ok((faces, v, Plan::Append(new))) if new.is_empty() && source.write != CacheWrite::Save => (faces, v, Refresh::None),
+        Ok((faces, v, Plan::Append(new))) if source.write == CacheWrite::Save => match append(&source, (faces, v), &new) {
+            Ok((faces, v)) => (faces, v, if new.is_empty() { Refresh::None } else { Refresh::Appended }),
             Err(_) => rebuild(&mut source, &mut warning)?,
         },
         _ => rebuild(&mut source, &mut warning)?,
@@ -339,6 +407,87 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// Why the vector cache is not saved when the change log is broken.
+const LOG_BROKEN: &str = "the database's vector_log table or its triggers are missing or altered and could not be recreated (read-only?), so the vector cache is rebuilt on every match; open the database once with write access (`facedb index`)";
+
+/// An entry naming everything: every cache saved before it rebuilds.
+const BASELINE: &str = "INSERT INTO vector_log (kind, id, tag) VALUES (3, NULL, random())";
+
+/// The change log's table as migration 0012 creates it.
+const LOG_TABLE: &str = "CREATE TABLE IF NOT EXISTS vector_log (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind INTEGER NOT NULL,
+    id   INTEGER,
+    tag  INTEGER NOT NULL
+)";
+
+/// Migration 0013 holds every trigger of the change log, each `CREATE TRIGGER name ... END;`,
+/// which is how SQLite keeps its text in sqlite_master (without the semicolon).
+const LOG_TRIGGERS: &str = include_str!("../../migrations/0013_vector_log_triggers.sql");
+
+/// The change log's triggers by name, with their text as sqlite_master must hold it.
+fn expected_triggers() -> std::collections::BTreeMap<&'static str, &'static str> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = LOG_TRIGGERS;
+    while let Some(start) = rest.find("CREATE TRIGGER ") {
+        let body = &rest[start..];
+        let Some(end) = body.find("END;") else { break };
+        let sql = &body[..end + "END".len()];
+        if let Some(name) = sql.split_whitespace().nth(2) {
+            out.insert(name, sql);
+        }
+        rest = &body[end..];
+    }
+    out
+}
+
+/// The triggers that are, or pretend to be, the change log's: named like them or on its table.
+fn found_triggers(conn: &Connection) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND (name LIKE 'vector_log%' OR tbl_name = 'vector_log')")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the change log's table is there and its triggers are exactly facedb's: a trigger
+/// dropped or edited by hand lets changes go unlogged, so the log would prove nothing.
+fn log_intact(conn: &Connection) -> Result<bool> {
+    let table: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'vector_log'", [], |r| r.get(0))?;
+    let (found, expected) = (found_triggers(conn)?, expected_triggers());
+    Ok(table == 1
+        && found.len() == expected.len()
+        && expected.iter().all(|(name, sql)| found.get(*name).is_some_and(|s| s.as_deref() == Some(*sql))))
+}
+
+/// Recreates the change log's table and triggers when they are not facedb's (dropped or edited
+/// by hand), with a baseline entry so every saved cache rebuilds. Returns a one-line warning
+/// when it did. Runs at every writable open: `index` needs the table its triggers write.
+pub fn repair_log(conn: &Connection) -> Result<Option<String>> {
+    if log_intact(conn)? {
+        return Ok(None);
+    }
+    let tx = conn.unchecked_transaction()?;
+    for name in found_triggers(&tx)?.keys() {
+        tx.execute_batch(&format!("DROP TRIGGER \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    tx.execute_batch(LOG_TABLE)?;
+    for sql in expected_triggers().values() {
+        tx.execute_batch(sql)?;
+    }
+    tx.execute(BASELINE, [])?;
+    tx.commit()?;
+    Ok(Some(
+        "the vector_log table or its triggers were missing or altered; facedb recreated them, and the next match rebuilds the vector cache"
+            .to_string(),
+    ))
+}
+
+/// The last seq SQLite handed out to the change log (0 if none).
+fn last_log_seq(conn: &Connection) -> Result<i64> {
+    let seq = conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'", [], |r| r.get(0)).optional()?;
+    Ok(seq.unwrap_or(0))
+}
+
 /// The last entry of the change log in this snapshot (seq 0 when it is empty).
 fn log_head(conn: &Connection) -> Result<LogMark> {
     let mark = conn
@@ -357,12 +506,12 @@ enum Plan {
 
 /// Proves from the change log what happened since the cache's entry: nothing, only new faces
 /// (returned with their vectors), or anything else (rebuild).
-fn plan(conn: &Connection, header: &Header, head: LogMark, embedder_id: i64, dim: usize) -> Plan {
-    plan_checked(conn, header, head, embedder_id, dim).unwrap_or(Plan::Rebuild)
+fn plan(conn: &Connection, cached: &[FaceRow], header: &Header, source: &Source, embedder_id: i64) -> Plan {
+    plan_checked(conn, cached, header, source, embedder_id).unwrap_or(Plan::Rebuild)
 }
 
-fn plan_checked(conn: &Connection, header: &Header, head: LogMark, embedder_id: i64, dim: usize) -> Result<Plan> {
-    let mark = header.mark;
+fn plan_checked(conn: &Connection, cached: &[FaceRow], header: &Header, source: &Source, embedder_id: i64) -> Result<Plan> {
+    let (mark, head, dim) = (header.mark, source.head, source.key.dim);
     let tag: Option<i64> = conn.query_row("SELECT tag FROM vector_log WHERE seq = ?1", [mark.seq], |r| r.get(0)).optional()?;
     if mark.seq <= 0 || tag != Some(mark.tag) {
         return Ok(Plan::Rebuild);
@@ -372,14 +521,19 @@ fn plan_checked(conn: &Connection, header: &Header, head: LogMark, embedder_id: 
     if after != head.seq - mark.seq {
         return Ok(Plan::Rebuild);
     }
+    // The embeddings the log names no change of must be those the cache counted (rows dropped
+    // or added by a dump and reload fire no trigger).
     if after == 0 {
-        return Ok(Plan::Current);
+        return Ok(if source.census == header.census { Plan::Current } else { Plan::Rebuild });
+    }
+    if Census::up_to(conn, embedder_id, header.census.max_face, source.census)? != header.census {
+        return Ok(Plan::Rebuild);
     }
     let held: u64 = header.segments.iter().map(|s| s.count).sum();
     if after as u64 > MAX_LOG_ENTRIES.max(held / 2) || header.segments.len() >= MAX_SEGMENTS {
         return Ok(Plan::Rebuild);
     }
-    let (mut faces, mut images) = (Vec::new(), Vec::new());
+    let (mut faces, mut images, mut known) = (Vec::new(), Vec::new(), Vec::new());
     let mut stmt = conn.prepare("SELECT kind, id FROM vector_log WHERE seq > ?1 ORDER BY seq")?;
     let mut rows = stmt.query([mark.seq])?;
     while let Some(r) = rows.next()? {
@@ -387,14 +541,31 @@ fn plan_checked(conn: &Connection, header: &Header, head: LogMark, embedder_id: 
         match (r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?) {
             (1, Some(id)) if id > header.max_face => faces.push(id),
             (2, Some(id)) if id > header.max_image => images.push(id),
+            (2, Some(id)) => known.push(id),
             _ => return Ok(Plan::Rebuild),
         }
+    }
+    if !known.is_empty() && !still_holds(conn, cached, header.max_face, embedder_id, dim, &known)? {
+        return Ok(Plan::Rebuild);
     }
     let new = changed_faces(conn, embedder_id, dim, &faces, &images)?;
     if new.iter().any(|(f, _)| f.face_id <= header.max_face) {
         return Ok(Plan::Rebuild);
     }
     Ok(Plan::Append(new))
+}
+
+/// Whether the photos `images` still count exactly the cached faces the cache holds for them
+/// (a file row added for a photo already cached, a copy under a new name, changes nothing it
+/// mirrors). Their vectors cannot have changed: an embedding change logs its face, which
+/// rebuilds. Faces newer than the cache's are left to the append.
+fn still_holds(conn: &Connection, cached: &[FaceRow], max_face: i64, embedder_id: i64, dim: usize, images: &[i64]) -> Result<bool> {
+    let wanted: std::collections::HashSet<i64> = images.iter().copied().collect();
+    let held = cached.iter().filter(|f| wanted.contains(&f.image_id));
+    let now = changed_faces(conn, embedder_id, dim, &[], images)?;
+    let now = now.iter().map(|(f, _)| f).filter(|f| f.face_id <= max_face);
+    // Both in face id order (the cache's order and the query's).
+    Ok(held.eq(now))
 }
 
 /// The faces the cache must hold among `faces` and the faces of `images`, by the rule of
@@ -447,6 +618,7 @@ fn read_slot(file: &File, slot: usize) -> Option<Header> {
     if chunk_faces as usize != CHUNK_FACES || dim == 0 || segments > MAX_SEGMENTS {
         return None;
     }
+    let census_at = o + 44 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN;
     let segments = (0..segments)
         .map(|k| {
             let s = o + 44 + k * SEGMENT_ENTRY_LEN;
@@ -461,6 +633,7 @@ fn read_slot(file: &File, slot: usize) -> Option<Header> {
         max_image: u64_at(o + 24) as i64,
         segments,
         dim: dim as usize,
+        census: Census { count: u64_at(census_at) as i64, max_face: u64_at(census_at + 8) as i64 },
     })
 }
 
@@ -487,6 +660,8 @@ fn encode_slot(h: &Header) -> Result<Vec<u8>> {
             None => b.extend_from_slice(&[0u8; SEGMENT_ENTRY_LEN]),
         }
     }
+    b.extend_from_slice(&h.census.count.to_le_bytes());
+    b.extend_from_slice(&h.census.max_face.to_le_bytes());
     debug_assert_eq!(b.len(), SLOT_FIELDS_LEN);
     let digest = blake3::hash(&b);
     b.extend_from_slice(digest.as_bytes());
@@ -584,7 +759,7 @@ fn build(source: &mut Source) -> Result<(File, Option<String>)> {
 
 fn build_temporary(source: &Source) -> Result<File> {
     let mut file = tempfile::tempfile().context("creating a temporary file for the vector cache")?;
-    write_cache(source.conn, &source.key, &mut file).context("building the vector cache in a temporary file")?;
+    write_cache(source, &mut file).context("building the vector cache in a temporary file")?;
     Ok(file)
 }
 
@@ -603,7 +778,7 @@ fn save(source: &Source) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_cache(source.conn, &source.key, &mut file).and_then(|()| {
+    let result = write_cache(source, &mut file).and_then(|()| {
         file.sync_all()?;
         std::fs::rename(&tmp, &source.path)?;
         Ok(())
@@ -617,12 +792,24 @@ fn save(source: &Source) -> Result<File> {
 /// Removes the temporary caches (`<cache>.<pid>-<nonce>.part`, names only facedb makes) left by
 /// builders that died (kill -9, power loss): each is as big as the cache. A live builder's is kept.
 fn remove_stale_parts(path: &Path) {
+    for (part, pid) in part_files(path) {
+        // SAFETY: signal 0 only asks whether the process exists.
+        let dead = pid > 0 && unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if dead {
+            let _ = std::fs::remove_file(part);
+        }
+    }
+}
+
+/// The regular files named like a builder's temporary cache of `path`, with the builder's pid.
+fn part_files(path: &Path) -> Vec<(PathBuf, libc::pid_t)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return;
+        return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(name)).and_then(|n| n.strip_prefix('.')) else {
@@ -634,12 +821,39 @@ fn remove_stale_parts(path: &Path) {
         let (Ok(pid), true) = (pid.parse::<libc::pid_t>(), nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit())) else {
             continue;
         };
-        // SAFETY: signal 0 only asks whether the process exists.
-        let dead = pid > 0 && unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if dead && entry.file_type().is_ok_and(|t| t.is_file()) {
-            let _ = std::fs::remove_file(entry.path());
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push((entry.path(), pid));
         }
     }
+    out
+}
+
+/// What `forget` found beside the cache besides the cache itself.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Unfinished caches removed (a killed build's, or a running one's: it then fails to save).
+    pub parts_removed: usize,
+    /// Those that could not be removed.
+    pub parts_kept: Vec<PathBuf>,
+    /// The cache path is a link: never followed, so its target may still hold the vectors.
+    pub link: Option<PathBuf>,
+}
+
+/// Removes every unfinished cache of the database (each may hold the vectors of faces just
+/// forgotten) and reports a link at the cache path, which it never follows.
+pub fn erase_leftovers(db_path: &Path) -> Leftovers {
+    let path = cache_path(db_path);
+    let mut out = Leftovers::default();
+    for (part, _) in part_files(&path) {
+        match std::fs::remove_file(&part) {
+            Ok(()) => out.parts_removed += 1,
+            Err(_) => out.parts_kept.push(part),
+        }
+    }
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        out.link = Some(std::fs::read_link(&path).unwrap_or(path));
+    }
+    out
 }
 
 /// Writes one segment at the writer's position: chunks of compact and exact blocks, then the
@@ -723,9 +937,9 @@ impl<'f> SegmentWriter<'f> {
 
 /// Writes the whole cache for `key` into `file` (empty): the rows come from the caller's
 /// snapshot, in face id order, as one segment, named after the snapshot's last log entry.
-fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
+fn write_cache(source: &Source, file: &mut File) -> Result<()> {
+    let (conn, key) = (source.conn, &source.key);
     let dim = key.dim;
-    let head = log_head(conn)?;
     let mut w = SegmentWriter::new(file, BODY_START, dim)?;
     for_each_face(conn, key.embedder_id, |face, blob| {
         // A malformed vector (hand-edited database) is skipped rather than trusted.
@@ -735,7 +949,16 @@ fn write_cache(conn: &Connection, key: &Key, file: &mut File) -> Result<()> {
         Ok(())
     })?;
     let (segment, max_face, max_image, _) = w.finish()?;
-    let header = Header { generation: 1, key: key.digest(), mark: head, max_face, max_image, segments: vec![segment], dim };
+    let header = Header {
+        generation: 1,
+        key: key.digest(),
+        mark: source.head,
+        max_face,
+        max_image,
+        segments: vec![segment],
+        dim,
+        census: source.census,
+    };
     file.write_all_at(&encode_slot(&header)?, 0)?;
     // The other slot stays zero: never valid.
     file.write_all_at(&[0u8; SLOT_LEN], SLOT_LEN as u64)?;
@@ -749,7 +972,6 @@ fn append<'c>(
     source: &Source,
     (mut faces, mut v): (Vec<FaceRow>, VectorFile<'c>),
     new: &[(FaceRow, Vec<u8>)],
-    head: LogMark,
 ) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
     let dim = v.dim;
     let mut file = std::fs::OpenOptions::new()
@@ -771,30 +993,37 @@ fn append<'c>(
     {
         bail!("the vector cache changed meanwhile");
     }
-    let end = file.metadata()?.len().max(BODY_START);
-    let mut w = SegmentWriter::new(&mut file, end, dim)?;
-    for (face, blob) in new {
-        w.push(face, blob)?;
-    }
-    let (segment, max_face, max_image, sums) = w.finish()?;
-    file.sync_data()?;
+    // Bytes past the committed segments are a killed append's: cut them, never write after them.
+    let end =
+        v.header.segments.iter().filter_map(|s| Some(s.offset + segment_len(s.count, dim)?)).max().unwrap_or(BODY_START).max(BODY_START);
+    file.set_len(end)?;
     let mut header = v.header.clone();
     header.generation += 1;
-    header.mark = head;
-    header.max_face = header.max_face.max(max_face);
-    header.max_image = header.max_image.max(max_image);
-    header.segments.push(segment);
+    header.mark = source.head;
+    header.census = source.census;
+    // Nothing new (entries for photos mirrored unchanged): only the mark moves.
+    if !new.is_empty() {
+        let mut w = SegmentWriter::new(&mut file, end, dim)?;
+        for (face, blob) in new {
+            w.push(face, blob)?;
+        }
+        let (segment, max_face, max_image, sums) = w.finish()?;
+        file.sync_data()?;
+        header.max_face = header.max_face.max(max_face);
+        header.max_image = header.max_image.max(max_image);
+        header.segments.push(segment);
+        // What was verified plus what was just written (reading every record again cost 0.1 s a
+        // million faces).
+        let first = faces.len();
+        faces.extend(new.iter().map(|(f, _)| *f));
+        for (k, sum) in sums.into_iter().enumerate() {
+            let n = CHUNK_FACES.min(new.len() - k * CHUNK_FACES);
+            let offset = segment.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
+            v.chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum });
+        }
+    }
     file.write_all_at(&encode_slot(&header)?, ((1 - v.slot) * SLOT_LEN) as u64)?;
     file.sync_data()?;
-    // What was verified plus what was just written (reading every record again cost 0.1 s a
-    // million faces).
-    let first = faces.len();
-    faces.extend(new.iter().map(|(f, _)| *f));
-    for (k, sum) in sums.into_iter().enumerate() {
-        let n = CHUNK_FACES.min(new.len() - k * CHUNK_FACES);
-        let offset = segment.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
-        v.chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum });
-    }
     (v.file, v.header, v.slot, v.count) = (file, header, 1 - v.slot, faces.len());
     Ok((faces, v))
 }
@@ -1806,6 +2035,112 @@ mod tests {
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!(refresh, Refresh::Rebuilt);
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
+    /// Hostile tests H3: edits that once hid from the log, or made it prove nothing for good.
+    #[test]
+    fn a_log_that_cannot_prove_the_cache_rebuilds_it_once() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(40).unwrap();
+        let c = &fx.db.conn;
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        // A photo marked missing through REPLACE (no delete trigger fires) is logged.
+        c.execute(
+            "INSERT OR REPLACE INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, missing)
+             SELECT path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, 1 FROM files WHERE image_id = 3",
+            [],
+        )
+        .unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // The log's tail deleted after a change: the last seq handed out is past its end.
+        c.execute("UPDATE embeddings SET vector = (SELECT vector FROM embeddings WHERE face_id = 9) WHERE face_id = 8", []).unwrap();
+        let mark = stored_header(&fx).mark.seq;
+        c.execute("DELETE FROM vector_log WHERE seq > ?1", [mark]).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // ...and the baseline entry it wrote proves the rebuilt cache next time.
+        assert_eq!(load_committed(&fx).2, Refresh::None);
+        // An emptied log: rebuilt once, then current (not rebuilt until the next index).
+        c.execute("DELETE FROM vector_log", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert_eq!((load_committed(&fx).2, log_len(&fx)), (Refresh::None, 1));
+        // A trigger dropped: the log proves nothing, nothing is saved, until it is recreated.
+        c.execute_batch("DROP TRIGGER vector_log_embeddings_update").unwrap();
+        c.execute("UPDATE embeddings SET vector = (SELECT vector FROM embeddings WHERE face_id = 11) WHERE face_id = 10", []).unwrap();
+        let before = std::fs::read(fx.cache_path()).unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        let mut m = load(&tx, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+        assert_eq!(m.refresh(), Refresh::Rebuilt);
+        assert!(m.warning.as_deref().is_some_and(|w| w.contains("vector_log")));
+        assert!(same(&(std::mem::take(&mut m.faces), collect(&mut m)), &fx.truth().unwrap()));
+        drop(m);
+        drop(tx);
+        assert!(std::fs::read(fx.cache_path()).unwrap() == before, "not saved");
+        assert!(repair_log(c).unwrap().is_some() && repair_log(c).unwrap().is_none());
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert_eq!(load_committed(&fx).2, Refresh::None);
+        // An embedding dropped without any trigger firing (a dump reloaded by hand): the census.
+        let delete = expected_triggers()["vector_log_embeddings_delete"];
+        c.execute_batch("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = 12").unwrap();
+        c.execute_batch(delete).unwrap();
+        assert!(log_intact(c).unwrap());
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
+    #[test]
+    fn the_log_triggers_are_read_from_migration_0013_as_sqlite_keeps_them() {
+        let fx = Fixture::new().unwrap();
+        assert_eq!(expected_triggers().len(), 15);
+        assert!(log_intact(&fx.db.conn).unwrap());
+        // An extra trigger on the log (one that could delete entries) is not facedb's either.
+        fx.db.conn.execute_batch("CREATE TRIGGER vector_log_sneak AFTER INSERT ON vector_log BEGIN SELECT 1; END").unwrap();
+        assert!(!log_intact(&fx.db.conn).unwrap());
+        assert!(repair_log(&fx.db.conn).unwrap().is_some());
+        assert!(log_intact(&fx.db.conn).unwrap());
+        fx.db.conn.execute_batch("DROP TABLE vector_log").unwrap();
+        assert!(repair_log(&fx.db.conn).unwrap().is_some());
+        assert!(log_intact(&fx.db.conn).unwrap() && log_len(&fx) == 1);
+    }
+
+    /// A copy of a cached photo under a new name changes no face: nothing appended, no rebuild.
+    /// Bytes a killed append left are cut before the next append writes.
+    #[test]
+    fn a_known_photo_under_a_new_name_is_no_change_and_orphan_bytes_are_cut() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(30).unwrap();
+        load_committed(&fx);
+        fx.db
+            .conn
+            .execute(
+                "INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run) VALUES ('copy.jpg', 4, 1, 0, 0, 0, 1, 1)",
+                [],
+            )
+            .unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!((refresh, log_len(&fx), stored_header(&fx).segments.len()), (Refresh::None, 1, 1));
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // The copy's file going missing changes nothing either; the last present file does.
+        fx.db.conn.execute("UPDATE files SET missing = 1 WHERE path = 'copy.jpg'", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::None);
+        fx.db.conn.execute("UPDATE files SET missing = 1 WHERE image_id = 4", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+
+        let committed = std::fs::metadata(fx.cache_path()).unwrap().len();
+        let mut file = std::fs::OpenOptions::new().append(true).open(fx.cache_path()).unwrap();
+        file.write_all(&[0xA5; 5000]).unwrap();
+        drop(file);
+        fx.add_random_faces(7).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Appended);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        assert_eq!(std::fs::metadata(fx.cache_path()).unwrap().len(), committed + segment_len(7, DIM).unwrap());
     }
 
     #[test]

@@ -178,3 +178,39 @@ fn forgetting_a_person_erases_every_face_of_theirs_and_the_person() {
     let gone = facedb().arg("match").arg(dir).args(["--person", "Obama"]).assert().code(2);
     assert!(String::from_utf8_lossy(&gone.get_output().stderr).contains("no person named"));
 }
+
+/// An unfinished cache (a build killed mid-way) holds vectors too: forget removes every one, and
+/// says so. A link at the cache path is never followed: forget says its target may hold them.
+#[test]
+fn forget_removes_unfinished_caches_and_names_a_linked_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = &tmp.path().join("photos");
+    std::fs::create_dir(dir).unwrap();
+    add_photos(dir, &["obama2.jpg", "obama3.jpg", "biden.jpg"]);
+    facedb().arg("-q").arg("index").arg(dir).assert().success();
+    match_ref(dir, "obama.jpg").assert().success();
+    let erased = vectors_of(dir, "obama2.jpg");
+    // This test's own pid: a live builder's leftover is removed too.
+    let part = dir.join(format!("facedb.sqlite.vectors.{}-{:016x}.part", std::process::id(), 0x5eed_u64));
+    std::fs::copy(dir.join("facedb.sqlite.vectors"), &part).unwrap();
+    let assert = facedb().arg("forget").arg(dir.join("obama2.jpg")).assert().success();
+    let said = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(!part.exists(), "the unfinished cache is removed");
+    assert!(said.contains("1 unfinished vector cache file(s) removed"), "{said}");
+    let left: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && std::fs::read(p).unwrap().windows(512).any(|w| w == erased[0].1))
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new());
+
+    let elsewhere = tmp.path().join("elsewhere.vectors");
+    std::fs::write(&elsewhere, b"FACEDBV4 someone's vectors").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("facedb.sqlite.vectors")).unwrap();
+    let assert = facedb().arg("-q").arg("forget").arg(dir.join("biden.jpg")).assert().success();
+    let said = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(said.contains("is a link, left alone; its target") && said.contains("delete it by hand"), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"FACEDBV4 someone's vectors", "never written through");
+    assert!(dir.join("facedb.sqlite.vectors").is_symlink());
+}

@@ -359,3 +359,65 @@ fn compact_scan_decides_as_exact_f32_on_real_faces() {
     }
     assert!(far > 0 && m.vectors.exact_reads() < decisions, "{far} far photos, {} exact reads of {decisions}", m.vectors.exact_reads());
 }
+
+/// `facedb sql DIR --write STATEMENT`, which must succeed; its stderr.
+fn sql_write(dir: &Path, statement: &str) -> String {
+    let assert = facedb().arg("sql").arg(dir).arg("--write").arg(statement).assert().success();
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
+/// Hand edits that once hid from the change log (hostile tests H3): a REPLACE marking a photo
+/// missing, a trigger dropped, the log's table dropped. Each is seen, and the result equals a
+/// run without any cache; a copy of an indexed photo under a new name changes nothing.
+#[test]
+fn hand_edits_that_hid_from_the_change_log_never_leave_a_stale_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg", "obama3.jpg", "biden.jpg"]);
+    index(&dir);
+    let out = |n: &str| tmp.path().join(n);
+    let (first, _) = match_obama(&dir, &out("o1"));
+    assert_eq!(sources(&first), ["obama2.jpg", "obama3.jpg"]);
+
+    // The same photo under another name: no face changes, so no rebuild.
+    std::fs::copy(dir.join("obama3.jpg"), dir.join("obama3 copy.jpg")).unwrap();
+    index(&dir);
+    assert_eq!(match_obama(&dir, &out("o2")).1, "current");
+
+    // INSERT OR REPLACE fires no delete trigger: the insert of a missing file must log too.
+    sql_write(
+        &dir,
+        "INSERT OR REPLACE INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, missing)
+         SELECT path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, 1 FROM files WHERE path = 'obama2.jpg'",
+    );
+    let (gone, state) = match_obama(&dir, &out("o3"));
+    assert_eq!(state, "rebuilt");
+    assert_eq!(sources(&gone).len(), 1, "obama3, under either name");
+    assert!(!sources(&gone).contains(&"obama2.jpg".to_string()));
+    assert_eq!(gone, without_cache(&dir, &out("o4")));
+
+    // A dropped trigger is recreated at the next open (said in one line), and the cache rebuilt:
+    // obama3's face given biden's vector is no longer matched.
+    let said = sql_write(&dir, "DROP TRIGGER vector_log_embeddings_update");
+    assert!(!said.contains("recreated"), "{said}");
+    let said = sql_write(
+        &dir,
+        "UPDATE embeddings SET vector = (SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN files p ON p.image_id = f.image_id WHERE p.path = 'biden.jpg')
+         WHERE face_id IN (SELECT f.id FROM faces f JOIN files p ON p.image_id = f.image_id WHERE p.path = 'obama3.jpg')",
+    );
+    assert!(said.contains("triggers were missing or altered; facedb recreated them") && said.lines().count() == 1, "{said}");
+    let (swapped, state) = match_obama(&dir, &out("o5"));
+    assert_eq!(state, "rebuilt");
+    assert_eq!(sources(&swapped), Vec::<String>::new());
+    assert_eq!(swapped, without_cache(&dir, &out("o6")));
+
+    // The log's table dropped: recreated at the next open, so index and match go on.
+    sql_write(&dir, "DROP TABLE vector_log");
+    let assert = facedb().arg("-q").arg("index").arg(&dir).assert().success();
+    assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("recreated them"));
+    let (again, state) = match_obama(&dir, &out("o7"));
+    assert_eq!(state, "rebuilt");
+    assert_eq!(again, without_cache(&dir, &out("o8")), "obama2.jpg, indexed again, is back");
+    assert_eq!(match_obama(&dir, &out("o9")).1, "current");
+}
