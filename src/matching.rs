@@ -429,10 +429,13 @@ pub struct Counted {
 impl Counted {
     /// Notes the rows of the decisions from `from` on, among `faces` (vector indices from `offset`).
     fn note(&mut self, faces: &[FaceRow], offset: usize, from: usize, rejected: &std::collections::HashSet<i64>) {
-        let decided: std::collections::HashSet<i64> = self.decisions[from..].iter().map(|d| d.face_id).collect();
-        for (i, f) in faces.iter().enumerate() {
-            if decided.contains(&f.face_id) {
-                self.rows.insert(f.face_id, (offset + i, *f));
+        // Most windows decide nothing worth keeping (every photo far): no lookups then.
+        if self.decisions.len() > from {
+            let decided: std::collections::HashSet<i64> = self.decisions[from..].iter().map(|d| d.face_id).collect();
+            for (i, f) in faces.iter().enumerate() {
+                if decided.contains(&f.face_id) {
+                    self.rows.insert(f.face_id, (offset + i, *f));
+                }
             }
         }
         if !rejected.is_empty() {

@@ -1222,6 +1222,11 @@ impl VectorFile<'_> {
     }
 }
 
+thread_local! {
+    /// A compact block being estimated, per estimating thread.
+    static COMPACT_SLOTS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The face records of a [`VectorFile`], streamed and checked against the checksums taken when
 /// they were verified.
 pub struct Records {
@@ -1346,17 +1351,19 @@ impl Vectors for VectorFile<'_> {
         let (file, per_face) = (&self.file, COMPACT_HEAD_SLOTS + dim);
         let damaged: Vec<std::ops::Range<usize>> = jobs
             .into_par_iter()
-            .map_init(
-                || vec![0i16; CHUNK_FACES * per_face],
-                |slots, (c, part, p, n, b)| {
+            .map(|(c, part, p, n, b)| {
+                // One buffer per thread for the whole run: a match estimates window after window,
+                // and a buffer per job cost a page fault per page each time.
+                COMPACT_SLOTS.with_borrow_mut(|slots| {
+                    slots.resize(CHUNK_FACES * per_face, 0);
                     let chunk = &mut slots[..c.n * per_face];
                     if !read_compact(file, &c, chunk) {
                         return Some(part);
                     }
                     e.fill(&chunk[(part.start - c.first) * per_face..], p, n, b);
                     None
-                },
-            )
+                })
+            })
             .flatten()
             .collect();
         // A damaged chunk: rebuild the cache (once) and estimate those faces from the new file.
