@@ -183,9 +183,28 @@ pub trait Vectors {
     fn dim(&self) -> usize;
     /// Calls `visit(first_face_index, chunk)` for consecutive chunks that cover every face once.
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()>;
+    /// [`Vectors::scan`] of the faces in `range` only (indices stay the store's).
+    fn scan_range(&mut self, range: std::ops::Range<usize>, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()> {
+        let dim = self.dim().max(1);
+        self.scan(&mut |first, chunk| {
+            let (lo, hi) = (range.start.max(first), range.end.min(first + chunk.len() / dim));
+            if lo < hi {
+                visit(lo, &chunk[(lo - first) * dim..(hi - first) * dim]);
+            }
+        })
+    }
     /// Distances estimated from a compact copy of the vectors, each with a proven bound on how far
     /// the exact [`cosine_distance`] can be from it; `None` where only exact vectors are kept.
     fn estimate(&mut self, _refs: &[Vec<f32>], _negatives: &[Vec<f32>]) -> anyhow::Result<Option<Estimates>> {
+        Ok(None)
+    }
+    /// [`Vectors::estimate`] of the faces in `range` only (the estimates start at `range.start`).
+    fn estimate_in(
+        &mut self,
+        _range: std::ops::Range<usize>,
+        _refs: &[Vec<f32>],
+        _negatives: &[Vec<f32>],
+    ) -> anyhow::Result<Option<Estimates>> {
         Ok(None)
     }
     /// The exact vectors of the faces at `wanted` indices, in the order asked (one scan here; a
@@ -202,6 +221,64 @@ pub trait Vectors {
             }
         })?;
         Ok(out)
+    }
+}
+
+/// The faces of `inner` in `offset..offset + len`, as a store of their own (face `i` here is
+/// face `offset + i` there): one window of a streamed match.
+struct Window<'v> {
+    inner: &'v mut dyn Vectors,
+    offset: usize,
+    len: usize,
+}
+
+impl Vectors for Window<'_> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()> {
+        let offset = self.offset;
+        self.inner.scan_range(offset..offset + self.len, &mut |first, chunk| visit(first - offset, chunk))
+    }
+    fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> anyhow::Result<Option<Estimates>> {
+        self.inner.estimate_in(self.offset..self.offset + self.len, refs, negatives)
+    }
+    fn fetch(&mut self, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let global: Vec<usize> = wanted.iter().map(|&i| i + self.offset).collect();
+        self.inner.fetch(&global)
+    }
+}
+
+/// Stored faces in their vectors' order, read a run at a time (a cache streams them from disk
+/// instead of holding them: 32 bytes a face).
+pub trait FaceList {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether each photo's faces are consecutive (then photos can be decided as they pass).
+    fn grouped(&self) -> bool;
+    /// Appends the faces from `first` on to `out`: at least one while `first < len`.
+    fn read(&mut self, first: usize, out: &mut Vec<FaceRow>) -> anyhow::Result<()>;
+}
+
+/// Faces already in memory, handed out `run` at a time.
+pub struct FacesInMemory<'a> {
+    pub faces: &'a [FaceRow],
+    pub run: usize,
+}
+
+impl FaceList for FacesInMemory<'_> {
+    fn len(&self) -> usize {
+        self.faces.len()
+    }
+    fn grouped(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        self.faces.chunk_by(|a, b| a.image_id == b.image_id).all(|run| seen.insert(run[0].image_id))
+    }
+    fn read(&mut self, first: usize, out: &mut Vec<FaceRow>) -> anyhow::Result<()> {
+        out.extend_from_slice(&self.faces[first..(first + self.run.max(1)).min(self.faces.len())]);
+        Ok(())
     }
 }
 
@@ -244,6 +321,13 @@ impl Vectors for InMemory<'_> {
     }
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()> {
         visit(0, self.vectors);
+        Ok(())
+    }
+    fn scan_range(&mut self, range: std::ops::Range<usize>, visit: &mut dyn FnMut(usize, &[f32])) -> anyhow::Result<()> {
+        let end = range.end.min(self.vectors.len() / self.dim.max(1));
+        if range.start < end {
+            visit(range.start, &self.vectors[range.start * self.dim..end * self.dim]);
+        }
         Ok(())
     }
 }
@@ -331,30 +415,126 @@ pub struct FarPhotos {
     pub distances: Vec<f32>,
 }
 
+/// What a match keeps of the stored faces (see [`decide_counting_far`]).
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub decisions: Vec<Decision>,
+    pub far: FarPhotos,
+    /// How many of the faces the user rejected for this person.
+    pub rejected_faces: usize,
+    /// The faces of `decisions`: face id -> (index in the vectors, stored row).
+    pub rows: std::collections::HashMap<i64, (usize, FaceRow)>,
+}
+
+impl Counted {
+    /// Notes the rows of the decisions from `from` on, among `faces` (vector indices from `offset`).
+    fn note(&mut self, faces: &[FaceRow], offset: usize, from: usize, rejected: &std::collections::HashSet<i64>) {
+        // Most windows decide nothing worth keeping (every photo far): no lookups then.
+        if self.decisions.len() > from {
+            let decided: std::collections::HashSet<i64> = self.decisions[from..].iter().map(|d| d.face_id).collect();
+            for (i, f) in faces.iter().enumerate() {
+                if decided.contains(&f.face_id) {
+                    self.rows.insert(f.face_id, (offset + i, *f));
+                }
+            }
+        }
+        if !rejected.is_empty() {
+            self.rejected_faces += faces.iter().filter(|f| rejected.contains(&f.face_id)).count();
+        }
+    }
+}
+
+/// Faces per window of a streamed match (8 MB of rows, 3 MB of estimates; smaller windows
+/// spend more on waking and idling the estimating threads between windows).
+const WINDOW_FACES: usize = 1 << 18;
+
 /// [`decide_with`], keeping decisions only for photos that can matter: far photos (see
 /// [`FarPhotos`]) are counted, unless their face is in `keep` (the faces of crops an earlier run
 /// wrote, whose reason is reported). Every photo is kept with `--expand` (a later pass compares
 /// all decisions) or a threshold above [`SUSPICIOUS_THRESHOLD`] (whose warning reads them all).
+///
+/// When each photo's faces are consecutive (a cache's order), the faces stream past a window at a
+/// time and each photo is decided as it passes, so memory does not grow with the faces stored:
+/// only with the decisions kept and the far photos counted. Decisions come in image id order.
 pub fn decide_counting_far(
-    faces: &[FaceRow],
+    faces: &mut dyn FaceList,
     vectors: &mut dyn Vectors,
     refs: (&[Vec<f32>], &[Vec<f32>]),
     opts: &Options,
     rejected: &std::collections::HashSet<i64>,
     keep: &std::collections::HashSet<i64>,
-) -> anyhow::Result<(Vec<Decision>, FarPhotos)> {
-    let (positives, negatives) = refs;
-    if opts.expand.is_some() || opts.threshold > SUSPICIOUS_THRESHOLD {
-        return Ok((decide_with(faces, vectors, positives, negatives, opts, rejected)?, FarPhotos::default()));
-    }
-    let mut far = FarPhotos::default();
-    let order = order_by_photo(faces);
-    let round = Round { refs: positives, negatives, pass: 1, rejected };
-    let decisions = evaluate(faces, order.as_deref(), vectors, &round, opts, Some((&mut far, keep)))?;
-    Ok((decisions, far))
+) -> anyhow::Result<Counted> {
+    decide_in_windows(faces, vectors, refs, opts, (rejected, keep), WINDOW_FACES)
 }
 
-/// Face indices grouped by photo.
+pub(crate) fn decide_in_windows(
+    faces: &mut dyn FaceList,
+    vectors: &mut dyn Vectors,
+    (positives, negatives): (&[Vec<f32>], &[Vec<f32>]),
+    opts: &Options,
+    (rejected, keep): (&std::collections::HashSet<i64>, &std::collections::HashSet<i64>),
+    window: usize,
+) -> anyhow::Result<Counted> {
+    let n = faces.len();
+    let round = Round { refs: positives, negatives, pass: 1, rejected };
+    let mut counted = Counted::default();
+    let keep_all = opts.expand.is_some() || opts.threshold > SUSPICIOUS_THRESHOLD;
+    if keep_all || !faces.grouped() {
+        let mut all = Vec::with_capacity(n);
+        while all.len() < n {
+            read_more(faces, all.len(), &mut all)?;
+        }
+        counted.decisions = if keep_all {
+            decide_with(&all, vectors, positives, negatives, opts, rejected)?
+        } else {
+            let order = order_by_photo(&all);
+            evaluate(&all, order.as_deref(), vectors, &round, opts, Some((&mut counted.far, keep)))?
+        };
+        counted.note(&all, 0, 0, rejected);
+        return Ok(counted);
+    }
+    let (mut first, mut buf) = (0usize, Vec::new());
+    while first < n {
+        // Up to the start of the buffer's last photo (whose faces may go on past it), once the
+        // buffer holds a window; everything at the end.
+        let cut = loop {
+            let end = first + buf.len();
+            if end >= n {
+                break buf.len();
+            }
+            if buf.len() >= window {
+                let last = buf.last().map(|f: &FaceRow| f.image_id);
+                let start = buf.iter().rposition(|f| Some(f.image_id) != last).map_or(0, |i| i + 1);
+                if start > 0 {
+                    break start;
+                }
+            }
+            read_more(faces, end, &mut buf)?;
+        };
+        let part = &buf[..cut];
+        let mut win = Window { inner: &mut *vectors, offset: first, len: cut };
+        let from = counted.decisions.len();
+        let decided = evaluate(part, None, &mut win, &round, opts, Some((&mut counted.far, keep)))?;
+        counted.decisions.extend(decided);
+        counted.note(part, first, from, rejected);
+        buf.drain(..cut);
+        first += cut;
+    }
+    // As `evaluate` orders them when it sees all faces at once.
+    counted.decisions.sort_by_key(|d| d.image_id);
+    Ok(counted)
+}
+
+/// [`FaceList::read`], refusing a list that hands out nothing (it would never end).
+fn read_more(faces: &mut dyn FaceList, first: usize, out: &mut Vec<FaceRow>) -> anyhow::Result<()> {
+    let before = out.len();
+    faces.read(first, out)?;
+    if out.len() == before {
+        anyhow::bail!("face {first} of {} could not be read", faces.len());
+    }
+    Ok(())
+}
+
 /// Face indices grouped by photo, when the faces are not already (`None`: they are; a cache
 /// holds them so, and at ten million faces an identity order cost 80 MB).
 fn order_by_photo(faces: &[FaceRow]) -> Option<Vec<usize>> {
@@ -873,18 +1053,71 @@ mod tests {
         let keep: std::collections::HashSet<i64> = [116].into();
         let o = opts(0.3);
         let all = decide_with(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, &[unit(0.0)], &[], &o, &rejected).unwrap();
-        let (kept, far) =
-            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &o, &rejected, &keep).unwrap();
+        let list = &mut FacesInMemory { faces: &faces, run: 5 };
+        let Counted { decisions: kept, far, rejected_faces, rows } =
+            decide_in_windows(list, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &o, (&rejected, &keep), 4).unwrap();
+        assert_eq!(rejected_faces, 1);
+        assert!(kept.iter().all(|d| rows[&d.face_id] == ((d.face_id - 100) as usize, faces[(d.face_id - 100) as usize])));
         let beyond = |d: &Decision| d.reason == Some(Reason::TooFar) && d.distance > 0.3 + EXACT_BAND && d.face_id != 116;
         assert_eq!(kept, all.iter().filter(|d| !beyond(d)).copied().collect::<Vec<_>>());
         assert_eq!(far.distances, all.iter().filter(|d| beyond(d)).map(|d| d.distance).collect::<Vec<_>>());
         assert!(far.distances.len() >= 8 && kept.iter().any(|d| d.face_id == 116), "{kept:?}");
         // With --expand every photo is kept.
         let grown = Options { expand: Some(0.2), ..o };
-        let (kept, far) =
-            decide_counting_far(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &grown, &rejected, &keep)
-                .unwrap();
+        let list = &mut FacesInMemory { faces: &faces, run: 5 };
+        let Counted { decisions: kept, far, .. } =
+            decide_counting_far(list, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &grown, &rejected, &keep).unwrap();
         assert_eq!((kept.len(), far.distances.len()), (18, 0));
+    }
+
+    /// Photos decided window by window, as the faces stream past, are decided as with every face
+    /// at once: photos of several faces across window and read boundaries, contested photos,
+    /// rejected faces, and photos whose ids do not follow the faces' order.
+    #[test]
+    fn streamed_windows_decide_as_all_faces_at_once() {
+        let mut faces = Vec::new();
+        let mut angles = Vec::new();
+        for p in 0..40i64 {
+            // Image ids out of order, each photo's faces together: still streamed.
+            let image = (p * 7) % 40;
+            for k in 0..(1 + p % 4) {
+                faces.push(row(image, 1000 + faces.len() as i64));
+                angles.push(((p * 13 + k * 29) % 90) as f32 + if k == 1 { 1.0 } else { 0.0 });
+            }
+        }
+        let vectors = flat(&angles.iter().map(|&a| unit(a)).collect::<Vec<_>>());
+        let rejected: std::collections::HashSet<i64> = [1003, 1010].into();
+        let keep = std::collections::HashSet::new();
+        let o = opts(0.15);
+        let all = decide_with(&faces, &mut InMemory { vectors: &vectors, dim: 2 }, &[unit(0.0)], &[], &o, &rejected).unwrap();
+        let far = |d: &Decision| d.reason == Some(Reason::TooFar) && d.distance > 0.15 + EXACT_BAND;
+        for (window, run) in [(1, 1), (3, 2), (5, 7), (1000, 3)] {
+            let list = &mut FacesInMemory { faces: &faces, run };
+            assert!(list.grouped());
+            let c =
+                decide_in_windows(list, &mut InMemory { vectors: &vectors, dim: 2 }, (&[unit(0.0)], &[]), &o, (&rejected, &keep), window)
+                    .unwrap();
+            assert_eq!(c.decisions, all.iter().filter(|d| !far(d)).copied().collect::<Vec<_>>(), "window {window} run {run}");
+            let mut got = c.far.distances.clone();
+            let mut want: Vec<f32> = all.iter().filter(|d| far(d)).map(|d| d.distance).collect();
+            got.sort_by(f32::total_cmp);
+            want.sort_by(f32::total_cmp);
+            assert_eq!(got, want);
+            assert_eq!(c.rejected_faces, 2);
+        }
+        // A photo whose faces are apart is not streamed, and still decided the same.
+        let end = faces.len() - 1;
+        faces.swap(0, end);
+        let mut swapped = vectors.clone();
+        let last = swapped.len() - 2;
+        let (a, b) = swapped.split_at_mut(last);
+        a[..2].swap_with_slice(b);
+        let list = &mut FacesInMemory { faces: &faces, run: 3 };
+        assert!(!list.grouped());
+        let all = decide_with(&faces, &mut InMemory { vectors: &swapped, dim: 2 }, &[unit(0.0)], &[], &o, &rejected).unwrap();
+        let c =
+            decide_in_windows(list, &mut InMemory { vectors: &swapped, dim: 2 }, (&[unit(0.0)], &[]), &o, (&rejected, &keep), 3).unwrap();
+        assert_eq!(c.decisions, all.iter().filter(|d| !far(d)).copied().collect::<Vec<_>>());
     }
 
     #[test]

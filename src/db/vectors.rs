@@ -131,6 +131,7 @@ pub enum CacheWrite {
 
 /// Stored faces of one embedder with their vectors on disk.
 pub struct FaceMatrix<'c> {
+    /// Empty from [`open`] (read them with [`VectorFile::records`] or [`VectorFile::faces`]).
     pub faces: Vec<FaceRow>,
     /// `faces[i]`'s vector is the i-th in here.
     pub vectors: VectorFile<'c>,
@@ -250,6 +251,10 @@ struct Chunk {
     n: usize,
     offset: u64,
     sum: u32,
+    /// Where its face records are, and their CRC-32 as verified on open (records are streamed
+    /// to `match` instead of held, and must be what was verified).
+    records: u64,
+    records_sum: u32,
 }
 
 /// The vector section of a verified cache file, streamed (and checked) on each scan.
@@ -265,6 +270,41 @@ pub struct VectorFile<'c> {
     repaired: bool,
     /// Exact rows read one by one (the faces estimates could not decide), for tests and tuning.
     exact_reads: usize,
+    /// Every face record in order: a repair must hold the same faces in the same places.
+    records_hash: blake3::Hasher,
+    /// Whether each photo's faces are consecutive, as appended so far.
+    runs: PhotoRuns,
+}
+
+/// Whether each photo's faces are consecutive in the cache's order (face id order, in which an
+/// `index` writes a photo's faces together), tracked with one bit per image id seen.
+#[derive(Debug, Clone, Default)]
+struct PhotoRuns {
+    seen: Vec<u64>,
+    last: Option<i64>,
+    faces: usize,
+    broken: bool,
+}
+
+impl PhotoRuns {
+    fn push(&mut self, image_id: i64) {
+        self.faces += 1;
+        if self.broken || self.last == Some(image_id) {
+            return;
+        }
+        self.last = Some(image_id);
+        // Ids far beyond the faces held (a hand-edited database) are not tracked: not grouped.
+        let Some(bit) = usize::try_from(image_id).ok().filter(|&b| b < 8 * self.faces + (1 << 20)) else {
+            self.broken = true;
+            return;
+        };
+        if self.seen.len() <= bit / 64 {
+            self.seen.resize(bit / 64 + 1, 0);
+        }
+        let (word, mask) = (&mut self.seen[bit / 64], 1u64 << (bit % 64));
+        self.broken = *word & mask != 0;
+        *word |= mask;
+    }
 }
 
 pub fn cache_path(db_path: &Path) -> PathBuf {
@@ -294,6 +334,14 @@ pub fn erase(db_path: &Path) -> Result<bool> {
 /// any rebuild during a later scan come from one snapshot; the matrix borrows it for that reason.
 /// With `CacheWrite::Save`, log entries older than the saved cache's are deleted through `conn`.
 pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usize, write: CacheWrite) -> Result<FaceMatrix<'c>> {
+    let mut m = open(conn, db_path, embedder_id, dim, write)?;
+    m.faces = m.vectors.faces()?;
+    Ok(m)
+}
+
+/// [`load`], without reading the face records into `faces` (empty): `match` streams them
+/// ([`VectorFile::records`]), so its memory does not grow with the faces stored.
+pub fn open<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usize, write: CacheWrite) -> Result<FaceMatrix<'c>> {
     let (key, mut warning) = current_key(conn, embedder_id, dim)?;
     let path = cache_path(db_path);
     // A log whose table or triggers are not facedb's proves nothing (`repair_log`, run at every
@@ -333,10 +381,11 @@ pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usi
             }
         }
     }
+    // The face records are not read here: `match` streams them ([`VectorFile::records`]).
     let existing = open_existing(&source.path).and_then(|f| open_verified(f, &source.key));
-    let (faces, vectors, refresh) = match existing.map(|(faces, v)| {
-        let plan = if proven { plan(conn, &faces, &v.header, &source, embedder_id) } else { Plan::Rebuild };
-        (faces, v, plan)
+    let (_, vectors, refresh) = match existing.map(|v| {
+        let plan = if proven { plan(conn, &v, &source, embedder_id) } else { Plan::Rebuild };
+        (Vec::new(), v, plan)
     }) {
         Ok((faces, v, Plan::Current)) => (faces, v, Refresh::None),
         // Nothing to append (entries for photos it already mirrors unchanged): the cache is
@@ -354,7 +403,7 @@ pub fn load<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usi
         // Errors (a read-only database) only leave the log longer.
         let _ = conn.execute("DELETE FROM vector_log WHERE seq < ?1", [vectors.header.mark.seq]);
     }
-    Ok(FaceMatrix { faces, vectors: VectorFile { source: Some(source), ..vectors }, refresh, warning })
+    Ok(FaceMatrix { faces: Vec::new(), vectors: VectorFile { source: Some(source), ..vectors }, refresh, warning })
 }
 
 fn rebuild<'c>(source: &mut Source, warning: &mut Option<String>) -> Result<(Vec<FaceRow>, VectorFile<'c>, Refresh)> {
@@ -362,8 +411,8 @@ fn rebuild<'c>(source: &mut Source, warning: &mut Option<String>) -> Result<(Vec
     if warning.is_none() {
         *warning = note;
     }
-    let (faces, v) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-    Ok((faces, v, Refresh::Rebuilt))
+    let v = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+    Ok((Vec::new(), v, Refresh::Rebuilt))
 }
 
 /// Opens the existing cache for reading without blocking on a FIFO or following a link.
@@ -506,11 +555,12 @@ enum Plan {
 
 /// Proves from the change log what happened since the cache's entry: nothing, only new faces
 /// (returned with their vectors), or anything else (rebuild).
-fn plan(conn: &Connection, cached: &[FaceRow], header: &Header, source: &Source, embedder_id: i64) -> Plan {
-    plan_checked(conn, cached, header, source, embedder_id).unwrap_or(Plan::Rebuild)
+fn plan(conn: &Connection, cache: &VectorFile, source: &Source, embedder_id: i64) -> Plan {
+    plan_checked(conn, cache, source, embedder_id).unwrap_or(Plan::Rebuild)
 }
 
-fn plan_checked(conn: &Connection, cached: &[FaceRow], header: &Header, source: &Source, embedder_id: i64) -> Result<Plan> {
+fn plan_checked(conn: &Connection, cache: &VectorFile, source: &Source, embedder_id: i64) -> Result<Plan> {
+    let header = &cache.header;
     let (mark, head, dim) = (header.mark, source.head, source.key.dim);
     let tag: Option<i64> = conn.query_row("SELECT tag FROM vector_log WHERE seq = ?1", [mark.seq], |r| r.get(0)).optional()?;
     if mark.seq <= 0 || tag != Some(mark.tag) {
@@ -545,7 +595,8 @@ fn plan_checked(conn: &Connection, cached: &[FaceRow], header: &Header, source: 
             _ => return Ok(Plan::Rebuild),
         }
     }
-    if !known.is_empty() && !still_holds(conn, cached, header.max_face, embedder_id, dim, &known)? {
+    // Only then are the face records read (they are streamed otherwise).
+    if !known.is_empty() && !still_holds(conn, &cache.faces()?, header.max_face, embedder_id, dim, &known)? {
         return Ok(Plan::Rebuild);
     }
     let new = changed_faces(conn, embedder_id, dim, &faces, &images)?;
@@ -676,9 +727,11 @@ fn segment_len(count: u64, dim: usize) -> Option<u64> {
     count.checked_mul(per_face)?.checked_add(chunks * CHUNK_SUM_LEN as u64)
 }
 
-/// Checks everything but the vector chunks (those are checked as they are streamed) and reads the
-/// face records. Never trusts a length before comparing it with the file's real size.
-fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
+/// Checks everything but the vector chunks (those are checked as they are streamed), reading the
+/// face records through once (noting each chunk's CRC-32 for when they are streamed again, and
+/// whether each photo's faces are consecutive). Never trusts a length before comparing it with
+/// the file's real size.
+fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
     let dim = key.dim;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
@@ -694,8 +747,8 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
     if header.key != key.digest() || header.dim != dim {
         bail!("the cache mirrors another database, embedder or dimension");
     }
-    let mut faces = Vec::new();
-    let mut chunks = Vec::new();
+    let (mut chunks, mut runs, mut all) = (Vec::new(), PhotoRuns::default(), blake3::Hasher::new());
+    let (mut max_face, mut max_image, mut sorted) = (i64::MIN, i64::MIN, true);
     for s in &header.segments {
         let len = segment_len(s.count, dim).context("size overflow")?;
         if s.offset < BODY_START || s.offset.checked_add(len).is_none_or(|end| end > meta.len()) {
@@ -705,37 +758,55 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<(Vec<FaceRow>, VectorF
         let n_chunks = count.div_ceil(CHUNK_FACES);
         let vectors_len = (count * (compact_len(dim) + exact_len(dim))) as u64;
         // Lengths are now bounded by the file's real size, so these allocations are too. Records
-        // are read a chunk's worth at a time: one buffer for all would double the peak memory.
-        let first = faces.len();
-        faces.reserve_exact(count);
+        // are read a chunk's worth at a time and not kept: `match` streams them again.
+        let first = count_before(&chunks);
         let (mut hasher, mut block) = (blake3::Hasher::new(), vec![0u8; CHUNK_FACES * FACE_RECORD_LEN]);
+        let mut record_sums = Vec::with_capacity(n_chunks);
         for k in 0..n_chunks {
             let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
             let records = &mut block[..n * FACE_RECORD_LEN];
             file.read_exact_at(records, s.offset + vectors_len + (k * CHUNK_FACES * FACE_RECORD_LEN) as u64)?;
             hasher.update(records);
-            faces.extend(records.chunks_exact(FACE_RECORD_LEN).map(decode_face));
+            all.update(records);
+            record_sums.push(crc32fast::hash(records));
+            for f in records.chunks_exact(FACE_RECORD_LEN).map(decode_face) {
+                sorted &= f.face_id >= max_face;
+                (max_face, max_image) = (max_face.max(f.face_id), max_image.max(f.image_id));
+                runs.push(f.image_id);
+            }
         }
         let mut sums = vec![0u8; n_chunks * CHUNK_SUM_LEN];
         file.read_exact_at(&mut sums, s.offset + vectors_len + (count * FACE_RECORD_LEN) as u64)?;
         if hasher.finalize().as_bytes() != &s.records || blake3::hash(&sums).as_bytes() != &s.sums {
             bail!("cache face records or chunk checksums are damaged");
         }
-        for (k, sum) in sums.chunks_exact(CHUNK_SUM_LEN).enumerate() {
-            let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
-            let offset = s.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
-            chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum: u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) });
-        }
+        let sums = sums.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        push_chunks(&mut chunks, first, s, dim, sums.zip(record_sums));
     }
+    let count = count_before(&chunks);
     // The highest ids are what an append is checked against, so they must be the records' own.
-    let max_face = faces.iter().map(|f| f.face_id).max().unwrap_or(i64::MIN);
-    let max_image = faces.iter().map(|f| f.image_id).max().unwrap_or(i64::MIN);
-    if (max_face, max_image) != (header.max_face, header.max_image) || !faces.is_sorted_by_key(|f| f.face_id) {
+    if (max_face, max_image) != (header.max_face, header.max_image) || !sorted {
         bail!("cache header does not describe its faces");
     }
     file.seek(SeekFrom::Start(0))?;
-    let count = faces.len();
-    Ok((faces, VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0 }))
+    Ok(VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0, records_hash: all, runs })
+}
+
+/// Faces held by `chunks`.
+fn count_before(chunks: &[Chunk]) -> usize {
+    chunks.last().map_or(0, |c| c.first + c.n)
+}
+
+/// The chunks of segment `s` (its faces from `first` on), with their compact and record checksums.
+fn push_chunks(chunks: &mut Vec<Chunk>, first: usize, s: &Segment, dim: usize, sums: impl Iterator<Item = (u32, u32)>) {
+    let count = s.count as usize;
+    let vectors_len = (count * (compact_len(dim) + exact_len(dim))) as u64;
+    for (k, (sum, records_sum)) in sums.enumerate() {
+        let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
+        let offset = s.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
+        let records = s.offset + vectors_len + (k * CHUNK_FACES * FACE_RECORD_LEN) as u64;
+        chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum, records, records_sum });
+    }
 }
 
 /// Builds the cache for `source.key` from SQLite: saved beside the database (written under a
@@ -1002,6 +1073,7 @@ fn append<'c>(
     header.mark = source.head;
     header.census = source.census;
     // Nothing new (entries for photos mirrored unchanged): only the mark moves.
+    let mut appended = None;
     if !new.is_empty() {
         let mut w = SegmentWriter::new(&mut file, end, dim)?;
         for (face, blob) in new {
@@ -1012,19 +1084,17 @@ fn append<'c>(
         header.max_face = header.max_face.max(max_face);
         header.max_image = header.max_image.max(max_image);
         header.segments.push(segment);
-        // What was verified plus what was just written (reading every record again cost 0.1 s a
-        // million faces).
-        let first = faces.len();
-        faces.extend(new.iter().map(|(f, _)| *f));
-        for (k, sum) in sums.into_iter().enumerate() {
-            let n = CHUNK_FACES.min(new.len() - k * CHUNK_FACES);
-            let offset = segment.offset + (k * CHUNK_FACES * (compact_len(dim) + exact_len(dim))) as u64;
-            v.chunks.push(Chunk { first: first + k * CHUNK_FACES, n, offset, sum });
-        }
+        appended = Some((segment, sums));
     }
     file.write_all_at(&encode_slot(&header)?, ((1 - v.slot) * SLOT_LEN) as u64)?;
     file.sync_data()?;
-    (v.file, v.header, v.slot, v.count) = (file, header, 1 - v.slot, faces.len());
+    // What was verified plus what was just written (reading every record again cost 0.1 s a
+    // million faces).
+    if let Some((segment, sums)) = appended {
+        faces.extend(new.iter().map(|(f, _)| *f));
+        v.add_appended(&segment, sums, new.iter().map(|(f, _)| f));
+    }
+    (v.file, v.header, v.slot) = (file, header, 1 - v.slot);
     Ok((faces, v))
 }
 
@@ -1303,8 +1373,8 @@ impl VectorFile<'_> {
             bail!("the vector cache is damaged");
         };
         let (file, _) = build(source)?;
-        let (faces, fresh) = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-        if fresh.count != self.count || !self.same_records(&faces)? {
+        let fresh = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
+        if fresh.count != self.count || fresh.records_hash.finalize() != self.records_hash.finalize() {
             bail!("the database changed during the match; run it again");
         }
         self.file = fresh.file;
@@ -1315,26 +1385,54 @@ impl VectorFile<'_> {
         Ok(())
     }
 
-    /// Whether this cache's face records (verified on open) are `faces`, in order.
-    fn same_records(&self, faces: &[FaceRow]) -> Result<bool> {
-        let mut at = 0;
-        for s in &self.header.segments {
-            let count = usize::try_from(s.count)?;
-            let mut raw = vec![0u8; count * FACE_RECORD_LEN];
-            self.file.read_exact_at(&mut raw, s.offset + (count * (compact_len(self.dim) + exact_len(self.dim))) as u64)?;
-            let Some(expected) = faces.get(at..at + count) else { return Ok(false) };
-            if blake3::hash(&raw).as_bytes() != &s.records
-                || !raw.chunks_exact(FACE_RECORD_LEN).zip(expected).all(|(r, f)| r == encode_face(f))
-            {
-                return Ok(false);
+    /// Takes in a segment just appended, holding `faces` (the records it wrote).
+    fn add_appended<'f>(&mut self, segment: &Segment, sums: Vec<u32>, faces: impl Iterator<Item = &'f FaceRow>) {
+        let mut record_sums = Vec::with_capacity(sums.len());
+        let mut block = Vec::with_capacity(CHUNK_FACES * FACE_RECORD_LEN);
+        for f in faces {
+            block.extend_from_slice(&encode_face(f));
+            self.runs.push(f.image_id);
+            if block.len() == CHUNK_FACES * FACE_RECORD_LEN {
+                self.records_hash.update(&block);
+                record_sums.push(crc32fast::hash(&block));
+                block.clear();
             }
-            at += count;
         }
-        Ok(at == faces.len())
+        if !block.is_empty() {
+            self.records_hash.update(&block);
+            record_sums.push(crc32fast::hash(&block));
+        }
+        push_chunks(&mut self.chunks, self.count, segment, self.dim, sums.into_iter().zip(record_sums));
+        self.count = count_before(&self.chunks);
     }
 
-    /// Estimates faces `first..end` one chunk after another, rebuilding a damaged cache once.
-    fn estimate_range(&mut self, e: &Estimator, range: std::ops::Range<usize>, est: &mut Estimates) -> Result<()> {
+    /// Whether each photo's faces are consecutive in the cache (true unless the database was
+    /// edited by hand or a photo gained faces later): `match` can then decide photo by photo
+    /// as the records stream past.
+    pub fn grouped_by_photo(&self) -> bool {
+        !self.runs.broken
+    }
+
+    /// Every face record, in the vectors' order.
+    pub fn faces(&self) -> Result<Vec<FaceRow>> {
+        let mut records = self.records()?;
+        let mut faces = Vec::with_capacity(self.count);
+        while faces.len() < self.count {
+            records.read_chunk(faces.len(), &mut faces)?;
+        }
+        Ok(faces)
+    }
+
+    /// A reader of the face records, one chunk at a time (on its own descriptor, so it reads
+    /// the records verified on open even if a repair replaces the file meanwhile).
+    pub fn records(&self) -> Result<Records> {
+        let chunks = self.chunks.iter().map(|c| (c.first, c.n, c.records, c.records_sum)).collect();
+        Ok(Records { file: self.file.try_clone()?, chunks, grouped: self.grouped_by_photo(), block: Vec::new() })
+    }
+
+    /// Estimates faces `first..end` one chunk after another into `est` (which starts at face
+    /// `base`), rebuilding a damaged cache once.
+    fn estimate_range(&mut self, e: &Estimator, range: std::ops::Range<usize>, est: &mut Estimates, base: usize) -> Result<()> {
         let per_face = COMPACT_HEAD_SLOTS + self.dim;
         let mut slots = vec![0i16; CHUNK_FACES * per_face];
         let mut first = range.start;
@@ -1351,11 +1449,53 @@ impl VectorFile<'_> {
             }
             let end = range.end.min(c.first + c.n);
             let faces = &chunk[(first - c.first) * per_face..];
-            let neg = if est.neg.is_empty() { &mut [][..] } else { &mut est.neg[first..end] };
-            e.fill(faces, &mut est.pos[first..end], neg, &mut est.bound[first..end]);
+            let (a, b) = (first - base, end - base);
+            let neg = if est.neg.is_empty() { &mut [][..] } else { &mut est.neg[a..b] };
+            e.fill(faces, &mut est.pos[a..b], neg, &mut est.bound[a..b]);
             first = end;
         }
         Ok(())
+    }
+}
+
+thread_local! {
+    /// A compact block being estimated, per estimating thread.
+    static COMPACT_SLOTS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The face records of a [`VectorFile`], streamed and checked against the checksums taken when
+/// they were verified.
+pub struct Records {
+    file: File,
+    /// Per chunk: first face, faces, offset of its records and their CRC-32.
+    chunks: Vec<(usize, usize, u64, u32)>,
+    grouped: bool,
+    block: Vec<u8>,
+}
+
+impl Records {
+    /// Appends the faces from `first` to the end of its chunk to `out`.
+    fn read_chunk(&mut self, first: usize, out: &mut Vec<FaceRow>) -> Result<()> {
+        let k = self.chunks.partition_point(|c| c.0 + c.1 <= first);
+        let Some(&(start, n, offset, sum)) = self.chunks.get(k) else { bail!("face {first} is not in the vector cache") };
+        self.block.resize(n * FACE_RECORD_LEN, 0);
+        if self.file.read_exact_at(&mut self.block, offset).is_err() || crc32fast::hash(&self.block) != sum {
+            bail!("the vector cache changed during the match; run it again");
+        }
+        out.extend(self.block[(first - start) * FACE_RECORD_LEN..].chunks_exact(FACE_RECORD_LEN).map(decode_face));
+        Ok(())
+    }
+}
+
+impl crate::matching::FaceList for Records {
+    fn len(&self) -> usize {
+        self.chunks.last().map_or(0, |c| c.0 + c.1)
+    }
+    fn grouped(&self) -> bool {
+        self.grouped
+    }
+    fn read(&mut self, first: usize, out: &mut Vec<FaceRow>) -> Result<()> {
+        self.read_chunk(first, out)
     }
 }
 
@@ -1379,12 +1519,16 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        self.scan_range(0..self.count, visit)
+    }
+
+    fn scan_range(&mut self, range: std::ops::Range<usize>, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         let mut floats = vec![0f32; CHUNK_FACES * self.dim];
         let mut raw = Vec::new();
-        let (mut first, mut repaired_at) = (0, None);
-        while first < self.count {
+        let (mut first, mut repaired_at) = (range.start, None);
+        while first < range.end.min(self.count) {
             let c = self.chunks[self.chunk_of(first)];
-            let n = c.first + c.n - first;
+            let n = (c.first + c.n).min(range.end) - first;
             let chunk = &mut floats[..n * self.dim];
             // Checked before it is visited: a damaged row never reaches the caller.
             if !self.read_exact(first, chunk, &mut raw) {
@@ -1403,53 +1547,64 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
+        self.estimate_in(0..self.count, refs, negatives)
+    }
+
+    fn estimate_in(&mut self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
         use rayon::prelude::*;
         let dim = self.dim;
+        let range = range.start.min(self.count)..range.end.min(self.count);
+        let len = range.len();
         if refs.iter().chain(negatives).any(|r| r.len() != dim) {
             return Ok(None);
         }
         let Some(norm) = largest_norm(&[refs, negatives]) else { return Ok(None) };
         let e = Estimator { refs, negatives, norm, dim };
-        let mut est = Estimates { pos: vec![0.0; self.count], neg: Vec::new(), bound: vec![0.0; self.count] };
+        let mut est = Estimates { pos: vec![0.0; len], neg: Vec::new(), bound: vec![0.0; len] };
         if !negatives.is_empty() {
-            est.neg = vec![0.0; self.count];
+            est.neg = vec![0.0; len];
         }
-        // One slice per chunk, so the chunks are read (pread) and estimated on every core.
+        // One slice per chunk (the part of it in `range`), so the chunks are read (pread) and
+        // estimated on every core.
         let mut jobs = Vec::with_capacity(self.chunks.len());
         let (mut pos, mut neg, mut bound) = (&mut est.pos[..], &mut est.neg[..], &mut est.bound[..]);
-        for c in &self.chunks {
-            let (p, rest) = std::mem::take(&mut pos).split_at_mut(c.n);
+        let first_chunk = if len == 0 { self.chunks.len() } else { self.chunk_of(range.start) };
+        for c in self.chunks[first_chunk..].iter().take_while(|c| c.first < range.end) {
+            let part = c.first.max(range.start)..(c.first + c.n).min(range.end);
+            let (p, rest) = std::mem::take(&mut pos).split_at_mut(part.len());
             pos = rest;
-            let (b, rest) = std::mem::take(&mut bound).split_at_mut(c.n);
+            let (b, rest) = std::mem::take(&mut bound).split_at_mut(part.len());
             bound = rest;
             let n = if neg.is_empty() {
                 &mut [][..]
             } else {
-                let (n, rest) = std::mem::take(&mut neg).split_at_mut(c.n);
+                let (n, rest) = std::mem::take(&mut neg).split_at_mut(part.len());
                 neg = rest;
                 n
             };
-            jobs.push((*c, p, n, b));
+            jobs.push((*c, part, p, n, b));
         }
         let (file, per_face) = (&self.file, COMPACT_HEAD_SLOTS + dim);
-        let damaged: Vec<Chunk> = jobs
+        let damaged: Vec<std::ops::Range<usize>> = jobs
             .into_par_iter()
-            .map_init(
-                || vec![0i16; CHUNK_FACES * per_face],
-                |slots, (c, p, n, b)| {
+            .map(|(c, part, p, n, b)| {
+                // One buffer per thread for the whole run: a match estimates window after window,
+                // and a buffer per job cost a page fault per page each time.
+                COMPACT_SLOTS.with_borrow_mut(|slots| {
+                    slots.resize(CHUNK_FACES * per_face, 0);
                     let chunk = &mut slots[..c.n * per_face];
                     if !read_compact(file, &c, chunk) {
-                        return Some(c);
+                        return Some(part);
                     }
-                    e.fill(chunk, p, n, b);
+                    e.fill(&chunk[(part.start - c.first) * per_face..], p, n, b);
                     None
-                },
-            )
+                })
+            })
             .flatten()
             .collect();
         // A damaged chunk: rebuild the cache (once) and estimate those faces from the new file.
-        for c in damaged {
-            self.estimate_range(&e, c.first..c.first + c.n, &mut est)?;
+        for part in damaged {
+            self.estimate_range(&e, part, &mut est, range.start)?;
         }
         Ok(Some(est))
     }
@@ -1673,7 +1828,7 @@ pub mod fuzzing {
         let mut file = tempfile::tempfile()?;
         file.write_all(bytes)?;
         let (key, _) = current_key(&fixture.db.conn, 2, DIM)?;
-        let (_, mut v) = open_verified(file, &key)?;
+        let mut v = open_verified(file, &key)?;
         check_estimates(&mut v)?;
         scan_all(&mut v)
     }
@@ -2221,7 +2376,7 @@ mod tests {
     #[test]
     fn compact_matching_equals_exact_matching_at_every_edge() {
         use crate::histogram::RunHistogram;
-        use crate::matching::{decide, Combine, Filters, InMemory, Options, EXACT_BAND};
+        use crate::matching::{decide, Combine, Filters, InMemory, Options, Reason, EXACT_BAND};
         const D: usize = 128;
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -2282,7 +2437,7 @@ mod tests {
         let tx = fx.db.conn.unchecked_transaction().unwrap();
         let mut m = load(&tx, &fx.db_path, 2, D, CacheWrite::Save).unwrap();
         let compact = decide(&m.faces, &mut m.vectors, std::slice::from_ref(&e0), &negatives, &opts).unwrap();
-        let exact = decide(&m.faces, &mut InMemory { vectors: &vectors, dim: D }, &[e0], &negatives, &opts).unwrap();
+        let exact = decide(&m.faces, &mut InMemory { vectors: &vectors, dim: D }, std::slice::from_ref(&e0), &negatives, &opts).unwrap();
         assert_eq!(compact.len(), exact.len());
         for (c, x) in compact.iter().zip(&exact) {
             assert_eq!(
@@ -2307,5 +2462,16 @@ mod tests {
         let near = targets.iter().filter(|&&d| d <= threshold + EXACT_BAND + 1e-3).count();
         let read = m.vectors.exact_reads();
         assert!(read >= near && read < m.faces.len() / 2, "{read} exact rows read of {}, {near} near", m.faces.len());
+        // Streamed from the records, windows straddling chunks: the same decisions, far photos counted.
+        let mut records = m.vectors.records().unwrap();
+        assert!(crate::matching::FaceList::grouped(&records));
+        let none = std::collections::HashSet::new();
+        let refs = (std::slice::from_ref(&e0), &negatives[..]);
+        let streamed = crate::matching::decide_in_windows(&mut records, &mut m.vectors, refs, &opts, (&none, &none), 1000).unwrap();
+        let far = |d: &&crate::matching::Decision| d.reason == Some(Reason::TooFar) && d.distance > threshold + EXACT_BAND;
+        assert_eq!(streamed.decisions, compact.iter().filter(|d| !far(d)).copied().collect::<Vec<_>>());
+        let far_bits = |d: &mut dyn Iterator<Item = f32>| d.map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(far_bits(&mut streamed.far.distances.iter().copied()), far_bits(&mut compact.iter().filter(far).map(|d| d.distance)));
+        assert_eq!(streamed.rows.len(), streamed.decisions.len());
     }
 }

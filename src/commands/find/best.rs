@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use rusqlite::Connection;
 
 use crate::db::read::{self, FaceInfo};
-use crate::matching::{self, Decision, FaceRow, Vectors};
+use crate::matching::{self, Decision, Vectors};
 use crate::pipeline::decode::Decoders;
 use crate::pipeline::detect::Detection;
 use crate::pipeline::frame::at_scale;
@@ -28,11 +28,17 @@ pub(super) struct Best {
 }
 
 /// The embeddings of the matched faces; `faces[i]`'s vector is the i-th in `vectors`.
-pub(super) fn matched_vectors(vectors: &mut dyn Vectors, faces: &[FaceRow], decisions: &[Decision]) -> Result<HashMap<i64, Vec<f32>>> {
+pub(super) fn matched_vectors(
+    vectors: &mut dyn Vectors,
+    index_of: &HashMap<i64, usize>,
+    decisions: &[Decision],
+) -> Result<HashMap<i64, Vec<f32>>> {
     let matched: HashSet<i64> = decisions.iter().filter(|d| d.matched()).map(|d| d.face_id).collect();
-    let wanted: Vec<usize> = faces.iter().enumerate().filter(|(_, f)| matched.contains(&f.face_id)).map(|(i, _)| i).collect();
-    let found = matching::gather(vectors, &wanted)?;
-    Ok(wanted.iter().zip(found).map(|(&i, v)| (faces[i].face_id, v)).collect())
+    let mut wanted: Vec<(usize, i64)> = matched.iter().filter_map(|id| index_of.get(id).map(|&i| (i, *id))).collect();
+    wanted.sort_unstable();
+    let indices: Vec<usize> = wanted.iter().map(|&(i, _)| i).collect();
+    let found = matching::gather(vectors, &indices)?;
+    Ok(wanted.iter().zip(found).map(|(&(_, id), v)| (id, v)).collect())
 }
 
 /// Chooses among the matched faces. Faces without a stored hash get one now (decode and align,

@@ -63,25 +63,31 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     // --dry-run writes nothing, not even the vector cache: a stale one is rebuilt in a temporary file.
     let cache_write = if args.dry_run { vectors::CacheWrite::Temporary } else { vectors::CacheWrite::Save };
     let timer = Timer::from_env();
-    let mut matrix = vectors::load(conn, &ctx.db_file, ids.embedder.id.0, ids.embedder.dim, cache_write)?;
+    // The face records stay on disk: `decide_counting_far` streams them (`--all` lists every face).
+    let mut matrix = vectors::open(conn, &ctx.db_file, ids.embedder.id.0, ids.embedder.dim, cache_write)?;
     timer.lap("vector cache loaded");
     if let Some(w) = matrix.warning.as_deref().filter(|_| !ctx.globals.quiet) {
         eprintln!("warning: {w}");
     }
-    let (mut decisions, face_rows, far) = if args.all {
+    let (mut decisions, face_rows, far, applied, index_of) = if args.all {
+        matrix.faces = matrix.vectors.faces()?;
         let (decisions, faces) = decide_all(conn, &mut matrix, &pos_vecs, &ctx.filters, &curated.excluded)?;
-        (decisions, faces, matching::FarPhotos::default())
+        let applied = faces.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
+        let index_of = matrix.faces.iter().enumerate().map(|(i, f)| (f.face_id, i)).collect();
+        (decisions, faces, matching::FarPhotos::default(), applied, index_of)
     } else {
         // Far photos are counted, except those of crops an earlier run wrote (their reason is reported).
         let keep: HashSet<i64> = out.map(|o| o.owned().filter_map(curation::face_in_name).collect()).unwrap_or_default();
         let refs = (&pos_vecs[..], &neg_vecs[..]);
-        let (decisions, far) = matching::decide_counting_far(&matrix.faces, &mut matrix.vectors, refs, &opts, &curated.excluded, &keep)?;
-        (decisions, std::mem::take(&mut matrix.faces), far)
+        let mut records = matrix.vectors.records()?;
+        let c = matching::decide_counting_far(&mut records, &mut matrix.vectors, refs, &opts, &curated.excluded, &keep)?;
+        let index_of = c.rows.iter().map(|(&id, &(i, _))| (id, i)).collect();
+        (c.decisions, c.rows.into_values().map(|(_, f)| f).collect(), c.far, c.rejected_faces, index_of)
     };
     timer.lap("decided");
-    // --best needs the matched faces' vectors, still in the matrix (in `--all` mode face_rows is not in matrix order).
+    // --best needs the matched faces' vectors, still in the matrix.
     let best_vectors = match args.best {
-        Some(_) => best::matched_vectors(&mut matrix.vectors, if args.all { &matrix.faces } else { &face_rows }, &decisions)?,
+        Some(_) => best::matched_vectors(&mut matrix.vectors, &index_of, &decisions)?,
         None => HashMap::new(),
     };
     // A deleted crop means "not this picture": its copies (a re-encode, a resized copy) stay out too.
@@ -90,7 +96,6 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
             d.reason = Some(Reason::RejectedByUser);
         }
     }
-    let applied = face_rows.iter().filter(|f| curated.excluded.contains(&f.face_id)).count();
     let cache_refresh = matrix.refresh();
     drop(matrix);
     // Every photo is kept at such a threshold (`decide_counting_far`), so this sees them all.
