@@ -619,6 +619,12 @@ fn still_holds(conn: &Connection, cached: &[FaceRow], max_face: i64, embedder_id
     Ok(held.eq(now))
 }
 
+/// A face record from the first six columns of the cache's face query (image id, face id, size,
+/// sharpness, yaw, score), as every query of this module selects them.
+fn face_row(r: &rusqlite::Row) -> rusqlite::Result<FaceRow> {
+    Ok(FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? })
+}
+
 /// The faces the cache must hold among `faces` and the faces of `images`, by the rule of
 /// [`for_each_face`], in face id order, each once.
 fn changed_faces(conn: &Connection, embedder_id: i64, dim: usize, faces: &[i64], images: &[i64]) -> Result<Vec<(FaceRow, Vec<u8>)>> {
@@ -638,14 +644,7 @@ fn changed_faces(conn: &Connection, embedder_id: i64, dim: usize, faces: &[i64],
                 if blob.len() != dim * 4 {
                     continue;
                 }
-                let face = FaceRow {
-                    image_id: r.get(0)?,
-                    face_id: r.get(1)?,
-                    size_px: r.get(2)?,
-                    sharpness: r.get(3)?,
-                    yaw: r.get(4)?,
-                    score: r.get(5)?,
-                };
+                let face = face_row(r)?;
                 out.insert(face.face_id, (face, blob.to_vec()));
             }
         }
@@ -1198,8 +1197,7 @@ fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(Face
     )?;
     let mut rows = stmt.query([embedder_id])?;
     while let Some(r) = rows.next()? {
-        let face =
-            FaceRow { image_id: r.get(0)?, face_id: r.get(1)?, size_px: r.get(2)?, sharpness: r.get(3)?, yaw: r.get(4)?, score: r.get(5)? };
+        let face = face_row(r)?;
         if current.get(face.image_id) != r.get::<_, i64>(7)? {
             continue;
         }
@@ -1733,14 +1731,7 @@ pub mod fuzzing {
             while let Some(r) = rows.next()? {
                 let blob: Vec<u8> = r.get(6)?;
                 vectors.extend(blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-                faces.push(FaceRow {
-                    image_id: r.get(0)?,
-                    face_id: r.get(1)?,
-                    size_px: r.get(2)?,
-                    sharpness: r.get(3)?,
-                    yaw: r.get(4)?,
-                    score: r.get(5)?,
-                });
+                faces.push(super::face_row(r)?);
             }
             Ok((faces, vectors))
         }
