@@ -17,15 +17,15 @@ use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTE
 use crate::cli::IndexArgs;
 use crate::db::write::{self, RunCounters};
 use crate::db::{read, Db, LogLevel, ModelId, RunId, RunStatus, DB_FILE};
-use crate::models::sface::{Embedding, SFace};
-use crate::models::yunet::YuNet;
-use crate::models::{runtime::ORT_VERSION, ModelFiles, Models};
+use crate::models::runtime::{LazyDetector, LazyEmbedder, Loading, ORT_VERSION};
+use crate::models::sface::Embedding;
+use crate::models::ModelFiles;
 use crate::pipeline::decode::Decoders;
-use crate::pipeline::detect::{DetectParams, Detection};
+use crate::pipeline::detect::{DetectParams, Detection, PassStats};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{analyze, decode, embed, hash, ms_since, AnalyzedImage, StageTimes};
+use crate::pipeline::{analyze, decode, embed, hash, ms_since, AnalyzedImage, EmbedderSource, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -117,6 +117,46 @@ struct Run<'a> {
     quiet: bool,
     /// The part of the folder this run owns; paths outside it are neither read nor marked missing.
     shard: Shard,
+    timeline: &'a Timeline,
+}
+
+/// Start-up and scheduling times, printed on stderr at the end when `FACEDB_TIMINGS` is set:
+/// when each start-up step ended, and what each worker spent waiting.
+struct Timeline {
+    start: Instant,
+    events: Option<Mutex<Vec<(f64, String)>>>,
+}
+
+impl Timeline {
+    fn new(start: Instant) -> Self {
+        Self { start, events: std::env::var_os("FACEDB_TIMINGS").map(|_| Mutex::default()) }
+    }
+
+    /// Notes that `what` happened now (the text is made only when timings are on).
+    fn mark(&self, what: impl FnOnce() -> String) {
+        if let Some(events) = &self.events {
+            let at = ms_since(self.start);
+            events.lock().unwrap_or_else(|p| p.into_inner()).push((at, what()));
+        }
+    }
+
+    fn print(&self) {
+        let Some(events) = &self.events else { return };
+        let mut events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (at, what) in events {
+            eprintln!("facedb timings: {at:8.1} ms  {what}");
+        }
+    }
+}
+
+/// What one worker spent its time on, for `FACEDB_TIMINGS`.
+#[derive(Default)]
+struct WorkerTimes {
+    photos: u32,
+    waited_for_work: Duration,
+    waited_for_writer: Duration,
+    passes: PassStats,
 }
 
 /// What a failure's retry depends on: facedb, ONNX Runtime, the model files, libjpeg-turbo and
@@ -144,6 +184,7 @@ impl Environment<'_> {
 
 pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    let timeline = Timeline::new(started);
     let interrupted = interrupt_flag();
     let root = dataset_root(globals, args.dir.as_deref())?;
     let db_file = database_path(globals, &root);
@@ -153,8 +194,10 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     let shard = args.shard.unwrap_or(Shard::WHOLE);
     let (db, _lock) = open_locked(globals, &root, &db_file, args.shard)?;
     let conn = &db.conn;
+    timeline.mark(|| "database opened and locked".into());
 
     let files = ModelFiles::locate(globals.models.as_deref(), globals.device)?;
+    timeline.mark(|| "model files read and hashed".into());
     let decoders = Decoders::new(Some(&files.dir));
     let params =
         DetectParams { max_side: args.detect_size.max(320), score_threshold: args.min_score.clamp(0.0, 1.0), ..DetectParams::default() };
@@ -174,6 +217,7 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
         retry: HashSet::new(),
         quiet: globals.quiet,
         shard,
+        timeline: &timeline,
     };
 
     let mut counters = RunCounters::default();
@@ -199,16 +243,13 @@ pub fn run(globals: &Globals, args: IndexArgs) -> Result<ExitCode> {
     }
     let walked = walked.only(|rel| shard.owns(rel));
     let (work, mut known) = plan(&mut ctx, walked, &cache, &mut counters, args.retry_failed)?;
+    timeline.mark(|| format!("walked and planned: {} files to read", work.len()));
 
     let status = if work.is_empty() {
         RunStatus::Ok
     } else {
-        let models = files.load()?;
-        if interrupted.load(Ordering::SeqCst) {
-            return finish(globals, &ctx, &root, &counters, RunStatus::Interrupted, started);
-        }
         let jobs = args.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
-        process(&ctx, &models, work, jobs, &mut known, &cache, &mut counters)?
+        process(&ctx, &files, work, jobs, &mut known, &cache, &mut counters)?
     };
     finish(globals, &ctx, &root, &counters, status, started)
 }
@@ -266,6 +307,8 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
     write::finish_index_run(conn, ctx.run_id, counters)?;
     // Fold the WAL back so the single file is complete for copying and other tools.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    ctx.timeline.mark(|| "run recorded, WAL checkpointed".into());
+    ctx.timeline.print();
 
     if globals.json {
         let secs = started.elapsed().as_secs_f64();
@@ -538,7 +581,7 @@ fn is_unchanged(c: &read::CachedFile, s: &Stat, now: i64) -> bool {
 
 fn process(
     ctx: &Run,
-    models: &Models,
+    files: &ModelFiles,
     work: Vec<Job>,
     jobs: usize,
     known: &mut HashMap<String, i64>,
@@ -551,20 +594,22 @@ fn process(
     let (out_tx, out_rx) = bounded::<Outcome>(jobs * 4);
     // Contents already stored are only linked, except earlier failures being tried again.
     let claimed = Mutex::new(known.keys().filter(|h| !ctx.retry.contains(*h)).cloned().collect::<HashSet<String>>());
-    let (interrupted, params, decoders) = (ctx.interrupted, &ctx.params, ctx.decoders);
+    let (interrupted, timeline) = (ctx.interrupted, ctx.timeline);
+    let loading = Loading::default();
+    let shared = Shared { loading: &loading, decoders: ctx.decoders, params: &ctx.params, claimed: &claimed, interrupted, timeline };
 
     std::thread::scope(|scope| -> Result<RunStatus> {
-        let mut workers = Vec::new();
-        for _ in 0..jobs.min(total) {
-            let (rx, tx, claimed) = (work_rx.clone(), out_tx.clone(), &claimed);
-            // Each worker builds its own sessions, so the cores load the models in parallel.
-            workers.push(scope.spawn(move || -> Result<()> {
-                let (mut detector, mut embedder) = (models.detector()?, models.embedder()?);
-                let mut sessions = Sessions { detector: &mut detector, embedder: &mut embedder, decoders, params };
-                worker(rx, tx, claimed, &mut sessions, interrupted);
-                Ok(())
-            }));
-        }
+        // The models load, and the shared SFace session is made, on a thread of their own while
+        // the workers read and decode their first photos (they wait at their first detection and
+        // their first face). Each worker makes its own detector session.
+        let loader = scope.spawn(|| load(files, &loading, timeline));
+        let shared = &shared;
+        let workers: Vec<_> = (0..jobs.min(total))
+            .map(|i| {
+                let (rx, tx) = (work_rx.clone(), out_tx.clone());
+                scope.spawn(move || run_worker(i, rx, tx, shared))
+            })
+            .collect();
         drop(out_tx);
         drop(work_rx);
         scope.spawn(move || {
@@ -576,6 +621,7 @@ fn process(
         });
 
         let result = store(ctx, &out_rx, known, cache, counters, &bar);
+        timeline.mark(|| "writer done".into());
         bar.finish();
         // Stop the feeder and workers if storing failed, then surface the first error.
         interrupted.store(interrupted.load(Ordering::SeqCst) || result.is_err(), Ordering::SeqCst);
@@ -590,21 +636,78 @@ fn process(
         if let Some(e) = worker_error {
             return Err(e);
         }
+        // A damaged model file stops the run even when no photo needed the model.
+        loader.join().map_err(|_| anyhow!("loading the models panicked"))??;
         Ok(if interrupted.load(Ordering::SeqCst) { RunStatus::Interrupted } else { RunStatus::Ok })
     })
 }
 
+/// Loads the runtime and the models, then makes the shared SFace session.
+fn load(files: &ModelFiles, loading: &Loading, timeline: &Timeline) -> Result<()> {
+    let t = Instant::now();
+    // Whatever happens (a panic included), the workers must not wait forever.
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| files.load()))
+        .unwrap_or_else(|_| Err(anyhow!("loading the models failed unexpectedly; please report it")));
+    timeline.mark(|| format!("runtime loaded, YuNet patched ({:.0} ms)", ms_since(t)));
+    loading.set(loaded);
+    let t = Instant::now();
+    let made = loading.wait()?.embedder().map(drop);
+    timeline.mark(|| format!("SFace session made ({:.0} ms)", ms_since(t)));
+    made
+}
+
+/// What every worker shares.
+struct Shared<'a> {
+    loading: &'a Loading,
+    decoders: &'a Decoders,
+    params: &'a DetectParams,
+    claimed: &'a Mutex<HashSet<String>>,
+    interrupted: &'a AtomicBool,
+    timeline: &'a Timeline,
+}
+
 /// What a worker analyses photos with.
 struct Sessions<'a> {
-    detector: &'a mut YuNet,
-    embedder: &'a mut SFace,
+    detector: LazyDetector<'a>,
+    embedder: LazyEmbedder<'a>,
     decoders: &'a Decoders,
     params: &'a DetectParams,
 }
 
-fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, claimed: &Mutex<HashSet<String>>, m: &mut Sessions, interrupted: &AtomicBool) {
-    for Job { file, redo } in rx {
-        if interrupted.load(Ordering::SeqCst) {
+/// One worker: its own detector session (made when its first photo is decoded), the shared
+/// embedder when its first face needs it, and photos until the work ends.
+fn run_worker(i: usize, rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared) -> Result<()> {
+    let mut m = Sessions { detector: s.loading.detector(), embedder: s.loading.embedder(), decoders: s.decoders, params: s.params };
+    let w = worker(rx, tx, s, &mut m)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ((detector, yunet), (embedder, turns)) = (m.detector.fetched(), m.embedder.fetched());
+    let resize = yunet.map_or(Duration::ZERO, |y| y.prep_time());
+    s.timeline.mark(|| {
+        format!(
+            "worker {i}: done, {} photos; waited for work {:.0} ms, for the writer {:.0} ms, for the models {:.0} ms; made its YuNet session in {:.0} ms; waited for the SFace session {:.0} ms, for turns on it {:.0} ms; detector input resizing {:.0} ms; {}",
+            w.photos,
+            ms(w.waited_for_work),
+            ms(w.waited_for_writer),
+            ms(detector.loading),
+            ms(detector.session),
+            ms(embedder.loading + embedder.session),
+            ms(turns),
+            ms(resize),
+            w.passes
+        )
+    });
+    Ok(())
+}
+
+/// Reads, hashes and analyses jobs until there are none (or the run is interrupted). Fails only
+/// when the embedder cannot be made, which is no photo's fault.
+fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared, m: &mut Sessions) -> Result<WorkerTimes> {
+    let mut w = WorkerTimes::default();
+    loop {
+        let waiting = Instant::now();
+        let Ok(Job { file, redo }) = rx.recv() else { break };
+        w.waited_for_work += waiting.elapsed();
+        if s.interrupted.load(Ordering::SeqCst) {
             break;
         }
         let t = Instant::now();
@@ -629,16 +732,27 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, claimed: &Mutex<HashSet<String
                 let result = contained(|| redo_image(&bytes, &redo, m, &mut times));
                 Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times }
             }
-            None if claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
-                let result = contained(|| analyze(&bytes, m.decoders, m.detector, m.embedder, m.params, &mut times).map_err(Failure::of));
+            None if s.claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
+                let result =
+                    contained(|| analyze(&bytes, m.decoders, &mut m.detector, &mut m.embedder, m.params, &mut times).map_err(Failure::of));
+                if let Ok(img) = &result {
+                    w.passes.add(&img.passes);
+                }
                 Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
             }
             None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
         };
+        if let Some(why) = m.detector.failed().or(m.embedder.failed()) {
+            bail!("{why}");
+        }
+        w.photos += 1;
+        let sending = Instant::now();
         if tx.send(outcome).is_err() {
             break;
         }
+        w.waited_for_writer += sending.elapsed();
     }
+    Ok(w)
 }
 
 /// A bug tripped by one strange file must cost that file, not the run. A panic is facedb's
@@ -666,7 +780,7 @@ impl Failure {
 /// embedder changed), or detects again (the detector changed).
 fn redo_image(bytes: &[u8], redo: &Redo, m: &mut Sessions, times: &mut StageTimes) -> Result<Redone, Failure> {
     let Some(faces) = &redo.faces else {
-        return analyze(bytes, m.decoders, m.detector, m.embedder, m.params, times).map(Redone::Detected).map_err(Failure::of);
+        return analyze(bytes, m.decoders, &mut m.detector, &mut m.embedder, m.params, times).map(Redone::Detected).map_err(Failure::of);
     };
     let t = Instant::now();
     let frame = crate::pipeline::frame_as_indexed(bytes, redo.rotation, m.decoders).map_err(Failure::of)?;
@@ -674,7 +788,8 @@ fn redo_image(bytes: &[u8], redo: &Redo, m: &mut Sessions, times: &mut StageTime
     // The same pixels and measures as a first index of the photo (faces that could not be
     // aligned before cannot be now: same pixels, same landmarks).
     let detections: Vec<Detection> = faces.iter().map(|(_, d)| *d).collect();
-    let (records, calls) = embed::embed_faces(&frame, &detections, m.embedder, times).map_err(|e| {
+    let embedder = m.embedder.embedder().map_err(|e| Failure { kind: "environment", message: format!("{e:#}") })?;
+    let (records, calls) = embed::embed_faces(&frame, &detections, embedder, times).map_err(|e| {
         if decode::is_content(&e) {
             Failure::of(e)
         } else {

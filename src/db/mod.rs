@@ -373,6 +373,7 @@ pub(crate) mod fixture {
             faces: vec![face(10.0, 40.0), face(100.0, 80.0)],
             detector_calls: 1,
             embedder_calls: 0,
+            passes: Default::default(),
         };
         let image = write::insert_image(conn, run, "b3", 1234, &img, &StageTimes::default(), models)?;
         let stat = Stat { size: 1234, mtime_ns: 5, inode: 9, ctime_ns: 8 };

@@ -258,3 +258,111 @@ impl Models {
         Ok(sface)
     }
 }
+
+/// Models being loaded on a thread of their own (`ModelFiles::load`, then the shared SFace
+/// session): the workers read, hash and decode their first photos meanwhile, and wait only when
+/// a photo needs a model ([`LazyDetector`], [`LazyEmbedder`]).
+#[derive(Default)]
+pub struct Loading(OnceLock<std::result::Result<Models, String>>);
+
+impl Loading {
+    pub fn set(&self, loaded: Result<Models>) {
+        let _ = self.0.set(loaded.map_err(|e| format!("{e:#}")));
+    }
+
+    /// The models once loaded, or why they could not be.
+    pub fn wait(&self) -> Result<&Models> {
+        self.0.wait().as_ref().map_err(|why| anyhow!("{why}"))
+    }
+
+    /// A worker's detector session, made when its first photo is decoded.
+    pub fn detector(&self) -> LazyDetector<'_> {
+        LazyDetector { loading: self, yunet: None, waited: Default::default(), failed: None }
+    }
+
+    /// The shared embedder for a worker, fetched at its first face.
+    pub fn embedder(&self) -> LazyEmbedder<'_> {
+        LazyEmbedder { loading: self, sface: None, waited: Default::default(), failed: None }
+    }
+}
+
+/// Time spent waiting for a model and making its session (the first fetch), for `FACEDB_TIMINGS`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fetched {
+    pub loading: std::time::Duration,
+    pub session: std::time::Duration,
+}
+
+/// A worker's own YuNet session, made on first use. A failure to make it is no photo's fault:
+/// [`LazyDetector::failed`] says why, and the caller stops the run with it.
+pub struct LazyDetector<'a> {
+    loading: &'a Loading,
+    yunet: Option<YuNet>,
+    waited: Fetched,
+    failed: Option<String>,
+}
+
+impl LazyDetector<'_> {
+    pub fn fetched(&self) -> (Fetched, Option<&YuNet>) {
+        (self.waited, self.yunet.as_ref())
+    }
+
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+}
+
+impl crate::pipeline::DetectorSource for LazyDetector<'_> {
+    fn detector(&mut self) -> Result<&mut YuNet> {
+        let yunet = match self.yunet.take() {
+            Some(yunet) => yunet,
+            None => fetch(self.loading, &mut self.waited, &mut self.failed, Models::detector)?,
+        };
+        Ok(self.yunet.insert(yunet))
+    }
+}
+
+/// The shared SFace session, fetched when the first face is to be embedded: making it costs
+/// ~0.1 s of CPU (its int8 weights folded to f32), which the loading thread spends while the
+/// workers decode and detect their first photos. A failure to make it is no photo's fault:
+/// [`LazyEmbedder::failed`] says why, and the caller stops the run with it.
+pub struct LazyEmbedder<'a> {
+    loading: &'a Loading,
+    sface: Option<SFace>,
+    waited: Fetched,
+    failed: Option<String>,
+}
+
+impl LazyEmbedder<'_> {
+    /// Time spent fetching the session, and then waiting for other workers' runs on it.
+    pub fn fetched(&self) -> (Fetched, std::time::Duration) {
+        (self.waited, self.sface.as_ref().map_or(std::time::Duration::ZERO, SFace::waited))
+    }
+
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+}
+
+impl crate::pipeline::EmbedderSource for LazyEmbedder<'_> {
+    fn embedder(&mut self) -> Result<&mut SFace> {
+        let sface = match self.sface.take() {
+            Some(sface) => sface,
+            // Waits for the loading thread, which holds `Models::embedder`'s lock while making it.
+            None => fetch(self.loading, &mut self.waited, &mut self.failed, Models::embedder)?,
+        };
+        Ok(self.sface.insert(sface))
+    }
+}
+
+/// Waits for the models and makes (or fetches) a session with `make`, timing both and keeping
+/// the reason of a failure.
+fn fetch<T>(loading: &Loading, waited: &mut Fetched, failed: &mut Option<String>, make: impl FnOnce(&Models) -> Result<T>) -> Result<T> {
+    let t = std::time::Instant::now();
+    let made = loading.wait().and_then(|models| {
+        waited.loading = t.elapsed();
+        make(models)
+    });
+    waited.session = t.elapsed() - waited.loading;
+    made.inspect_err(|e| *failed = Some(format!("{e:#}")))
+}

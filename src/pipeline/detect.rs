@@ -44,6 +44,54 @@ pub const PASSES: &str = "whole640+detail+closer+refine+reduced";
 pub struct DetectOutcome {
     pub faces: Vec<Detection>,
     pub detector_calls: u32,
+    pub stats: PassStats,
+}
+
+/// What each kind of pass cost and found (for `FACEDB_TIMINGS`; summed over photos by the caller).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassStats {
+    /// Calls and milliseconds (resize, inference, output decoding) per kind of pass, in the
+    /// order of [`PassStats::KINDS`].
+    pub calls: [u32; 4],
+    pub ms: [f64; 4],
+    /// Faces the closer pass added.
+    pub closer_found: u32,
+    /// Refinements that found the face again (its box and landmarks replaced).
+    pub refined: u32,
+}
+
+impl PassStats {
+    pub const KINDS: [&'static str; 4] = ["whole", "detail", "closer", "refine"];
+    const WHOLE: usize = 0;
+    const DETAIL: usize = 1;
+    const CLOSER: usize = 2;
+    const REFINE: usize = 3;
+
+    pub fn add(&mut self, o: &PassStats) {
+        for k in 0..4 {
+            self.calls[k] += o.calls[k];
+            self.ms[k] += o.ms[k];
+        }
+        self.closer_found += o.closer_found;
+        self.refined += o.refined;
+    }
+
+    fn time<T>(&mut self, kind: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = std::time::Instant::now();
+        let out = f();
+        self.calls[kind] += 1;
+        self.ms[kind] += super::ms_since(t);
+        out
+    }
+}
+
+impl std::fmt::Display for PassStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (k, kind) in Self::KINDS.iter().enumerate() {
+            write!(f, "{kind} {} calls {:.0} ms, ", self.calls[k], self.ms[k])?;
+        }
+        write!(f, "closer pass found {}, refinements took {}", self.closer_found, self.refined)
+    }
 }
 
 /// Detects faces in an upright full-resolution image.
@@ -57,19 +105,20 @@ pub struct DetectOutcome {
 pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result<DetectOutcome> {
     let (w, h) = frame.dimensions();
     let long = w.max(h);
-    let mut calls = 0;
-    let mut run = |long_side: u32| -> Result<Vec<Detection>> {
+    let mut stats = PassStats::default();
+    let mut run = |kind: usize, long_side: u32, stats: &mut PassStats| -> Result<Vec<Detection>> {
         // From the reduced decode when it is big enough (see `Frame`).
-        let input = frame.input(long_side)?;
-        calls += 1;
-        yunet.detect_input(input, params.score_threshold)
+        let (image, factor) = frame.source_for(long_side)?;
+        stats.time(kind, || yunet.detect_scaled(image, factor, long_side, params.score_threshold))
     };
-    let whole = nms(run(INPUT_SIZE as u32)?, params.nms_iou);
+    let whole = nms(run(PassStats::WHOLE, INPUT_SIZE as u32, &mut stats)?, params.nms_iou);
     let detail_side = params.max_side.min(long);
     let (detail, detail_scale) = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
         let to_detail = detail_side as f32 / long as f32;
-        let small: Vec<Detection> =
-            run(detail_side)?.into_iter().filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE * detail_side as f32).collect();
+        let small: Vec<Detection> = run(PassStats::DETAIL, detail_side, &mut stats)?
+            .into_iter()
+            .filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE * detail_side as f32)
+            .collect();
         (nms(small, params.nms_iou), to_detail)
     } else {
         (Vec::new(), 1.0)
@@ -85,10 +134,12 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
     let crowd_of_small = merged.iter().any(|(d, _)| d.w.max(d.h) * detail_scale < CLOSER_TRIGGER);
     if crowd_of_small && detail_scale < 1.0 && closer_side > detail_side {
         let to_closer = closer_side as f32 / long as f32;
-        let small: Vec<Detection> = run(closer_side)?.into_iter().filter(|d| d.w.max(d.h) * to_closer <= CLOSER_MAX_FACE).collect();
+        let small: Vec<Detection> =
+            run(PassStats::CLOSER, closer_side, &mut stats)?.into_iter().filter(|d| d.w.max(d.h) * to_closer <= CLOSER_MAX_FACE).collect();
         for d in nms(small, params.nms_iou) {
             if !merged.iter().any(|(k, _)| iou(k, &d) > params.nms_iou || containment(k, &d) > 0.8) {
                 merged.push((d, to_closer));
+                stats.closer_found += 1;
             }
         }
         merged.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
@@ -98,10 +149,11 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
         // A face the detector saw at a few dozen pixels has landmarks good to a pixel of that
         // scale, several pixels of the photo: look again at the photo's own resolution.
         let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
-            calls += 1;
             // On the reduced decode when the face is at least `REFINED_FACE` there (never enlarged).
             let (image, factor) = frame.source_for_side(d.w.max(d.h), REFINED_FACE)?;
-            refine(yunet, image, &at_scale(&d, factor))?.map_or(d, |r| at_scale(&r, 1.0 / factor))
+            let refined = stats.time(PassStats::REFINE, || refine(yunet, image, &at_scale(&d, factor)))?;
+            stats.refined += u32::from(refined.is_some());
+            refined.map_or(d, |r| at_scale(&r, 1.0 / factor))
         } else {
             d
         };
@@ -109,7 +161,7 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
             faces.push(d);
         }
     }
-    Ok(DetectOutcome { faces, detector_calls: calls })
+    Ok(DetectOutcome { faces, detector_calls: stats.calls.iter().sum(), stats })
 }
 
 /// A face the detail pass saw under this many input pixels (YuNet finds faces down to ~12 px

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::models::{sface::SFace, yunet::YuNet};
-use detect::{DetectParams, Detection};
+use detect::{DetectParams, Detection, PassStats};
 use embed::FaceRecord;
 use frame::Frame;
 
@@ -60,14 +60,40 @@ pub struct AnalyzedImage {
     pub faces: Vec<FaceRecord>,
     pub detector_calls: u32,
     pub embedder_calls: u32,
+    /// What the detector passes cost and found.
+    pub passes: PassStats,
+}
+
+/// Where `analyze` gets its embedder when a photo has faces to embed: a session at hand, or one
+/// still being made on another thread (`models::LazyEmbedder`), waited for only then.
+pub trait EmbedderSource {
+    fn embedder(&mut self) -> Result<&mut SFace>;
+}
+
+impl EmbedderSource for SFace {
+    fn embedder(&mut self) -> Result<&mut SFace> {
+        Ok(self)
+    }
+}
+
+/// Where `analyze` gets its detector once a photo is decoded: a session at hand, or one made
+/// when the models have loaded (`models::LazyDetector`).
+pub trait DetectorSource {
+    fn detector(&mut self) -> Result<&mut YuNet>;
+}
+
+impl DetectorSource for YuNet {
+    fn detector(&mut self) -> Result<&mut YuNet> {
+        Ok(self)
+    }
 }
 
 /// Decode -> detect -> align -> embed -> quality for one image's bytes.
 pub fn analyze(
     bytes: &[u8],
     decoders: &decode::Decoders,
-    detector: &mut YuNet,
-    embedder: &mut SFace,
+    detector: &mut impl DetectorSource,
+    embedder: &mut impl EmbedderSource,
     params: &DetectParams,
     times: &mut StageTimes,
 ) -> Result<AnalyzedImage> {
@@ -75,6 +101,7 @@ pub fn analyze(
     let mut frame = Frame::decode(bytes, decoders)?;
     times.decode += ms_since(t);
 
+    let detector = detector.detector()?;
     let t = Instant::now();
     let mut outcome = detect::detect(detector, &frame, params)?;
     // A photo without a clear face may be a sideways scan or a camera that wrote no EXIF
@@ -95,6 +122,7 @@ pub fn analyze(
         for degrees in [90, 270] {
             let found = detect::detect(detector, &Frame::from_image(rotate(&probe, degrees)), &probe_params)?;
             outcome.detector_calls += found.detector_calls;
+            outcome.stats.add(&found.stats);
             turns.push((Evidence::of(&found.faces), degrees));
         }
         // An upside-down face can score too, so the two turns compete with each other first.
@@ -103,6 +131,7 @@ pub fn analyze(
             let turned = frame.turned(degrees);
             let found = detect::detect(detector, &turned, params)?;
             outcome.detector_calls += found.detector_calls;
+            outcome.stats.add(&found.stats);
             if Evidence::of(&found.faces).beats(&upright) {
                 (frame, outcome.faces) = (turned, found.faces);
             }
@@ -113,7 +142,9 @@ pub fn analyze(
     times.detect += ms_since(t) - late_decode;
     times.decode += late_decode;
 
-    let (faces, embedder_calls) = embed::embed_faces(&frame, &outcome.faces, embedder, times)?;
+    // A photo without faces does not wait for the embedder.
+    let (faces, embedder_calls) =
+        if outcome.faces.is_empty() { (Vec::new(), 0) } else { embed::embed_faces(&frame, &outcome.faces, embedder.embedder()?, times)? };
     let (width, height) = frame.dimensions();
     Ok(AnalyzedImage {
         width,
@@ -124,6 +155,7 @@ pub fn analyze(
         faces,
         detector_calls: outcome.detector_calls,
         embedder_calls,
+        passes: outcome.stats,
     })
 }
 

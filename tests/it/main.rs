@@ -25,6 +25,7 @@ mod quality_scores;
 mod reports;
 mod review;
 mod shards;
+mod startup;
 mod trust_cache;
 mod trust_db;
 mod trust_input;

@@ -18,6 +18,8 @@ pub type Embedding = [f32; EMBEDDING_DIM];
 #[derive(Clone)]
 pub struct SFace {
     session: Arc<Mutex<Session>>,
+    /// Time this handle waited for another to finish its run (for `FACEDB_TIMINGS`).
+    waited: std::time::Duration,
 }
 
 impl SFace {
@@ -26,7 +28,7 @@ impl SFace {
 
     pub fn new(session: Session) -> Result<Self> {
         ensure!(session.inputs().iter().any(|i| i.name() == "data"), "SFace model lacks input 'data'; is it the right file?");
-        Ok(Self { session: Arc::new(Mutex::new(session)) })
+        Ok(Self { session: Arc::new(Mutex::new(session)), waited: std::time::Duration::ZERO })
     }
 
     /// Embeds one aligned face. The graph normalises pixels itself; it wants RGB 0..255, NCHW.
@@ -41,7 +43,9 @@ impl SFace {
         let side = ALIGNED_SIZE as i64;
         let tensor = Tensor::from_array((vec![1i64, 3, side, side], input)).map_err(|e| anyhow!("SFace input: {e}"))?;
         // A poisoned lock only means another worker's run panicked; the session is not changed by a run.
+        let t = std::time::Instant::now();
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        self.waited += t.elapsed();
         let outputs = session.run(ort::inputs!["data" => tensor]).map_err(|e| anyhow!("SFace inference: {e}"))?;
         let (_, data) = outputs["fc1"].try_extract_tensor::<f32>().map_err(|e| anyhow!("SFace output: {e}"))?;
         ensure!(data.len() == EMBEDDING_DIM, "SFace output has {} values, expected {EMBEDDING_DIM}", data.len());
@@ -49,6 +53,13 @@ impl SFace {
         v.copy_from_slice(data);
         normalize(&mut v);
         Ok(v)
+    }
+}
+
+impl SFace {
+    /// Time this handle has waited for the shared session so far.
+    pub fn waited(&self) -> std::time::Duration {
+        self.waited
     }
 }
 
