@@ -4,14 +4,19 @@
 
 use crate::common::*;
 
-/// Index `photos` with the models in `models` (and `env` set); returns the exit code and stderr.
-fn index(models: &std::path::Path, photos: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+/// Index `photos` with the models in `models` (and `env` set, `extra` arguments); returns the
+/// exit code and stderr.
+fn index_with(models: &std::path::Path, photos: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
     let mut cmd = facedb();
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.arg("--models").arg(models).arg("index").arg(photos).output().unwrap();
+    let out = cmd.arg("--models").arg(models).arg("index").arg(photos).args(extra).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn index(models: &std::path::Path, photos: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    index_with(models, photos, env, &[])
 }
 
 #[test]
@@ -22,20 +27,24 @@ fn a_broken_detector_or_runtime_loaded_in_the_background_is_one_fatal_error_that
     std::fs::create_dir(&photos).unwrap();
     add_photos(&photos, &["obama.jpg", "biden.jpg"]);
 
-    let yunet = models.join("face_detection_yunet_2023mar_int8bq.onnx");
-    let good = std::fs::read(&yunet).unwrap();
-    std::fs::write(&yunet, &good[..good.len() / 3]).unwrap();
-    let (code, stderr) = index(&models, &photos, &[]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("facedb: ") && stderr.contains("face_detection_yunet_2023mar_int8bq.onnx"), "{stderr}");
-    std::fs::write(&yunet, &good).unwrap();
+    // One worker per photo: the first loads the models. More workers than photos: a thread of
+    // its own does.
+    for jobs in ["2", "4"] {
+        let yunet = models.join("face_detection_yunet_2023mar_int8bq.onnx");
+        let good = std::fs::read(&yunet).unwrap();
+        std::fs::write(&yunet, &good[..good.len() / 3]).unwrap();
+        let (code, stderr) = index_with(&models, &photos, &[], &["--jobs", jobs]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("facedb: ") && stderr.contains("face_detection_yunet_2023mar_int8bq.onnx"), "{stderr}");
+        std::fs::write(&yunet, &good).unwrap();
 
-    let missing = tmp.path().join("no-such-libonnxruntime.so");
-    let (code, stderr) = index(&models, &photos, &[("FACEDB_ORT_LIB", missing.to_str().unwrap())]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("ONNX Runtime library not found") && stderr.contains("no-such-libonnxruntime.so"), "{stderr}");
+        let missing = tmp.path().join("no-such-libonnxruntime.so");
+        let (code, stderr) = index_with(&models, &photos, &[("FACEDB_ORT_LIB", missing.to_str().unwrap())], &["--jobs", jobs]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("ONNX Runtime library not found") && stderr.contains("no-such-libonnxruntime.so"), "{stderr}");
+    }
 
     // Neither photo was blamed: none is stored as failed, and the next run indexes both.
     let conn = db(&photos);
