@@ -608,7 +608,7 @@ fn process(
         // the memory it freed was not reused by the workers), for no gain in CPU time.
         let n = jobs.min(total);
         let own_thread = n < jobs;
-        let loader = own_thread.then(|| scope.spawn(|| load(files, &loading, timeline, jobs)));
+        let loader = own_thread.then(|| scope.spawn(|| load(files, &loading, timeline)));
         let shared = &shared;
         let workers: Vec<_> = (0..n)
             .map(|i| {
@@ -616,7 +616,7 @@ fn process(
                 let loads = !own_thread && i == 0;
                 scope.spawn(move || {
                     if loads {
-                        load(files, shared.loading, shared.timeline, jobs)?;
+                        load(files, shared.loading, shared.timeline)?;
                     }
                     run_worker(i, rx, tx, shared)
                 })
@@ -656,12 +656,11 @@ fn process(
     })
 }
 
-/// Loads the runtime and the models, then makes the shared SFace session (on up to `jobs`
-/// threads, see `Models::with_embedder_threads`).
-fn load(files: &ModelFiles, loading: &Loading, timeline: &Timeline, jobs: usize) -> Result<()> {
+/// Loads the runtime and the models, then makes the shared SFace session.
+fn load(files: &ModelFiles, loading: &Loading, timeline: &Timeline) -> Result<()> {
     let t = Instant::now();
     // Whatever happens (a panic included), the workers must not wait forever.
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| files.load().map(|m| m.with_embedder_threads(jobs))))
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| files.load()))
         .unwrap_or_else(|_| Err(anyhow!("loading the models failed unexpectedly; please report it")));
     timeline.mark(|| format!("runtime loaded, YuNet patched ({:.0} ms)", ms_since(t)));
     loading.set(loaded);

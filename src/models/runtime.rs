@@ -149,7 +149,6 @@ impl ModelFiles {
             embedder: self.embedder_bytes.clone(),
             device: self.device,
             shared_embedder: Default::default(),
-            embedder_threads: 1,
         })
     }
 }
@@ -177,23 +176,10 @@ pub struct Models {
     device: Device,
     /// The one SFace session every worker embeds with (see `embedder`).
     shared_embedder: std::sync::Mutex<Option<SFace>>,
-    /// ORT threads of the shared SFace session (`with_embedder_threads`).
-    embedder_threads: usize,
 }
 
 impl Models {
-    /// The shared SFace session runs on up to `threads` threads (one per worker): a worker
-    /// waiting for its turn on it leaves its core idle, and the turn then ends sooner on it.
-    /// Index of the evaluation set (81 photos, 403 faces, 2 workers): workers waited 8.9 s of
-    /// 56 core-seconds for turns; with 2 threads 27.9 -> 23.0 s wall, CPU time and peak RSS
-    /// unchanged, every embedding bit for bit the same (ORT splits a convolution's outputs, not
-    /// its sums). The detector sessions keep one thread each: a worker per core keeps them busy.
-    pub fn with_embedder_threads(mut self, threads: usize) -> Self {
-        self.embedder_threads = threads.max(1);
-        self
-    }
-
-    fn session(&self, bytes: &[u8], what: &str, threads: usize) -> Result<Session> {
+    fn session(&self, bytes: &[u8], what: &str) -> Result<Session> {
         if self.device == Device::Cuda {
             // TF32 off: GPU embeddings then agree with CPU ones to float rounding, so one
             // database can mix runs from both.
@@ -204,7 +190,7 @@ impl Models {
                 .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
                 .build()
                 .error_on_failure();
-            let gpu = self.builder(what, threads)?.with_execution_providers([cuda]).map_err(|e| anyhow!("{e}"));
+            let gpu = self.builder(what)?.with_execution_providers([cuda]).map_err(|e| anyhow!("{e}"));
             match gpu.and_then(|mut b| b.commit_from_memory(bytes).map_err(|e| anyhow!("{e}"))) {
                 Ok(session) => return Ok(session),
                 Err(e) => warn_cpu_fallback(&format!(
@@ -213,7 +199,7 @@ impl Models {
                 )),
             }
         }
-        let mut builder = self.builder(what, threads)?;
+        let mut builder = self.builder(what)?;
         builder.commit_from_memory(bytes).map_err(|err| {
             anyhow!(
                 "loading {what}: {}; the file may be damaged: run scripts/setup.sh again (it checks every sha256)",
@@ -223,13 +209,13 @@ impl Models {
     }
 
     /// Session options shared by every device.
-    fn builder(&self, what: &str, threads: usize) -> Result<ort::session::builder::SessionBuilder> {
+    fn builder(&self, what: &str) -> Result<ort::session::builder::SessionBuilder> {
         // One intra-op thread per session: parallelism comes from one worker per core, and ORT's
         // spinning pool threads slow down badly when oversubscribed.
         let e = |err: ort::Error<_>| anyhow!("creating {what} session: {err}");
         let builder = Session::builder(&self.env)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
-            .with_intra_threads(threads)
+            .with_intra_threads(1)
             .map_err(e)?
             .with_inter_threads(1)
             .map_err(|err| anyhow!("creating {what} session: {err}"))?
@@ -255,7 +241,7 @@ impl Models {
     }
 
     pub fn detector(&self) -> Result<YuNet> {
-        YuNet::new(self.session(&self.detector, &format!("YuNet detector {}", self.dir.join(YUNET_FILE).display()), 1)?)
+        YuNet::new(self.session(&self.detector, &format!("YuNet detector {}", self.dir.join(YUNET_FILE).display()))?)
     }
 
     /// One SFace session shared by the workers, made on first use: each session holds its own
@@ -267,11 +253,7 @@ impl Models {
         if let Some(sface) = shared.as_ref() {
             return Ok(sface.clone());
         }
-        let sface = SFace::new(self.session(
-            &self.embedder,
-            &format!("SFace embedder {}", self.dir.join(SFACE_FILE).display()),
-            self.embedder_threads,
-        )?)?;
+        let sface = SFace::new(self.session(&self.embedder, &format!("SFace embedder {}", self.dir.join(SFACE_FILE).display()))?)?;
         *shared = Some(sface.clone());
         Ok(sface)
     }

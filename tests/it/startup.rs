@@ -87,27 +87,3 @@ fn timings_say_where_start_up_and_each_worker_spent_their_time_only_when_asked()
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("facedb timings"), "{stderr}");
 }
-
-#[test]
-fn the_shared_embedder_on_several_threads_gives_every_embedding_bit_for_bit() {
-    // `--jobs 1`: SFace runs on one thread; `--jobs 3`: on three (one per worker).
-    let tmp = tempfile::tempdir().unwrap();
-    let models = models_folder(tmp.path(), false);
-    let mut vectors = Vec::new();
-    for jobs in ["1", "3"] {
-        let photos = tmp.path().join(format!("jobs{jobs}"));
-        std::fs::create_dir(&photos).unwrap();
-        add_photos(&photos, &ALL_PHOTOS);
-        let (code, stderr) = index_with(&models, &photos, &[], &["--jobs", jobs]);
-        assert_eq!(code, 0, "{stderr}");
-        let conn = db(&photos);
-        let mut stmt = conn
-            .prepare("SELECT f.path, fa.idx, e.vector FROM files f JOIN faces fa ON fa.image_id = f.image_id JOIN embeddings e ON e.face_id = fa.id ORDER BY 1, 2")
-            .unwrap();
-        let rows: Vec<(String, i64, Vec<u8>)> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
-        vectors.push(rows);
-    }
-    assert!(vectors[0].len() >= 6, "{}", vectors[0].len());
-    assert_eq!(vectors[0], vectors[1]);
-}
