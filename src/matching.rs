@@ -537,7 +537,8 @@ pub(crate) fn decide_in_windows(
         let from = counted.decisions.len();
         // The next window's estimates (both cores) while this one is decided (this thread).
         let (decided, estimated) = std::thread::scope(|s| {
-            let job = ahead.map(|a| s.spawn(move || a.estimate_in(later, refs.0, refs.1)));
+            // A thread that cannot be started (a process limit) only means no estimates ahead.
+            let job = ahead.and_then(|a| std::thread::Builder::new().spawn_scoped(s, move || a.estimate_in(later, refs.0, refs.1)).ok());
             let mut win = Window { inner: &mut *vectors, offset: first, len: cut, ready: ready.take() };
             let decided = evaluate(part, None, &mut win, &round, opts, Some((&mut counted.far, keep)));
             (decided, job.and_then(|j| j.join().ok().flatten()))
