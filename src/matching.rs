@@ -162,7 +162,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-fn nearest(face: &[f32], refs: &[Vec<f32>]) -> f32 {
+/// The distance to the nearest of `refs` (infinite with none), as every exact path computes it.
+pub(crate) fn nearest(face: &[f32], refs: &[Vec<f32>]) -> f32 {
     refs.iter().map(|r| cosine_distance(face, r)).min_by(f32::total_cmp).unwrap_or(f32::INFINITY)
 }
 
@@ -207,6 +208,12 @@ pub trait Vectors {
     ) -> anyhow::Result<Option<Estimates>> {
         Ok(None)
     }
+    /// An estimator of this store's faces that borrows nothing from it (its own file descriptor),
+    /// so the next window is estimated on the other core while this one is decided; `None` where
+    /// estimates are made in place only.
+    fn ahead(&self) -> Option<Box<dyn EstimateAhead>> {
+        None
+    }
     /// The exact vectors of the faces at `wanted` indices, in the order asked (one scan here; a
     /// store with random access reads just those).
     fn fetch(&mut self, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -224,15 +231,32 @@ pub trait Vectors {
     }
 }
 
+/// [`Vectors::estimate_in`] of a store, from another thread (see [`Vectors::ahead`]).
+pub trait EstimateAhead: Send {
+    /// The same estimates as the store's own; `None` where it cannot make them without the store
+    /// (a damaged chunk: the store then estimates those faces itself, and repairs).
+    fn estimate_in(&self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Option<Estimates>;
+}
+
+/// Estimates made ahead for a window, and the references they were made against.
+struct Ready<'r> {
+    refs: &'r [Vec<f32>],
+    negatives: &'r [Vec<f32>],
+    estimates: Estimates,
+}
+
 /// The faces of `inner` in `offset..offset + len`, as a store of their own (face `i` here is
 /// face `offset + i` there): one window of a streamed match.
-struct Window<'v> {
+struct Window<'v, 'r> {
     inner: &'v mut dyn Vectors,
     offset: usize,
     len: usize,
+    /// Estimated while the previous window was decided; used only if asked for with the same
+    /// references (otherwise estimated here).
+    ready: Option<Ready<'r>>,
 }
 
-impl Vectors for Window<'_> {
+impl Vectors for Window<'_, '_> {
     fn dim(&self) -> usize {
         self.inner.dim()
     }
@@ -241,7 +265,10 @@ impl Vectors for Window<'_> {
         self.inner.scan_range(offset..offset + self.len, &mut |first, chunk| visit(first - offset, chunk))
     }
     fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> anyhow::Result<Option<Estimates>> {
-        self.inner.estimate_in(self.offset..self.offset + self.len, refs, negatives)
+        match self.ready.take() {
+            Some(r) if r.refs == refs && r.negatives == negatives => Ok(Some(r.estimates)),
+            _ => self.inner.estimate_in(self.offset..self.offset + self.len, refs, negatives),
+        }
     }
     fn fetch(&mut self, wanted: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
         let global: Vec<usize> = wanted.iter().map(|&i| i + self.offset).collect();
@@ -284,7 +311,9 @@ impl FaceList for FacesInMemory<'_> {
 
 /// Per face, in face order: estimated distances to the references (`pos`) and to the negatives
 /// (`neg`, empty without negatives), and `bound[i]`: the exact distance of face i to either set
-/// is within `bound[i]` of its estimate (NaN estimates and bounds: no estimate, read it exactly).
+/// is within `bound[i]` of its estimate (NaN estimates and bounds: no estimate, read it exactly;
+/// a bound of exactly 0: both are the exact distances, [`nearest`] of the f32 row, which a store
+/// may compute where an estimate's bound leaves the 0.01 bin open).
 #[derive(Debug, Default)]
 pub struct Estimates {
     pub pos: Vec<f32>,
@@ -303,7 +332,7 @@ pub const EXACT_BAND: f32 = 0.2;
 const BIN_EDGE_MARGIN: f64 = 1e-5;
 
 /// Whether every distance within `bound` of `d` falls in the same 0.01 bin, away from its edges.
-fn one_bin(d: f32, bound: f32) -> bool {
+pub(crate) fn one_bin(d: f32, bound: f32) -> bool {
     let (lo, hi) = (f64::from(d) - f64::from(bound), f64::from(d) + f64::from(bound));
     let cell = (f64::from(d) * 100.0).floor();
     lo > cell / 100.0 + BIN_EDGE_MARGIN && hi < (cell + 1.0) / 100.0 - BIN_EDGE_MARGIN
@@ -378,7 +407,7 @@ fn distances_that_count(
         let proven = group.iter().all(|&i| far(i) && !round.rejected.contains(&faces[i].face_id)) && {
             let best = group.iter().copied().min_by(|&a, &b| pos[a].total_cmp(&pos[b])).unwrap_or(group[0]);
             let best_hi = pos[best] + bound[best];
-            one_bin(pos[best], bound[best]) && group.iter().all(|&j| j == best || pos[j] - bound[j] > best_hi)
+            (bound[best] == 0.0 || one_bin(pos[best], bound[best])) && group.iter().all(|&j| j == best || pos[j] - bound[j] > best_hi)
         };
         if !proven {
             wanted.extend_from_slice(group);
@@ -478,6 +507,7 @@ pub(crate) fn decide_in_windows(
     let n = faces.len();
     let round = Round { refs: positives, negatives, pass: 1, rejected };
     let mut counted = Counted::default();
+    let keep = &SortedIds::new(keep);
     let keep_all = opts.expand.is_some() || opts.threshold > SUSPICIOUS_THRESHOLD;
     if keep_all || !faces.grouped() {
         let mut all = Vec::with_capacity(n);
@@ -493,36 +523,56 @@ pub(crate) fn decide_in_windows(
         counted.note(&all, 0, 0, rejected);
         return Ok(counted);
     }
+    // The references as `evaluate` combines them, so the estimates made ahead are those it asks for.
+    let combined_refs = combined(positives, opts.combine);
     let (mut first, mut buf) = (0usize, Vec::new());
+    // `buf` holds faces from `first`: the window being decided (`..cut`), then the next one.
+    let mut cut = window_end(faces, first, &mut buf, 0, window)?;
+    let mut ready = None;
     while first < n {
-        // Up to the start of the buffer's last photo (whose faces may go on past it), once the
-        // buffer holds a window; everything at the end.
-        let cut = loop {
-            let end = first + buf.len();
-            if end >= n {
-                break buf.len();
-            }
-            if buf.len() >= window {
-                let last = buf.last().map(|f: &FaceRow| f.image_id);
-                let start = buf.iter().rposition(|f| Some(f.image_id) != last).map_or(0, |i| i + 1);
-                if start > 0 {
-                    break start;
-                }
-            }
-            read_more(faces, end, &mut buf)?;
-        };
-        let part = &buf[..cut];
-        let mut win = Window { inner: &mut *vectors, offset: first, len: cut };
+        let next = window_end(faces, first, &mut buf, cut, window)?;
+        let ahead = vectors.ahead().filter(|_| next > cut);
+        let (part, later) = (&buf[..cut], first + cut..first + next);
+        let refs = (&combined_refs[..], negatives);
         let from = counted.decisions.len();
-        let decided = evaluate(part, None, &mut win, &round, opts, Some((&mut counted.far, keep)))?;
-        counted.decisions.extend(decided);
+        // The next window's estimates (both cores) while this one is decided (this thread).
+        let (decided, estimated) = std::thread::scope(|s| {
+            // A thread that cannot be started (a process limit) only means no estimates ahead.
+            let job = ahead.and_then(|a| std::thread::Builder::new().spawn_scoped(s, move || a.estimate_in(later, refs.0, refs.1)).ok());
+            let mut win = Window { inner: &mut *vectors, offset: first, len: cut, ready: ready.take() };
+            let decided = evaluate(part, None, &mut win, &round, opts, Some((&mut counted.far, keep)));
+            (decided, job.and_then(|j| j.join().ok().flatten()))
+        });
+        counted.decisions.extend(decided?);
         counted.note(part, first, from, rejected);
+        ready = estimated.map(|estimates| Ready { refs: refs.0, negatives: refs.1, estimates });
         buf.drain(..cut);
         first += cut;
+        cut = next - cut;
     }
     // As `evaluate` orders them when it sees all faces at once.
     counted.decisions.sort_by_key(|d| d.image_id);
     Ok(counted)
+}
+
+/// The end (in `buf`, which holds faces from `first`) of the window that starts at `start`: up to
+/// the start of the buffer's last photo (whose faces may go on past it) once the window holds
+/// `window` faces; everything at the end. Reads more faces into `buf` as needed.
+fn window_end(faces: &mut dyn FaceList, first: usize, buf: &mut Vec<FaceRow>, start: usize, window: usize) -> anyhow::Result<usize> {
+    loop {
+        let end = first + buf.len();
+        if end >= faces.len() {
+            return Ok(buf.len());
+        }
+        if buf.len() >= start + window {
+            let last = buf.last().map(|f: &FaceRow| f.image_id);
+            let photo = buf.iter().rposition(|f| Some(f.image_id) != last).map_or(0, |i| i + 1);
+            if photo > start {
+                return Ok(photo);
+            }
+        }
+        read_more(faces, end, buf)?;
+    }
 }
 
 /// [`FaceList::read`], refusing a list that hands out nothing (it would never end).
@@ -656,7 +706,23 @@ struct Round<'a> {
 }
 
 /// Far photos go to `far` unless their face is in its set (see [`decide_counting_far`]).
-type FarSink<'a> = Option<(&'a mut FarPhotos, &'a std::collections::HashSet<i64>)>;
+type FarSink<'a> = Option<(&'a mut FarPhotos, &'a SortedIds)>;
+
+/// Face ids, sorted: looked up once per far photo, where hashing each id cost more than the rest
+/// of deciding it (the set is small: the crops an earlier run wrote).
+pub(crate) struct SortedIds(Vec<i64>);
+
+impl SortedIds {
+    fn new(ids: &std::collections::HashSet<i64>) -> Self {
+        let mut v: Vec<i64> = ids.iter().copied().collect();
+        v.sort_unstable();
+        SortedIds(v)
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+}
 
 fn evaluate(
     faces: &[FaceRow],
@@ -680,8 +746,8 @@ fn evaluate(
     let within = |d: f32| d <= opts.threshold;
     // The verdict on one photo; `contested_vectors` holds the vectors of faces in photos with more than
     // one face within the threshold.
-    let verdict = |c: Candidates, contested_vectors: &std::collections::HashMap<usize, Vec<f32>>| -> Option<Decision> {
-        let Candidates { image_id, ranked, runner_up, user_rejected } = c;
+    let verdict = |c: &Candidates, contested_vectors: &std::collections::HashMap<usize, Vec<f32>>| -> Option<Decision> {
+        let Candidates { image_id, ref ranked, runner_up, user_rejected } = *c;
         let rejected_decision = |(i, d): (usize, f32), runner_up: Option<(i64, f32)>| Decision {
             image_id,
             face_id: faces[i].face_id,
@@ -743,9 +809,23 @@ fn evaluate(
     let far_from = opts.threshold + EXACT_BAND;
     let mut waiting: Vec<(usize, Candidates)> = Vec::new();
     let none = std::collections::HashMap::new();
+    // One list reused photo after photo (a contested photo keeps its own): an allocation per photo
+    // cost more than deciding it.
+    let mut scratch: Vec<(usize, f32)> = Vec::new();
     for_each_photo(faces, order, |group: &[usize]| {
+        // Nearly every photo of an archive: one face, far, counted. Decided as below would decide
+        // it (too far, its distance counted), without building its candidates and verdict.
+        if let (&[i], Some((far, keep))) = (group, far.as_mut()) {
+            let d = dist.get(i).map_or(f32::NAN, |&d| sane(d));
+            if d > far_from && !rejected.contains(&faces[i].face_id) && !keep.contains(faces[i].face_id) {
+                far.distances.push(d);
+                return;
+            }
+        }
         let image_id = faces[group[0]].image_id;
-        let mut ranked: Vec<(usize, f32)> = group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))).collect();
+        let mut ranked = std::mem::take(&mut scratch);
+        ranked.clear();
+        ranked.extend(group.iter().filter_map(|&i| dist.get(i).map(|&d| (i, sane(d)))));
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
         // The user's rejections are never chosen; the closest one is kept to be listed.
         let user_rejected = ranked.iter().find(|&&(i, _)| rejected.contains(&faces[i].face_id)).copied();
@@ -769,15 +849,20 @@ fn evaluate(
                 reason: None,
             });
             waiting.push((out.len() - 1, c));
-        } else if let Some(d) = verdict(c, &none) {
-            match far.as_mut() {
-                Some((far, keep))
-                    if d.reason == Some(Reason::TooFar) && (d.distance.is_nan() || d.distance > far_from) && !keep.contains(&d.face_id) =>
-                {
-                    far.distances.push(d.distance)
+        } else {
+            if let Some(d) = verdict(&c, &none) {
+                match far.as_mut() {
+                    Some((far, keep))
+                        if d.reason == Some(Reason::TooFar)
+                            && (d.distance.is_nan() || d.distance > far_from)
+                            && !keep.contains(d.face_id) =>
+                    {
+                        far.distances.push(d.distance)
+                    }
+                    _ => out.push(d),
                 }
-                _ => out.push(d),
             }
+            scratch = c.ranked;
         }
     });
     // Whether the other faces within the threshold are the chosen face again or someone else
@@ -786,7 +871,7 @@ fn evaluate(
     let contested_vectors: std::collections::HashMap<usize, Vec<f32>> =
         if contested.is_empty() { Default::default() } else { contested.iter().copied().zip(gather(vectors, &contested)?).collect() };
     for (at, c) in waiting {
-        if let Some(d) = verdict(c, &contested_vectors) {
+        if let Some(d) = verdict(&c, &contested_vectors) {
             out[at] = d;
         }
     }

@@ -5,7 +5,11 @@
 //! Each vector is kept twice: a compact i16 copy (per-vector scale, with a proven bound on the
 //! distance error, see [`quantize`]) that `match` scans to estimate every distance, and the exact
 //! f32 row, read only for the faces whose estimate cannot decide (those near the threshold, or
-//! whose histogram bin or closest face in their photo the bound leaves open; `matching`).
+//! whose histogram bin or closest face in their photo the bound leaves open; `matching`). The
+//! bins left open (about 1 % of far faces) are settled from the f32 row on the estimating
+//! threads ([`Blocks::settle_bins`]: bound 0, the exact distance), and a streamed `match` has the
+//! next window estimated there while it decides the current one ([`Vectors::ahead`]), so both
+//! cores work through the whole scan.
 //!
 //! The cache may only make `match` faster, never change its result, so it proves what it
 //! mirrors before it is used:
@@ -20,6 +24,8 @@
 //!   baseline entry written, so the next match can prove it again;
 //! - it names the embedder's embedding count and highest face id, which must still hold for the
 //!   faces no log entry names (rows dropped or added where no trigger fires: a dump reloaded);
+//!   SQLite counts them from the index's pages when no other embedder has rows ([`Census::of`]:
+//!   the same number, ~25 ms at ten million faces instead of 0.65 s);
 //! - the header, the face records and the table of chunk checksums carry blake3 digests, checked
 //!   on open; every compact chunk is checked against its CRC-32 as it is streamed, and every
 //!   exact row against its own CRC-32 when it is read (CRC-32 runs at ~4 GB/s here against
@@ -63,7 +69,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::matching::{Estimates, FaceRow, Vectors};
+use crate::matching::{EstimateAhead, Estimates, FaceRow, Vectors};
 
 const MAGIC: &[u8; 8] = b"FACEDBV4";
 /// The previous layout's magic: `erase` still removes such a file.
@@ -221,13 +227,22 @@ struct Census {
 }
 
 impl Census {
-    /// One pass over the index: ~70-120 ms at a million faces on a loaded machine (290 ms
-    /// through the table itself, which holds the vectors).
+    /// The count without reading the rows when every embedding is this embedder's (nearly
+    /// always): SQLite answers a bare `count(*)` by adding up the cells of each page of the
+    /// smallest index (2.5-3 ms at a million faces against 65-75 ms for the filtered count, which
+    /// visits every row: 0.65 s at ten million). Whether another embedder has rows is two probes of
+    /// `embeddings_model`, and the highest face id one more; with other embedders' rows present it
+    /// counts this one's over the index. The same number either way, from the same snapshot.
     fn of(conn: &Connection, embedder_id: i64) -> Result<Self> {
-        let (count, max): (i64, Option<i64>) =
-            conn.query_row("SELECT count(*), max(face_id) FROM embeddings WHERE model_id = ?1", [embedder_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (all, others, max): (i64, bool, Option<i64>) = conn.query_row(
+            "SELECT (SELECT count(*) FROM embeddings),
+                    EXISTS (SELECT 1 FROM embeddings WHERE model_id < ?1) OR EXISTS (SELECT 1 FROM embeddings WHERE model_id > ?1),
+                    (SELECT max(face_id) FROM embeddings WHERE model_id = ?1)",
+            [embedder_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let count =
+            if others { conn.query_row("SELECT count(*) FROM embeddings WHERE model_id = ?1", [embedder_id], |r| r.get(0))? } else { all };
         Ok(Census { count, max_face: max.unwrap_or(i64::MIN) })
     }
 
@@ -270,8 +285,6 @@ pub struct VectorFile<'c> {
     repaired: bool,
     /// Exact rows read one by one (the faces estimates could not decide), for tests and tuning.
     exact_reads: usize,
-    /// Every face record in order: a repair must hold the same faces in the same places.
-    records_hash: blake3::Hasher,
     /// Whether each photo's faces are consecutive, as appended so far.
     runs: PhotoRuns,
 }
@@ -746,7 +759,7 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
     if header.key != key.digest() || header.dim != dim {
         bail!("the cache mirrors another database, embedder or dimension");
     }
-    let (mut chunks, mut runs, mut all) = (Vec::new(), PhotoRuns::default(), blake3::Hasher::new());
+    let (mut chunks, mut runs) = (Vec::new(), PhotoRuns::default());
     let (mut max_face, mut max_image, mut sorted) = (i64::MIN, i64::MIN, true);
     for s in &header.segments {
         let len = segment_len(s.count, dim).context("size overflow")?;
@@ -759,24 +772,29 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
         // Lengths are now bounded by the file's real size, so these allocations are too. Records
         // are read a chunk's worth at a time and not kept: `match` streams them again.
         let first = count_before(&chunks);
-        let (mut hasher, mut block) = (blake3::Hasher::new(), vec![0u8; CHUNK_FACES * FACE_RECORD_LEN]);
+        let mut block = vec![0u8; CHUNK_FACES * FACE_RECORD_LEN];
         let mut record_sums = Vec::with_capacity(n_chunks);
-        for k in 0..n_chunks {
-            let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
-            let records = &mut block[..n * FACE_RECORD_LEN];
-            file.read_exact_at(records, s.offset + vectors_len + (k * CHUNK_FACES * FACE_RECORD_LEN) as u64)?;
-            hasher.update(records);
-            all.update(records);
-            record_sums.push(crc32fast::hash(records));
-            for f in records.chunks_exact(FACE_RECORD_LEN).map(decode_face) {
-                sorted &= f.face_id >= max_face;
-                (max_face, max_image) = (max_face.max(f.face_id), max_image.max(f.image_id));
-                runs.push(f.image_id);
+        let (records_at, file_ref) = (s.offset + vectors_len, &file);
+        // The records' digest on another core while this one checksums and reads each chunk's
+        // (0.3 s of a single core at ten million faces, before).
+        let digest = std::thread::scope(|scope| -> Result<blake3::Hash> {
+            let hashing = scope.spawn(move || digest_of(file_ref, records_at, count * FACE_RECORD_LEN));
+            for k in 0..n_chunks {
+                let n = CHUNK_FACES.min(count - k * CHUNK_FACES);
+                let records = &mut block[..n * FACE_RECORD_LEN];
+                file_ref.read_exact_at(records, records_at + (k * CHUNK_FACES * FACE_RECORD_LEN) as u64)?;
+                record_sums.push(crc32fast::hash(records));
+                for f in records.chunks_exact(FACE_RECORD_LEN).map(decode_face) {
+                    sorted &= f.face_id >= max_face;
+                    (max_face, max_image) = (max_face.max(f.face_id), max_image.max(f.image_id));
+                    runs.push(f.image_id);
+                }
             }
-        }
+            hashing.join().map_err(|_| anyhow::anyhow!("hashing the vector cache's face records failed"))?
+        })?;
         let mut sums = vec![0u8; n_chunks * CHUNK_SUM_LEN];
-        file.read_exact_at(&mut sums, s.offset + vectors_len + (count * FACE_RECORD_LEN) as u64)?;
-        if hasher.finalize().as_bytes() != &s.records || blake3::hash(&sums).as_bytes() != &s.sums {
+        file.read_exact_at(&mut sums, records_at + (count * FACE_RECORD_LEN) as u64)?;
+        if digest.as_bytes() != &s.records || blake3::hash(&sums).as_bytes() != &s.sums {
             bail!("cache face records or chunk checksums are damaged");
         }
         let sums = sums.chunks_exact(CHUNK_SUM_LEN).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
@@ -788,7 +806,19 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
         bail!("cache header does not describe its faces");
     }
     file.seek(SeekFrom::Start(0))?;
-    Ok(VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0, records_hash: all, runs })
+    Ok(VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0, runs })
+}
+
+/// The blake3 digest of `len` bytes of `file` from `offset`, read a mebibyte at a time.
+fn digest_of(file: &File, offset: u64, len: usize) -> Result<blake3::Hash> {
+    let (mut h, mut buf, mut done) = (blake3::Hasher::new(), vec![0u8; (1 << 20).min(len)], 0);
+    while done < len {
+        let piece = &mut buf[..(len - done).min(1 << 20)];
+        file.read_exact_at(piece, offset + done as u64)?;
+        h.update(piece);
+        done += piece.len();
+    }
+    Ok(h.finalize())
 }
 
 /// Faces held by `chunks`.
@@ -1269,8 +1299,11 @@ fn encode_face(f: &FaceRow) -> [u8; FACE_RECORD_LEN] {
 }
 
 fn decode_face(b: &[u8]) -> FaceRow {
-    let i64_at = |o: usize| i64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
-    let f32_at = |o: usize| f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    // Through a fixed-size array: no bounds check per byte (10 M records a match).
+    let mut r = [0u8; FACE_RECORD_LEN];
+    r.copy_from_slice(&b[..FACE_RECORD_LEN]);
+    let i64_at = |o: usize| i64::from_le_bytes([r[o], r[o + 1], r[o + 2], r[o + 3], r[o + 4], r[o + 5], r[o + 6], r[o + 7]]);
+    let f32_at = |o: usize| f32::from_le_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
     FaceRow { image_id: i64_at(0), face_id: i64_at(8), size_px: f32_at(16), sharpness: f32_at(20), yaw: f32_at(24), score: f32_at(28) }
 }
 
@@ -1372,7 +1405,7 @@ impl VectorFile<'_> {
         };
         let (file, _) = build(source)?;
         let fresh = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-        if fresh.count != self.count || fresh.records_hash.finalize() != self.records_hash.finalize() {
+        if fresh.count != self.count || fresh.records_digest()? != self.records_digest()? {
             bail!("the database changed during the match; run it again");
         }
         self.file = fresh.file;
@@ -1383,6 +1416,20 @@ impl VectorFile<'_> {
         Ok(())
     }
 
+    /// A digest of every face record in order, each chunk checked against the CRC-32 it had when
+    /// verified (a repair compares the two files' digests; taken then only, not on every open).
+    fn records_digest(&self) -> Result<blake3::Hash> {
+        let (mut h, mut block) = (blake3::Hasher::new(), Vec::new());
+        for c in &self.chunks {
+            block.resize(c.n * FACE_RECORD_LEN, 0);
+            if self.file.read_exact_at(&mut block, c.records).is_err() || crc32fast::hash(&block) != c.records_sum {
+                bail!("the vector cache's face records changed during the match; run it again");
+            }
+            h.update(&block);
+        }
+        Ok(h.finalize())
+    }
+
     /// Takes in a segment just appended, holding `faces` (the records it wrote).
     fn add_appended<'f>(&mut self, segment: &Segment, sums: Vec<u32>, faces: impl Iterator<Item = &'f FaceRow>) {
         let mut record_sums = Vec::with_capacity(sums.len());
@@ -1391,13 +1438,11 @@ impl VectorFile<'_> {
             block.extend_from_slice(&encode_face(f));
             self.runs.push(f.image_id);
             if block.len() == CHUNK_FACES * FACE_RECORD_LEN {
-                self.records_hash.update(&block);
                 record_sums.push(crc32fast::hash(&block));
                 block.clear();
             }
         }
         if !block.is_empty() {
-            self.records_hash.update(&block);
             record_sums.push(crc32fast::hash(&block));
         }
         push_chunks(&mut self.chunks, self.count, segment, self.dim, sums.into_iter().zip(record_sums));
@@ -1511,6 +1556,130 @@ fn largest_norm(sets: &[&[Vec<f32>]]) -> Option<f32> {
     Some((largest * (1.0 + 1e-6)) as f32)
 }
 
+/// The compact blocks of a verified cache, as [`VectorFile::estimate_in`] and [`Ahead`] read them.
+struct Blocks<'a> {
+    file: &'a File,
+    chunks: &'a [Chunk],
+    dim: usize,
+    count: usize,
+}
+
+impl Blocks<'_> {
+    /// Estimates of the faces in `range` and the parts of it in chunks that failed their checksum
+    /// (not estimated); `None` where no estimate can be made (a reference not finite or of another
+    /// dimension).
+    fn estimate(
+        &self,
+        range: std::ops::Range<usize>,
+        refs: &[Vec<f32>],
+        negatives: &[Vec<f32>],
+    ) -> Option<(Estimates, Vec<std::ops::Range<usize>>)> {
+        use rayon::prelude::*;
+        let dim = self.dim;
+        let range = range.start.min(self.count)..range.end.min(self.count);
+        let len = range.len();
+        if refs.iter().chain(negatives).any(|r| r.len() != dim) {
+            return None;
+        }
+        let norm = largest_norm(&[refs, negatives])?;
+        let e = Estimator { refs, negatives, norm, dim };
+        let mut est = Estimates { pos: vec![0.0; len], neg: Vec::new(), bound: vec![0.0; len] };
+        if !negatives.is_empty() {
+            est.neg = vec![0.0; len];
+        }
+        // One slice per chunk (the part of it in `range`), so the chunks are read (pread) and
+        // estimated on every core.
+        let mut jobs = Vec::with_capacity(self.chunks.len());
+        let (mut pos, mut neg, mut bound) = (&mut est.pos[..], &mut est.neg[..], &mut est.bound[..]);
+        let first_chunk = if len == 0 { self.chunks.len() } else { self.chunks.partition_point(|c| c.first + c.n <= range.start) };
+        for c in self.chunks[first_chunk..].iter().take_while(|c| c.first < range.end) {
+            let part = c.first.max(range.start)..(c.first + c.n).min(range.end);
+            let (p, rest) = std::mem::take(&mut pos).split_at_mut(part.len());
+            pos = rest;
+            let (b, rest) = std::mem::take(&mut bound).split_at_mut(part.len());
+            bound = rest;
+            let n = if neg.is_empty() {
+                &mut [][..]
+            } else {
+                let (n, rest) = std::mem::take(&mut neg).split_at_mut(part.len());
+                neg = rest;
+                n
+            };
+            jobs.push((*c, part, p, n, b));
+        }
+        let (file, per_face) = (self.file, COMPACT_HEAD_SLOTS + dim);
+        let damaged = jobs
+            .into_par_iter()
+            .map(|(c, part, p, n, b)| {
+                // One buffer per thread for the whole run: a match estimates window after window,
+                // and a buffer per job cost a page fault per page each time.
+                COMPACT_SLOTS.with_borrow_mut(|slots| {
+                    slots.resize(CHUNK_FACES * per_face, 0);
+                    let chunk = &mut slots[..c.n * per_face];
+                    if !read_compact(file, &c, chunk) {
+                        return Some(part);
+                    }
+                    e.fill(&chunk[(part.start - c.first) * per_face..], p, n, b);
+                    self.settle_bins(&e, &c, part.start - c.first, (p, n, b));
+                    None
+                })
+            })
+            .flatten()
+            .collect();
+        Some((est, damaged))
+    }
+}
+
+impl Blocks<'_> {
+    /// Replaces the estimates (faces `j0..` of chunk `c`) whose bound leaves their 0.01 bin open
+    /// (about 1 % of far faces) by the exact distances, bound 0, read here on the estimating
+    /// threads instead of one by one by the thread deciding. A row failing its checksum keeps its
+    /// estimate (it is read, and the cache repaired, where a decision needs it).
+    fn settle_bins(&self, e: &Estimator, c: &Chunk, j0: usize, (pos, neg, bound): (&mut [f32], &mut [f32], &mut [f32])) {
+        let (dim, row) = (self.dim, exact_len(self.dim));
+        let (mut raw, mut v) = (vec![0u8; row], vec![0f32; dim]);
+        for j in 0..pos.len() {
+            if !bound[j].is_finite() || crate::matching::one_bin(pos[j], bound[j]) {
+                continue;
+            }
+            let offset = c.offset + (c.n * compact_len(dim) + (j0 + j) * row) as u64;
+            if self.file.read_exact_at(&mut raw, offset).is_err() {
+                continue;
+            }
+            let (values, sum) = raw.split_at(4 * dim);
+            if sum != crc32fast::hash(values).to_le_bytes() {
+                continue;
+            }
+            for (x, b) in v.iter_mut().zip(values.chunks_exact(4)) {
+                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            pos[j] = crate::matching::nearest(&v, e.refs);
+            if let Some(n) = neg.get_mut(j) {
+                *n = crate::matching::nearest(&v, e.negatives);
+            }
+            bound[j] = 0.0;
+        }
+    }
+}
+
+/// Estimates a verified cache's faces on a descriptor of its own, while the cache itself reads
+/// exact rows for the window being decided ([`Vectors::ahead`]). It never repairs: a damaged chunk
+/// leaves the window to [`VectorFile::estimate_in`], which does. A repair meanwhile replaces the
+/// file, not what this one read: the same faces in the same places, every block checked.
+struct Ahead {
+    file: File,
+    chunks: Vec<Chunk>,
+    dim: usize,
+    count: usize,
+}
+
+impl EstimateAhead for Ahead {
+    fn estimate_in(&self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Option<Estimates> {
+        let blocks = Blocks { file: &self.file, chunks: &self.chunks, dim: self.dim, count: self.count };
+        blocks.estimate(range, refs, negatives).filter(|(_, damaged)| damaged.is_empty()).map(|(est, _)| est)
+    }
+}
+
 impl Vectors for VectorFile<'_> {
     fn dim(&self) -> usize {
         self.dim
@@ -1549,62 +1718,21 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn estimate_in(&mut self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
-        use rayon::prelude::*;
-        let dim = self.dim;
-        let range = range.start.min(self.count)..range.end.min(self.count);
-        let len = range.len();
-        if refs.iter().chain(negatives).any(|r| r.len() != dim) {
-            return Ok(None);
-        }
-        let Some(norm) = largest_norm(&[refs, negatives]) else { return Ok(None) };
-        let e = Estimator { refs, negatives, norm, dim };
-        let mut est = Estimates { pos: vec![0.0; len], neg: Vec::new(), bound: vec![0.0; len] };
-        if !negatives.is_empty() {
-            est.neg = vec![0.0; len];
-        }
-        // One slice per chunk (the part of it in `range`), so the chunks are read (pread) and
-        // estimated on every core.
-        let mut jobs = Vec::with_capacity(self.chunks.len());
-        let (mut pos, mut neg, mut bound) = (&mut est.pos[..], &mut est.neg[..], &mut est.bound[..]);
-        let first_chunk = if len == 0 { self.chunks.len() } else { self.chunk_of(range.start) };
-        for c in self.chunks[first_chunk..].iter().take_while(|c| c.first < range.end) {
-            let part = c.first.max(range.start)..(c.first + c.n).min(range.end);
-            let (p, rest) = std::mem::take(&mut pos).split_at_mut(part.len());
-            pos = rest;
-            let (b, rest) = std::mem::take(&mut bound).split_at_mut(part.len());
-            bound = rest;
-            let n = if neg.is_empty() {
-                &mut [][..]
-            } else {
-                let (n, rest) = std::mem::take(&mut neg).split_at_mut(part.len());
-                neg = rest;
-                n
-            };
-            jobs.push((*c, part, p, n, b));
-        }
-        let (file, per_face) = (&self.file, COMPACT_HEAD_SLOTS + dim);
-        let damaged: Vec<std::ops::Range<usize>> = jobs
-            .into_par_iter()
-            .map(|(c, part, p, n, b)| {
-                // One buffer per thread for the whole run: a match estimates window after window,
-                // and a buffer per job cost a page fault per page each time.
-                COMPACT_SLOTS.with_borrow_mut(|slots| {
-                    slots.resize(CHUNK_FACES * per_face, 0);
-                    let chunk = &mut slots[..c.n * per_face];
-                    if !read_compact(file, &c, chunk) {
-                        return Some(part);
-                    }
-                    e.fill(&chunk[(part.start - c.first) * per_face..], p, n, b);
-                    None
-                })
-            })
-            .flatten()
-            .collect();
+        let blocks = Blocks { file: &self.file, chunks: &self.chunks, dim: self.dim, count: self.count };
+        let Some((mut est, damaged)) = blocks.estimate(range.clone(), refs, negatives) else { return Ok(None) };
         // A damaged chunk: rebuild the cache (once) and estimate those faces from the new file.
-        for part in damaged {
-            self.estimate_range(&e, part, &mut est, range.start)?;
+        if let (false, Some(norm)) = (damaged.is_empty(), largest_norm(&[refs, negatives])) {
+            let e = Estimator { refs, negatives, norm, dim: self.dim };
+            for part in damaged {
+                self.estimate_range(&e, part, &mut est, range.start.min(self.count))?;
+            }
         }
         Ok(Some(est))
+    }
+
+    fn ahead(&self) -> Option<Box<dyn EstimateAhead>> {
+        let file = self.file.try_clone().ok()?;
+        Some(Box::new(Ahead { file, chunks: self.chunks.clone(), dim: self.dim, count: self.count }))
     }
 
     fn fetch(&mut self, wanted: &[usize]) -> Result<Vec<Vec<f32>>> {
@@ -2049,6 +2177,50 @@ mod tests {
         assert!(rebuilt >= 55, "nearly every damage is detected (a zeroed range can hit zero padding): {rebuilt}");
     }
 
+    /// A streamed match estimates the next window on another thread while it decides this one;
+    /// a compact block damaged after the cache was opened sends that window back to the cache,
+    /// which repairs itself: the decisions and counted distances equal an undamaged run's, and
+    /// those near the threshold equal matching on the f32 vectors.
+    #[test]
+    fn a_streamed_match_estimating_ahead_survives_a_block_damaged_meanwhile() {
+        use crate::matching::{decide, decide_in_windows, Combine, Filters, InMemory, Options, Reason, EXACT_BAND};
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(CHUNK_FACES * 3 + 5).unwrap();
+        // The fixture's vectors are not unit: at 0.7, some match, some are far, some in between.
+        let refs = [vec![0.6f32, 0.8, 0.0]];
+        let opts = Options { threshold: 0.7, combine: Combine::Nearest, filters: Filters::NONE, allow_ambiguous: false, expand: None };
+        let none = std::collections::HashSet::new();
+        let run = |damage: bool| {
+            let tx = fx.db.conn.unchecked_transaction().unwrap();
+            let mut m = open(&tx, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+            if damage {
+                // The third chunk's compact block, after it was verified on open.
+                let c = m.vectors.chunks[2];
+                let f = std::fs::OpenOptions::new().write(true).open(fx.cache_path()).unwrap();
+                f.write_all_at(&[0x5a; 64], c.offset + 40).unwrap();
+            }
+            let mut records = m.vectors.records().unwrap();
+            let c = decide_in_windows(&mut records, &mut m.vectors, (&refs, &[]), &opts, (&none, &none), 1000).unwrap();
+            let refresh = m.refresh();
+            drop(m);
+            tx.commit().unwrap();
+            (c, refresh)
+        };
+        let (clean, refresh) = run(false);
+        assert_eq!(refresh, Refresh::Rebuilt, "first use");
+        let (damaged, refresh) = run(true);
+        assert_eq!(refresh, Refresh::Rebuilt, "repaired during the scan");
+        assert_eq!(damaged.decisions, clean.decisions);
+        let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&damaged.far.distances), bits(&clean.far.distances));
+        assert_eq!(clean.decisions.len() + clean.far.distances.len(), CHUNK_FACES * 3 + 5, "every photo decided once");
+        let (faces, vectors) = fx.truth().unwrap();
+        let exact = decide(&faces, &mut InMemory { vectors: &vectors, dim: DIM }, &refs, &[], &opts).unwrap();
+        let far = |d: &&crate::matching::Decision| d.reason == Some(Reason::TooFar) && d.distance > opts.threshold + EXACT_BAND;
+        assert_eq!(clean.decisions, exact.iter().filter(|d| !far(d)).copied().collect::<Vec<_>>());
+        assert!(clean.decisions.iter().any(|d| d.matched()) && clean.far.distances.len() > 1000, "some match, many are far");
+    }
+
     /// The cache's header as stored (the valid slot of the higher generation).
     fn stored_header(fx: &Fixture) -> Header {
         let file = File::open(fx.cache_path()).unwrap();
@@ -2231,6 +2403,43 @@ mod tests {
         // An embedding dropped without any trigger firing (a dump reloaded by hand): the census.
         let delete = expected_triggers()["vector_log_embeddings_delete"];
         c.execute_batch("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = 12").unwrap();
+        c.execute_batch(delete).unwrap();
+        assert!(log_intact(c).unwrap());
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+    }
+
+    /// The census's page-count shortcut counts what the filtered count counts, with or without
+    /// other embedders' rows (below and above this one's id), and still catches an embedding
+    /// dropped where no trigger fires while another embedder's rows are there.
+    #[test]
+    fn the_census_counts_the_same_with_or_without_other_embedders() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(40).unwrap();
+        let c = &fx.db.conn;
+        let filtered = |model: i64| -> Census {
+            let (count, max): (i64, Option<i64>) = c
+                .query_row("SELECT count(*), max(face_id) FROM embeddings WHERE model_id = ?1", [model], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            Census { count, max_face: max.unwrap_or(i64::MIN) }
+        };
+        assert_eq!(Census::of(c, 2).unwrap(), Census { count: 40, max_face: 40 });
+        assert_eq!(Census::of(c, 7).unwrap(), filtered(7), "no rows: nothing counted");
+        c.execute_batch("INSERT INTO models (id, kind, name, file_blake3, params_json) VALUES (5, 'embedder', 'e5', 'w', '{}')").unwrap();
+        let blob = vector_to_blob(&[0.6, 0.8, 0.0]);
+        for (face, model) in [(3, 5), (4, 5), (39, 5), (5, 1)] {
+            c.execute("INSERT INTO embeddings (face_id, model_id, vector) VALUES (?1, ?2, ?3)", rusqlite::params![face, model, blob])
+                .unwrap();
+        }
+        for model in [1, 2, 5, 7] {
+            assert_eq!(Census::of(c, model).unwrap(), filtered(model), "model {model}");
+        }
+        assert_eq!(Census::of(c, 2).unwrap().count, 40);
+        load_committed(&fx);
+        assert_eq!(load_committed(&fx).2, Refresh::None);
+        let delete = expected_triggers()["vector_log_embeddings_delete"];
+        c.execute_batch("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = 12 AND model_id = 2").unwrap();
         c.execute_batch(delete).unwrap();
         assert!(log_intact(c).unwrap());
         let (faces, vectors, refresh) = load_committed(&fx);

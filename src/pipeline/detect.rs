@@ -4,7 +4,6 @@
 //! tensor layout and output decoding are [`crate::models::yunet`]'s.
 
 use anyhow::Result;
-use image::RgbImage;
 
 use super::frame::{at_scale, Frame};
 pub use crate::models::yunet::Detection;
@@ -150,8 +149,9 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
         // scale, several pixels of the photo: look again at the photo's own resolution.
         let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
             // On the reduced decode when the face is at least `REFINED_FACE` there (never enlarged).
-            let (image, factor) = frame.source_for_side(d.w.max(d.h), REFINED_FACE)?;
-            let refined = stats.time(PassStats::REFINE, || refine(yunet, image, &at_scale(&d, factor)))?;
+            // Region decoding the crop needs (small faces on a reduced decode) counts here.
+            let factor = frame.scale_for_side(d.w.max(d.h), REFINED_FACE);
+            let refined = stats.time(PassStats::REFINE, || refine(yunet, frame, factor, &at_scale(&d, factor)))?;
             stats.refined += u32::from(refined.is_some());
             refined.map_or(d, |r| at_scale(&r, 1.0 / factor))
         } else {
@@ -186,15 +186,15 @@ const REFINED_FACE: f32 = 96.0;
 
 /// Detects the face again on a crop of the full-resolution image around it, and returns the
 /// detection there that overlaps it best (box and landmarks in image pixels).
-fn refine(yunet: &mut YuNet, image: &RgbImage, face: &Detection) -> Result<Option<Detection>> {
-    let (w, h) = image.dimensions();
+fn refine(yunet: &mut YuNet, frame: &Frame, factor: f32, face: &Detection) -> Result<Option<Detection>> {
+    let (w, h) = frame.size_at(factor);
     let side = face.w.max(face.h) * REFINE_CONTEXT;
     let (cx, cy) = (face.x + face.w / 2.0, face.y + face.h / 2.0);
     let x0 = (cx - side / 2.0).floor().clamp(0.0, w.saturating_sub(1) as f32) as u32;
     let y0 = (cy - side / 2.0).floor().clamp(0.0, h.saturating_sub(1) as f32) as u32;
     let cw = (side.ceil() as u32).min(w - x0).max(1);
     let ch = (side.ceil() as u32).min(h - y0).max(1);
-    let crop = image::imageops::crop_imm(image, x0, y0, cw, ch).to_image();
+    let crop = frame.crop(factor, x0, y0, cw, ch)?;
     let target = ((REFINED_FACE * REFINE_CONTEXT) as u32).max(ALIGN as u32);
     let long_side = target.min(cw.max(ch).max(ALIGN as u32) * 4);
     let local = Detection { x: face.x - x0 as f32, y: face.y - y0 as f32, ..*face };

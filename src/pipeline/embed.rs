@@ -21,17 +21,18 @@ pub struct FaceRecord {
 }
 
 /// Aligns, embeds and scores `faces` (full-resolution coordinates), each on the reduced decode
-/// when it is big enough there (`Frame::source_for_face`).
+/// when it is big enough there, else on the full-resolution region around it
+/// (`Frame::source_for_face`).
 pub fn embed_faces(frame: &Frame, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
     let mut out = Vec::with_capacity(faces.len());
     let mut calls = 0;
     for face in faces {
         let t = Instant::now();
-        let (image, factor) = frame.source_for_face(face)?;
+        let image = frame.source_for_face(face)?;
         times.decode += ms_since(t);
-        let local = at_scale(face, factor);
+        let local = at_scale(face, image.factor);
         let t = Instant::now();
-        let (embedding, face_hash) = match align::align(image, &local.landmarks) {
+        let (embedding, face_hash) = match align::align(&image, &local.landmarks) {
             Some(aligned) => {
                 calls += 1;
                 (Some(embedder.embed(&aligned)?), Some(fingerprint::dhash(&aligned)))
@@ -41,7 +42,7 @@ pub fn embed_faces(frame: &Frame, faces: &[Detection], embedder: &mut SFace, tim
         times.align_embed += ms_since(t);
         let t = Instant::now();
         // Size in full-resolution pixels, whatever image the rest was measured on.
-        let quality = Quality { size_px: face.w.min(face.h), ..quality::measure(image, &local) };
+        let quality = Quality { size_px: face.w.min(face.h), ..quality::measure(&image, &local) };
         times.quality += ms_since(t);
         out.push(FaceRecord { detection: *face, quality, embedding, face_hash });
     }

@@ -8,8 +8,6 @@
 //! photos of the same person 25-32. A pHash (lowest 8x8 DCT terms of the same face) was tried:
 //! copies 0-11 bits, others 25-35, a narrower gap.
 
-use image::RgbImage;
-
 use crate::models::sface::align::{self, AlignedFace, ALIGNED_SIZE};
 
 /// dHash of the aligned face: luma area-averaged onto a 9x8 grid, one bit per horizontal
@@ -41,7 +39,7 @@ pub fn dhash(face: &AlignedFace) -> u64 {
 }
 
 /// The face hash of the face with these landmarks in `image` (`None`: degenerate landmarks).
-pub fn face_hash(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<u64> {
+pub fn face_hash<P: align::Pixels>(image: &P, landmarks: &[[f32; 2]; 5]) -> Option<u64> {
     align::align(image, landmarks).map(|a| dhash(&a))
 }
 
@@ -49,6 +47,7 @@ pub fn face_hash(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::models::sface::align::TEMPLATE;
+    use image::RgbImage;
 
     #[test]
     fn a_gradient_sets_every_bit_and_its_mirror_none() {

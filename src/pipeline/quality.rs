@@ -1,9 +1,9 @@
 //! Per-face quality measures, computed from the full-resolution upright image.
 
-use image::RgbImage;
 use serde::Serialize;
 
 use super::detect::Detection;
+use crate::models::sface::align::Pixels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Quality {
@@ -20,7 +20,7 @@ pub struct Quality {
     pub brightness: f32,
 }
 
-pub fn measure(image: &RgbImage, face: &Detection) -> Quality {
+pub fn measure<P: Pixels>(image: &P, face: &Detection) -> Quality {
     let (yaw, roll) = pose(&face.landmarks);
     let (sharpness, brightness) = sharpness_and_brightness(image, face);
     Quality { size_px: face.w.min(face.h), sharpness, yaw, roll, brightness }
@@ -64,7 +64,7 @@ pub const SHARPNESS_SIDE: u32 = 64;
 /// when shrinking), divided by the standard deviation of that luma, times 100: resolution drops
 /// out through the fixed scale, exposure and contrast through the ratio (a face at a third of the
 /// light scores what it scored before).
-fn sharpness_and_brightness(image: &RgbImage, face: &Detection) -> (f32, f32) {
+fn sharpness_and_brightness<P: Pixels>(image: &P, face: &Detection) -> (f32, f32) {
     let (w, h) = image.dimensions();
     let x0 = face.x.max(0.0).floor() as u32;
     let y0 = face.y.max(0.0).floor() as u32;
@@ -75,7 +75,7 @@ fn sharpness_and_brightness(image: &RgbImage, face: &Detection) -> (f32, f32) {
     }
     // Luma in 0-1: `image` clamps float pixels to that range when it resamples.
     let luma = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(x1 - x0, y1 - y0, |x, y| {
-        let p = image.get_pixel(x0 + x, y0 + y);
+        let p = image.rgb(x0 + x, y0 + y);
         image::Luma([(0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])) / 255.0])
     });
     let brightness = 255.0 * luma.pixels().map(|p| f64::from(p[0])).sum::<f64>() / f64::from(luma.width() * luma.height());
@@ -126,6 +126,7 @@ impl Moments {
 mod tests {
     use super::*;
     use crate::models::sface::align::TEMPLATE;
+    use image::RgbImage;
 
     fn face(x: f32, y: f32, w: f32, h: f32) -> Detection {
         Detection { x, y, w, h, score: 0.9, landmarks: TEMPLATE }

@@ -2,6 +2,9 @@
 //! binary builds and runs without it. `scripts/setup.sh` puts Debian's `libturbojpeg0` (2.1.5,
 //! SIMD) in `<models>/turbojpeg/`. Measured on one 4000x3000 bench photo, one thread: the image
 //! crate 75 ms, TurboJPEG 44 ms full size, 33 / 29 / 21 ms at 1/2, 1/4, 1/8 (DCT scaling).
+//! The top rows only (`decode_top_rows`, 2026-12-02, loaded machine): 1600 of 3000 rows 29-44
+//! ms against 45-47 for all, 800 rows 12-18 ms. A lossless crop (`tjTransform`) was slower
+//! there (40-46 ms: it reads every coefficient into memory, 72 MB for a 4:4:4 12 MP photo).
 //!
 //! Its pixels differ from the image crate's by a level or two (another IDCT and chroma
 //! upsampling), so the decoder in use is part of the detector's identity (see
@@ -33,6 +36,9 @@ pub struct TurboJpeg {
     decompress: unsafe extern "C" fn(Handle, *const u8, c_ulong, *mut u8, c_int, c_int, c_int, c_int, c_int) -> c_int,
     destroy: unsafe extern "C" fn(Handle) -> c_int,
     error: unsafe extern "C" fn(Handle) -> *const c_char,
+    /// `tjGetErrorCode` (TurboJPEG 2.0+): tells a warning from an error; without it
+    /// `decode_top_rows` is not offered and the full image is decoded instead.
+    error_code: Option<unsafe extern "C" fn(Handle) -> c_int>,
     path: PathBuf,
     /// The file's name and the start of its blake3, read once (`identity`).
     identity: String,
@@ -60,6 +66,8 @@ impl TurboJpeg {
             decompress: sym!(b"tjDecompress2"),
             destroy: sym!(b"tjDestroy"),
             error: sym!(b"tjGetErrorStr2"),
+            // SAFETY: TurboJPEG's documented `int tjGetErrorCode(tjhandle)`.
+            error_code: unsafe { lib.get(b"tjGetErrorCode") }.ok().map(|f| *f),
             path: path.to_path_buf(),
             identity: identity_of(path),
             _lib: lib,
@@ -130,6 +138,88 @@ impl TurboJpeg {
             bail!("libturbojpeg: {}", d.error());
         }
         RgbImage::from_raw(sw, sh, rgb).ok_or_else(|| anyhow!("libturbojpeg returned a buffer of the wrong size"))
+    }
+}
+
+impl TurboJpeg {
+    /// The top `rows` rows of the stored image (orientation not applied), full width and full
+    /// size, without decoding the rows below: the frame header is patched to declare `rows`, so
+    /// libjpeg-turbo stops after them (and warns about the data it skips to the end marker).
+    /// Rows up to `rows - TOP_ROWS_MARGIN` are exactly the full decode's: blocks are decoded
+    /// alone, and chroma upsampling reads one chroma row beyond a row at most (test:
+    /// `pipeline::frame::tests`). Only sequential Huffman JPEGs (SOF0/SOF1) are cut this way;
+    /// `Ok(None)` for others (progressive scans cover every row), which are decoded in full.
+    /// Only for bytes this library already decoded without a warning (the reduced decode): the
+    /// warning about the skipped data is then the only one expected, and any other is an error.
+    pub fn decode_top_rows(&self, bytes: &[u8], rows: u32) -> Result<Option<RgbImage>> {
+        let Some(error_code) = self.error_code else { return Ok(None) };
+        let Some(sof) = sequential_frame_header(bytes) else { return Ok(None) };
+        let d = Decompressor::new(self)?;
+        let (w, h) = d.header(bytes)?;
+        if rows >= h {
+            return self.decode(bytes, 1).map(Some);
+        }
+        let mut patched = bytes.to_vec();
+        // Height is the big-endian u16 after the segment length and the sample precision.
+        patched[sof + 5..sof + 7].copy_from_slice(&(rows as u16).to_be_bytes());
+        let mut rgb = vec![0u8; w as usize * rows as usize * 3];
+        // SAFETY: `rgb` holds w * rows * 3 bytes, pitch w * 3, for the w x rows image the patched
+        // header declares.
+        let status = unsafe {
+            (self.decompress)(
+                d.0 .1,
+                patched.as_ptr(),
+                patched.len() as c_ulong,
+                rgb.as_mut_ptr(),
+                w as c_int,
+                (w * 3) as c_int,
+                rows as c_int,
+                TJPF_RGB,
+                TJFLAG_LIMITSCANS,
+            )
+        };
+        if status != 0 {
+            // SAFETY: a live handle.
+            let warning_only = unsafe { error_code(d.0 .1) } == TJERR_WARNING;
+            let message = d.error();
+            if !(warning_only && message.contains("extraneous bytes")) {
+                bail!("libturbojpeg (top {rows} rows): {message}");
+            }
+        }
+        RgbImage::from_raw(w, rows, rgb).map(Some).ok_or_else(|| anyhow!("libturbojpeg returned a buffer of the wrong size"))
+    }
+}
+
+/// Rows at the bottom of `decode_top_rows`'s result that may differ from a full decode (the
+/// upsampler repeats the last chroma row there): two chroma rows of the tallest sampling
+/// (4 luma rows each), with room to spare.
+pub const TOP_ROWS_MARGIN: u32 = 16;
+
+/// `tjGetErrorCode`'s value for a warning (the decode went on).
+const TJERR_WARNING: c_int = 0;
+
+/// Offset of the frame header (its FF marker) of a baseline or extended sequential Huffman JPEG;
+/// `None` for any other kind or a header that cannot be walked.
+pub(crate) fn sequential_frame_header(bytes: &[u8]) -> Option<usize> {
+    if bytes.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut pos = 2;
+    loop {
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if *bytes.get(pos)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(pos + 1)?;
+        let len = usize::from(u16::from_be_bytes([*bytes.get(pos + 2)?, *bytes.get(pos + 3)?]));
+        match marker {
+            0xC0 | 0xC1 => return (len >= 8 && bytes.len() >= pos + 2 + len).then_some(pos),
+            // Any other frame header (progressive, lossless, arithmetic), a scan or the end.
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA | 0xD9 => return None,
+            _ => pos += 2 + len,
+        }
     }
 }
 

@@ -136,8 +136,8 @@ fn hash_photo(root: &Path, decoders: &Decoders, faces: &[&FaceInfo]) -> Vec<(i64
     let hash = |f: &FaceInfo| {
         let face = Detection { x: f.x, y: f.y, w: f.w, h: f.h, score: f.score, landmarks: f.landmarks };
         // On the image `index` aligned this face on (see `Frame::source_for_face`).
-        let (rgb, factor) = frame.source_for_face(&face).ok()?;
-        fingerprint::face_hash(rgb, &at_scale(&face, factor).landmarks)
+        let view = frame.source_for_face(&face).ok()?;
+        fingerprint::face_hash(&view, &at_scale(&face, view.factor).landmarks)
     };
     faces.iter().filter_map(|f| hash(f).map(|h| (f.face_id, h))).collect()
 }

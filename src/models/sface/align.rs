@@ -5,6 +5,26 @@ use image::RgbImage;
 
 pub const ALIGNED_SIZE: usize = 112;
 
+/// An image read pixel by pixel in its own coordinates: a whole `RgbImage`, or a region of a
+/// photo decoded around a face (`pipeline::frame::View`) that answers in the photo's coordinates,
+/// so alignment and quality read the same pixels with the same arithmetic either way.
+pub trait Pixels {
+    /// Width and height of the whole image.
+    fn dimensions(&self) -> (u32, u32);
+    /// The pixel at `(x, y)`, inside `dimensions()`.
+    fn rgb(&self, x: u32, y: u32) -> [u8; 3];
+}
+
+impl Pixels for RgbImage {
+    fn dimensions(&self) -> (u32, u32) {
+        image::ImageBuffer::dimensions(self)
+    }
+
+    fn rgb(&self, x: u32, y: u32) -> [u8; 3] {
+        self.get_pixel(x, y).0
+    }
+}
+
 /// ArcFace template: right eye, left eye, nose, right and left mouth corners (112x112 pixels).
 pub const TEMPLATE: [[f32; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
@@ -62,7 +82,7 @@ impl Similarity {
 }
 
 /// Warps the face to 112x112. `None` when the landmarks are degenerate.
-pub fn align(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<AlignedFace> {
+pub fn align<P: Pixels>(image: &P, landmarks: &[[f32; 2]; 5]) -> Option<AlignedFace> {
     let inv = Similarity::fit(landmarks, &TEMPLATE)?.inverse()?;
     let mut rgb = vec![0u8; ALIGNED_SIZE * ALIGNED_SIZE * 3];
     for v in 0..ALIGNED_SIZE {
@@ -77,11 +97,12 @@ pub fn align(image: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Option<AlignedFace>
 }
 
 /// Bilinear sample with zero (black) outside the image, like warpAffine's BORDER_CONSTANT.
-pub fn bilinear(image: &RgbImage, x: f64, y: f64) -> [u8; 3] {
+pub fn bilinear<P: Pixels>(image: &P, x: f64, y: f64) -> [u8; 3] {
     if !x.is_finite() || !y.is_finite() {
         return [0; 3];
     }
-    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    let (w, h) = image.dimensions();
+    let (w, h) = (i64::from(w), i64::from(h));
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = (x - x0, y - y0);
     let (x0, y0) = (x0 as i64, y0 as i64);
@@ -91,7 +112,7 @@ pub fn bilinear(image: &RgbImage, x: f64, y: f64) -> [u8; 3] {
         if xi < 0 || yi < 0 || xi >= w || yi >= h || wgt == 0.0 {
             continue;
         }
-        let p = image.get_pixel(xi as u32, yi as u32);
+        let p = image.rgb(xi as u32, yi as u32);
         for c in 0..3 {
             acc[c] += wgt * f64::from(p[c]);
         }
