@@ -172,6 +172,28 @@ fn dry_run_prints_the_histogram_and_writes_nothing() {
     assert!(!out.exists());
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs"), runs);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM refs"), 0);
+
+    // With --json the same figures come as one JSON object on stdout, and still nothing is written.
+    let o = facedb()
+        .arg("--json")
+        .arg("match")
+        .arg(tmp.path())
+        .arg("--ref")
+        .arg(photo("obama.jpg"))
+        .arg("--dry-run")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+    assert_eq!((v["command"].as_str(), v["dry_run"].as_bool()), (Some("match"), Some(true)));
+    assert_eq!(v["photos"].as_u64(), Some(3));
+    assert_eq!(v["histogram"]["counts"].as_array().map(|c| c.iter().filter_map(|n| n.as_u64()).sum::<u64>()), Some(3));
+    assert_eq!(v["would_crop"].as_u64(), Some(2), "obama2 and obama3: {v}");
+    assert_eq!(v["would_reject"]["too far"].as_u64(), Some(1), "biden: {v}");
+    assert!(!out.exists());
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM runs"), runs);
 }
 
 #[test]

@@ -21,14 +21,49 @@ pub(super) fn dry_run(conn: &Connection, ctx: &Ctx, decided: &Decided) -> Result
         let recorded: Vec<&Decision> = decided.decisions.iter().filter(|d| is_recorded(d, args.threshold)).collect();
         return print_list(&recorded, &decided.paths);
     }
+    let best = match args.best {
+        Some(n) => Some(best::choose(conn, &ctx.root, &ctx.decoders, ctx.best_params(n), &decided.decisions, &decided.best_vectors)?),
+        None => None,
+    };
+    if ctx.globals.json {
+        return print_dry_run_json(ctx, decided, best.as_ref());
+    }
     print_dry_run(decided, args.threshold)?;
-    if let Some(n) = args.best {
-        outln!(
-            "{}",
-            best::choose(conn, &ctx.root, &ctx.decoders, ctx.best_params(n), &decided.decisions, &decided.best_vectors)?.describe()
-        );
+    if let Some(b) = best {
+        outln!("{}", b.describe());
     }
     Ok(())
+}
+
+/// `--dry-run --json`: the histogram, the photos near the threshold, what would be cropped and
+/// rejected, as one JSON object on stdout (the text form's figures, nothing written).
+fn print_dry_run_json(ctx: &Ctx, decided: &Decided, best: Option<&best::Best>) -> Result<()> {
+    let (decisions, paths, threshold) = (&decided.decisions, &decided.paths, ctx.args.threshold);
+    let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
+    let distances = finite_distances(decided);
+    let counts = matching::histogram(&distances, lo, hi, bins);
+    let mut near: Vec<&Decision> = decisions.iter().filter(|d| (d.distance - threshold).abs() <= DRY_RUN_BAND).collect();
+    near.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    let near: Vec<serde_json::Value> = near
+        .iter()
+        .map(|d| serde_json::json!({"distance": d.distance, "within": d.distance <= threshold, "image_id": d.image_id, "face_id": d.face_id, "path": paths.get(&d.image_id)}))
+        .collect();
+    let summary = serde_json::json!({
+        "command": "match", "dry_run": true, "dataset": ctx.root.to_string_lossy(), "threshold": threshold,
+        "photos": distances.len(),
+        "histogram": {"from": lo, "to": hi, "bins": bins, "counts": counts},
+        "near_threshold": {"band": DRY_RUN_BAND, "photos": near},
+        "would_crop": decisions.iter().filter(|d| d.matched()).count(), "would_reject": reasons_by_name(decisions, decided.far.distances.len()),
+        "ambiguous": decisions.iter().filter(|d| d.ambiguous).count(),
+        "vector_cache": decided.cache_refresh.as_str(), "best": best.map(best::Best::summary), "seconds": ctx.started.elapsed().as_secs_f64(),
+    });
+    outln!("{summary}");
+    Ok(())
+}
+
+/// Every photo's best distance, the far photos' included (NaN left out).
+fn finite_distances(decided: &Decided) -> Vec<f32> {
+    decided.decisions.iter().map(|d| d.distance).chain(decided.far.distances.iter().copied()).filter(|d| d.is_finite()).collect()
 }
 
 /// The summary on stderr, or one JSON object on stdout with `--json`.
@@ -74,7 +109,7 @@ pub(super) fn print(done: &Outcome, tally: &Tally, curation: &CurationReport) ->
 fn print_dry_run(decided: &Decided, threshold: f32) -> Result<()> {
     let (decisions, paths, quality) = (&decided.decisions, &decided.paths, &decided.quality);
     let far = &decided.far.distances;
-    let distances: Vec<f32> = decisions.iter().map(|d| d.distance).chain(far.iter().copied()).filter(|d| d.is_finite()).collect();
+    let distances = finite_distances(decided);
     let (lo, hi, bins) = (0.0f32, 1.2f32, 24usize);
     let counts = matching::histogram(&distances, lo, hi, bins);
     let peak = counts.iter().copied().max().unwrap_or(0).max(1);
@@ -131,7 +166,7 @@ fn print_list(recorded: &[&Decision], paths: &HashMap<i64, String>) -> Result<()
 }
 
 /// Rejections by reason, the `far` photos counted as too far.
-fn count_reasons(decisions: &[Decision], far: usize) -> String {
+fn reasons_by_name(decisions: &[Decision], far: usize) -> BTreeMap<&'static str, usize> {
     let mut by: BTreeMap<&str, usize> = BTreeMap::new();
     for r in decisions.iter().filter_map(|d| d.reason) {
         *by.entry(r.as_str()).or_default() += 1;
@@ -139,6 +174,12 @@ fn count_reasons(decisions: &[Decision], far: usize) -> String {
     if far > 0 {
         *by.entry(Reason::TooFar.as_str()).or_default() += far;
     }
+    by
+}
+
+/// Rejections by reason (`reasons_by_name`), in words.
+fn count_reasons(decisions: &[Decision], far: usize) -> String {
+    let by = reasons_by_name(decisions, far);
     if by.is_empty() {
         return "none".into();
     }
