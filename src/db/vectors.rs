@@ -36,17 +36,24 @@
 //! the middle of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller
 //! always sees every vector exactly once and only vectors that match the database.
 //!
-//! Bringing it up to date: when every change since names a face or an image newer than any the
-//! cache holds (an `index` of new photos), or a photo whose faces are still exactly the cached
-//! ones (a copy under a new name), the new faces are appended as a new segment; any other
-//! change (a face removed or re-scored, a photo gone, a model edited) rebuilds it, as do more than
-//! `MAX_SEGMENTS` segments. Appended faces all have higher ids than the cached ones, so the cache
-//! stays in face id order, the order a rebuild writes (a damaged chunk is replaced by a rebuilt
-//! file holding the same faces in the same places). An append writes the segment, syncs it, then
-//! writes the header slot not in use and syncs again: a crash in between leaves the previous
-//! header, which still proves the previous state (bytes past its segments are ignored, and cut by
-//! the next append). Appends
-//! hold an exclusive `flock` on the file; readers never need one (written bytes never change).
+//! Bringing it up to date: new faces (all newer than any the cache holds: an `index` of new
+//! photos) are appended as a new segment. Every other face the log names, directly or through its
+//! photo, is looked up in the cache (binary search: the segments hold faces in face id order) and
+//! in SQLite, and the cache's PATCH is rewritten: a face no longer held (removed, its photo gone,
+//! another detector) is VOID, one held again (its photo back) live again, one re-scored or moved
+//! to another photo gets a REPLACED record; its vector must be the cached bytes. `match` then
+//! sees the live faces only, numbered in the segments' order, so the order and the records are
+//! exactly a rebuild's (the property test compares them after random changes), and photos are
+//! checked for running together among the live faces only. A face to hold that the cache never
+//! held (no place in face id order), a changed vector, a model edited, more than a tenth of the
+//! faces void, a file an eighth garbage (patches written over) or more than `MAX_SEGMENTS`
+//! segments rebuild it. The census proof subtracts what each face the log names had then (live
+//! in the cache: one; void: noted in the patch; not held: unknown, so rebuilt) and adds what it
+//! has now. An update writes the segment and the new patch past everything the current header
+//! names, syncs, then writes the header slot not in use and syncs again: a crash in between
+//! leaves the previous header, which still proves the previous state (bytes past what it names
+//! are ignored, and cut by the next update). Updates hold an exclusive `flock` on the file;
+//! readers never need one (written bytes never change).
 //! `match` then deletes the log entries before the one its saved cache names: the log stays short.
 //! Deleting the cache is always safe.
 //!
@@ -54,11 +61,12 @@
 //! generation counts), then segments. A segment holds, per chunk of `CHUNK_FACES` faces (the last
 //! one shorter), a compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact
 //! block (per face: `dim` f32 and the CRC-32 of their bytes); then its face records; then one
-//! CRC-32 per compact block.
+//! CRC-32 per compact block. A patch: void count and replaced count (u64), per void face its
+//! position (u64, top bit: it still had an embedding), per replaced face its position and record.
 //! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
 //! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
 //! the face records, digest of the chunk checksums), embedding count and highest embedded face
-//! id, digest of the slot's bytes before it.
+//! id, the patch's offset, length and digest, digest of the slot's bytes before it.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
