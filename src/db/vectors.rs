@@ -48,8 +48,8 @@
 //! held (no place in face id order), a changed vector, a model edited, more than a tenth of the
 //! faces void, a file an eighth garbage (patches written over) or more than `MAX_SEGMENTS`
 //! segments rebuild it. The census proof subtracts what each face the log names had then (live
-//! in the cache: one; void: noted in the patch; not held: unknown, so rebuilt) and adds what it
-//! has now. An update writes the segment and the new patch past everything the current header
+//! in the cache: one; void, or held nowhere with an embedding: noted in the patch, which a
+//! rebuild writes too) and adds what it has now. An update writes the segment and the new patch past everything the current header
 //! names, syncs, then writes the header slot not in use and syncs again: a crash in between
 //! leaves the previous header, which still proves the previous state (bytes past what it names
 //! are ignored, and cut by the next update). Updates hold an exclusive `flock` on the file;
@@ -61,8 +61,9 @@
 //! generation counts), then segments. A segment holds, per chunk of `CHUNK_FACES` faces (the last
 //! one shorter), a compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact
 //! block (per face: `dim` f32 and the CRC-32 of their bytes); then its face records; then one
-//! CRC-32 per compact block. A patch: void count and replaced count (u64), per void face its
-//! position (u64, top bit: it still had an embedding), per replaced face its position and record.
+//! CRC-32 per compact block. A patch: void, replaced and held-nowhere counts (u64), per void face
+//! its position (u64, top bit: it still had an embedding), per replaced face its position and
+//! record, per face held nowhere that had an embedding its id.
 //! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
 //! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
 //! the face records, digest of the chunk checksums), embedding count and highest embedded face
@@ -258,6 +259,10 @@ struct Voids {
     embedded: Vec<bool>,
     /// Positions whose record is replaced, ascending, none void.
     replaced: Vec<(usize, FaceRow)>,
+    /// Faces the segments never held that had an embedding of this embedder then (their photo
+    /// gone or of another detector, a malformed vector), ascending: with the void flags, what
+    /// every face had, for the census proof.
+    unheld: Vec<i64>,
 }
 
 impl Voids {
@@ -340,6 +345,17 @@ impl Voids {
         }
     }
 
+    /// Notes whether face `id`, held nowhere in the segments, has an embedding.
+    fn set_unheld(&mut self, id: i64, embedded: bool) {
+        match (self.unheld.binary_search(&id), embedded) {
+            (Err(k), true) => self.unheld.insert(k, id),
+            (Ok(k), false) => {
+                self.unheld.remove(k);
+            }
+            _ => {}
+        }
+    }
+
     fn set_live(&mut self, p: usize) {
         if let Ok(k) = self.void.binary_search(&p) {
             self.void.remove(k);
@@ -359,15 +375,19 @@ impl Voids {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.void.len() * VOID_LEN + self.replaced.len() * REPLACED_LEN);
+        let mut b = Vec::with_capacity(24 + self.void.len() * VOID_LEN + self.replaced.len() * REPLACED_LEN + self.unheld.len() * 8);
         b.extend_from_slice(&(self.void.len() as u64).to_le_bytes());
         b.extend_from_slice(&(self.replaced.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(self.unheld.len() as u64).to_le_bytes());
         for (&p, &e) in self.void.iter().zip(&self.embedded) {
             b.extend_from_slice(&(p as u64 | u64::from(e) << 63).to_le_bytes());
         }
         for (p, r) in &self.replaced {
             b.extend_from_slice(&(*p as u64).to_le_bytes());
             b.extend_from_slice(&encode_face(r));
+        }
+        for id in &self.unheld {
+            b.extend_from_slice(&id.to_le_bytes());
         }
         b
     }
@@ -377,22 +397,29 @@ impl Voids {
     fn decode(b: &[u8], count: usize) -> Option<Self> {
         let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
         let (n_void, n_replaced) = (usize::try_from(u64_at(0)?).ok()?, usize::try_from(u64_at(8)?).ok()?);
-        let len = n_void.checked_mul(VOID_LEN)?.checked_add(n_replaced.checked_mul(REPLACED_LEN)?)?.checked_add(16)?;
-        if len != b.len() || n_void > count || n_replaced > count {
+        let n_unheld = usize::try_from(u64_at(16)?).ok()?;
+        let len = n_void.checked_mul(VOID_LEN)?.checked_add(n_replaced.checked_mul(REPLACED_LEN)?)?;
+        if len.checked_add(n_unheld.checked_mul(8)?)?.checked_add(24)? != b.len() || n_void > count || n_replaced > count {
             return None;
         }
         let mut out = Voids::default();
         for k in 0..n_void {
-            let x = u64_at(16 + k * VOID_LEN)?;
+            let x = u64_at(24 + k * VOID_LEN)?;
             out.void.push(usize::try_from(x & !(1 << 63)).ok()?);
             out.embedded.push(x >> 63 == 1);
         }
-        let at = 16 + n_void * VOID_LEN;
+        let at = 24 + n_void * VOID_LEN;
         for k in 0..n_replaced {
             let o = at + k * REPLACED_LEN;
             out.replaced.push((usize::try_from(u64_at(o)?).ok()?, decode_face(&b[o + 8..o + REPLACED_LEN])));
         }
-        let ascending = out.void.windows(2).all(|w| w[0] < w[1]) && out.replaced.windows(2).all(|w| w[0].0 < w[1].0);
+        let at = at + n_replaced * REPLACED_LEN;
+        for k in 0..n_unheld {
+            out.unheld.push(u64_at(at + 8 * k)? as i64);
+        }
+        let ascending = out.void.windows(2).all(|w| w[0] < w[1])
+            && out.replaced.windows(2).all(|w| w[0].0 < w[1].0)
+            && out.unheld.windows(2).all(|w| w[0] < w[1]);
         let in_range = out.void.last().is_none_or(|&p| p < count) && out.replaced.last().is_none_or(|r| r.0 < count);
         (ascending && in_range && out.replaced.iter().all(|r| out.is_void(r.0).is_none())).then_some(out)
     }
@@ -804,7 +831,7 @@ fn plan_checked(conn: &Connection, cache: &VectorFile, source: &Source, embedder
     if !census_holds(conn, cache, source, embedder_id, &named)? {
         return Ok(Plan::Rebuild);
     }
-    let Some(voids) = patched(conn, cache, embedder_id, dim, &named, &known)? else { return Ok(Plan::Rebuild) };
+    let Some(mut voids) = patched(conn, cache, embedder_id, dim, &named, &known)? else { return Ok(Plan::Rebuild) };
     // Compaction: past a tenth of the faces void, or a file an eighth garbage (patches written
     // over; a killed update's bytes past the end are cut anyway), a rebuild costs less than it
     // saves.
@@ -817,13 +844,19 @@ fn plan_checked(conn: &Connection, cache: &VectorFile, source: &Source, embedder
     if new.iter().any(|(f, _)| f.face_id <= header.max_face) {
         return Ok(Plan::Rebuild);
     }
+    // Newer faces with an embedding that are not appended are held nowhere: noted for the census.
+    let appended: std::collections::HashSet<i64> = new.iter().map(|(f, _)| f.face_id).collect();
+    let mut has = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = ?1 AND face_id = ?2)")?;
+    for &id in faces.iter().filter(|id| !appended.contains(id)) {
+        voids.set_unheld(id, has.query_row([embedder_id, id], |r| r.get(0))?);
+    }
     Ok(Plan::Update(new, voids))
 }
 
 /// The census proof when the log names faces the cache may hold (`named`, none newer than its
 /// newest): the embeddings up to the highest it counted must be those it counted, less those of
-/// the named faces then, plus theirs now. What a named face had then is known when the cache
-/// holds it (live: one; void: noted in the patch); otherwise it cannot be told: rebuilt.
+/// the named faces then, plus theirs now. What a named face had then is known: live in the cache,
+/// one; void, or held nowhere, as the patch notes.
 fn census_holds(conn: &Connection, cache: &VectorFile, source: &Source, embedder_id: i64, named: &[i64]) -> Result<bool> {
     let top = cache.header.census.max_face;
     let now = Census::up_to(conn, embedder_id, top, source.census)?;
@@ -834,8 +867,10 @@ fn census_holds(conn: &Connection, cache: &VectorFile, source: &Source, embedder
         if !seen.insert(id) {
             continue;
         }
-        let Some((p, _)) = cache.find_face(id, &mut block)? else { return Ok(false) };
-        let had = cache.voids.is_void(p).unwrap_or(true);
+        let had = match cache.find_face(id, &mut block)? {
+            Some((p, _)) => cache.voids.is_void(p).unwrap_or(true),
+            None => cache.voids.unheld.binary_search(&id).is_ok(),
+        };
         let has: bool = has.query_row([embedder_id, id], |r| r.get(0))?;
         expected += i64::from(has) - i64::from(had);
     }
@@ -859,7 +894,7 @@ fn patched(conn: &Connection, cache: &VectorFile, embedder_id: i64, dim: usize, 
     for id in ids.into_iter().filter(|&id| id <= cache.header.max_face) {
         let slot = cache.find_face(id, &mut block)?;
         match (slot, changed_faces(conn, embedder_id, dim, &[id], &[])?.pop()) {
-            (None, None) => {}
+            (None, None) => voids.set_unheld(id, has.query_row([embedder_id, id], |r| r.get(0))?),
             (None, Some(_)) => return Ok(None),
             (Some((p, _)), None) => voids.set_void(p, has.query_row([embedder_id, id], |r| r.get(0))?),
             (Some((p, stored)), Some((row, blob))) => {
@@ -1322,14 +1357,24 @@ fn write_cache(source: &Source, file: &mut File) -> Result<()> {
     let (conn, key) = (source.conn, &source.key);
     let dim = key.dim;
     let mut w = SegmentWriter::new(file, BODY_START, dim)?;
-    for_each_face(conn, key.embedder_id, |face, blob| {
+    let mut voids = Voids::default();
+    for_each_face(conn, key.embedder_id, |face, blob, counts| {
         // A malformed vector (hand-edited database) is skipped rather than trusted.
-        if blob.len() == dim * 4 {
+        if counts && blob.len() == dim * 4 {
             w.push(&face, blob)?;
+        } else {
+            voids.unheld.push(face.face_id);
         }
         Ok(())
     })?;
     let (segment, max_face, max_image, _) = w.finish()?;
+    let mut patch = PatchRef::default();
+    if !voids.unheld.is_empty() {
+        let bytes = voids.encode();
+        let at = BODY_START + segment_len(segment.count, dim).context("size overflow")?;
+        file.write_all_at(&bytes, at)?;
+        patch = PatchRef { offset: at, len: bytes.len() as u64, digest: *blake3::hash(&bytes).as_bytes() };
+    }
     let header = Header {
         generation: 1,
         key: key.digest(),
@@ -1339,7 +1384,7 @@ fn write_cache(source: &Source, file: &mut File) -> Result<()> {
         segments: vec![segment],
         dim,
         census: source.census,
-        patch: PatchRef::default(),
+        patch,
     };
     file.write_all_at(&encode_slot(&header)?, 0)?;
     // The other slot stays zero: never valid.
@@ -1509,7 +1554,7 @@ fn nearest_compact(scale: f32, q: &[i16], refs: &[Vec<f32>]) -> f32 {
 /// Every face the cache holds, with its vector blob, in face id order: faces found by their
 /// image's current detector (older detections are kept but no longer count), of photos with at
 /// least one present file (a deleted photo must not stay matched).
-fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(FaceRow, &[u8]) -> Result<()>) -> Result<()> {
+fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(FaceRow, &[u8], bool) -> Result<()>) -> Result<()> {
     // Photos that count, with their current detector: two sequential scans here and a lookup
     // per face (at 1 M faces, probing images and files per face in the join doubled the rebuild).
     let mut current = ImageMap::new(conn)?;
@@ -1534,12 +1579,11 @@ fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(Face
     let mut rows = stmt.query([embedder_id])?;
     while let Some(r) = rows.next()? {
         let face = face_row(r)?;
-        if current.get(face.image_id) != r.get::<_, i64>(7)? {
-            continue;
-        }
+        // Faces that do not count are still visited: the census proof notes them.
+        let counts = current.get(face.image_id) == r.get::<_, i64>(7)?;
         // A vector that is not a blob (hand-edited database) is skipped like a malformed one.
         let blob = r.get_ref(6)?.as_blob().unwrap_or(&[]);
-        visit(face, blob)?;
+        visit(face, blob, counts)?;
     }
     Ok(())
 }
@@ -2759,6 +2803,33 @@ mod tests {
         assert_eq!(refresh, Refresh::Rebuilt);
         assert!(same(&(faces.clone(), vectors), &fx.truth().unwrap()));
         assert!(faces.iter().any(|f| f.face_id == 3), "the restored copy's faces are all back");
+    }
+
+    /// The census proof holds beside patches: a face held nowhere (its photo gone at the rebuild)
+    /// re-scored changes nothing it holds (the patch notes it had an embedding), while one dropped
+    /// without a trigger beside a logged change, of a held face or of one held nowhere, rebuilds.
+    #[test]
+    fn the_census_proof_holds_beside_patched_changes() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(100).unwrap();
+        let c = &fx.db.conn;
+        c.execute("UPDATE files SET missing = 1 WHERE image_id = 5", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert!(stored_header(&fx).patch.len > 0, "face 5 is noted as held nowhere");
+        c.execute("UPDATE faces SET sharpness = 7 WHERE id = 5", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::None, "nothing it holds changed, and it knew what face 5 had");
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        let delete = expected_triggers()["vector_log_embeddings_delete"];
+        for victim in [20, 5] {
+            c.execute_batch(&format!("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = {victim}"))
+                .unwrap();
+            c.execute_batch(delete).unwrap();
+            c.execute("UPDATE faces SET score = score / 2 WHERE id = 30", []).unwrap();
+            let (faces, vectors, refresh) = load_committed(&fx);
+            assert_eq!(refresh, Refresh::Rebuilt, "face {victim}");
+            assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        }
     }
 
     /// The cache's header as stored (the valid slot of the higher generation).
