@@ -36,17 +36,24 @@
 //! the middle of a scan is rebuilt too and the scan goes on from the rebuilt file, so the caller
 //! always sees every vector exactly once and only vectors that match the database.
 //!
-//! Bringing it up to date: when every change since names a face or an image newer than any the
-//! cache holds (an `index` of new photos), or a photo whose faces are still exactly the cached
-//! ones (a copy under a new name), the new faces are appended as a new segment; any other
-//! change (a face removed or re-scored, a photo gone, a model edited) rebuilds it, as do more than
-//! `MAX_SEGMENTS` segments. Appended faces all have higher ids than the cached ones, so the cache
-//! stays in face id order, the order a rebuild writes (a damaged chunk is replaced by a rebuilt
-//! file holding the same faces in the same places). An append writes the segment, syncs it, then
-//! writes the header slot not in use and syncs again: a crash in between leaves the previous
-//! header, which still proves the previous state (bytes past its segments are ignored, and cut by
-//! the next append). Appends
-//! hold an exclusive `flock` on the file; readers never need one (written bytes never change).
+//! Bringing it up to date: new faces (all newer than any the cache holds: an `index` of new
+//! photos) are appended as a new segment. Every other face the log names, directly or through its
+//! photo, is looked up in the cache (binary search: the segments hold faces in face id order) and
+//! in SQLite, and the cache's PATCH is rewritten: a face no longer held (removed, its photo gone,
+//! another detector) is VOID, one held again (its photo back) live again, one re-scored or moved
+//! to another photo gets a REPLACED record; its vector must be the cached bytes. `match` then
+//! sees the live faces only, numbered in the segments' order, so the order and the records are
+//! exactly a rebuild's (the property test compares them after random changes), and photos are
+//! checked for running together among the live faces only. A face to hold that the cache never
+//! held (no place in face id order), a changed vector, a model edited, more than a tenth of the
+//! faces void, a file an eighth garbage (patches written over) or more than `MAX_SEGMENTS`
+//! segments rebuild it. The census proof subtracts what each face the log names had then (live
+//! in the cache: one; void, or held nowhere with an embedding: noted in the patch, which a
+//! rebuild writes too) and adds what it has now. An update writes the segment and the new patch past everything the current header
+//! names, syncs, then writes the header slot not in use and syncs again: a crash in between
+//! leaves the previous header, which still proves the previous state (bytes past what it names
+//! are ignored, and cut by the next update). Updates hold an exclusive `flock` on the file;
+//! readers never need one (written bytes never change).
 //! `match` then deletes the log entries before the one its saved cache names: the log stays short.
 //! Deleting the cache is always safe.
 //!
@@ -54,11 +61,13 @@
 //! generation counts), then segments. A segment holds, per chunk of `CHUNK_FACES` faces (the last
 //! one shorter), a compact block (per face: scale f32, bound f32, `dim` i16) followed by an exact
 //! block (per face: `dim` f32 and the CRC-32 of their bytes); then its face records; then one
-//! CRC-32 per compact block.
+//! CRC-32 per compact block. A patch: void, replaced and held-nowhere counts (u64), per void face
+//! its position (u64, top bit: it still had an embedding), per replaced face its position and
+//! record, per face held nowhere that had an embedding its id.
 //! Header slot: magic, generation, key digest, log seq and tag, highest face and image id held,
 //! dim (u32), chunk faces (u32), segment count (u32), `MAX_SEGMENTS` x (offset, faces, digest of
 //! the face records, digest of the chunk checksums), embedding count and highest embedded face
-//! id, digest of the slot's bytes before it.
+//! id, the patch's offset, length and digest, digest of the slot's bytes before it.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -71,14 +80,21 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::matching::{EstimateAhead, Estimates, FaceRow, Vectors};
 
-const MAGIC: &[u8; 8] = b"FACEDBV4";
-/// The previous layout's magic: `erase` still removes such a file.
+const MAGIC: &[u8; 8] = b"FACEDBV5";
+/// Earlier layouts' magics: `erase` still removes such a file.
 const MAGIC_V3: &[u8; 8] = b"FACEDBV3";
+const MAGIC_V4: &[u8; 8] = b"FACEDBV4";
 const DIGEST_LEN: usize = 32;
 const SLOT_LEN: usize = 2048;
 const MAX_SEGMENTS: usize = 16;
 const SEGMENT_ENTRY_LEN: usize = 8 + 8 + 2 * DIGEST_LEN;
-const SLOT_FIELDS_LEN: usize = 8 + 8 + DIGEST_LEN + 4 * 8 + 3 * 4 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN + 2 * 8;
+const SLOT_FIELDS_LEN: usize = 8 + 8 + DIGEST_LEN + 4 * 8 + 3 * 4 + MAX_SEGMENTS * SEGMENT_ENTRY_LEN + 2 * 8 + PATCH_ENTRY_LEN;
+/// A header's patch: offset, length, digest.
+const PATCH_ENTRY_LEN: usize = 8 + 8 + DIGEST_LEN;
+/// Bytes of a patch's void entry (position, and whether the face had an embedding, in the top
+/// bit) and of a replacement (position, face record).
+const VOID_LEN: usize = 8;
+const REPLACED_LEN: usize = 8 + FACE_RECORD_LEN;
 const _: () = assert!(SLOT_FIELDS_LEN + DIGEST_LEN <= SLOT_LEN);
 const BODY_START: u64 = 2 * SLOT_LEN as u64;
 const FACE_RECORD_LEN: usize = 8 + 8 + 4 * 4;
@@ -163,6 +179,9 @@ pub enum Refresh {
     None,
     /// Brought up to date by appending the faces added since.
     Appended,
+    /// Brought up to date by writing which faces are void or re-scored since (and appending any
+    /// added).
+    Patched,
     /// Rebuilt from SQLite (first use, a change, or a cache that failed a check).
     Rebuilt,
 }
@@ -172,6 +191,7 @@ impl Refresh {
         match self {
             Refresh::None => "current",
             Refresh::Appended => "appended",
+            Refresh::Patched => "patched",
             Refresh::Rebuilt => "rebuilt",
         }
     }
@@ -215,6 +235,194 @@ struct Header {
     segments: Vec<Segment>,
     dim: usize,
     census: Census,
+    /// Where the patch of void and replaced faces is (length 0: none).
+    patch: PatchRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct PatchRef {
+    offset: u64,
+    len: u64,
+    digest: Digest,
+}
+
+/// What the segments' faces have become since they were written, as of the header's log entry:
+/// faces whose record and vector are void (removed, their photo gone, no longer counted), and
+/// faces whose record changed while their vector did not (re-scored). The whole set is written
+/// anew, past everything the current header names, by each update that changes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Voids {
+    /// Void positions (in the segments' order), ascending.
+    void: Vec<usize>,
+    /// Per void position: whether the face still had an embedding of this embedder then (what the
+    /// census proof must subtract when the log names it again).
+    embedded: Vec<bool>,
+    /// Positions whose record is replaced, ascending, none void.
+    replaced: Vec<(usize, FaceRow)>,
+    /// Faces the segments never held that had an embedding of this embedder then (their photo
+    /// gone or of another detector, a malformed vector), ascending: with the void flags, what
+    /// every face had, for the census proof.
+    unheld: Vec<i64>,
+}
+
+impl Voids {
+    fn is_empty(&self) -> bool {
+        self.void.is_empty() && self.replaced.is_empty()
+    }
+
+    /// Void positions before `p`.
+    fn before(&self, p: usize) -> usize {
+        self.void.partition_point(|&x| x < p)
+    }
+
+    fn is_void(&self, p: usize) -> Option<bool> {
+        self.void.binary_search(&p).ok().map(|k| self.embedded[k])
+    }
+
+    /// The position of the `v`-th live face (`void[k] - k` faces are live before `void[k]`).
+    fn position(&self, v: usize) -> usize {
+        let (mut lo, mut hi) = (0, self.void.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.void[mid] - mid <= v {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        v + lo
+    }
+
+    /// The positions that live faces `range` span (void ones among them included), in a cache
+    /// of `count` positions.
+    fn span(&self, range: std::ops::Range<usize>, count: usize) -> std::ops::Range<usize> {
+        let live = count - self.void.len();
+        let at = |v: usize| if v < live { self.position(v) } else { count };
+        let start = at(range.start);
+        start..at(range.end).max(start)
+    }
+
+    /// Drops the void positions of `span` from estimates made for every position of it.
+    fn squeeze(&self, span: std::ops::Range<usize>, est: &mut Estimates) {
+        let (k0, k1) = (self.before(span.start), self.before(span.end));
+        if k0 == k1 {
+            return;
+        }
+        let keep = |v: &mut Vec<f32>| {
+            let (mut k, mut w) = (k0, 0);
+            for i in 0..v.len() {
+                if k < k1 && self.void[k] == span.start + i {
+                    k += 1;
+                    continue;
+                }
+                v[w] = v[i];
+                w += 1;
+            }
+            v.truncate(w);
+        };
+        keep(&mut est.pos);
+        if !est.neg.is_empty() {
+            keep(&mut est.neg);
+        }
+        keep(&mut est.bound);
+    }
+
+    fn record(&self, p: usize, stored: FaceRow) -> FaceRow {
+        match self.replaced.binary_search_by_key(&p, |r| r.0) {
+            Ok(k) => self.replaced[k].1,
+            Err(_) => stored,
+        }
+    }
+
+    fn set_void(&mut self, p: usize, embedded: bool) {
+        self.set_record(p, None);
+        match self.void.binary_search(&p) {
+            Ok(k) => self.embedded[k] = embedded,
+            Err(k) => {
+                self.void.insert(k, p);
+                self.embedded.insert(k, embedded);
+            }
+        }
+    }
+
+    /// Notes whether face `id`, held nowhere in the segments, has an embedding.
+    fn set_unheld(&mut self, id: i64, embedded: bool) {
+        match (self.unheld.binary_search(&id), embedded) {
+            (Err(k), true) => self.unheld.insert(k, id),
+            (Ok(k), false) => {
+                self.unheld.remove(k);
+            }
+            _ => {}
+        }
+    }
+
+    fn set_live(&mut self, p: usize) {
+        if let Ok(k) = self.void.binary_search(&p) {
+            self.void.remove(k);
+            self.embedded.remove(k);
+        }
+    }
+
+    fn set_record(&mut self, p: usize, record: Option<FaceRow>) {
+        match (self.replaced.binary_search_by_key(&p, |r| r.0), record) {
+            (Ok(k), Some(r)) => self.replaced[k].1 = r,
+            (Ok(k), None) => {
+                self.replaced.remove(k);
+            }
+            (Err(k), Some(r)) => self.replaced.insert(k, (p, r)),
+            (Err(_), None) => {}
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24 + self.void.len() * VOID_LEN + self.replaced.len() * REPLACED_LEN + self.unheld.len() * 8);
+        b.extend_from_slice(&(self.void.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(self.replaced.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(self.unheld.len() as u64).to_le_bytes());
+        for (&p, &e) in self.void.iter().zip(&self.embedded) {
+            b.extend_from_slice(&(p as u64 | u64::from(e) << 63).to_le_bytes());
+        }
+        for (p, r) in &self.replaced {
+            b.extend_from_slice(&(*p as u64).to_le_bytes());
+            b.extend_from_slice(&encode_face(r));
+        }
+        for id in &self.unheld {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes a patch whose digest was checked, for a cache of `count` faces; `None` when it
+    /// does not describe one (positions out of range, unsorted, or replaced and void at once).
+    fn decode(b: &[u8], count: usize) -> Option<Self> {
+        let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+        let (n_void, n_replaced) = (usize::try_from(u64_at(0)?).ok()?, usize::try_from(u64_at(8)?).ok()?);
+        let n_unheld = usize::try_from(u64_at(16)?).ok()?;
+        let len = n_void.checked_mul(VOID_LEN)?.checked_add(n_replaced.checked_mul(REPLACED_LEN)?)?;
+        if len.checked_add(n_unheld.checked_mul(8)?)?.checked_add(24)? != b.len() || n_void > count || n_replaced > count {
+            return None;
+        }
+        let mut out = Voids::default();
+        for k in 0..n_void {
+            let x = u64_at(24 + k * VOID_LEN)?;
+            out.void.push(usize::try_from(x & !(1 << 63)).ok()?);
+            out.embedded.push(x >> 63 == 1);
+        }
+        let at = 24 + n_void * VOID_LEN;
+        for k in 0..n_replaced {
+            let o = at + k * REPLACED_LEN;
+            out.replaced.push((usize::try_from(u64_at(o)?).ok()?, decode_face(&b[o + 8..o + REPLACED_LEN])));
+        }
+        let at = at + n_replaced * REPLACED_LEN;
+        for k in 0..n_unheld {
+            out.unheld.push(u64_at(at + 8 * k)? as i64);
+        }
+        let ascending = out.void.windows(2).all(|w| w[0] < w[1])
+            && out.replaced.windows(2).all(|w| w[0].0 < w[1].0)
+            && out.unheld.windows(2).all(|w| w[0] < w[1]);
+        let in_range = out.void.last().is_none_or(|&p| p < count) && out.replaced.last().is_none_or(|r| r.0 < count);
+        (ascending && in_range && out.replaced.iter().all(|r| out.is_void(r.0).is_none())).then_some(out)
+    }
 }
 
 /// The embedder's embeddings as SQLite counts them (over the `embeddings_model` index): how many
@@ -285,8 +493,11 @@ pub struct VectorFile<'c> {
     repaired: bool,
     /// Exact rows read one by one (the faces estimates could not decide), for tests and tuning.
     exact_reads: usize,
-    /// Whether each photo's faces are consecutive, as appended so far.
+    /// Whether each photo's faces are consecutive, as appended so far (live faces only).
     runs: PhotoRuns,
+    /// Faces void or re-scored since their segment was written: `match` sees the live faces
+    /// only, numbered from 0 in the segments' order (face id order, as a rebuild writes them).
+    voids: Voids,
 }
 
 /// Whether each photo's faces are consecutive in the cache's order (face id order, in which an
@@ -335,7 +546,7 @@ pub fn erase(db_path: &Path) -> Result<bool> {
     let path = cache_path(db_path);
     let Ok(file) = open_existing(&path) else { return Ok(false) };
     let mut magic = [0u8; MAGIC.len()];
-    if file.take(MAGIC.len() as u64).read_exact(&mut magic).is_err() || (&magic != MAGIC && &magic != MAGIC_V3) {
+    if file.take(MAGIC.len() as u64).read_exact(&mut magic).is_err() || (&magic != MAGIC && &magic != MAGIC_V3 && &magic != MAGIC_V4) {
         return Ok(false);
     }
     std::fs::remove_file(&path).with_context(|| format!("cannot remove the vector cache {}; delete it by hand", path.display()))?;
@@ -403,11 +614,20 @@ pub fn open<'c>(conn: &'c Connection, db_path: &Path, embedder_id: i64, dim: usi
         Ok((faces, v, Plan::Current)) => (faces, v, Refresh::None),
         // Nothing to append (entries for photos it already mirrors unchanged): the cache is
         // current; saving only moves its mark.
-        Ok((faces, v, Plan::Append(new))) if new.is_empty() && source.write != CacheWrite::Save => (faces, v, Refresh::None),
-        Ok((faces, v, Plan::Append(new))) if source.write == CacheWrite::Save => match append(&source, (faces, v), &new) {
-            Ok((faces, v)) => (faces, v, if new.is_empty() { Refresh::None } else { Refresh::Appended }),
-            Err(_) => rebuild(&mut source, &mut warning)?,
-        },
+        Ok((faces, v, Plan::Update(new, voids))) if new.is_empty() && voids == v.voids && source.write != CacheWrite::Save => {
+            (faces, v, Refresh::None)
+        }
+        Ok((faces, v, Plan::Update(new, voids))) if source.write == CacheWrite::Save => {
+            let refresh = match (new.is_empty(), voids == v.voids) {
+                (true, true) => Refresh::None,
+                (false, true) => Refresh::Appended,
+                (_, false) => Refresh::Patched,
+            };
+            match update(&source, (faces, v), &new, &voids) {
+                Ok((faces, v)) => (faces, v, refresh),
+                Err(_) => rebuild(&mut source, &mut warning)?,
+            }
+        }
         _ => rebuild(&mut source, &mut warning)?,
     };
     if source.write == CacheWrite::Save && vectors.header.mark.seq > 0 {
@@ -561,13 +781,15 @@ fn log_head(conn: &Connection) -> Result<LogMark> {
 /// What a verified cache needs to mirror the database.
 enum Plan {
     Current,
-    /// These faces (face id order, all newer than the cache's) are to be appended.
-    Append(Vec<(FaceRow, Vec<u8>)>),
+    /// These faces (face id order, all newer than the cache's) are to be appended, and the
+    /// cache's void and replaced faces are to become these.
+    Update(Vec<(FaceRow, Vec<u8>)>, Voids),
     Rebuild,
 }
 
-/// Proves from the change log what happened since the cache's entry: nothing, only new faces
-/// (returned with their vectors), or anything else (rebuild).
+/// Proves from the change log what happened since the cache's entry: nothing, new faces
+/// (returned with their vectors) and changes to faces it holds that keep each held face's vector
+/// (returned as the patch to write), or anything else (rebuild).
 fn plan(conn: &Connection, cache: &VectorFile, source: &Source, embedder_id: i64) -> Plan {
     plan_checked(conn, cache, source, embedder_id).unwrap_or(Plan::Rebuild)
 }
@@ -589,47 +811,102 @@ fn plan_checked(conn: &Connection, cache: &VectorFile, source: &Source, embedder
     if after == 0 {
         return Ok(if source.census == header.census { Plan::Current } else { Plan::Rebuild });
     }
-    if Census::up_to(conn, embedder_id, header.census.max_face, source.census)? != header.census {
-        return Ok(Plan::Rebuild);
-    }
     let held: u64 = header.segments.iter().map(|s| s.count).sum();
     if after as u64 > MAX_LOG_ENTRIES.max(held / 2) || header.segments.len() >= MAX_SEGMENTS {
         return Ok(Plan::Rebuild);
     }
-    let (mut faces, mut images, mut known) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut faces, mut images, mut named, mut known) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stmt = conn.prepare("SELECT kind, id FROM vector_log WHERE seq > ?1 ORDER BY seq")?;
     let mut rows = stmt.query([mark.seq])?;
     while let Some(r) = rows.next()? {
-        // Only what cannot touch a cached face is appended: a face or image newer than all.
+        // New faces and images are appended; older ones are looked up (`patched`).
         match (r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?) {
             (1, Some(id)) if id > header.max_face => faces.push(id),
+            (1, Some(id)) => named.push(id),
             (2, Some(id)) if id > header.max_image => images.push(id),
             (2, Some(id)) => known.push(id),
             _ => return Ok(Plan::Rebuild),
         }
     }
-    // Only then are the face records read (they are streamed otherwise).
-    if !known.is_empty() && !still_holds(conn, &cache.faces()?, header.max_face, embedder_id, dim, &known)? {
+    if !census_holds(conn, cache, source, embedder_id, &named)? {
+        return Ok(Plan::Rebuild);
+    }
+    let Some(mut voids) = patched(conn, cache, embedder_id, dim, &named, &known)? else { return Ok(Plan::Rebuild) };
+    // Compaction: past a tenth of the faces void, or a file an eighth garbage (patches written
+    // over; a killed update's bytes past the end are cut anyway), a rebuild costs less than it
+    // saves.
+    let used = header.segments.iter().filter_map(|s| segment_len(s.count, dim)).sum::<u64>() + header.patch.len;
+    let garbage = committed_end(header).saturating_sub(BODY_START + used);
+    if voids.void.len() as u64 * 10 > held || garbage > used / 8 {
         return Ok(Plan::Rebuild);
     }
     let new = changed_faces(conn, embedder_id, dim, &faces, &images)?;
     if new.iter().any(|(f, _)| f.face_id <= header.max_face) {
         return Ok(Plan::Rebuild);
     }
-    Ok(Plan::Append(new))
+    // Newer faces with an embedding that are not appended are held nowhere: noted for the census.
+    let appended: std::collections::HashSet<i64> = new.iter().map(|(f, _)| f.face_id).collect();
+    let mut has = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = ?1 AND face_id = ?2)")?;
+    for &id in faces.iter().filter(|id| !appended.contains(id)) {
+        voids.set_unheld(id, has.query_row([embedder_id, id], |r| r.get(0))?);
+    }
+    Ok(Plan::Update(new, voids))
 }
 
-/// Whether the photos `images` still count exactly the cached faces the cache holds for them
-/// (a file row added for a photo already cached, a copy under a new name, changes nothing it
-/// mirrors). Their vectors cannot have changed: an embedding change logs its face, which
-/// rebuilds. Faces newer than the cache's are left to the append.
-fn still_holds(conn: &Connection, cached: &[FaceRow], max_face: i64, embedder_id: i64, dim: usize, images: &[i64]) -> Result<bool> {
-    let wanted: std::collections::HashSet<i64> = images.iter().copied().collect();
-    let held = cached.iter().filter(|f| wanted.contains(&f.image_id));
-    let now = changed_faces(conn, embedder_id, dim, &[], images)?;
-    let now = now.iter().map(|(f, _)| f).filter(|f| f.face_id <= max_face);
-    // Both in face id order (the cache's order and the query's).
-    Ok(held.eq(now))
+/// The census proof when the log names faces the cache may hold (`named`, none newer than its
+/// newest): the embeddings up to the highest it counted must be those it counted, less those of
+/// the named faces then, plus theirs now. What a named face had then is known: live in the cache,
+/// one; void, or held nowhere, as the patch notes.
+fn census_holds(conn: &Connection, cache: &VectorFile, source: &Source, embedder_id: i64, named: &[i64]) -> Result<bool> {
+    let top = cache.header.census.max_face;
+    let now = Census::up_to(conn, embedder_id, top, source.census)?;
+    let mut expected = cache.header.census.count;
+    let mut has = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = ?1 AND face_id = ?2)")?;
+    let (mut seen, mut block) = (std::collections::BTreeSet::new(), (0, Vec::new()));
+    for &id in named.iter().filter(|&&id| id <= top) {
+        if !seen.insert(id) {
+            continue;
+        }
+        let had = match cache.find_face(id, &mut block)? {
+            Some((p, _)) => cache.voids.is_void(p).unwrap_or(true),
+            None => cache.voids.unheld.binary_search(&id).is_ok(),
+        };
+        let has: bool = has.query_row([embedder_id, id], |r| r.get(0))?;
+        expected += i64::from(has) - i64::from(had);
+    }
+    Ok(now.count == expected && (now.max_face == top || seen.contains(&top)))
+}
+
+/// The cache's patch after the changes to the `named` faces and the faces of the `images` (none
+/// newer than the cache's newest): a face no longer held becomes void, one held again live, one
+/// re-scored gets its new record. `None` when that cannot hold: a face to hold that the cache
+/// never held (its place in face id order is taken), or one whose vector changed.
+fn patched(conn: &Connection, cache: &VectorFile, embedder_id: i64, dim: usize, named: &[i64], images: &[i64]) -> Result<Option<Voids>> {
+    let mut ids: std::collections::BTreeSet<i64> = named.iter().copied().collect();
+    let mut of_image = conn.prepare_cached("SELECT id FROM faces WHERE image_id = ?1")?;
+    for &image in images {
+        for id in of_image.query_map([image], |r| r.get(0))? {
+            ids.insert(id?);
+        }
+    }
+    let mut has = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = ?1 AND face_id = ?2)")?;
+    let (mut voids, mut block) = (cache.voids.clone(), (0, Vec::new()));
+    for id in ids.into_iter().filter(|&id| id <= cache.header.max_face) {
+        let slot = cache.find_face(id, &mut block)?;
+        match (slot, changed_faces(conn, embedder_id, dim, &[id], &[])?.pop()) {
+            (None, None) => voids.set_unheld(id, has.query_row([embedder_id, id], |r| r.get(0))?),
+            (None, Some(_)) => return Ok(None),
+            (Some((p, _)), None) => voids.set_void(p, has.query_row([embedder_id, id], |r| r.get(0))?),
+            (Some((p, stored)), Some((row, blob))) => {
+                if !cache.exact_row_is(p, &blob) {
+                    return Ok(None);
+                }
+                voids.set_live(p);
+                voids.set_record(p, (encode_face(&row) != encode_face(&stored)).then_some(row));
+            }
+        }
+    }
+    Ok(Some(voids))
 }
 
 /// A face record from the first six columns of the cache's face query (image id, face id, size,
@@ -697,6 +974,7 @@ fn read_slot(file: &File, slot: usize) -> Option<Header> {
         segments,
         dim: dim as usize,
         census: Census { count: u64_at(census_at) as i64, max_face: u64_at(census_at + 8) as i64 },
+        patch: PatchRef { offset: u64_at(census_at + 16), len: u64_at(census_at + 24), digest: digest_at(census_at + 32) },
     })
 }
 
@@ -725,6 +1003,9 @@ fn encode_slot(h: &Header) -> Result<Vec<u8>> {
     }
     b.extend_from_slice(&h.census.count.to_le_bytes());
     b.extend_from_slice(&h.census.max_face.to_le_bytes());
+    b.extend_from_slice(&h.patch.offset.to_le_bytes());
+    b.extend_from_slice(&h.patch.len.to_le_bytes());
+    b.extend_from_slice(&h.patch.digest);
     debug_assert_eq!(b.len(), SLOT_FIELDS_LEN);
     let digest = blake3::hash(&b);
     b.extend_from_slice(digest.as_bytes());
@@ -761,6 +1042,8 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
     }
     let (mut chunks, mut runs) = (Vec::new(), PhotoRuns::default());
     let (mut max_face, mut max_image, mut sorted) = (i64::MIN, i64::MIN, true);
+    let voids = read_patch(&file, &header, meta.len())?;
+    let (mut at, mut next_void, mut next_replaced) = (0usize, 0usize, 0usize);
     for s in &header.segments {
         let len = segment_len(s.count, dim).context("size overflow")?;
         if s.offset < BODY_START || s.offset.checked_add(len).is_none_or(|end| end > meta.len()) {
@@ -787,7 +1070,19 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
                 for f in records.chunks_exact(FACE_RECORD_LEN).map(decode_face) {
                     sorted &= f.face_id >= max_face;
                     (max_face, max_image) = (max_face.max(f.face_id), max_image.max(f.image_id));
-                    runs.push(f.image_id);
+                    // Photos must be consecutive among the faces `match` sees: the live ones.
+                    if voids.void.get(next_void) == Some(&at) {
+                        next_void += 1;
+                    } else if let Some(&(p, r)) = voids.replaced.get(next_replaced).filter(|r| r.0 == at) {
+                        next_replaced += 1;
+                        // A replacement re-scores its face, never names another.
+                        sorted &= r.face_id == f.face_id;
+                        runs.push(r.image_id);
+                        debug_assert_eq!(p, at);
+                    } else {
+                        runs.push(f.image_id);
+                    }
+                    at += 1;
                 }
             }
             hashing.join().map_err(|_| anyhow::anyhow!("hashing the vector cache's face records failed"))?
@@ -805,8 +1100,29 @@ fn open_verified<'c>(mut file: File, key: &Key) -> Result<VectorFile<'c>> {
     if (max_face, max_image) != (header.max_face, header.max_image) || !sorted {
         bail!("cache header does not describe its faces");
     }
+    if voids.void.last().is_some_and(|&p| p >= count) || voids.replaced.last().is_some_and(|r| r.0 >= count) {
+        bail!("cache patch names faces it does not hold");
+    }
     file.seek(SeekFrom::Start(0))?;
-    Ok(VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0, runs })
+    Ok(VectorFile { file, dim, count, chunks, header, slot, source: None, repaired: false, exact_reads: 0, runs, voids })
+}
+
+/// The header's patch, checked against its digest (none: nothing void or replaced).
+fn read_patch(file: &File, header: &Header, file_len: u64) -> Result<Voids> {
+    let PatchRef { offset, len, digest } = header.patch;
+    if len == 0 {
+        return Ok(Voids::default());
+    }
+    if offset < BODY_START || offset.checked_add(len).is_none_or(|end| end > file_len) {
+        bail!("cache has the wrong length");
+    }
+    let mut bytes = vec![0u8; usize::try_from(len)?];
+    file.read_exact_at(&mut bytes, offset)?;
+    let held = header.segments.iter().map(|s| s.count).sum::<u64>();
+    match Voids::decode(&bytes, usize::try_from(held)?) {
+        Some(v) if blake3::hash(&bytes).as_bytes() == &digest => Ok(v),
+        _ => bail!("cache patch is damaged"),
+    }
 }
 
 /// The blake3 digest of `len` bytes of `file` from `offset`, read a mebibyte at a time.
@@ -1041,14 +1357,24 @@ fn write_cache(source: &Source, file: &mut File) -> Result<()> {
     let (conn, key) = (source.conn, &source.key);
     let dim = key.dim;
     let mut w = SegmentWriter::new(file, BODY_START, dim)?;
-    for_each_face(conn, key.embedder_id, |face, blob| {
+    let mut voids = Voids::default();
+    for_each_face(conn, key.embedder_id, |face, blob, counts| {
         // A malformed vector (hand-edited database) is skipped rather than trusted.
-        if blob.len() == dim * 4 {
+        if counts && blob.len() == dim * 4 {
             w.push(&face, blob)?;
+        } else {
+            voids.unheld.push(face.face_id);
         }
         Ok(())
     })?;
     let (segment, max_face, max_image, _) = w.finish()?;
+    let mut patch = PatchRef::default();
+    if !voids.unheld.is_empty() {
+        let bytes = voids.encode();
+        let at = BODY_START + segment_len(segment.count, dim).context("size overflow")?;
+        file.write_all_at(&bytes, at)?;
+        patch = PatchRef { offset: at, len: bytes.len() as u64, digest: *blake3::hash(&bytes).as_bytes() };
+    }
     let header = Header {
         generation: 1,
         key: key.digest(),
@@ -1058,6 +1384,7 @@ fn write_cache(source: &Source, file: &mut File) -> Result<()> {
         segments: vec![segment],
         dim,
         census: source.census,
+        patch,
     };
     file.write_all_at(&encode_slot(&header)?, 0)?;
     // The other slot stays zero: never valid.
@@ -1065,13 +1392,15 @@ fn write_cache(source: &Source, file: &mut File) -> Result<()> {
     Ok(())
 }
 
-/// Appends `new` to the saved cache `v` as one more segment, then makes the other header slot
-/// name it and `head`. Holds an exclusive lock on the file, and gives up (the caller rebuilds)
-/// if another process changed the file since `v` was verified.
-fn append<'c>(
+/// Appends `new` to the saved cache `v` as one more segment and, when `voids` differs from its
+/// patch, writes `voids` as the new patch past it; then makes the other header slot name them
+/// and `head`. Holds an exclusive lock on the file, and gives up (the caller rebuilds) if another
+/// process changed the file since `v` was verified.
+fn update<'c>(
     source: &Source,
     (mut faces, mut v): (Vec<FaceRow>, VectorFile<'c>),
     new: &[(FaceRow, Vec<u8>)],
+    voids: &Voids,
 ) -> Result<(Vec<FaceRow>, VectorFile<'c>)> {
     let dim = v.dim;
     let mut file = std::fs::OpenOptions::new()
@@ -1093,9 +1422,9 @@ fn append<'c>(
     {
         bail!("the vector cache changed meanwhile");
     }
-    // Bytes past the committed segments are a killed append's: cut them, never write after them.
-    let end =
-        v.header.segments.iter().filter_map(|s| Some(s.offset + segment_len(s.count, dim)?)).max().unwrap_or(BODY_START).max(BODY_START);
+    // Bytes past the committed segments and patch are a killed update's: cut them, never write
+    // after them.
+    let end = committed_end(&v.header);
     file.set_len(end)?;
     let mut header = v.header.clone();
     header.generation += 1;
@@ -1115,8 +1444,24 @@ fn append<'c>(
         header.segments.push(segment);
         appended = Some((segment, sums));
     }
+    let repatched = *voids != v.voids;
+    if repatched {
+        // Past everything either header names: the current header's patch stays whole until the
+        // new header is synced.
+        let bytes = voids.encode();
+        let at = header.segments.last().map_or(end, |s| s.offset + segment_len(s.count, dim).unwrap_or(0)).max(end);
+        file.write_all_at(&bytes, at)?;
+        file.sync_data()?;
+        header.patch = PatchRef { offset: at, len: bytes.len() as u64, digest: *blake3::hash(&bytes).as_bytes() };
+    }
     file.write_all_at(&encode_slot(&header)?, ((1 - v.slot) * SLOT_LEN) as u64)?;
     file.sync_data()?;
+    if repatched {
+        // Which photos run together among the live faces changed: read the records again, on
+        // the locked descriptor (as the append below keeps it), so it is this file's state.
+        let fresh = open_verified(file, &source.key).context("the vector cache just updated fails its own checks")?;
+        return Ok((Vec::new(), fresh));
+    }
     // What was verified plus what was just written (reading every record again cost 0.1 s a
     // million faces).
     if let Some((segment, sums)) = appended {
@@ -1125,6 +1470,12 @@ fn append<'c>(
     }
     (v.file, v.header, v.slot) = (file, header, 1 - v.slot);
     Ok((faces, v))
+}
+
+/// Where the segments and patch `h` names end (bytes past it belong to no header).
+fn committed_end(h: &Header) -> u64 {
+    let segments = h.segments.iter().filter_map(|s| s.offset.checked_add(segment_len(s.count, h.dim)?));
+    segments.fold(h.patch.offset.saturating_add(h.patch.len).max(BODY_START), u64::max)
 }
 
 /// Largest magnitude of a compact value.
@@ -1203,7 +1554,7 @@ fn nearest_compact(scale: f32, q: &[i16], refs: &[Vec<f32>]) -> f32 {
 /// Every face the cache holds, with its vector blob, in face id order: faces found by their
 /// image's current detector (older detections are kept but no longer count), of photos with at
 /// least one present file (a deleted photo must not stay matched).
-fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(FaceRow, &[u8]) -> Result<()>) -> Result<()> {
+fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(FaceRow, &[u8], bool) -> Result<()>) -> Result<()> {
     // Photos that count, with their current detector: two sequential scans here and a lookup
     // per face (at 1 M faces, probing images and files per face in the join doubled the rebuild).
     let mut current = ImageMap::new(conn)?;
@@ -1228,12 +1579,11 @@ fn for_each_face(conn: &Connection, embedder_id: i64, mut visit: impl FnMut(Face
     let mut rows = stmt.query([embedder_id])?;
     while let Some(r) = rows.next()? {
         let face = face_row(r)?;
-        if current.get(face.image_id) != r.get::<_, i64>(7)? {
-            continue;
-        }
+        // Faces that do not count are still visited: the census proof notes them.
+        let counts = current.get(face.image_id) == r.get::<_, i64>(7)?;
         // A vector that is not a blob (hand-edited database) is skipped like a malformed one.
         let blob = r.get_ref(6)?.as_blob().unwrap_or(&[]);
-        visit(face, blob)?;
+        visit(face, blob, counts)?;
     }
     Ok(())
 }
@@ -1385,11 +1735,58 @@ impl VectorFile<'_> {
         })
     }
 
-    /// Reads exact rows, rebuilding a cache whose rows fail their checksums once.
-    fn read_exact_or_repair(&mut self, first: usize, out: &mut [f32], raw: &mut Vec<u8>) -> Result<()> {
-        if !self.read_exact(first, out, raw) {
+    /// The position and stored record of face `id`, found by binary search (the segments hold
+    /// faces in face id order); `block` keeps the last chunk of records read (its index + 1).
+    fn find_face(&self, id: i64, block: &mut (usize, Vec<u8>)) -> Result<Option<(usize, FaceRow)>> {
+        let first_id = |c: &Chunk| -> Result<i64> {
+            let mut b = [0u8; FACE_RECORD_LEN];
+            self.file.read_exact_at(&mut b, c.records)?;
+            Ok(decode_face(&b).face_id)
+        };
+        // The last chunk starting at or below `id` (only a guide: the chunk read is checked).
+        let (mut lo, mut hi) = (0, self.chunks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if first_id(&self.chunks[mid])? <= id {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some(k) = lo.checked_sub(1) else { return Ok(None) };
+        let c = self.chunks[k];
+        if block.0 != k + 1 {
+            block.1.resize(c.n * FACE_RECORD_LEN, 0);
+            if self.file.read_exact_at(&mut block.1, c.records).is_err() || crc32fast::hash(&block.1) != c.records_sum {
+                bail!("the vector cache's face records changed");
+            }
+            block.0 = k + 1;
+        }
+        let records: Vec<FaceRow> = block.1.chunks_exact(FACE_RECORD_LEN).map(decode_face).collect();
+        let j = records.partition_point(|f| f.face_id < id);
+        Ok(records.get(j).filter(|f| f.face_id == id).map(|&f| (c.first + j, f)))
+    }
+
+    /// Whether the exact row at position `p` holds exactly `blob`'s bytes (checked against its
+    /// CRC-32).
+    fn exact_row_is(&self, p: usize, blob: &[u8]) -> bool {
+        let (mut v, mut raw) = (vec![0f32; self.dim], Vec::new());
+        blob.len() == 4 * self.dim
+            && self.read_exact(p, &mut v, &mut raw)
+            && v.iter().flat_map(|x| x.to_le_bytes()).eq(blob.iter().copied())
+    }
+
+    /// Faces `match` sees: those not void.
+    fn live(&self) -> usize {
+        self.count - self.voids.void.len()
+    }
+
+    /// Reads live face `i`'s exact row, rebuilding a cache whose rows fail their checksums once
+    /// (a rebuilt one holds no void faces: its positions are the live faces' numbers).
+    fn read_exact_or_repair(&mut self, i: usize, out: &mut [f32], raw: &mut Vec<u8>) -> Result<()> {
+        if !self.read_exact(self.voids.position(i), out, raw) {
             self.repair().context("rebuilding the damaged vector cache")?;
-            if !self.read_exact(first, out, raw) {
+            if !self.read_exact(self.voids.position(i), out, raw) {
                 bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
             }
         }
@@ -1405,9 +1802,10 @@ impl VectorFile<'_> {
         };
         let (file, _) = build(source)?;
         let fresh = open_verified(file, &source.key).context("the vector cache just built fails its own checks")?;
-        if fresh.count != self.count || fresh.records_digest()? != self.records_digest()? {
+        if fresh.count != self.live() || fresh.records_digest()? != self.records_digest()? {
             bail!("the database changed during the match; run it again");
         }
+        (self.count, self.voids) = (fresh.count, fresh.voids);
         self.file = fresh.file;
         self.chunks = fresh.chunks;
         self.header = fresh.header;
@@ -1416,16 +1814,19 @@ impl VectorFile<'_> {
         Ok(())
     }
 
-    /// A digest of every face record in order, each chunk checked against the CRC-32 it had when
-    /// verified (a repair compares the two files' digests; taken then only, not on every open).
+    /// A digest of every live face record in order (as replaced), each chunk checked against
+    /// the CRC-32 it had when verified (a repair compares the two files' digests; taken then
+    /// only, not on every open).
     fn records_digest(&self) -> Result<blake3::Hash> {
-        let (mut h, mut block) = (blake3::Hasher::new(), Vec::new());
-        for c in &self.chunks {
-            block.resize(c.n * FACE_RECORD_LEN, 0);
-            if self.file.read_exact_at(&mut block, c.records).is_err() || crc32fast::hash(&block) != c.records_sum {
-                bail!("the vector cache's face records changed during the match; run it again");
+        let (mut h, mut records, mut block) = (blake3::Hasher::new(), self.records()?, Vec::new());
+        let mut done = 0;
+        while done < self.live() {
+            block.clear();
+            records.read_chunk(done, &mut block)?;
+            for f in &block {
+                h.update(&encode_face(f));
             }
-            h.update(&block);
+            done += block.len();
         }
         Ok(h.finalize())
     }
@@ -1459,8 +1860,8 @@ impl VectorFile<'_> {
     /// Every face record, in the vectors' order.
     pub fn faces(&self) -> Result<Vec<FaceRow>> {
         let mut records = self.records()?;
-        let mut faces = Vec::with_capacity(self.count);
-        while faces.len() < self.count {
+        let mut faces = Vec::with_capacity(self.live());
+        while faces.len() < self.live() {
             records.read_chunk(faces.len(), &mut faces)?;
         }
         Ok(faces)
@@ -1470,7 +1871,7 @@ impl VectorFile<'_> {
     /// the records verified on open even if a repair replaces the file meanwhile).
     pub fn records(&self) -> Result<Records> {
         let chunks = self.chunks.iter().map(|c| (c.first, c.n, c.records, c.records_sum)).collect();
-        Ok(Records { file: self.file.try_clone()?, chunks, grouped: self.grouped_by_photo(), block: Vec::new() })
+        Ok(Records { file: self.file.try_clone()?, chunks, grouped: self.grouped_by_photo(), block: Vec::new(), voids: self.voids.clone() })
     }
 
     /// Estimates faces `first..end` one chunk after another into `est` (which starts at face
@@ -1514,25 +1915,47 @@ pub struct Records {
     chunks: Vec<(usize, usize, u64, u32)>,
     grouped: bool,
     block: Vec<u8>,
+    voids: Voids,
 }
 
 impl Records {
-    /// Appends the faces from `first` to the end of its chunk to `out`.
+    /// Appends the live faces from live face `first` to the end of its chunk to `out` (of the
+    /// next chunk holding one, when the rest of its chunk is void), as replaced.
     fn read_chunk(&mut self, first: usize, out: &mut Vec<FaceRow>) -> Result<()> {
-        let k = self.chunks.partition_point(|c| c.0 + c.1 <= first);
-        let Some(&(start, n, offset, sum)) = self.chunks.get(k) else { bail!("face {first} is not in the vector cache") };
-        self.block.resize(n * FACE_RECORD_LEN, 0);
-        if self.file.read_exact_at(&mut self.block, offset).is_err() || crc32fast::hash(&self.block) != sum {
-            bail!("the vector cache changed during the match; run it again");
+        let mut p = self.voids.position(first);
+        loop {
+            let k = self.chunks.partition_point(|c| c.0 + c.1 <= p);
+            let Some(&(start, n, offset, sum)) = self.chunks.get(k) else { bail!("face {first} is not in the vector cache") };
+            self.block.resize(n * FACE_RECORD_LEN, 0);
+            if self.file.read_exact_at(&mut self.block, offset).is_err() || crc32fast::hash(&self.block) != sum {
+                bail!("the vector cache changed during the match; run it again");
+            }
+            let before = out.len();
+            let records = self.block[(p - start) * FACE_RECORD_LEN..].chunks_exact(FACE_RECORD_LEN).map(decode_face);
+            if self.voids.is_empty() {
+                out.extend(records);
+            } else {
+                let voids = &self.voids;
+                let mut k = voids.before(p);
+                for (at, f) in (p..).zip(records) {
+                    if voids.void.get(k) == Some(&at) {
+                        k += 1;
+                    } else {
+                        out.push(voids.record(at, f));
+                    }
+                }
+            }
+            if out.len() > before {
+                return Ok(());
+            }
+            p = start + n;
         }
-        out.extend(self.block[(first - start) * FACE_RECORD_LEN..].chunks_exact(FACE_RECORD_LEN).map(decode_face));
-        Ok(())
     }
 }
 
 impl crate::matching::FaceList for Records {
     fn len(&self) -> usize {
-        self.chunks.last().map_or(0, |c| c.0 + c.1)
+        self.chunks.last().map_or(0, |c| c.0 + c.1) - self.voids.void.len()
     }
     fn grouped(&self) -> bool {
         self.grouped
@@ -1671,12 +2094,19 @@ struct Ahead {
     chunks: Vec<Chunk>,
     dim: usize,
     count: usize,
+    voids: Voids,
 }
 
 impl EstimateAhead for Ahead {
     fn estimate_in(&self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Option<Estimates> {
         let blocks = Blocks { file: &self.file, chunks: &self.chunks, dim: self.dim, count: self.count };
-        blocks.estimate(range, refs, negatives).filter(|(_, damaged)| damaged.is_empty()).map(|(est, _)| est)
+        let span = self.voids.span(range, self.count);
+        let (mut est, damaged) = blocks.estimate(span.clone(), refs, negatives)?;
+        if !damaged.is_empty() {
+            return None;
+        }
+        self.voids.squeeze(span, &mut est);
+        Some(est)
     }
 }
 
@@ -1686,19 +2116,22 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn scan(&mut self, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
-        self.scan_range(0..self.count, visit)
+        self.scan_range(0..self.live(), visit)
     }
 
     fn scan_range(&mut self, range: std::ops::Range<usize>, visit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         let mut floats = vec![0f32; CHUNK_FACES * self.dim];
         let mut raw = Vec::new();
         let (mut first, mut repaired_at) = (range.start, None);
-        while first < range.end.min(self.count) {
-            let c = self.chunks[self.chunk_of(first)];
-            let n = (c.first + c.n).min(range.end) - first;
+        while first < range.end.min(self.live()) {
+            // Live faces from `first` up to the next void one or the end of the chunk.
+            let p = self.voids.position(first);
+            let c = self.chunks[self.chunk_of(p)];
+            let next_void = self.voids.void.get(self.voids.before(p)).copied().unwrap_or(usize::MAX);
+            let n = (c.first + c.n).min(next_void).min(p + (range.end - first)) - p;
             let chunk = &mut floats[..n * self.dim];
             // Checked before it is visited: a damaged row never reaches the caller.
-            if !self.read_exact(first, chunk, &mut raw) {
+            if !self.read_exact(p, chunk, &mut raw) {
                 if repaired_at == Some(first) {
                     bail!("the rebuilt vector cache fails its checksum; is the disk failing?");
                 }
@@ -1714,12 +2147,22 @@ impl Vectors for VectorFile<'_> {
     }
 
     fn estimate(&mut self, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
-        self.estimate_in(0..self.count, refs, negatives)
+        self.estimate_in(0..self.live(), refs, negatives)
     }
 
     fn estimate_in(&mut self, range: std::ops::Range<usize>, refs: &[Vec<f32>], negatives: &[Vec<f32>]) -> Result<Option<Estimates>> {
+        let span = self.voids.span(range.clone(), self.count);
         let blocks = Blocks { file: &self.file, chunks: &self.chunks, dim: self.dim, count: self.count };
-        let Some((mut est, damaged)) = blocks.estimate(range.clone(), refs, negatives) else { return Ok(None) };
+        let Some((mut est, damaged)) = blocks.estimate(span.clone(), refs, negatives) else { return Ok(None) };
+        if !self.voids.void.is_empty() {
+            if damaged.is_empty() {
+                self.voids.squeeze(span, &mut est);
+                return Ok(Some(est));
+            }
+            // A rebuilt file holds no void faces: estimate the whole range from it.
+            self.repair().context("rebuilding the damaged vector cache")?;
+            return self.estimate_in(range, refs, negatives);
+        }
         // A damaged chunk: rebuild the cache (once) and estimate those faces from the new file.
         if let (false, Some(norm)) = (damaged.is_empty(), largest_norm(&[refs, negatives])) {
             let e = Estimator { refs, negatives, norm, dim: self.dim };
@@ -1732,14 +2175,14 @@ impl Vectors for VectorFile<'_> {
 
     fn ahead(&self) -> Option<Box<dyn EstimateAhead>> {
         let file = self.file.try_clone().ok()?;
-        Some(Box::new(Ahead { file, chunks: self.chunks.clone(), dim: self.dim, count: self.count }))
+        Some(Box::new(Ahead { file, chunks: self.chunks.clone(), dim: self.dim, count: self.count, voids: self.voids.clone() }))
     }
 
     fn fetch(&mut self, wanted: &[usize]) -> Result<Vec<Vec<f32>>> {
         let mut raw = Vec::new();
         let mut out = Vec::with_capacity(wanted.len());
         for &i in wanted {
-            if i >= self.count {
+            if i >= self.live() {
                 bail!("face {i} is not in the vector cache");
             }
             let mut v = vec![0f32; self.dim];
@@ -2221,6 +2664,174 @@ mod tests {
         assert!(clean.decisions.iter().any(|d| d.matched()) && clean.far.distances.len() > 1000, "some match, many are far");
     }
 
+    /// Property: any mix of new faces, faces removed or re-scored or moved to another photo,
+    /// photos gone and back, detectors changed and vectors edited, loaded through the saved cache
+    /// after each round, holds exactly what SQLite holds (what a rebuild writes), estimates within
+    /// their bounds, and a streamed match decides as matching on SQLite's rows; most rounds are
+    /// patched, none appended past a bound or left with too many void faces.
+    #[test]
+    fn property_patched_caches_equal_a_rebuild() {
+        use crate::matching::{decide, decide_in_windows, Combine, Filters, InMemory, Options, Reason, EXACT_BAND};
+        let mut fx = Fixture::new().unwrap();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        fx.add_random_faces(CHUNK_FACES * 3 + 5).unwrap();
+        // Photos of two or three faces, consecutive in face id order as `index` writes them.
+        fx.db.conn.execute("UPDATE faces SET image_id = image_id - 1, idx = id WHERE id % 3 = 0 OR id % 7 = 0", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        let refs = [vec![0.6f32, 0.8, 0.0]];
+        let opts = Options { threshold: 0.7, combine: Combine::Nearest, filters: Filters::NONE, allow_ambiguous: false, expand: None };
+        let none = std::collections::HashSet::new();
+        let mut seen = std::collections::BTreeMap::new();
+        for round in 0..40 {
+            let c = &fx.db.conn;
+            let held: i64 = c.query_row("SELECT max(id) FROM faces", [], |r| r.get(0)).unwrap();
+            let mut done = Vec::new();
+            for _ in 0..next() % 6 + 1 {
+                let face = (next() % held as u64) as i64 + 1;
+                let kind = next() % 20;
+                let sql = match kind {
+                    0..=3 => "UPDATE faces SET sharpness = sharpness + 1, score = score / 2 WHERE id = ?1",
+                    4..=6 => "DELETE FROM embeddings WHERE face_id = ?1",
+                    7..=10 => "UPDATE files SET missing = 1 - missing WHERE image_id = (SELECT image_id FROM faces WHERE id = ?1)",
+                    11 => "UPDATE faces SET image_id = (SELECT image_id FROM faces WHERE id = ?1 + 1), idx = ?1 + 1000000 WHERE id = ?1",
+                    12 => "UPDATE embeddings SET vector = zeroblob(12) WHERE face_id = ?1",
+                    13 => "UPDATE faces SET size_px = 50 WHERE id = ?1",
+                    14 | 15 => {
+                        fx.add_random_faces((next() % 40) as usize + 1).unwrap();
+                        continue;
+                    }
+                    16 => {
+                        fx.toggle_random().unwrap();
+                        continue;
+                    }
+                    _ => {
+                        "INSERT INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run)
+                          SELECT 'copy' || ?1 || '-' || random(), image_id, 1, 0, 0, 0, 1, 1 FROM faces WHERE id = ?1"
+                    }
+                };
+                fx.db.conn.execute(sql, [face]).unwrap();
+                done.push((kind, face));
+            }
+            let truth = fx.truth().unwrap();
+            let (faces, vectors, refresh) = load_committed(&fx);
+            assert!(same(&(faces, vectors), &truth), "round {round}: {done:?} ({refresh:?})");
+            *seen.entry(refresh.as_str()).or_insert(0) += 1;
+            // A streamed match through the patched cache decides as matching on SQLite's rows.
+            let tx = fx.db.conn.unchecked_transaction().unwrap();
+            let mut m = open(&tx, &fx.db_path, 2, DIM, CacheWrite::Save).unwrap();
+            assert_eq!(m.refresh(), Refresh::None, "round {round}: current after the update");
+            let h = &m.vectors.header;
+            assert!(m.vectors.voids.void.len() as u64 * 10 <= h.segments.iter().map(|s| s.count).sum::<u64>());
+            let mut records = m.vectors.records().unwrap();
+            let streamed = decide_in_windows(&mut records, &mut m.vectors, (&refs, &[]), &opts, (&none, &none), 700).unwrap();
+            drop(m);
+            tx.commit().unwrap();
+            let exact = decide(&truth.0, &mut InMemory { vectors: &truth.1, dim: DIM }, &refs, &[], &opts).unwrap();
+            let far = |d: &&crate::matching::Decision| d.reason == Some(Reason::TooFar) && d.distance > opts.threshold + EXACT_BAND;
+            assert_eq!(streamed.decisions, exact.iter().filter(|d| !far(d)).copied().collect::<Vec<_>>(), "round {round}");
+            assert_eq!(streamed.decisions.len() + streamed.far.distances.len(), exact.len(), "round {round}: every photo once");
+        }
+        assert!(seen.get("patched").copied().unwrap_or(0) >= 20, "most changes are patched in: {seen:?}");
+    }
+
+    /// An update killed after writing its segment or patch but before the header leaves the
+    /// previous header in force (bytes past it are ignored, then cut); a torn newest header falls
+    /// back to the older one, whose log entry is gone: rebuilt; a database restored from a copy
+    /// taken before faces were made void never reuses the patched cache.
+    #[test]
+    fn a_killed_patch_a_torn_header_or_a_restored_copy_is_never_trusted() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(CHUNK_FACES + 300).unwrap();
+        let backup = fx.dir.path().join("backup.sqlite");
+        load_committed(&fx);
+        fx.backup(&backup).unwrap();
+        fx.db.conn.execute("DELETE FROM embeddings WHERE face_id IN (3, 4000)", []).unwrap();
+        fx.db.conn.execute("UPDATE faces SET score = 0.5 WHERE id = 10", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Patched);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        let patch = stored_header(&fx).patch;
+        assert!(patch.len > 0);
+        // Killed mid-update: a patch's worth of garbage past the header's patch.
+        let mut file = std::fs::OpenOptions::new().append(true).open(fx.cache_path()).unwrap();
+        file.write_all(&[0xA5; 3000]).unwrap();
+        drop(file);
+        assert_eq!(load_committed(&fx).2, Refresh::None, "bytes past the header are ignored");
+        fx.db.conn.execute("UPDATE files SET missing = 1 WHERE image_id = 20", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Patched);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        let h = stored_header(&fx);
+        assert_eq!(std::fs::metadata(fx.cache_path()).unwrap().len(), h.patch.offset + h.patch.len, "the leftover bytes were cut");
+        // The patch damaged: the header's digest catches it, and the cache is rebuilt.
+        let mut bytes = std::fs::read(fx.cache_path()).unwrap();
+        bytes[h.patch.offset as usize + 17] ^= 1;
+        std::fs::write(fx.cache_path(), &bytes).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // The photo back: its face is live again, from the same bytes.
+        fx.db.conn.execute("UPDATE files SET missing = 1 WHERE image_id = 30", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Patched);
+        fx.db.conn.execute("UPDATE files SET missing = 0 WHERE image_id = 30", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Patched);
+        assert!(same(&(faces.clone(), vectors), &fx.truth().unwrap()));
+        assert!(stored_header(&fx).patch.len > 0 && faces.iter().any(|f| f.image_id == 30));
+        // The newest header torn: the older one names a log entry since deleted.
+        fx.db.conn.execute("UPDATE faces SET yaw = 3 WHERE id = 40", []).unwrap();
+        load_committed(&fx);
+        let h = stored_header(&fx);
+        let mut bytes = std::fs::read(fx.cache_path()).unwrap();
+        let slot = if read_slot(&File::open(fx.cache_path()).unwrap(), 0).is_some_and(|s| s.generation == h.generation) { 0 } else { 1 };
+        bytes[slot * SLOT_LEN + 100] ^= 0xFF;
+        std::fs::write(fx.cache_path(), &bytes).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        // Patched again, then the copy from before any of it restored: its log lacks the entry.
+        fx.db.conn.execute("DELETE FROM embeddings WHERE face_id = 50", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Patched);
+        fx.restore(&backup).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::Rebuilt);
+        assert!(same(&(faces.clone(), vectors), &fx.truth().unwrap()));
+        assert!(faces.iter().any(|f| f.face_id == 3), "the restored copy's faces are all back");
+    }
+
+    /// The census proof holds beside patches: a face held nowhere (its photo gone at the rebuild)
+    /// re-scored changes nothing it holds (the patch notes it had an embedding), while one dropped
+    /// without a trigger beside a logged change, of a held face or of one held nowhere, rebuilds.
+    #[test]
+    fn the_census_proof_holds_beside_patched_changes() {
+        let mut fx = Fixture::new().unwrap();
+        fx.add_random_faces(100).unwrap();
+        let c = &fx.db.conn;
+        c.execute("UPDATE files SET missing = 1 WHERE image_id = 5", []).unwrap();
+        assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
+        assert!(stored_header(&fx).patch.len > 0, "face 5 is noted as held nowhere");
+        c.execute("UPDATE faces SET sharpness = 7 WHERE id = 5", []).unwrap();
+        let (faces, vectors, refresh) = load_committed(&fx);
+        assert_eq!(refresh, Refresh::None, "nothing it holds changed, and it knew what face 5 had");
+        assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        let delete = expected_triggers()["vector_log_embeddings_delete"];
+        for victim in [20, 5] {
+            c.execute_batch(&format!("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = {victim}"))
+                .unwrap();
+            c.execute_batch(delete).unwrap();
+            c.execute("UPDATE faces SET score = score / 2 WHERE id = 30", []).unwrap();
+            let (faces, vectors, refresh) = load_committed(&fx);
+            assert_eq!(refresh, Refresh::Rebuilt, "face {victim}");
+            assert!(same(&(faces, vectors), &fx.truth().unwrap()));
+        }
+    }
+
     /// The cache's header as stored (the valid slot of the higher generation).
     fn stored_header(fx: &Fixture) -> Header {
         let file = File::open(fx.cache_path()).unwrap();
@@ -2264,15 +2875,17 @@ mod tests {
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!((refresh, stored_header(&fx).segments.len()), (Refresh::Rebuilt, 1));
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
-        // Anything but new faces rebuilds: a photo going missing, a face removed, a re-scored face.
-        for sql in [
-            "UPDATE files SET missing = 1 WHERE image_id = 3",
-            "DELETE FROM embeddings WHERE face_id = 5",
-            "UPDATE faces SET sharpness = 1 WHERE id = 7",
+        // A photo going missing, a face removed, a re-scored face are patched in; a changed
+        // vector rebuilds.
+        for (sql, expected) in [
+            ("UPDATE files SET missing = 1 WHERE image_id = 3", Refresh::Patched),
+            ("DELETE FROM embeddings WHERE face_id = 5", Refresh::Patched),
+            ("UPDATE faces SET sharpness = 1 WHERE id = 7", Refresh::Patched),
+            ("UPDATE embeddings SET vector = zeroblob(12) WHERE face_id = 8", Refresh::Rebuilt),
         ] {
             fx.db.conn.execute(sql, []).unwrap();
             let (faces, vectors, refresh) = load_committed(&fx);
-            assert_eq!(refresh, Refresh::Rebuilt, "{sql}");
+            assert_eq!(refresh, expected, "{sql}");
             assert!(same(&(faces, vectors), &fx.truth().unwrap()), "{sql}");
         }
         // --dry-run never writes: a stale cache is rebuilt in a temporary file, the saved one kept.
@@ -2362,7 +2975,7 @@ mod tests {
         fx.add_random_faces(40).unwrap();
         let c = &fx.db.conn;
         assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
-        // A photo marked missing through REPLACE (no delete trigger fires) is logged.
+        // A photo marked missing through REPLACE (no delete trigger fires) is logged, and patched in.
         c.execute(
             "INSERT OR REPLACE INTO files (path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, missing)
              SELECT path, image_id, size, mtime_ns, inode, checked_ns, first_run, last_run, 1 FROM files WHERE image_id = 3",
@@ -2370,7 +2983,7 @@ mod tests {
         )
         .unwrap();
         let (faces, vectors, refresh) = load_committed(&fx);
-        assert_eq!(refresh, Refresh::Rebuilt);
+        assert_eq!(refresh, Refresh::Patched);
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
         // The log's tail deleted after a change: the last seq handed out is past its end.
         c.execute("UPDATE embeddings SET vector = (SELECT vector FROM embeddings WHERE face_id = 9) WHERE face_id = 8", []).unwrap();
@@ -2479,12 +3092,13 @@ mod tests {
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!((refresh, log_len(&fx), stored_header(&fx).segments.len()), (Refresh::None, 1, 1));
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
-        // The copy's file going missing changes nothing either; the last present file does.
+        // The copy's file going missing changes nothing either; the last present file makes its
+        // face void.
         fx.db.conn.execute("UPDATE files SET missing = 1 WHERE path = 'copy.jpg'", []).unwrap();
         assert_eq!(load_committed(&fx).2, Refresh::None);
         fx.db.conn.execute("UPDATE files SET missing = 1 WHERE image_id = 4", []).unwrap();
         let (faces, vectors, refresh) = load_committed(&fx);
-        assert_eq!(refresh, Refresh::Rebuilt);
+        assert_eq!(refresh, Refresh::Patched);
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
 
         let committed = std::fs::metadata(fx.cache_path()).unwrap().len();

@@ -421,3 +421,56 @@ fn hand_edits_that_hid_from_the_change_log_never_leave_a_stale_cache() {
     assert_eq!(again, without_cache(&dir, &out("o8")), "obama2.jpg, indexed again, is back");
     assert_eq!(match_obama(&dir, &out("o9")).1, "current");
 }
+
+/// Issue 18: a photo gone, the same photo back, a face re-scored by hand are patched into the
+/// cache (no rebuild), and each match equals what the database alone says (the cache deleted).
+#[test]
+fn a_photo_gone_or_back_or_a_face_rescored_is_patched_and_matches_as_the_database_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    let names = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "32bit.png", "obama_partial_face.jpg", "obama_partial_face2.jpg"];
+    add_photos(&dir, &names);
+    // Mirrored copies: enough faces that one photo is under a tenth of them (else compacted).
+    for name in names {
+        save(&dir, &format!("mirror_{name}.png"), &image::imageops::flip_horizontal(&rgb(name)));
+    }
+    index(&dir);
+    let out = tmp.path().join("out");
+    let (first, state) = match_obama(&dir, &out);
+    assert_eq!(state, "rebuilt");
+
+    let away = tmp.path().join("obama3.jpg");
+    std::fs::rename(dir.join("obama3.jpg"), &away).unwrap();
+    index(&dir);
+    let (gone, state) = match_obama(&dir, &out);
+    assert_eq!(state, "patched");
+    assert!(!sources(&gone).contains(&"obama3.jpg".to_string()) && sources(&first).contains(&"obama3.jpg".to_string()));
+    std::fs::rename(&away, dir.join("obama3.jpg")).unwrap();
+    index(&dir);
+    let (back, state) = match_obama(&dir, &out);
+    assert_eq!(state, "patched", "the same photo back: its faces are live again");
+    assert_eq!(back, first);
+    assert_eq!(back, without_cache(&dir, &out));
+
+    // Gone again from a cache without void faces, then compared with the database alone.
+    std::fs::rename(dir.join("obama3.jpg"), &away).unwrap();
+    index(&dir);
+    let (again, state) = match_obama(&dir, &out);
+    assert_eq!((state.as_str(), &again), ("patched", &gone));
+    assert_eq!(again, without_cache(&dir, &out));
+
+    // A face re-scored by hand below --min-face: its record is replaced, its vector kept.
+    facedb()
+        .arg("-q")
+        .arg("sql")
+        .arg(&dir)
+        .arg("--write")
+        .arg("UPDATE faces SET size_px = 1 WHERE image_id = (SELECT image_id FROM files WHERE path LIKE '%obama2.jpg')")
+        .assert()
+        .success();
+    let (rescored, state) = match_obama(&dir, &out);
+    assert_eq!(state, "patched");
+    assert_ne!(rescored, again, "the re-scored face is filtered out");
+    assert_eq!(rescored, without_cache(&dir, &out));
+}
