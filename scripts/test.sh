@@ -14,7 +14,7 @@ cargo fmt --all --check
 tier "lints (clippy, warnings are errors)"
 cargo clippy --release --locked --all-targets -- -D warnings
 tier "unit tests and the CLI checks that need no models"
-cargo test --release --locked --lib --test cli_edge
+cargo test --release --locked --lib --test cli_edge -- --skip needs_models::
 tier "models, runtime and test photos (scripts/setup.sh)"
 scripts/setup.sh
 tier "headless Chromium for the review page's browser test (tests/it/review.rs)"
