@@ -118,22 +118,8 @@ impl TurboJpeg {
         let d = Decompressor::new(self)?;
         let (w, h) = d.header(bytes)?;
         let (sw, sh) = (w.div_ceil(denom), h.div_ceil(denom));
-        let mut rgb = vec![0u8; sw as usize * sh as usize * 3];
-        // SAFETY: `rgb` holds exactly sw * sh * 3 bytes, the size TurboJPEG writes for a
-        // requested sw x sh (its TJSCALED rounding is the same ceiling) with pitch sw * 3.
-        let status = unsafe {
-            (self.decompress)(
-                d.0 .1,
-                bytes.as_ptr(),
-                bytes.len() as c_ulong,
-                rgb.as_mut_ptr(),
-                sw as c_int,
-                (sw * 3) as c_int,
-                sh as c_int,
-                TJPF_RGB,
-                TJFLAG_LIMITSCANS | TJFLAG_STOPONWARNING,
-            )
-        };
+        // sw x sh is the size TurboJPEG writes for this scale (its TJSCALED rounding is the same ceiling).
+        let (status, rgb) = d.decompress_rgb(bytes, sw, sh, TJFLAG_LIMITSCANS | TJFLAG_STOPONWARNING);
         if status != 0 {
             bail!("libturbojpeg: {}", d.error());
         }
@@ -162,22 +148,7 @@ impl TurboJpeg {
         let mut patched = bytes.to_vec();
         // Height is the big-endian u16 after the segment length and the sample precision.
         patched[sof + 5..sof + 7].copy_from_slice(&(rows as u16).to_be_bytes());
-        let mut rgb = vec![0u8; w as usize * rows as usize * 3];
-        // SAFETY: `rgb` holds w * rows * 3 bytes, pitch w * 3, for the w x rows image the patched
-        // header declares.
-        let status = unsafe {
-            (self.decompress)(
-                d.0 .1,
-                patched.as_ptr(),
-                patched.len() as c_ulong,
-                rgb.as_mut_ptr(),
-                w as c_int,
-                (w * 3) as c_int,
-                rows as c_int,
-                TJPF_RGB,
-                TJFLAG_LIMITSCANS,
-            )
-        };
+        let (status, rgb) = d.decompress_rgb(&patched, w, rows, TJFLAG_LIMITSCANS);
         if status != 0 {
             // SAFETY: a live handle.
             let warning_only = unsafe { error_code(d.0 .1) } == TJERR_WARNING;
@@ -244,6 +215,28 @@ impl<'a> Decompressor<'a> {
             bail!("libturbojpeg: {}", self.error());
         }
         Ok((w as u32, h as u32))
+    }
+
+    /// Decodes `bytes` into a new `w` x `h` RGB buffer (pitch `w * 3`), the size the caller
+    /// asked for; the status is TurboJPEG's (non-zero: see `error`).
+    fn decompress_rgb(&self, bytes: &[u8], w: u32, h: u32, flags: c_int) -> (c_int, Vec<u8>) {
+        let mut rgb = vec![0u8; w as usize * h as usize * 3];
+        // SAFETY: a live handle; `rgb` holds exactly w * h * 3 bytes, pitch w * 3, the output
+        // TurboJPEG writes for a requested w x h.
+        let status = unsafe {
+            (self.0 .0.decompress)(
+                self.0 .1,
+                bytes.as_ptr(),
+                bytes.len() as c_ulong,
+                rgb.as_mut_ptr(),
+                w as c_int,
+                (w * 3) as c_int,
+                h as c_int,
+                TJPF_RGB,
+                flags,
+            )
+        };
+        (status, rgb)
     }
 
     fn error(&self) -> String {
