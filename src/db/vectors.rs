@@ -2550,13 +2550,7 @@ mod tests {
     #[test]
     fn property_damaged_caches_and_restored_databases_never_change_the_result() {
         let mut fx = Fixture::new().unwrap();
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         fx.add_random_faces(CHUNK_FACES * 2 + 17).unwrap();
         let backup = fx.dir.path().join("backup.sqlite");
         fx.backup(&backup).unwrap();
@@ -2673,13 +2667,7 @@ mod tests {
     fn property_patched_caches_equal_a_rebuild() {
         use crate::matching::{decide, decide_in_windows, Combine, Filters, InMemory, Options, Reason, EXACT_BAND};
         let mut fx = Fixture::new().unwrap();
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         fx.add_random_faces(CHUNK_FACES * 3 + 5).unwrap();
         // Photos of two or three faces, consecutive in face id order as `index` writes them.
         fx.db.conn.execute("UPDATE faces SET image_id = image_id - 1, idx = id WHERE id % 3 = 0 OR id % 7 = 0", []).unwrap();
@@ -2820,16 +2808,30 @@ mod tests {
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!(refresh, Refresh::None, "nothing it holds changed, and it knew what face 5 had");
         assert!(same(&(faces, vectors), &fx.truth().unwrap()));
-        let delete = expected_triggers()["vector_log_embeddings_delete"];
         for victim in [20, 5] {
-            c.execute_batch(&format!("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = {victim}"))
-                .unwrap();
-            c.execute_batch(delete).unwrap();
+            delete_embeddings_without_trigger(c, &format!("face_id = {victim}"));
             c.execute("UPDATE faces SET score = score / 2 WHERE id = 30", []).unwrap();
             let (faces, vectors, refresh) = load_committed(&fx);
             assert_eq!(refresh, Refresh::Rebuilt, "face {victim}");
             assert!(same(&(faces, vectors), &fx.truth().unwrap()));
         }
+    }
+
+    /// A xorshift64 stream: reproducible random numbers for the property tests.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Deletes the embeddings matching `filter` with the delete trigger dropped (no log entry, as
+    /// when a dump is reloaded by hand), then puts the trigger back as migration 0013 wrote it.
+    fn delete_embeddings_without_trigger(c: &Connection, filter: &str) {
+        c.execute_batch(&format!("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE {filter}")).unwrap();
+        c.execute_batch(expected_triggers()["vector_log_embeddings_delete"]).unwrap();
     }
 
     /// The cache's header as stored (the valid slot of the higher generation).
@@ -3014,9 +3016,7 @@ mod tests {
         assert_eq!(load_committed(&fx).2, Refresh::Rebuilt);
         assert_eq!(load_committed(&fx).2, Refresh::None);
         // An embedding dropped without any trigger firing (a dump reloaded by hand): the census.
-        let delete = expected_triggers()["vector_log_embeddings_delete"];
-        c.execute_batch("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = 12").unwrap();
-        c.execute_batch(delete).unwrap();
+        delete_embeddings_without_trigger(c, "face_id = 12");
         assert!(log_intact(c).unwrap());
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!(refresh, Refresh::Rebuilt);
@@ -3051,9 +3051,7 @@ mod tests {
         assert_eq!(Census::of(c, 2).unwrap().count, 40);
         load_committed(&fx);
         assert_eq!(load_committed(&fx).2, Refresh::None);
-        let delete = expected_triggers()["vector_log_embeddings_delete"];
-        c.execute_batch("DROP TRIGGER vector_log_embeddings_delete; DELETE FROM embeddings WHERE face_id = 12 AND model_id = 2").unwrap();
-        c.execute_batch(delete).unwrap();
+        delete_embeddings_without_trigger(c, "face_id = 12 AND model_id = 2");
         assert!(log_intact(c).unwrap());
         let (faces, vectors, refresh) = load_committed(&fx);
         assert_eq!(refresh, Refresh::Rebuilt);
@@ -3135,13 +3133,8 @@ mod tests {
 
     #[test]
     fn every_estimate_is_within_its_proven_bound() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut bits = xorshift(0x1234_5678_9abc_def1u64);
+        let mut next = move || (bits() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         let unit = |v: &mut Vec<f32>| {
             let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.iter_mut().for_each(|x| *x /= n);
@@ -3192,13 +3185,8 @@ mod tests {
         use crate::histogram::RunHistogram;
         use crate::matching::{decide, Combine, Filters, InMemory, Options, Reason, EXACT_BAND};
         const D: usize = 128;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut bits = xorshift(0x2545_f491_4f6c_dd1du64);
+        let mut next = move || (bits() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         // A unit vector at cosine distance `d` from e0, the rest spread over the other axes.
         let mut at = |d: f32| {
             let mut w: Vec<f32> = (0..D).map(|i| if i == 0 { 0.0 } else { next() }).collect();
