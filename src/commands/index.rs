@@ -136,7 +136,8 @@ impl Timeline {
     fn mark(&self, what: impl FnOnce() -> String) {
         if let Some(events) = &self.events {
             let at = ms_since(self.start);
-            events.lock().unwrap_or_else(|p| p.into_inner()).push((at, what()));
+            let what = format!("{} (RSS {})", what(), resident_mib());
+            events.lock().unwrap_or_else(|p| p.into_inner()).push((at, what));
         }
     }
 
@@ -148,6 +149,14 @@ impl Timeline {
             eprintln!("facedb timings: {at:8.1} ms  {what}");
         }
     }
+}
+
+/// The process's resident memory now ("VmRSS" of /proc/self/status), for `FACEDB_TIMINGS`.
+fn resident_mib() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.map_or_else(|| "unknown".to_string(), |k| format!("{} MiB", k / 1024))
 }
 
 /// What one worker spent its time on, for `FACEDB_TIMINGS`.
@@ -756,6 +765,7 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared, m: &mut Sessions) 
             }
             None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
         };
+        crate::pipeline::buffers::recycle(bytes);
         if let Some(why) = m.detector.failed().or(m.embedder.failed()) {
             bail!("{why}");
         }

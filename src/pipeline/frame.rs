@@ -82,6 +82,17 @@ pub struct Frame<'a> {
     pub orientation: u8,
 }
 
+/// The frame's pixels go back to this thread's spare buffers for its next photo; not the
+/// full-width rows regions were cut from (see `buffers::MAX_KEPT`).
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        let images = [Some(std::mem::take(&mut self.reduced)), self.full.take()];
+        for image in images.into_iter().flatten() {
+            super::buffers::recycle(image.into_raw());
+        }
+    }
+}
+
 impl<'a> Frame<'a> {
     /// Decodes `bytes` reduced where that is possible (see `Decoders::decode_reduced`).
     pub fn decode(bytes: &'a [u8], decoders: &'a Decoders) -> Result<Self> {

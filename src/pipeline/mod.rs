@@ -1,6 +1,7 @@
 //! The indexing pipeline, one file per stage:
 //! walk -> hash -> decode -> detect -> align -> embed -> quality -> (store, in `db`).
 
+pub mod buffers;
 pub mod decode;
 pub mod detect;
 pub mod embed;

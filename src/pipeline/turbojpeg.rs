@@ -145,10 +145,11 @@ impl TurboJpeg {
         if rows >= h {
             return self.decode(bytes, 1).map(Some);
         }
-        let mut patched = bytes.to_vec();
+        let mut patched = super::buffers::copy_of(bytes);
         // Height is the big-endian u16 after the segment length and the sample precision.
         patched[sof + 5..sof + 7].copy_from_slice(&(rows as u16).to_be_bytes());
         let (status, rgb) = d.decompress_rgb(&patched, w, rows, TJFLAG_LIMITSCANS);
+        super::buffers::recycle(patched);
         if status != 0 {
             // SAFETY: a live handle.
             let warning_only = unsafe { error_code(d.0 .1) } == TJERR_WARNING;
@@ -220,7 +221,7 @@ impl<'a> Decompressor<'a> {
     /// Decodes `bytes` into a new `w` x `h` RGB buffer (pitch `w * 3`), the size the caller
     /// asked for; the status is TurboJPEG's (non-zero: see `error`).
     fn decompress_rgb(&self, bytes: &[u8], w: u32, h: u32, flags: c_int) -> (c_int, Vec<u8>) {
-        let mut rgb = vec![0u8; w as usize * h as usize * 3];
+        let mut rgb = super::buffers::zeroed(w as usize * h as usize * 3);
         // SAFETY: a live handle; `rgb` holds exactly w * h * 3 bytes, pitch w * 3, the output
         // TurboJPEG writes for a requested w x h.
         let status = unsafe {

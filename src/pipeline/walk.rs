@@ -232,7 +232,7 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     // A file growing while read must not get past the cap either.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = super::buffers::with_capacity(meta.len() as usize);
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::new(ErrorKind::InvalidData, "file grew past the size accepted for a photo while being read"));
