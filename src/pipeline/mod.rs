@@ -11,6 +11,7 @@ pub mod hash;
 pub mod heif;
 pub mod quality;
 pub mod shard;
+pub mod thumbnail;
 pub mod turbojpeg;
 pub mod walk;
 
@@ -117,7 +118,7 @@ pub fn analyze(
         let (rgb, _) = frame.source_for(PROBE_SIDE)?;
         let scale = (PROBE_SIDE as f32 / rgb.width().max(rgb.height()).max(1) as f32).min(1.0);
         let side = |px: u32| ((px as f32 * scale).round() as u32).max(1);
-        let probe = image::imageops::thumbnail(rgb, side(rgb.width()), side(rgb.height()));
+        let probe = thumbnail::thumbnail(rgb, side(rgb.width()), side(rgb.height()));
         let probe_params = DetectParams { max_side: PROBE_SIDE, ..*params };
         let mut turns = Vec::with_capacity(2);
         for degrees in [90, 270] {
