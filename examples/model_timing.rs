@@ -20,8 +20,8 @@ fn main() -> anyhow::Result<()> {
     };
     for (w, h) in [(288usize, 288usize), (320, 256), (640, 480), (640, 640), (960, 736), (1280, 960), (1920, 1440)] {
         let input = vec![100f32; 3 * w * h];
-        yunet.run(input.clone(), h, w)?;
-        let ms = best_ms(&mut || yunet.run(input.clone(), h, w).map(drop))?;
+        yunet.run(&input, h, w)?;
+        let ms = best_ms(&mut || yunet.run(&input, h, w).map(drop))?;
         println!("YuNet {w}x{h}: {ms:.1} ms");
     }
     let face = facedb::models::sface::align::AlignedFace { rgb: vec![128u8; 112 * 112 * 3] };
