@@ -25,7 +25,7 @@ use crate::pipeline::detect::{DetectParams, Detection, PassStats};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{analyze, decode, embed, hash, ms_since, AnalyzedImage, EmbedderSource, StageTimes};
+use crate::pipeline::{analyze, decode, embed, hash, ms_since, prepare, AnalyzedImage, EmbedderSource, PreparedImage, StageTimes};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -90,6 +90,16 @@ enum Outcome {
         file: FileEntry,
         error: String,
     },
+}
+
+/// A new content whose faces go to the embedder thread (`run_embedder`) before the writer.
+struct ToEmbed {
+    file: FileEntry,
+    stat: Option<Stat>,
+    blake3: String,
+    size: u64,
+    image: PreparedImage,
+    times: StageTimes,
 }
 
 /// A content analysed for the first time (or tried again after a failure).
@@ -165,7 +175,22 @@ struct WorkerTimes {
     photos: u32,
     waited_for_work: Duration,
     waited_for_writer: Duration,
+    /// Time blocked handing faces to the embedder thread (its queue full).
+    waited_for_embedder: Duration,
     passes: PassStats,
+}
+
+/// What the embedder thread spent its time on, for `FACEDB_TIMINGS`.
+#[derive(Default)]
+struct EmbedderTimes {
+    photos: u32,
+    faces: usize,
+    /// Embedding (wall time, the first fetch of the session and turns on it excluded).
+    busy: Duration,
+    /// CPU time of the thread: less than `busy` when the workers had the cores.
+    cpu: Duration,
+    waited_for_work: Duration,
+    waited_for_writer: Duration,
 }
 
 /// What a failure's retry depends on: facedb, ONNX Runtime, the model files, libjpeg-turbo and
@@ -601,6 +626,8 @@ fn process(
     let total = work.len();
     let (work_tx, work_rx) = bounded::<Job>(jobs * 4);
     let (out_tx, out_rx) = bounded::<Outcome>(jobs * 4);
+    // Photos with faces, prepared by the workers, for the one thread that embeds them.
+    let (embed_tx, embed_rx) = bounded::<ToEmbed>(jobs * 4);
     // Contents already stored are only linked, except earlier failures being tried again.
     let claimed = Mutex::new(known.keys().filter(|h| !ctx.retry.contains(*h)).cloned().collect::<HashSet<String>>());
     let (interrupted, timeline) = (ctx.interrupted, ctx.timeline);
@@ -610,7 +637,8 @@ fn process(
     std::thread::scope(|scope| -> Result<RunStatus> {
         // The models load and the shared SFace session is made while the other workers read and
         // decode their first photos (they wait at their first detection and their first face).
-        // Each worker makes its own detector session.
+        // Each worker makes its own detector session; one embedder thread runs the SFace
+        // session, so a worker goes on with its next photo instead of waiting for its turn on it.
         // With a core to spare (fewer photos than workers), the models load on a thread of their
         // own. Otherwise the first worker loads them before its first photo: a thread of its own
         // then cost 11 % more page faults and 10-15 MiB more peak RSS (40 photos, 2 workers;
@@ -621,17 +649,22 @@ fn process(
         let shared = &shared;
         let workers: Vec<_> = (0..n)
             .map(|i| {
-                let (rx, tx) = (work_rx.clone(), out_tx.clone());
+                let (rx, tx, to_embedder) = (work_rx.clone(), out_tx.clone(), embed_tx.clone());
                 let loads = !own_thread && i == 0;
                 scope.spawn(move || {
                     if loads {
                         load(files, shared.loading, shared.timeline)?;
                     }
-                    run_worker(i, rx, tx, shared)
+                    run_worker(i, rx, tx, to_embedder, shared)
                 })
             })
             .collect();
+        let embedder = {
+            let tx = out_tx.clone();
+            scope.spawn(move || run_embedder(embed_rx, tx, shared))
+        };
         drop(out_tx);
+        drop(embed_tx);
         drop(work_rx);
         scope.spawn(move || {
             for e in work {
@@ -652,6 +685,10 @@ fn process(
             if let Err(e) = w.join().map_err(|_| anyhow!("an indexing worker panicked"))? {
                 worker_error.get_or_insert(e);
             }
+        }
+        // Joined after the workers: it ends once they have all let go of its queue.
+        if let Err(e) = embedder.join().map_err(|_| anyhow!("the embedder thread panicked"))? {
+            worker_error.get_or_insert(e);
         }
         result?;
         if let Some(e) = worker_error {
@@ -697,20 +734,22 @@ struct Sessions<'a> {
     params: &'a DetectParams,
 }
 
-/// One worker: its own detector session (made when its first photo is decoded), the shared
-/// embedder when its first face needs it, and photos until the work ends.
-fn run_worker(i: usize, rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared) -> Result<()> {
+/// One worker: its own detector session (made when its first photo is decoded), and photos
+/// until the work ends. Their faces are embedded by the embedder thread, except when a stored
+/// image is redone: the worker then fetches the shared embedder itself.
+fn run_worker(i: usize, rx: Receiver<Job>, tx: Sender<Outcome>, to_embedder: Sender<ToEmbed>, s: &Shared) -> Result<()> {
     let mut m = Sessions { detector: s.loading.detector(), embedder: s.loading.embedder(), decoders: s.decoders, params: s.params };
-    let w = worker(rx, tx, s, &mut m)?;
+    let w = worker(rx, tx, to_embedder, s, &mut m)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let ((detector, yunet), (embedder, turns)) = (m.detector.fetched(), m.embedder.fetched());
     let resize = yunet.map_or(Duration::ZERO, |y| y.prep_time());
     s.timeline.mark(|| {
         format!(
-            "worker {i}: done, {} photos; waited for work {:.0} ms, for the writer {:.0} ms, for the models {:.0} ms; made its YuNet session in {:.0} ms; waited for the SFace session {:.0} ms, for turns on it {:.0} ms; detector input resizing {:.0} ms; {}",
+            "worker {i}: done, {} photos; waited for work {:.0} ms, for the writer {:.0} ms, for the embedder thread {:.0} ms, for the models {:.0} ms; made its YuNet session in {:.0} ms; redoing stored faces, waited for the SFace session {:.0} ms, for turns on it {:.0} ms; detector input resizing {:.0} ms; {}",
             w.photos,
             ms(w.waited_for_work),
             ms(w.waited_for_writer),
+            ms(w.waited_for_embedder),
             ms(detector.loading),
             ms(detector.session),
             ms(embedder.loading + embedder.session),
@@ -722,9 +761,10 @@ fn run_worker(i: usize, rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared) -> R
     Ok(())
 }
 
-/// Reads, hashes and analyses jobs until there are none (or the run is interrupted). Fails only
-/// when the embedder cannot be made, which is no photo's fault.
-fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared, m: &mut Sessions) -> Result<WorkerTimes> {
+/// Reads, hashes and analyses jobs until there are none (or the run is interrupted): photos with
+/// faces go to the embedder thread, the others to the writer. Fails only when a model cannot be
+/// made, which is no photo's fault.
+fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, to_embedder: Sender<ToEmbed>, s: &Shared, m: &mut Sessions) -> Result<WorkerTimes> {
     let mut w = WorkerTimes::default();
     loop {
         let waiting = Instant::now();
@@ -756,12 +796,28 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared, m: &mut Sessions) 
                 Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times }
             }
             None if s.claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
-                let result =
-                    contained(|| analyze(&bytes, m.decoders, &mut m.detector, &mut m.embedder, m.params, &mut times).map_err(Failure::of));
-                if let Ok(img) = &result {
-                    w.passes.add(&img.passes);
+                let prepared = contained(|| prepare(&bytes, m.decoders, &mut m.detector, m.params, &mut times).map_err(Failure::of));
+                if let Ok(image) = &prepared {
+                    w.passes.add(&image.passes);
                 }
-                Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
+                match prepared {
+                    Ok(image) if image.needs_embedder() => {
+                        w.photos += 1;
+                        let sending = Instant::now();
+                        // Closed only when the embedder thread stopped (its error ends the run)
+                        // or the writer did.
+                        if to_embedder.send(ToEmbed { file, stat, blake3, size, image, times }).is_err() {
+                            break;
+                        }
+                        w.waited_for_embedder += sending.elapsed();
+                        continue;
+                    }
+                    // Without faces, `embed` fetches no embedder: straight to the writer.
+                    prepared => {
+                        let result = prepared.and_then(|image| image.embed(&mut m.embedder, &mut times).map_err(Failure::of));
+                        Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
+                    }
+                }
             }
             None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
         };
@@ -777,6 +833,66 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, s: &Shared, m: &mut Sessions) 
         w.waited_for_writer += sending.elapsed();
     }
     Ok(w)
+}
+
+/// The embedder thread: embeds the faces the workers prepared on the shared SFace session
+/// (fetched at the first face) and hands each photo on to the writer. Fails only when the
+/// session cannot be made, which is no photo's fault.
+fn run_embedder(rx: Receiver<ToEmbed>, tx: Sender<Outcome>, s: &Shared) -> Result<()> {
+    let mut embedder = s.loading.embedder();
+    let mut e = EmbedderTimes::default();
+    let cpu_start = thread_cpu_time();
+    loop {
+        let waiting = Instant::now();
+        let Ok(ToEmbed { file, stat, blake3, size, image, mut times }) = rx.recv() else { break };
+        e.waited_for_work += waiting.elapsed();
+        if s.interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        let t = Instant::now();
+        e.faces += image.faces.len();
+        let result = contained(|| image.embed(&mut embedder, &mut times).map_err(Failure::of));
+        if let Some(why) = embedder.failed() {
+            bail!("{why}");
+        }
+        e.busy += t.elapsed();
+        e.photos += 1;
+        let sending = Instant::now();
+        if tx.send(Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })).is_err() {
+            break;
+        }
+        e.waited_for_writer += sending.elapsed();
+    }
+    e.cpu = thread_cpu_time().saturating_sub(cpu_start);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (fetched, turns) = embedder.fetched();
+    let fetching = fetched.loading + fetched.session;
+    s.timeline.mark(|| {
+        format!(
+            "embedder thread: embedded {} faces of {} photos; busy {:.0} ms ({:.0} ms of CPU), idle {:.0} ms (waited for work {:.0} ms, for the writer {:.0} ms, for the SFace session {:.0} ms, for turns on it {:.0} ms)",
+            e.faces,
+            e.photos,
+            ms(e.busy.saturating_sub(fetching + turns)),
+            ms(e.cpu),
+            ms(e.waited_for_work + e.waited_for_writer + fetching + turns),
+            ms(e.waited_for_work),
+            ms(e.waited_for_writer),
+            ms(fetching),
+            ms(turns)
+        )
+    });
+    Ok(())
+}
+
+/// CPU time the calling thread has used (zero if the clock cannot be read).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a live, writable timespec owned by this frame; clock_gettime writes only it.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !read {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// A bug tripped by one strange file must cost that file, not the run. A panic is facedb's

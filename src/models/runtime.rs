@@ -260,10 +260,10 @@ impl Models {
         YuNet::new(self.session(&self.detector, &format!("YuNet detector {}", self.dir.join(YUNET_FILE).display()))?)
     }
 
-    /// One SFace session shared by the workers, made on first use: each session holds its own
-    /// f32 copy of the weights (~38 MB), and embedding is a tenth of a worker's time, so they
-    /// seldom wait for each other. Index of 20 photos, 2 workers: peak RSS 377 -> 317-319 MiB,
-    /// CPU time 4.5-4.6 -> 4.0-4.2 s, per-photo embed time unchanged.
+    /// One SFace session for the process, made on first use: each session holds its own f32
+    /// copy of the weights (~38 MB). Index of 20 photos, 2 workers: peak RSS 377 -> 317-319 MiB,
+    /// CPU time 4.5-4.6 -> 4.0-4.2 s, per-photo embed time unchanged. `index` runs it on one
+    /// embedder thread (workers redoing stored faces take turns on it too).
     pub fn embedder(&self) -> Result<SFace> {
         let mut shared = self.embedder.lock().unwrap_or_else(|p| p.into_inner());
         let sface = match &*shared {

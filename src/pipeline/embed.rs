@@ -1,4 +1,6 @@
-//! Align each detected face on the full-resolution image, embed it with SFace, and score it.
+//! Align each detected face on the full-resolution image, score it, and embed it with SFace.
+//! Split in two so the embedding can run on another thread than the rest ([`prepare_faces`]
+//! needs the frame; [`embed_prepared`] only the aligned faces and the session).
 
 use std::time::Instant;
 
@@ -8,7 +10,7 @@ use super::detect::Detection;
 use super::frame::{at_scale, Frame};
 use super::quality::{self, Quality};
 use super::{fingerprint, ms_since, StageTimes};
-use crate::models::sface::align;
+use crate::models::sface::align::{self, AlignedFace};
 use crate::models::sface::{Embedding, SFace};
 
 pub struct FaceRecord {
@@ -20,31 +22,59 @@ pub struct FaceRecord {
     pub face_hash: Option<u64>,
 }
 
-/// Aligns, embeds and scores `faces` (full-resolution coordinates), each on the reduced decode
+/// A face aligned, hashed and scored, waiting for its embedding.
+pub struct PreparedFace {
+    pub detection: Detection,
+    pub quality: Quality,
+    /// `None` when the landmarks were degenerate and the face could not be aligned.
+    pub aligned: Option<AlignedFace>,
+    pub face_hash: Option<u64>,
+}
+
+/// Aligns, hashes and scores `faces` (full-resolution coordinates), each on the reduced decode
 /// when it is big enough there, else on the full-resolution region around it
 /// (`Frame::source_for_face`).
-pub fn embed_faces(frame: &Frame, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
+pub fn prepare_faces(frame: &Frame, faces: &[Detection], times: &mut StageTimes) -> Result<Vec<PreparedFace>> {
     let mut out = Vec::with_capacity(faces.len());
-    let mut calls = 0;
     for face in faces {
         let t = Instant::now();
         let image = frame.source_for_face(face)?;
         times.decode += ms_since(t);
         let local = at_scale(face, image.factor);
         let t = Instant::now();
-        let (embedding, face_hash) = match align::align(&image, &local.landmarks) {
-            Some(aligned) => {
-                calls += 1;
-                (Some(embedder.embed(&aligned)?), Some(fingerprint::dhash(&aligned)))
-            }
-            None => (None, None),
-        };
+        let aligned = align::align(&image, &local.landmarks);
+        let face_hash = aligned.as_ref().map(fingerprint::dhash);
         times.align_embed += ms_since(t);
         let t = Instant::now();
         // Size in full-resolution pixels, whatever image the rest was measured on.
         let quality = Quality { size_px: face.w.min(face.h), ..quality::measure(&image, &local) };
         times.quality += ms_since(t);
-        out.push(FaceRecord { detection: *face, quality, embedding, face_hash });
+        out.push(PreparedFace { detection: *face, quality, aligned, face_hash });
     }
+    Ok(out)
+}
+
+/// Embeds the aligned faces (their time counts as `align_embed`); returns the records and the
+/// number of embedder calls.
+pub fn embed_prepared(faces: Vec<PreparedFace>, embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
+    let t = Instant::now();
+    let mut calls = 0;
+    let mut out = Vec::with_capacity(faces.len());
+    for PreparedFace { detection, quality, aligned, face_hash } in faces {
+        let embedding = match aligned {
+            Some(aligned) => {
+                calls += 1;
+                Some(embedder.embed(&aligned)?)
+            }
+            None => None,
+        };
+        out.push(FaceRecord { detection, quality, embedding, face_hash });
+    }
+    times.align_embed += ms_since(t);
     Ok((out, calls))
+}
+
+/// Aligns, scores and embeds `faces` on this thread ([`prepare_faces`], then [`embed_prepared`]).
+pub fn embed_faces(frame: &Frame, faces: &[Detection], embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
+    embed_prepared(prepare_faces(frame, faces, times)?, embedder, times)
 }

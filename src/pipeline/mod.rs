@@ -90,7 +90,8 @@ impl DetectorSource for YuNet {
     }
 }
 
-/// Decode -> detect -> align -> embed -> quality for one image's bytes.
+/// Decode -> detect -> align -> embed -> quality for one image's bytes ([`prepare`], then
+/// [`PreparedImage::embed`]).
 pub fn analyze(
     bytes: &[u8],
     decoders: &decode::Decoders,
@@ -99,6 +100,54 @@ pub fn analyze(
     params: &DetectParams,
     times: &mut StageTimes,
 ) -> Result<AnalyzedImage> {
+    prepare(bytes, decoders, detector, params, times)?.embed(embedder, times)
+}
+
+/// An image decoded and detected, its faces aligned, hashed and scored: all but the embeddings,
+/// which need the SFace session and nothing of the decoded image.
+pub struct PreparedImage {
+    pub width: u32,
+    pub height: u32,
+    pub format: &'static str,
+    pub orientation: u8,
+    pub rotation: u16,
+    pub faces: Vec<embed::PreparedFace>,
+    pub detector_calls: u32,
+    pub passes: PassStats,
+}
+
+impl PreparedImage {
+    /// Whether [`PreparedImage::embed`] needs the embedder (a photo without faces does not wait for it).
+    pub fn needs_embedder(&self) -> bool {
+        !self.faces.is_empty()
+    }
+
+    /// Embeds the faces (their time counts as `align_embed`).
+    pub fn embed(self, embedder: &mut impl EmbedderSource, times: &mut StageTimes) -> Result<AnalyzedImage> {
+        let (faces, embedder_calls) =
+            if self.needs_embedder() { embed::embed_prepared(self.faces, embedder.embedder()?, times)? } else { (Vec::new(), 0) };
+        Ok(AnalyzedImage {
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            orientation: self.orientation,
+            rotation: self.rotation,
+            faces,
+            detector_calls: self.detector_calls,
+            embedder_calls,
+            passes: self.passes,
+        })
+    }
+}
+
+/// Decode -> detect -> align -> quality for one image's bytes: everything but SFace's run.
+pub fn prepare(
+    bytes: &[u8],
+    decoders: &decode::Decoders,
+    detector: &mut impl DetectorSource,
+    params: &DetectParams,
+    times: &mut StageTimes,
+) -> Result<PreparedImage> {
     let t = Instant::now();
     let mut frame = Frame::decode(bytes, decoders)?;
     times.decode += ms_since(t);
@@ -144,11 +193,9 @@ pub fn analyze(
     times.detect += ms_since(t) - late_decode;
     times.decode += late_decode;
 
-    // A photo without faces does not wait for the embedder.
-    let (faces, embedder_calls) =
-        if outcome.faces.is_empty() { (Vec::new(), 0) } else { embed::embed_faces(&frame, &outcome.faces, embedder.embedder()?, times)? };
+    let faces = embed::prepare_faces(&frame, &outcome.faces, times)?;
     let (width, height) = frame.dimensions();
-    Ok(AnalyzedImage {
+    Ok(PreparedImage {
         width,
         height,
         format: frame.format,
@@ -156,7 +203,6 @@ pub fn analyze(
         rotation: frame.rotation(),
         faces,
         detector_calls: outcome.detector_calls,
-        embedder_calls,
         passes: outcome.stats,
     })
 }

@@ -13,6 +13,7 @@ mod curation;
 mod dataset_discovery;
 mod decoders;
 mod detect_recall;
+mod embedder;
 mod export;
 mod forget;
 mod hostile;
