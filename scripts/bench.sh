@@ -106,7 +106,7 @@ cores = int(sys.argv[1]); index = json.load(open(sys.argv[2])); floor = json.loa
 c = index["counters"]; photos = c["images_new"]; secs = index["seconds"]; rate = photos / secs
 print(f"index: {photos} photos of 12 MP, {c['faces_found']} faces in {secs:.1f} s = {rate:.2f} photos/s ({cores} cores), CPU {sys.argv[6]} s, "
       f"peak RSS {sys.argv[5]} MiB = {int(sys.argv[5]) / 300:.2f}x of the 300 MiB target")
-print("  per-stage time per photo (ms, summed over workers):", ", ".join(f"{k} {v / photos:.1f}" for k, v in c["stage_ms"].items()))
+print("  per-stage CPU time per photo (ms of one core, summed over threads; read_hash is wall time):", ", ".join(f"{k} {v / photos:.1f}" for k, v in c["stage_ms"].items()))
 floor_ms = sum(v for v in floor.values() if v is not None)
 floor_rate = cores * 1000.0 / floor_ms if floor_ms else float("nan")
 print(f"  floor: {floor_ms:.1f} ms/photo/core = {floor_rate:.2f} photos/s; facedb is at {rate / floor_rate:.2f}x of the floor")
@@ -215,7 +215,7 @@ c = index["counters"]; photos = c["images_new"]; secs = index["seconds"]; rate =
 print(f"\nindex: {photos} photos of 12 MP, {c['faces_found']} faces in {secs:.1f} s = {rate:.2f} photos/s ({cores} cores), "
       f"peak RSS {index_rss} MiB = {int(index_rss) / 300:.2f}x of the 300 MiB target")
 stages = c["stage_ms"]
-print("  per-stage time per photo (ms, summed over workers):", ", ".join(f"{k} {v / photos:.1f}" for k, v in stages.items()))
+print("  per-stage CPU time per photo (ms of one core, summed over threads; read_hash is wall time):", ", ".join(f"{k} {v / photos:.1f}" for k, v in stages.items()))
 floor_ms = sum(v for v in floor.values() if v is not None)
 floor_rate = cores * 1000.0 / floor_ms if floor_ms else float("nan")
 print(f"  floor (fastest single photo per stage, one face): {floor_ms:.1f} ms/photo/core = {floor_rate:.2f} photos/s on {cores} cores; facedb is at {rate / floor_rate:.2f}x of the floor")

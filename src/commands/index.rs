@@ -25,7 +25,9 @@ use crate::pipeline::detect::{DetectParams, Detection, PassStats};
 use crate::pipeline::quality::Quality;
 use crate::pipeline::shard::Shard;
 use crate::pipeline::walk::{self, FileEntry, Stat};
-use crate::pipeline::{analyze, decode, embed, hash, ms_since, prepare, AnalyzedImage, EmbedderSource, PreparedImage, StageTimes};
+use crate::pipeline::{
+    analyze, decode, embed, hash, ms_since, prepare, thread_cpu_time, AnalyzedImage, EmbedderSource, PreparedImage, StageClock, StageTimes,
+};
 
 /// Commit at least this often, so an interrupted run keeps nearly all of its work.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -884,17 +886,6 @@ fn run_embedder(rx: Receiver<ToEmbed>, tx: Sender<Outcome>, s: &Shared) -> Resul
     Ok(())
 }
 
-/// CPU time the calling thread has used (zero if the clock cannot be read).
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a live, writable timespec owned by this frame; clock_gettime writes only it.
-    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
-    if !read {
-        return Duration::ZERO;
-    }
-    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
-}
-
 /// A bug tripped by one strange file must cost that file, not the run. A panic is facedb's
 /// fault, so it counts as the environment: retried when facedb changes.
 fn contained<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
@@ -922,9 +913,9 @@ fn redo_image(bytes: &[u8], redo: &Redo, m: &mut Sessions, times: &mut StageTime
     let Some(faces) = &redo.faces else {
         return analyze(bytes, m.decoders, &mut m.detector, &mut m.embedder, m.params, times).map(Redone::Detected).map_err(Failure::of);
     };
-    let t = Instant::now();
+    let t = StageClock::now();
     let frame = crate::pipeline::frame_as_indexed(bytes, redo.rotation, m.decoders).map_err(Failure::of)?;
-    times.decode += ms_since(t);
+    times.decode += t.ms();
     // The same pixels and measures as a first index of the photo (faces that could not be
     // aligned before cannot be now: same pixels, same landmarks).
     let detections: Vec<Detection> = faces.iter().map(|(_, d)| *d).collect();

@@ -2,14 +2,12 @@
 //! Split in two so the embedding can run on another thread than the rest ([`prepare_faces`]
 //! needs the frame; [`embed_prepared`] only the aligned faces and the session).
 
-use std::time::Instant;
-
 use anyhow::Result;
 
 use super::detect::Detection;
 use super::frame::{at_scale, Frame};
 use super::quality::{self, Quality};
-use super::{fingerprint, ms_since, StageTimes};
+use super::{fingerprint, StageClock, StageTimes};
 use crate::models::sface::align::{self, AlignedFace};
 use crate::models::sface::{Embedding, SFace};
 
@@ -37,18 +35,18 @@ pub struct PreparedFace {
 pub fn prepare_faces(frame: &Frame, faces: &[Detection], times: &mut StageTimes) -> Result<Vec<PreparedFace>> {
     let mut out = Vec::with_capacity(faces.len());
     for face in faces {
-        let t = Instant::now();
+        let t = StageClock::now();
         let image = frame.source_for_face(face)?;
-        times.decode += ms_since(t);
+        times.decode += t.ms();
         let local = at_scale(face, image.factor);
-        let t = Instant::now();
+        let t = StageClock::now();
         let aligned = align::align(&image, &local.landmarks);
         let face_hash = aligned.as_ref().map(fingerprint::dhash);
-        times.align_embed += ms_since(t);
-        let t = Instant::now();
+        times.align_embed += t.ms();
+        let t = StageClock::now();
         // Size in full-resolution pixels, whatever image the rest was measured on.
         let quality = Quality { size_px: face.w.min(face.h), ..quality::measure(&image, &local) };
-        times.quality += ms_since(t);
+        times.quality += t.ms();
         out.push(PreparedFace { detection: *face, quality, aligned, face_hash });
     }
     Ok(out)
@@ -57,7 +55,7 @@ pub fn prepare_faces(frame: &Frame, faces: &[Detection], times: &mut StageTimes)
 /// Embeds the aligned faces (their time counts as `align_embed`); returns the records and the
 /// number of embedder calls.
 pub fn embed_prepared(faces: Vec<PreparedFace>, embedder: &mut SFace, times: &mut StageTimes) -> Result<(Vec<FaceRecord>, u32)> {
-    let t = Instant::now();
+    let t = StageClock::now();
     let mut calls = 0;
     let mut out = Vec::with_capacity(faces.len());
     for PreparedFace { detection, quality, aligned, face_hash } in faces {
@@ -70,7 +68,7 @@ pub fn embed_prepared(faces: Vec<PreparedFace>, embedder: &mut SFace, times: &mu
         };
         out.push(FaceRecord { detection, quality, embedding, face_hash });
     }
-    times.align_embed += ms_since(t);
+    times.align_embed += t.ms();
     Ok((out, calls))
 }
 

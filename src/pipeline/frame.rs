@@ -175,10 +175,10 @@ impl<'a> Frame<'a> {
             return Ok(f);
         }
         let (bytes, decoders) = self.source.ok_or_else(|| anyhow!("no full-resolution image to decode"))?;
-        let t = std::time::Instant::now();
+        let t = super::StageClock::now();
         let rgb = decoders.decode(bytes)?.rgb;
         let rgb = if self.rotation == 0 { rgb } else { super::rotate(&rgb, self.rotation) };
-        self.late_decode_ms.set(self.late_decode_ms.get() + super::ms_since(t));
+        self.late_decode_ms.set(self.late_decode_ms.get() + t.ms());
         // Regions are cut from the full image from now on.
         self.top.take();
         if rgb.dimensions() != self.size {
@@ -271,7 +271,7 @@ impl<'a> Frame<'a> {
     fn decode_region(&self, rect: Rect) -> Result<Option<RgbImage>> {
         let Some((bytes, decoders)) = self.source else { return Ok(None) };
         let Some(turbo) = decoders.turbojpeg().filter(|_| self.denom > 1) else { return Ok(None) };
-        let t = std::time::Instant::now();
+        let t = super::StageClock::now();
         let orientation = Orientation::from_exif(self.orientation).unwrap_or(Orientation::NoTransforms);
         let (stored_size, stored) = self.to_stored(rect);
         let mut top = self.top.borrow_mut();
@@ -288,7 +288,7 @@ impl<'a> Frame<'a> {
         let mut cut = DynamicImage::ImageRgb8(cut);
         cut.apply_orientation(orientation);
         let cut = super::rotate(&cut.into_rgb8(), self.rotation);
-        self.late_decode_ms.set(self.late_decode_ms.get() + super::ms_since(t));
+        self.late_decode_ms.set(self.late_decode_ms.get() + t.ms());
         Ok(Some(cut))
     }
 

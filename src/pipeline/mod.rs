@@ -50,6 +50,34 @@ pub fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// A reading of the calling thread's CPU clock, for stage costs (`StageTimes`). They are CPU
+/// time, not wall time: with more runnable threads than cores (the workers and the embedder
+/// thread) a stage's wall time also counts the time its thread waited for a core.
+#[derive(Debug, Clone, Copy)]
+pub struct StageClock(std::time::Duration);
+
+impl StageClock {
+    pub fn now() -> Self {
+        Self(thread_cpu_time())
+    }
+
+    /// Milliseconds of this thread's CPU time since `self` (read on the same thread).
+    pub fn ms(self) -> f64 {
+        thread_cpu_time().saturating_sub(self.0).as_secs_f64() * 1000.0
+    }
+}
+
+/// CPU time the calling thread has used (zero if the clock cannot be read).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a live, writable timespec owned by this frame; clock_gettime writes only it.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !read {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
 /// What indexing learned about one image's content.
 pub struct AnalyzedImage {
     pub width: u32,
@@ -148,12 +176,12 @@ pub fn prepare(
     params: &DetectParams,
     times: &mut StageTimes,
 ) -> Result<PreparedImage> {
-    let t = Instant::now();
+    let t = StageClock::now();
     let mut frame = Frame::decode(bytes, decoders)?;
-    times.decode += ms_since(t);
+    times.decode += t.ms();
 
     let detector = detector.detector()?;
-    let t = Instant::now();
+    let t = StageClock::now();
     let mut outcome = detect::detect(detector, &frame, params)?;
     // A photo without a clear face may be a sideways scan or a camera that wrote no EXIF
     // orientation (YuNet finds some faces lying on their side, weakly and with useless
@@ -190,7 +218,7 @@ pub fn prepare(
     }
     // A full-resolution decode a pass or a refinement asked for counts as decoding.
     let late_decode = frame.take_decode_ms();
-    times.detect += ms_since(t) - late_decode;
+    times.detect += t.ms() - late_decode;
     times.decode += late_decode;
 
     let faces = embed::prepare_faces(&frame, &outcome.faces, times)?;
