@@ -795,7 +795,7 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, to_embedder: Sender<ToEmbed>, 
         let outcome = match redo.filter(|r| r.blake3 == blake3) {
             Some(redo) => {
                 let result = contained(|| redo_image(&bytes, &redo, m, &mut times));
-                Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times }
+                Some(Outcome::Redone { file, stat, image_id: redo.image_id, size, result, times })
             }
             None if s.claimed.lock().map(|mut c| c.insert(blake3.clone())).unwrap_or(true) => {
                 let prepared = contained(|| prepare(&bytes, m.decoders, &mut m.detector, m.params, &mut times).map_err(Failure::of));
@@ -804,7 +804,6 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, to_embedder: Sender<ToEmbed>, 
                 }
                 match prepared {
                     Ok(image) if image.needs_embedder() => {
-                        w.photos += 1;
                         let sending = Instant::now();
                         // Closed only when the embedder thread stopped (its error ends the run)
                         // or the writer did.
@@ -812,22 +811,24 @@ fn worker(rx: Receiver<Job>, tx: Sender<Outcome>, to_embedder: Sender<ToEmbed>, 
                             break;
                         }
                         w.waited_for_embedder += sending.elapsed();
-                        continue;
+                        None
                     }
                     // Without faces, `embed` fetches no embedder: straight to the writer.
                     prepared => {
                         let result = prepared.and_then(|image| image.embed(&mut m.embedder, &mut times).map_err(Failure::of));
-                        Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times })
+                        Some(Outcome::Analyzed(Analyzed { file, stat, blake3, size, result, times }))
                     }
                 }
             }
-            None => Outcome::KnownContent { file, stat, blake3, size, read_ms },
+            None => Some(Outcome::KnownContent { file, stat, blake3, size, read_ms }),
         };
         crate::pipeline::buffers::recycle(bytes);
         if let Some(why) = m.detector.failed().or(m.embedder.failed()) {
             bail!("{why}");
         }
         w.photos += 1;
+        // Handed to the embedder thread, which passes it on to the writer.
+        let Some(outcome) = outcome else { continue };
         let sending = Instant::now();
         if tx.send(outcome).is_err() {
             break;
