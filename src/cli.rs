@@ -114,8 +114,9 @@ pub struct IndexArgs {
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
 
-    /// Look for small faces once more at long side PX (a 40 px face of a 4000 px photo is found at
-    /// 960; smaller faces need more, at more detection time).
+    /// Detect faces in photos over 800 px at long side PX (a 40 px face of a 4000 px photo is found
+    /// at 960; smaller faces need more, at more detection time); faces over half the photo's side
+    /// are taken from a 320 px pass.
     #[arg(long, value_name = "PX", default_value_t = 960, value_parser = clap::value_parser!(u32).range(320..=16384))]
     pub detect_size: u32,
 

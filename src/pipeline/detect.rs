@@ -11,7 +11,8 @@ use crate::models::yunet::{YuNet, ALIGN, INPUT_SIZE};
 
 #[derive(Debug, Clone, Copy)]
 pub struct DetectParams {
-    /// Long side of the downscaled copy that tiles are cut from, in pixels.
+    /// Long side of the detail pass of photos over 800 px, which finds every face up to half
+    /// the photo's side.
     pub max_side: u32,
     pub score_threshold: f32,
     pub nms_iou: f32,
@@ -21,7 +22,8 @@ impl Default for DetectParams {
     /// `max_side` 960, not 1280: on `scripts/eval.sh` (2026-12-02) both give P 1.000 R 0.983 at
     /// the defaults and 1.000/1.000 with the filters off (groups 16/16, every kind the same), the
     /// largest genuine distance 0.42 and the smallest impostor one 0.71 (0.70 at 1280), at 15 %
-    /// less index CPU time. Group photos with faces under 100 px (of 4000) still get the closer
+    /// less index CPU time (then with a whole-frame pass at 640 px too, replaced by the 320 px
+    /// overview pass on 2026-12-02, see `DETAIL_MAX_FACE`). Group photos with faces under 100 px (of 4000) still get the closer
     /// pass, at 1440 px. The size is stored with the detector's parameters; photos detected at
     /// another size keep their faces (only a new detector file detects again), and `index` says
     /// how many there are.
@@ -30,15 +32,10 @@ impl Default for DetectParams {
     }
 }
 
-/// Faces at most this fraction of the detail pass's side (160 px at 1280, 120 at 960: 500 px of a
-/// 4000 px photo either way) are taken from the detail pass; larger ones are the whole-frame
-/// pass's job, where YuNet sees them at a size it handles well.
-const DETAIL_MAX_FACE: f32 = 0.125;
-
 /// The detection procedure, stored with the detector's parameters so every photo's faces say how
 /// they were found (only a new detector file detects photos again). `reduced`: passes read a
 /// DCT-reduced decode when it is big enough (`Frame`).
-pub const PASSES: &str = "whole640+detail+closer+refine+reduced";
+pub const PASSES: &str = "detail+overview320+closer+refine-all+reduced";
 
 pub struct DetectOutcome {
     pub faces: Vec<Detection>,
@@ -51,8 +48,8 @@ pub struct DetectOutcome {
 pub struct PassStats {
     /// Calls and milliseconds (resize, inference, output decoding) per kind of pass, in the
     /// order of [`PassStats::KINDS`].
-    pub calls: [u32; 4],
-    pub ms: [f64; 4],
+    pub calls: [u32; 5],
+    pub ms: [f64; 5],
     /// Faces the closer pass added.
     pub closer_found: u32,
     /// Refinements that found the face again (its box and landmarks replaced).
@@ -60,14 +57,15 @@ pub struct PassStats {
 }
 
 impl PassStats {
-    pub const KINDS: [&'static str; 4] = ["whole", "detail", "closer", "refine"];
+    pub const KINDS: [&'static str; 5] = ["whole", "detail", "overview", "closer", "refine"];
     const WHOLE: usize = 0;
     const DETAIL: usize = 1;
-    const CLOSER: usize = 2;
-    const REFINE: usize = 3;
+    const OVERVIEW: usize = 2;
+    const CLOSER: usize = 3;
+    const REFINE: usize = 4;
 
     pub fn add(&mut self, o: &PassStats) {
-        for k in 0..4 {
+        for k in 0..Self::KINDS.len() {
             self.calls[k] += o.calls[k];
             self.ms[k] += o.ms[k];
         }
@@ -95,13 +93,25 @@ impl std::fmt::Display for PassStats {
 
 /// Detects faces in an upright full-resolution image.
 ///
-/// Pass 1 runs on the whole frame at long side 640 (OpenCV's FaceDetectorYN setting, so
-/// landmarks and embeddings match it). Pass 2, for photos larger than that, runs once more at
-/// long side `max_side` (960 by default: 0.7 MP of input against 1.2 MP at 1280, measured the
-/// same recall and precision on the evaluation set, see `DetectParams::default`) and contributes
-/// only small faces that pass 1 missed. Pass 3, only when
-/// pass 2 saw faces near its lower limit, looks at 1.5x that side for their smaller neighbours.
+/// A photo up to 1.25x YuNet's 640 px input is seen whole at long side 640 (OpenCV's
+/// FaceDetectorYN setting) and nothing more. A larger one is seen twice: a detail pass at long
+/// side `max_side` (960 by default: 0.7 MP of input against 1.2 MP at 1280, measured the same
+/// recall and precision on the evaluation set, see `DetectParams::default`) for every face up
+/// to `DETAIL_MAX_FACE` of the photo's side, and an overview pass at `OVERVIEW_SIDE` for the
+/// large ones, which YuNet sees best at a few dozen to a hundred pixels. Where both see a face,
+/// the pass suited to its size wins. A third pass, only when the detail pass saw faces near its
+/// lower limit, looks at 1.5x that side for their smaller neighbours.
 pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result<DetectOutcome> {
+    detect_with(yunet, frame, params, true)
+}
+
+/// [`detect`] without refining each face: boxes and scores as the passes saw them, for a probe
+/// that only weighs how clearly a photo shows faces.
+pub fn detect_unrefined(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result<DetectOutcome> {
+    detect_with(yunet, frame, params, false)
+}
+
+fn detect_with(yunet: &mut YuNet, frame: &Frame, params: &DetectParams, refine_faces: bool) -> Result<DetectOutcome> {
     let (w, h) = frame.dimensions();
     let long = w.max(h);
     let mut stats = PassStats::default();
@@ -110,44 +120,55 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
         let (image, factor) = frame.source_for(long_side)?;
         stats.time(kind, || yunet.detect_scaled(image, factor, long_side, params.score_threshold))
     };
-    let whole = nms(run(PassStats::WHOLE, INPUT_SIZE as u32, &mut stats)?, params.nms_iou);
     let detail_side = params.max_side.min(long);
-    let (detail, detail_scale) = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
+    let (mut merged, detail_scale) = if detail_side > INPUT_SIZE as u32 * 5 / 4 {
         let to_detail = detail_side as f32 / long as f32;
-        let small: Vec<Detection> = run(PassStats::DETAIL, detail_side, &mut stats)?
+        // Each pass keeps the sizes it sees reliably, as a fraction of the photo's long side.
+        let fraction = |d: &Detection| d.w.max(d.h) / long as f32;
+        let detail: Vec<Detection> =
+            run(PassStats::DETAIL, detail_side, &mut stats)?.into_iter().filter(|d| fraction(d) <= DETAIL_MAX_FACE).collect();
+        let overview: Vec<Detection> =
+            run(PassStats::OVERVIEW, OVERVIEW_SIDE, &mut stats)?.into_iter().filter(|d| fraction(d) >= OVERVIEW_MIN_FACE).collect();
+        // A face over half the frame is the overview's, and a part of it the detail pass fires
+        // on goes; below that the detail pass's box and landmarks win; the overview fills in
+        // faces the detail pass missed.
+        let overview_rank = |d: &Detection| if fraction(d) > DETAIL_MAX_FACE { 0 } else { 2 };
+        let candidates = nms(detail, params.nms_iou)
             .into_iter()
-            .filter(|d| d.w.max(d.h) * to_detail <= DETAIL_MAX_FACE * detail_side as f32)
-            .collect();
-        (nms(small, params.nms_iou), to_detail)
+            .map(|d| (d, 1))
+            .chain(nms(overview, params.nms_iou).into_iter().map(|d| (d, overview_rank(&d))));
+        (merge_by_rank(candidates, params.nms_iou), to_detail)
     } else {
-        (Vec::new(), 1.0)
+        let whole = nms(run(PassStats::WHOLE, INPUT_SIZE as u32, &mut stats)?, params.nms_iou);
+        (whole, 1.0)
     };
-    // Whole-frame detections win over detail ones for the same face.
-    let whole_scale = (INPUT_SIZE as f32 / long.max(1) as f32).min(1.0);
-    let mut merged: Vec<(Detection, f32)> = merge_with_scale(whole, whole_scale, detail, detail_scale, params.nms_iou);
     // Small faces rarely come alone: where the detail pass saw faces near the smallest it finds
     // reliably, its neighbours of the same size may sit just under it. Look once more, closer.
     let closer_side = (detail_side * CLOSER_STEP_NUM / CLOSER_STEP_DEN).min(long);
-    // Measured at the detail pass's scale, whichever pass found the face: a face the whole-frame
-    // pass saw small may be large for the detail pass, and then nothing smaller hides near it.
-    let crowd_of_small = merged.iter().any(|(d, _)| d.w.max(d.h) * detail_scale < CLOSER_TRIGGER);
+    // Measured at the detail pass's scale, whichever pass found the face: a face the overview
+    // pass saw may be large for the detail pass, and then nothing smaller hides near it.
+    let crowd_of_small = merged.iter().any(|d| d.w.max(d.h) * detail_scale < CLOSER_TRIGGER);
     if crowd_of_small && detail_scale < 1.0 && closer_side > detail_side {
         let to_closer = closer_side as f32 / long as f32;
         let small: Vec<Detection> =
             run(PassStats::CLOSER, closer_side, &mut stats)?.into_iter().filter(|d| d.w.max(d.h) * to_closer <= CLOSER_MAX_FACE).collect();
         for d in nms(small, params.nms_iou) {
-            if !merged.iter().any(|(k, _)| iou(k, &d) > params.nms_iou || containment(k, &d) > 0.8) {
-                merged.push((d, to_closer));
+            if !merged.iter().any(|k| iou(k, &d) > params.nms_iou || containment(k, &d) > 0.8) {
+                merged.push(d);
                 stats.closer_found += 1;
             }
         }
-        merged.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
+        merged.sort_by(|a, b| b.score.total_cmp(&a.score));
     }
     let mut faces = Vec::with_capacity(merged.len());
-    for (d, seen_at) in merged {
-        // A face the detector saw at a few dozen pixels has landmarks good to a pixel of that
-        // scale, several pixels of the photo: look again at the photo's own resolution.
-        let d = if d.w.max(d.h) * seen_at < REFINE_BELOW && seen_at < 0.8 {
+    for d in merged {
+        // Every face is looked at once more where it is `REFINED_FACE` px: its box and landmarks
+        // then come from the same view of it whatever the photo's size and whichever pass
+        // found it (a resized copy of a photo gives the same aligned face), and a face a pass
+        // saw at a few dozen pixels gets landmarks good to a pixel of the photo. Measured on
+        // `scripts/eval.sh` (2026-12-02), against refining only faces seen under 64 px: the
+        // largest genuine distance 0.39 -> 0.35, the smallest impostor one 0.71 -> 0.73.
+        let d = if refine_faces {
             // On the reduced decode when the face is at least `REFINED_FACE` there (never enlarged).
             // Region decoding the crop needs (small faces on a reduced decode) counts here.
             let factor = frame.scale_for_side(d.w.max(d.h), REFINED_FACE);
@@ -164,6 +185,38 @@ pub fn detect(yunet: &mut YuNet, frame: &Frame, params: &DetectParams) -> Result
     Ok(DetectOutcome { faces, detector_calls: stats.calls.iter().sum(), stats })
 }
 
+/// Long side of the overview pass of a large photo, which finds the faces too large for the
+/// detail pass. At 320 px (a quarter of the input of a 640 px pass, ~2.5 ms of YuNet against
+/// ~10) a face of an eighth of the photo is 40 px, and YuNet is reliable from ~12 px.
+const OVERVIEW_SIDE: u32 = 320;
+/// The detail pass keeps faces up to this fraction of the photo's long side (480 px at 960),
+/// and the overview pass's faces win from it (160 px at 320). YuNet, trained at 640 px,
+/// localises faces of a few hundred pixels well; a face filling the frame is the overview's.
+/// Measured on `scripts/eval.sh` (2026-12-02): handing over at a quarter (240 px at 960, 80 at
+/// 320) took the mirror-pair portrait's face from the overview pass with its eyes 40 % too
+/// close together and the largest genuine distance from 0.42 to 0.55; at a half it is 0.39.
+const DETAIL_MAX_FACE: f32 = 0.5;
+/// The overview pass also keeps faces down to this fraction (128 px at 320), for a face the
+/// detail pass saw just over its limit (its box a little larger than the overview's). Not
+/// smaller: at 320 px YuNet also fires on what is no face (0.74 on the seam between two
+/// portraits side by side, 0.26 of the photo's side, where the detail pass saw nothing).
+const OVERVIEW_MIN_FACE: f32 = 0.4;
+
+/// Faces from several passes, each with its pass's rank for its size (0 first): each face is
+/// kept unless it overlaps one kept before it, by rank, then by score; the result by score.
+fn merge_by_rank(candidates: impl Iterator<Item = (Detection, u8)>, iou_threshold: f32) -> Vec<Detection> {
+    let mut ordered: Vec<(Detection, u8)> = candidates.collect();
+    ordered.sort_by(|a, b| a.1.cmp(&b.1).then(b.0.score.total_cmp(&a.0.score)));
+    let mut kept: Vec<Detection> = Vec::with_capacity(ordered.len());
+    for (d, _) in ordered {
+        if !kept.iter().any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8) {
+            kept.push(d);
+        }
+    }
+    kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+    kept
+}
+
 /// A face the detail pass saw under this many input pixels (YuNet finds faces down to ~12 px
 /// there, unreliably under ~18) makes the photo worth a closer pass.
 const CLOSER_TRIGGER: f32 = 24.0;
@@ -178,8 +231,6 @@ const CLOSER_STEP_DEN: u32 = 2;
 /// earlier passes' to find.
 const CLOSER_MAX_FACE: f32 = 36.0;
 
-/// Faces seen smaller than this (pixels of the detector's input) get their landmarks refined.
-const REFINE_BELOW: f32 = 64.0;
 /// The refinement crop is this many face sizes wide, resized so the face is `REFINED_FACE` px.
 const REFINE_CONTEXT: f32 = 3.0;
 const REFINED_FACE: f32 = 96.0;
@@ -214,25 +265,6 @@ fn refine(yunet: &mut YuNet, frame: &Frame, factor: f32, face: &Detection) -> Re
     }))
 }
 
-/// `merge`, remembering for each face the scale (input pixels per image pixel) it was seen at.
-fn merge_with_scale(
-    whole: Vec<Detection>,
-    whole_scale: f32,
-    detail: Vec<Detection>,
-    detail_scale: f32,
-    iou_threshold: f32,
-) -> Vec<(Detection, f32)> {
-    let n = whole.len();
-    let mut out: Vec<(Detection, f32)> = whole.into_iter().map(|d| (d, whole_scale)).collect();
-    for d in detail {
-        if !out[..n].iter().any(|(k, _)| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8) {
-            out.push((d, detail_scale));
-        }
-    }
-    out.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
-    out
-}
-
 pub fn iou(a: &Detection, b: &Detection) -> f32 {
     let ix = (a.x + a.w).min(b.x + b.w) - a.x.max(b.x);
     let iy = (a.y + a.h).min(b.y + b.h) - a.y.max(b.y);
@@ -255,19 +287,6 @@ pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
         }
     }
     kept
-}
-
-/// `primary` plus every `secondary` detection that overlaps none of them, by score.
-pub fn merge(primary: Vec<Detection>, secondary: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
-    let mut out = primary;
-    let n = out.len();
-    for d in secondary {
-        if !out[..n].iter().any(|k| iou(k, &d) > iou_threshold || containment(k, &d) > 0.8) {
-            out.push(d);
-        }
-    }
-    out.sort_by(|a, b| b.score.total_cmp(&a.score));
-    out
 }
 
 /// Fraction of the smaller box covered by the intersection.
@@ -313,5 +332,28 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.95);
         assert_eq!(kept[1].score, 0.9);
+    }
+
+    #[test]
+    fn the_pass_suited_to_a_face_wins_and_a_face_one_pass_missed_is_kept() {
+        let kept = merge_by_rank(
+            [
+                // A face the detail pass (rank 1) sees best, also seen, scoring higher, by the
+                // overview pass (rank 2 at that size).
+                (det(100.0, 100.0, 300.0, 300.0, 0.8), 1),
+                (det(105.0, 95.0, 310.0, 300.0, 0.95), 2),
+                // A face over half the frame (the overview's, rank 0), and a part of it the
+                // detail pass fired on, scoring higher.
+                (det(1500.0, 500.0, 2200.0, 2300.0, 0.9), 0),
+                (det(2000.0, 1000.0, 500.0, 500.0, 0.97), 1),
+                // One the detail pass missed.
+                (det(3000.0, 200.0, 600.0, 700.0, 0.7), 2),
+            ]
+            .into_iter(),
+            0.3,
+        );
+        let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.8, 0.7]);
+        assert_eq!(kept[1].x, 100.0, "the detail pass's box");
     }
 }

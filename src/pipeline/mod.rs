@@ -199,7 +199,7 @@ pub fn prepare(
         let probe_params = DetectParams { max_side: PROBE_SIDE, ..*params };
         let mut turns = Vec::with_capacity(2);
         for degrees in [90, 270] {
-            let found = detect::detect(detector, &Frame::from_image(rotate(&probe, degrees)), &probe_params)?;
+            let found = detect::detect_unrefined(detector, &Frame::from_image(rotate(&probe, degrees)), &probe_params)?;
             outcome.detector_calls += found.detector_calls;
             outcome.stats.add(&found.stats);
             turns.push((Evidence::of(&found.faces), degrees));

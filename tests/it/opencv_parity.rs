@@ -34,11 +34,26 @@ fn embeddings_match_opencv() {
         // Same landmarks: isolates alignment + embedding.
         let ours = embedder.embed(&align::align(&rgb, &landmarks).unwrap()).unwrap();
         let same_landmarks = cosine(&ours, &expected);
-        // Whole pipeline: our own detection, alignment and embedding.
+        // OpenCV's setting end to end: our own detection at long side 640, alignment, embedding.
+        let at_640 = facedb::pipeline::detect::nms(detector.detect(&rgb, 640, 0.6).unwrap(), 0.3);
+        let ours_640 = largest_detection(&at_640);
+        let landmark_error = ours_640.landmarks.iter().zip(&landmarks).map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1])).fold(0.0, f32::max);
+        let end_to_end = cosine(&embedder.embed(&align::align(&rgb, &ours_640.landmarks).unwrap()).unwrap(), &expected);
+        // facedb's defaults: its landmarks come from a second look at each face where it is
+        // 96 px (see `pipeline::detect`), not from the 640 px pass, so they differ from OpenCV's
+        // by design (measured better on `scripts/eval.sh`); the face must still be the same one.
         let img = analyze(&bytes, &decoders, &mut detector, &mut embedder, &DetectParams::default(), &mut StageTimes::default()).unwrap();
-        let end_to_end = cosine(&largest(&img.faces).unwrap().embedding.unwrap(), &expected);
-        eprintln!("{name}: cosine with OpenCV, same landmarks {same_landmarks:.5}, end to end {end_to_end:.5}");
+        let defaults = cosine(&largest(&img.faces).unwrap().embedding.unwrap(), &expected);
+        eprintln!(
+            "{name}: cosine with OpenCV, same landmarks {same_landmarks:.5}, end to end at 640 {end_to_end:.5} (landmarks within {landmark_error:.2} px), facedb's defaults {defaults:.5}"
+        );
         assert!(same_landmarks > 0.99, "{name}: {same_landmarks}");
+        assert!(landmark_error < 0.5, "{name}: landmarks {landmark_error} px from OpenCV's");
         assert!(end_to_end > 0.99, "{name}: {end_to_end}");
+        assert!(defaults > 0.9, "{name}: {defaults}");
     }
+}
+
+fn largest_detection(dets: &[facedb::pipeline::detect::Detection]) -> facedb::pipeline::detect::Detection {
+    *dets.iter().max_by(|a, b| (a.w * a.h).total_cmp(&(b.w * b.h))).expect("a face")
 }
