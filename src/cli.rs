@@ -114,9 +114,10 @@ pub struct IndexArgs {
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
 
-    /// Detect faces in photos over 800 px at long side PX (a 40 px face of a 4000 px photo is found
-    /// at 960; smaller faces need more, at more detection time); faces over half the photo's side
-    /// are taken from a 320 px pass.
+    /// Detect faces in photos over 800 px at long side PX when PX is over 800 (a 40 px face of a
+    /// 4000 px photo is found at 960; smaller faces need more, at more detection time); faces
+    /// over 480 px there are taken from a pass at a third of PX. At 800 or less, photos get one
+    /// pass at 640.
     #[arg(long, value_name = "PX", default_value_t = 960, value_parser = clap::value_parser!(u32).range(320..=16384))]
     pub detect_size: u32,
 

@@ -7,7 +7,7 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-/// Long side of the whole-frame pass and side of a tile, in pixels.
+/// Long side of the whole-frame pass of a photo up to 800 px (OpenCV's setting), in pixels.
 pub const INPUT_SIZE: usize = 640;
 /// Input sides must be multiples of this (the coarsest stride).
 pub const ALIGN: usize = 32;
@@ -46,10 +46,10 @@ pub struct YuNet {
 }
 
 /// The largest input made in the buffer kept by `YuNet`: the whole-frame pass's (640 px on the
-/// long side), rotation probes and refinement crops. Larger ones (the detail and closer passes,
-/// 8.5 MB and more) get a fresh buffer, freed when the call ends: keeping those too saved ~80 000
-/// more page faults (~0.4 s of system time) on 40 photos of 12 MP but raised peak RSS by 17 MiB
-/// with 2 workers (the buffers are not live at the peak otherwise).
+/// long side), the overview pass, rotation probes and refinement crops. Larger ones (the detail
+/// and closer passes, 8.5 MB and more) get a fresh buffer, freed when the call ends: keeping
+/// those too saved ~80 000 more page faults (~0.4 s of system time) on 40 photos of 12 MP but
+/// raised peak RSS by 17 MiB with 2 workers (the buffers are not live at the peak otherwise).
 const KEPT_INPUT_LEN: usize = 3 * INPUT_SIZE * INPUT_SIZE;
 
 impl YuNet {

@@ -74,11 +74,19 @@ fn timings_say_where_start_up_and_each_worker_spent_their_time_only_when_asked()
     ] {
         assert!(stderr.lines().any(|l| l.starts_with("facedb timings:") && l.contains(step)), "{step} missing:\n{stderr}");
     }
-    // Every photo was detected by one of the workers, with one whole-frame pass at least.
+    // Every photo was detected by one of the workers, each (both are over 800 px) with a detail
+    // and an overview pass.
     let photos_done: u32 =
         stderr.lines().filter_map(|l| l.split(": done, ").nth(1)).map(|rest| rest.split(' ').next().unwrap().parse::<u32>().unwrap()).sum();
     assert_eq!(photos_done, 2, "{stderr}");
-    assert!(stderr.contains("whole "), "{stderr}");
+    let calls = |kind: &str| -> u32 {
+        stderr
+            .lines()
+            .filter_map(|l| l.split(&format!("{kind} ")).nth(1))
+            .filter_map(|rest| rest.split(" calls").next()?.parse::<u32>().ok())
+            .sum()
+    };
+    assert_eq!((calls("detail"), calls("overview")), (2, 2), "{stderr}");
 
     let quiet = tmp.path().join("quiet");
     std::fs::create_dir(&quiet).unwrap();
