@@ -141,3 +141,74 @@ fn photos_detected_with_another_detect_size_are_reported() {
         .clone();
     assert!(String::from_utf8_lossy(&again).contains("1 photos in this database were detected with another --detect-size than now (1280"));
 }
+
+/// A face of any size from a fifth to most of a 2000 px photo is found once, where it is, with
+/// the eye line of the face itself (within 10 degrees): across the hand-over between the detail
+/// pass (faces up to half the photo) and the overview pass (larger ones), for an upright face
+/// and one tilted 20°.
+#[test]
+fn faces_around_the_hand_over_between_passes_are_found_once_with_their_tilt() {
+    let models =
+        ModelFiles::locate(Some(&crate::common::repo().join("models")), facedb::models::runtime::Device::Cpu).unwrap().load().unwrap();
+    let mut yunet = models.detector().unwrap();
+    let portrait = crate::common::rgb("obama.jpg");
+    let face = largest(&detect(&mut yunet, &Frame::from_image(portrait.clone()), &DetectParams::default()).unwrap().faces);
+    let eye_angle = |d: &Detection| {
+        let [[x0, y0], [x1, y1]] = [d.landmarks[0], d.landmarks[1]];
+        (y1 - y0).atan2(x1 - x0).to_degrees()
+    };
+    let upright_angle = eye_angle(&face);
+    for tilt in [0.0f32, 20.0] {
+        for fraction in [0.2f32, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7] {
+            // The portrait scaled so the face's box is `fraction` of 2000 px wide, centred on a
+            // 2000x1600 canvas of its own colours (filled by the scaled portrait where it reaches).
+            let s = fraction * 2000.0 / face.w;
+            let scaled = imageops::resize(
+                &portrait,
+                (portrait.width() as f32 * s) as u32,
+                (portrait.height() as f32 * s) as u32,
+                FilterType::Triangle,
+            );
+            let mut canvas = RgbImage::from_pixel(2000, 1600, image::Rgb([120, 110, 100]));
+            let (cx, cy) = ((face.x + face.w / 2.0) * s, (face.y + face.h / 2.0) * s);
+            imageops::replace(&mut canvas, &scaled, (1000.0 - cx) as i64, (800.0 - cy) as i64);
+            let canvas = if tilt == 0.0 { canvas } else { imageproc_rotate(&canvas, tilt) };
+            let dets = detect(&mut yunet, &Frame::from_image(canvas), &DetectParams::default()).unwrap().faces;
+            assert_eq!(dets.len(), 1, "fraction {fraction}, tilt {tilt}: {dets:?}");
+            let d = dets[0];
+            let (dx, dy) = (d.x + d.w / 2.0 - 1000.0, d.y + d.h / 2.0 - 800.0);
+            assert!(dx.hypot(dy) < 0.15 * fraction * 2000.0, "fraction {fraction}, tilt {tilt}: centre off by ({dx}, {dy}): {d:?}");
+            assert!((d.w / (fraction * 2000.0) - 1.0).abs() < 0.25, "fraction {fraction}, tilt {tilt}: width {}", d.w);
+            let turned = eye_angle(&d) - upright_angle;
+            // Refined where the face is 96 px, YuNet pulls a tilted face towards upright: a 20
+            // degree tilt of a face filling 0.4-0.7 of the photo reads 11-17 (17-21 as the
+            // passes saw it; their landmarks are kept only when the two differ by over 8).
+            assert!((turned - tilt).abs() < 10.0, "fraction {fraction}, tilt {tilt}: eye line turned {turned:.1} degrees");
+        }
+    }
+}
+
+/// `image` turned by `degrees` (clockwise on screen) about its centre, same size, bilinear;
+/// outside the photo the corner colour.
+fn imageproc_rotate(image: &RgbImage, degrees: f32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let (c, s) = (degrees.to_radians().cos(), degrees.to_radians().sin());
+    let (mx, my) = (w as f32 / 2.0, h as f32 / 2.0);
+    let fill = *image.get_pixel(0, 0);
+    RgbImage::from_fn(w, h, |x, y| {
+        // The source of each output pixel: rotate back by -degrees.
+        let (dx, dy) = (x as f32 + 0.5 - mx, y as f32 + 0.5 - my);
+        let (sx, sy) = (c * dx + s * dy + mx - 0.5, -s * dx + c * dy + my - 0.5);
+        if sx < 0.0 || sy < 0.0 || sx >= (w - 1) as f32 || sy >= (h - 1) as f32 {
+            return fill;
+        }
+        let (x0, y0) = (sx.floor() as u32, sy.floor() as u32);
+        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+        let p = |x: u32, y: u32, k: usize| image.get_pixel(x, y)[k] as f32;
+        image::Rgb(std::array::from_fn(|k| {
+            let top = p(x0, y0, k) * (1.0 - fx) + p(x0 + 1, y0, k) * fx;
+            let bottom = p(x0, y0 + 1, k) * (1.0 - fx) + p(x0 + 1, y0 + 1, k) * fx;
+            (top * (1.0 - fy) + bottom * fy).round() as u8
+        }))
+    })
+}
