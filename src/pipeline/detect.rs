@@ -1,8 +1,9 @@
 //! Face detection policy: which passes YuNet runs (one whole-frame pass for a small photo; for
 //! a big one a detail pass for most faces and an overview pass for those filling the frame, a
 //! closer pass when small faces crowd), merged with NMS, then a second look at every face where
-//! it is 96 px for its box and landmarks. Coordinates come back in pixels of the upright full-resolution image; the model's
-//! tensor layout and output decoding are [`crate::models::yunet`]'s.
+//! it is 96 px for its box and landmarks. Coordinates come back in pixels of the upright
+//! full-resolution image; the model's tensor layout and output decoding are
+//! [`crate::models::yunet`]'s.
 
 use anyhow::Result;
 
@@ -24,8 +25,8 @@ impl Default for DetectParams {
     /// the defaults and 1.000/1.000 with the filters off (groups 16/16, every kind the same), the
     /// largest genuine distance 0.42 and the smallest impostor one 0.71 (0.70 at 1280), at 15 %
     /// less index CPU time (then with a whole-frame pass at 640 px too, replaced by the 320 px
-    /// overview pass on 2026-12-02, see `DETAIL_MAX_FACE`). Group photos with faces under 100 px (of 4000) still get the closer
-    /// pass, at 1440 px. The size is stored with the detector's parameters; photos detected at
+    /// overview pass on 2026-12-02, see `DETAIL_MAX_FACE`). Group photos with faces under 100 px
+    /// (of 4000) still get the closer pass, at 1440 px. The size is stored with the detector's parameters; photos detected at
     /// another size keep their faces (only a new detector file detects again), and `index` says
     /// how many there are.
     fn default() -> Self {
