@@ -192,10 +192,10 @@ fn detect_with(yunet: &mut YuNet, frame: &Frame, params: &DetectParams, refine_f
         // own landmarks for faces seen over 64 px: the largest genuine distance 0.39 -> 0.35,
         // the smallest impostor one 0.71 -> 0.73.
         let d = if refine_faces {
-            // On the reduced decode when the face is at least `REFINE_SOURCE_FACE` there, else on
+            // On the reduced decode when the face is at least `REFINED_FACE` there, else on
             // full-resolution pixels (a face smaller than `REFINED_FACE` is enlarged, up to 4x).
             // Region decoding the crop needs counts here.
-            let factor = frame.scale_for_side(d.w.max(d.h), REFINE_SOURCE_FACE);
+            let factor = frame.scale_for_side(d.w.max(d.h), REFINED_FACE);
             let refined = stats.time(PassStats::REFINE, || refine(yunet, frame, factor, &at_scale(&d, factor)))?;
             stats.refined += u32::from(refined.is_some());
             match refined.map(|r| at_scale(&r, 1.0 / factor)) {
@@ -287,9 +287,6 @@ const CLOSER_MAX_FACE: f32 = 36.0;
 /// The refinement crop is this many face sizes wide, resized so the face is `REFINED_FACE` px.
 const REFINE_CONTEXT: f32 = 3.0;
 const REFINED_FACE: f32 = 96.0;
-/// The crop is cut from the reduced decode when the face is at least this big there, else from
-/// full-resolution pixels.
-const REFINE_SOURCE_FACE: f32 = 96.0;
 
 /// Detects the face again on a crop of the full-resolution image around it, and returns the
 /// detection there that overlaps it best (box and landmarks in image pixels).
