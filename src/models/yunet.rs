@@ -75,8 +75,7 @@ impl YuNet {
     pub fn detect_scaled(&mut self, image: &RgbImage, factor: f32, long_side: u32, score_threshold: f32) -> Result<Vec<Detection>> {
         let t = std::time::Instant::now();
         let needed = input_shape(image.width(), image.height(), long_side).values();
-        // Zeroed by the kernel as it maps the pages in, so `resize_into` finds the size it needs.
-        let mut fresh = if needed > KEPT_INPUT_LEN { vec![0f32; needed] } else { Vec::new() };
+        let mut fresh = if needed > KEPT_INPUT_LEN { crate::pipeline::buffers::fresh_zeroed(needed) } else { Vec::new() };
         let input = if needed > KEPT_INPUT_LEN { &mut fresh } else { &mut self.input };
         let shape = resize_into(image, long_side, input);
         self.prep += t.elapsed();
@@ -151,8 +150,7 @@ pub struct Input {
 /// into a buffer of its own (see [`resize_into`]).
 pub fn to_input(image: &RgbImage, long_side: u32) -> Input {
     let shape = input_shape(image.width(), image.height(), long_side);
-    // Zeroed by the kernel as it maps the pages in, so `resize_into` finds the size it needs.
-    let mut data = vec![0f32; shape.values()];
+    let mut data = crate::pipeline::buffers::fresh_zeroed(shape.values());
     let InputShape { width, height, scale, .. } = resize_into(image, long_side, &mut data);
     Input { data, width, height, scale }
 }
@@ -199,6 +197,24 @@ pub fn resize_into(image: &RgbImage, long_side: u32, data: &mut Vec<f32>) -> Inp
     data.resize(3 * plane, 0.0);
     if w == 0 || h == 0 {
         data.fill(0.0);
+        return shape;
+    }
+    if (nw, nh) == (w as usize, h as usize) {
+        // Same size (the sideways probe's thumbnail): every tap is the pixel itself, weight 0
+        // for its neighbour, so a plain conversion gives the same values.
+        let mut planes: Vec<&mut [f32]> = data.chunks_exact_mut(plane).collect();
+        for (y, row) in image.as_raw().chunks_exact(nw * 3).enumerate() {
+            for (out_plane, channel) in planes.iter_mut().zip([2, 1, 0]) {
+                let (out, padding) = out_plane[y * width..(y + 1) * width].split_at_mut(nw);
+                for (o, px) in out.iter_mut().zip(row.chunks_exact(3)) {
+                    *o = f32::from(px[channel]);
+                }
+                padding.fill(0.0);
+            }
+        }
+        for out_plane in planes {
+            out_plane[nh * width..].fill(0.0);
+        }
         return shape;
     }
     let xs = taps(nw, w);
@@ -396,8 +412,12 @@ mod tests {
 
     /// Shrinking (by more and less than 2x), enlarging, odd sizes, one-pixel rows and columns:
     /// the photos' reduced decodes (either way up) at the whole, detail and closer passes' sides,
-    /// and refinement crops of a few hundred pixels.
-    const SHAPES: [(u32, u32, u32); 14] = [
+    /// refinement crops of a few hundred pixels, and the same size (the sideways probe's
+    /// thumbnail, which takes the plain conversion).
+    const SHAPES: [(u32, u32, u32); 17] = [
+        (640, 480, 640),
+        (480, 640, 640),
+        (288, 190, 288),
         (2000, 1500, 640),
         (2000, 1500, 960),
         (1500, 2000, 960),

@@ -31,13 +31,50 @@ pub fn zeroed(len: usize) -> Vec<u8> {
             buffer.resize(len, 0);
             buffer
         }
-        None => vec![0; len],
+        None => fresh_zeroed(len),
     }
 }
 
 /// An empty buffer with room for `capacity` bytes (see `zeroed`).
 pub fn with_capacity(capacity: usize) -> Vec<u8> {
-    spare(capacity).unwrap_or_else(|| Vec::with_capacity(capacity))
+    spare(capacity).unwrap_or_else(|| {
+        let buffer = Vec::with_capacity(capacity);
+        advise_huge_pages(buffer.as_ptr(), capacity);
+        buffer
+    })
+}
+
+/// `len` zeros of a new allocation, its pages faulted in 2 MiB at a time where it is big enough
+/// (see `advise_huge_pages`).
+pub fn fresh_zeroed<T: Default + Clone>(len: usize) -> Vec<T> {
+    // Zeroed by the kernel as it maps the pages in (calloc of a fresh mapping), not touched yet.
+    let buffer = vec![T::default(); len];
+    advise_huge_pages(buffer.as_ptr().cast(), len * std::mem::size_of::<T>());
+    buffer
+}
+
+/// Asks the kernel to fault in the `len` bytes at `start` (a fresh allocation not yet written)
+/// 2 MiB at a time instead of 4 KiB (transparent huge pages, where the system allows them on
+/// request). A big buffer filled once is then one fault per 2 MiB, not 512: the 8.5 MB detector
+/// input of a 960 px pass took 12.1 ms to make and fill against 6.4 ms (`examples/resize_timing`),
+/// and indexing 40 photos of 12 MP took ~216 000 minor page faults against ~50 000.
+/// Advice only: the contents are unchanged and a kernel without huge pages ignores it.
+pub fn advise_huge_pages(start: *const u8, len: usize) {
+    const HUGE_PAGE: usize = 2 << 20;
+    #[cfg(target_os = "linux")]
+    {
+        // Whole 4 KiB pages inside the buffer; the kernel uses huge pages for the aligned 2 MiB
+        // ranges among them.
+        let (first, end) = ((start as usize).next_multiple_of(4096), (start as usize).saturating_add(len) / 4096 * 4096);
+        if end >= first + HUGE_PAGE {
+            // SAFETY: the range lies inside one live allocation of the caller's; the advice
+            // changes how its pages are backed, never their contents. Its result is ignored:
+            // nothing depends on it.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (start, len, HUGE_PAGE);
 }
 
 /// The smallest of this thread's spares with room for `capacity` bytes, emptied.
