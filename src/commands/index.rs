@@ -15,6 +15,7 @@ use rusqlite::Connection;
 
 use super::{database_path, progress, Globals, EXIT_FILES_FAILED, EXIT_INTERRUPTED};
 use crate::cli::IndexArgs;
+use crate::commands::outln;
 use crate::db::write::{self, RunCounters};
 use crate::db::{read, Db, LogLevel, ModelId, RunId, RunStatus, DB_FILE};
 use crate::models::runtime::{LazyDetector, LazyEmbedder, Loading, ORT_VERSION};
@@ -353,7 +354,7 @@ fn finish(globals: &Globals, ctx: &Run, root: &Path, counters: &RunCounters, sta
             "counters": counters, "failed_files_in_folder": failed_now, "seconds": secs,
             "new_photos_per_second": counters.images_new as f64 / secs.max(1e-9), "jpeg_decoder": ctx.decoders.jpeg_identity(),
         });
-        println!("{summary}");
+        outln!("{summary}");
     } else if !globals.quiet {
         print_summary(root, counters, failed_now, started.elapsed(), status == RunStatus::Interrupted);
         say_decoders(conn, ctx.decoders, &ctx.env.files.detector_hash)?;

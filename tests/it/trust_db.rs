@@ -114,6 +114,9 @@ fn a_closed_output_pipe_ends_every_command_quietly_with_exit_0() {
         &["--json", "report"],
         &["sql", "SELECT * FROM runs"],
         &["sql", "--format", "csv", "SELECT 1"],
+        // More than a pipe's buffer: the error comes from inside the CSV writer.
+        &["sql", "--format", "csv", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT x FROM c"],
+        &["--json", "index", "."],
     ] {
         let (status, stderr) = with_closed_stdout(args, Some(tmp.path()));
         assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
