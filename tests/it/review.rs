@@ -300,6 +300,43 @@ fn apply_runs_the_same_match_with_the_new_threshold_and_the_accepted_faces() {
     assert_eq!(refs, 2, "the accepted face joined the references");
 }
 
+/// Apply at the run's own threshold runs the match the run was: every option it was given comes
+/// back (a dropped `--best` rewrote a curated folder with every matched face).
+#[test]
+fn apply_at_the_same_threshold_repeats_every_option_of_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path());
+    let out = tmp.path().join("crops");
+    #[rustfmt::skip]
+    let options = [
+        "--threshold", "0.55", "--best", "2", "--pad", "reflect", "--name", "anna", "--square", "--align", "--size", "96",
+        "--upscale", "--margin", "0.4", "--format", "png", "--quality", "90", "--min-face", "30", "--min-sharpness", "10",
+        "--max-yaw", "70", "--min-score", "0.1", "--combine", "mean", "--allow-ambiguous", "--layout", "kohya",
+        "--token", "ohwx person", "--caption", "a photo", "--repeats", "3",
+    ];
+    match_json(&d, &out, &options);
+    let (_server, url) = start_review(&d);
+    let (base, token) = url.split_once("/?t=").unwrap();
+    let (status, text) = http("POST", &format!("{base}/api/apply?t={token}"), Some(&json!({"threshold": 0.55})));
+    assert_eq!(status, 200, "{text}");
+    let res: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(res["exit_code"], 0, "{res}");
+    let stored: Vec<Value> = {
+        let conn = db(&d);
+        let mut stmt = conn.prepare("SELECT args_json FROM runs WHERE command = 'match' ORDER BY id").unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(|r| serde_json::from_str(&r.unwrap()).unwrap()).collect()
+    };
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    // The references are given again as the stored faces (`face:ID`), not as the photo.
+    let without_refs = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("ref");
+        v
+    };
+    assert_eq!(without_refs(&stored[1]), without_refs(&stored[0]), "apply at the same threshold changed the run's options");
+}
+
 #[test]
 fn image_paths_v_lists_every_copy_of_a_photo() {
     let tmp = tempfile::tempdir().unwrap();

@@ -40,8 +40,11 @@ pub fn match_args(conn: &Connection, root: &Path, run_id: RunId, threshold: f32,
     }
     v.extend(["--threshold".to_string(), format!("{threshold}")]);
     let o = &a["options"];
-    let flags: [(&str, &Value); 13] = [
+    let flags: [(&str, &Value); 16] = [
         ("--combine", &a["combine"]),
+        ("--best", &o["best"]),
+        ("--pad", &o["crop"]["pad"]),
+        ("--name", &a["name"]),
         ("--expand", &a["expand"]),
         ("--out", &a["out"]),
         ("--margin", &o["crop"]["margin"]),
