@@ -119,7 +119,11 @@ impl<'g> Ctx<'g> {
         if !db_file.is_file() {
             bail!("no database at {}; run `facedb index {}` first", display_path(&db_file), display_path(&root));
         }
-        let out_dir = args.out.clone().unwrap_or_else(|| root.join("facedb-crops"));
+        // Stored absolute: `forget` and `review` find the crops from any working directory.
+        let out_dir = match &args.out {
+            Some(out) => std::path::absolute(out).with_context(|| format!("--out {}: cannot tell where it is", display_path(out)))?,
+            None => root.join("facedb-crops"),
+        };
         let spec =
             CropSpec { margin: args.margin, square: args.square, size: args.size, upscale: args.upscale, align: args.align, pad: args.pad };
         let filters =

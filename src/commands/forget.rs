@@ -116,6 +116,16 @@ fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], globals: &Globals) 
     for (folder, names) in by_folder {
         let folder = Path::new(folder);
         if !folder.is_dir() {
+            if folder.is_relative() {
+                // Recorded as typed by an older facedb, relative to the folder `match` ran in
+                // (found here only from that folder; the ledger proves a folder found is it).
+                eprintln!(
+                    "warning: {} crop(s) of the forgotten faces were written to {}, relative to the folder `facedb match` ran in, which is not here: delete {} there by hand",
+                    names.len(),
+                    display_path(folder),
+                    names.iter().take(3).cloned().collect::<Vec<_>>().join(", ") + if names.len() > 3 { ", …" } else { "" }
+                );
+            }
             continue;
         }
         match OutputDir::open(folder, root, &db_file, owner.clone()).and_then(|out| out.remove(&names)) {

@@ -214,3 +214,22 @@ fn forget_removes_unfinished_caches_and_names_a_linked_one() {
     assert_eq!(std::fs::read(&elsewhere).unwrap(), b"FACEDBV4 someone's vectors", "never written through");
     assert!(dir.join("facedb.sqlite.vectors").is_symlink());
 }
+
+/// A crop folder given to `match` relative to where it ran is found again by `forget` run from
+/// anywhere else (it is recorded absolute).
+#[test]
+fn forget_from_another_folder_removes_crops_written_to_a_relative_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    add_photos(&dir, &["obama2.jpg", "obama3.jpg"]);
+    facedb().arg("index").arg(&dir).assert().success();
+    match_ref(&dir, "obama.jpg").arg("--out").arg("crops").current_dir(&work).assert().success();
+    let out = work.join("crops");
+    let crop = manifest(&out).into_iter().find(|r| file_name_of(&r["source_path"]) == "obama2.jpg").unwrap()["crop_path"].clone();
+    assert!(out.join(&crop).is_file());
+    facedb().arg("forget").arg(dir.join("obama2.jpg")).current_dir(tmp.path()).assert().success();
+    assert!(!out.join(&crop).exists(), "the forgotten face's crop is still in {}", out.display());
+}
