@@ -120,6 +120,9 @@ impl<'g> Ctx<'g> {
             bail!("no database at {}; run `facedb index {}` first", display_path(&db_file), display_path(&root));
         }
         // Stored absolute: `forget` and `review` find the crops from any working directory.
+        if let Some(out) = &args.out {
+            crate::commands::refuse_linked_output(out, "--out")?;
+        }
         let out_dir = match &args.out {
             Some(out) => std::path::absolute(out).with_context(|| format!("--out {}: cannot tell where it is", display_path(out)))?,
             None => root.join("facedb-crops"),

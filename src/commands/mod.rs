@@ -36,6 +36,20 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// Refuses an output folder `arg` (as the user gave it) inside a folder that is a symbolic
+/// link: writing there would land somewhere else than the path says. (The output folder itself
+/// being a link is `OutputDir::open`'s to refuse.)
+pub fn refuse_linked_output(path: &Path, arg: &str) -> Result<()> {
+    if let Some(link) = crate::output::linked_folder(path, Path::new("/")).filter(|link| link != path) {
+        anyhow::bail!(
+            "{arg} {}: {} is a symbolic link; facedb never writes through links: pass the real folder's path",
+            crate::util::display_path(path),
+            crate::util::display_path(&link)
+        );
+    }
+    Ok(())
+}
+
 /// Exit codes: 0 ok, 1 some files failed, 2 usage or fatal error (clap also uses 2).
 pub const EXIT_FILES_FAILED: u8 = 1;
 pub const EXIT_INTERRUPTED: u8 = 130;

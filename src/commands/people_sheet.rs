@@ -43,6 +43,9 @@ pub fn run(globals: &Globals, args: SheetArgs) -> Result<ExitCode> {
     let thumbs: Vec<Vec<Option<String>>> =
         places.par_iter().map(|faces| faces.par_iter().map(|(_, place)| thumb(&root, &decoders, place.as_ref())).collect()).collect();
     let html = render(&root, &all, shown, &thumbs);
+    if let Some(out) = &args.out {
+        crate::commands::refuse_linked_output(out, "--out")?;
+    }
     let out_dir = args.out.unwrap_or_else(|| root.join("facedb-people"));
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
     let out = OutputDir::open(&out_dir, &root, &db_file, owner)?;

@@ -206,6 +206,17 @@ fn links_planted_in_the_output_folder_are_never_followed() {
     let line = refused(&match_ref(&d, "obama.jpg").arg("--out").arg(&link).output().unwrap());
     assert!(line.ends_with("is a symbolic link; facedb never writes through links: pass the folder it points to"), "{line}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"outside --out");
+    // --out inside a linked folder, for match and the people sheet: nothing lands where it points.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let parent = tmp.path().join("link-parent");
+    std::os::unix::fs::symlink(&elsewhere, &parent).unwrap();
+    let line = refused(&match_ref(&d, "obama.jpg").arg("--out").arg(parent.join("crops")).output().unwrap());
+    assert!(line.ends_with("link-parent is a symbolic link; facedb never writes through links: pass the real folder's path"), "{line}");
+    let sheet = facedb().args(["people", "sheet", "--dir"]).arg(&d).arg("--out").arg(parent.join("sheet")).output().unwrap();
+    let line = refused(&sheet);
+    assert!(line.contains("link-parent is a symbolic link"), "{line}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "something was written through the link");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cli::ParquetArgs;
 use crate::commands::{database_path, find_dataset, open_database, outln, Globals};
@@ -36,12 +36,7 @@ pub fn run(globals: &Globals, args: ParquetArgs) -> Result<ExitCode> {
     let root = find_dataset(globals, args.dir.as_deref())?;
     let db = open_database(globals, &root, false)?;
     let owner = Owner { database_id: read::database_id(&db.conn)?, dataset: root.to_string_lossy().into_owned() };
-    if let Some(link) = crate::output::linked_folder(&args.out, Path::new("/")) {
-        bail!(
-            "{} is a symbolic link; facedb never writes through links: pass OUT as the real folder's path",
-            crate::util::display_path(&link)
-        );
-    }
+    crate::commands::refuse_linked_output(&args.out, "OUT")?;
     let out = OutputDir::open_as(&args.out, &root, &database_path(globals, &root), owner, "OUT")?;
     // All four checked before any is written: a refusal leaves the folder as it was.
     out.check_free(TABLES)?;
