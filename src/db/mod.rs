@@ -109,6 +109,7 @@ impl Db {
         if !path.is_file() {
             bail!("no database at {}; run `facedb index DIR` first", path.display());
         }
+        refuse_non_regular_sidecars(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = match Connection::open_with_flags(path, flags).and_then(|c| probe(&c).map(|()| c)) {
             Ok(conn) => conn,
@@ -254,7 +255,12 @@ fn refuse_non_regular(path: &Path) -> Result<()> {
         Ok(m) if !m.is_file() => bail!("{} is not a regular file; pass --db a database file (new or existing)", path.display()),
         _ => {}
     }
-    // SQLite writes its -wal and -shm files through whatever stands at those names.
+    refuse_non_regular_sidecars(path)
+}
+
+/// SQLite writes its -wal and -shm files through whatever stands at those names, even for a
+/// reader (the -shm index).
+fn refuse_non_regular_sidecars(path: &Path) -> Result<()> {
     for suffix in ["-wal", "-shm", "-journal"] {
         let side = sidecar(path, suffix);
         if let Ok(m) = std::fs::symlink_metadata(&side) {

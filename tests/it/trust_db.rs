@@ -336,5 +336,10 @@ fn a_link_planted_as_the_write_ahead_log_is_named_and_never_written_through() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("facedb.sqlite-wal is not a regular file"));
+    // Readers say the same, not that the folder should be made writable.
+    let dir = tmp.path().to_str().unwrap();
+    for args in [&["report", dir][..], &["sql", dir, "SELECT 1"], &["info", "1", "--dir", dir]] {
+        facedb().args(args).assert().code(2).stderr(predicate::str::contains("facedb.sqlite-wal is not a regular file (a link, a FIFO?)"));
+    }
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine");
 }
