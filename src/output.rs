@@ -17,7 +17,15 @@
 //! ```
 //! A run appends `run` before creating any temp file and `file` before renaming each file into
 //! place, so a run killed at any point leaves only files the next run can prove are its own:
-//! that run removes the temp files and, at its end, the crops no longer in its manifest.
+//! that run removes the temp files and, at its end, the crops no longer in its manifest. A name
+//! is facedb's while its bytes match any hash the ledger recorded for it: a run killed between
+//! recording a new file and renaming it into place (or between `gone` and the removal) leaves the
+//! earlier file, with its earlier hash.
+//!
+//! Opening a folder rewrites the ledger (verified entries, this run's `run` line) but forgets
+//! nothing it cannot verify now (a file a link replaced, a folder swapped): a run refused or
+//! killed after that must leave the ledger knowing what it knew. Only a run that finishes
+//! rewrites it to exactly its own files.
 //!
 //! Curation: `file` lines before the last `run` line were written by a run that finished, so
 //! their files were in place. Such a crop that is gone was deleted by the user (reported, and
@@ -66,9 +74,12 @@ pub struct OutputDir {
     written: Mutex<BTreeMap<String, String>>,
     /// What the user did to files facedb wrote (see the module comment).
     curation: Curation,
+    /// Ledger entries not verifiable now, kept until the run finishes (see [`Unverified`]).
+    unverified: Unverified,
     /// Subfolders facedb created, opened without following links (names go through them).
     dirs: Mutex<BTreeMap<String, File>>,
-    journal: Mutex<File>,
+    /// The ledger open for appending; the first failed append's message once one failed.
+    journal: Mutex<std::result::Result<File, String>>,
     token: String,
     next_tmp: AtomicU64,
     owner: Owner,
@@ -99,13 +110,18 @@ fn is_curated(name: &str) -> bool {
 /// Parsed ledger lines.
 #[derive(Default)]
 struct Ledger {
-    /// name -> (hash, written by a run that finished)
-    files: BTreeMap<String, (String, bool)>,
+    /// name -> every hash recorded for it
+    files: BTreeMap<String, Vec<Recorded>>,
     user: BTreeSet<String>,
     deleted: BTreeSet<String>,
+    /// Names facedb was removing (`gone`): absent, they are no deletion of the user's.
+    removing: BTreeSet<String>,
     dirs: BTreeSet<String>,
     tokens: BTreeSet<String>,
 }
+
+/// A hash a `file` line recorded, and whether a run that finished wrote it (see the module comment).
+type Recorded = (String, bool);
 
 /// What opening a folder found in its ledger.
 #[derive(Default)]
@@ -114,6 +130,18 @@ struct Found {
     curation: Curation,
     dirs: BTreeSet<String>,
     tokens: BTreeSet<String>,
+    unverified: Unverified,
+}
+
+/// Ledger entries that could not be verified when the folder was opened (a link or another file
+/// at the name, a folder that is not a real folder now): kept in the ledger until a run finishes,
+/// so a run refused meanwhile forgets nothing (the user may put the file back as facedb wrote it).
+#[derive(Debug, Default, Clone)]
+struct Unverified {
+    /// name -> the hashes recorded by finished runs
+    files: BTreeMap<String, BTreeSet<String>>,
+    user: BTreeSet<String>,
+    dirs: BTreeSet<String>,
 }
 
 /// Parses ledger lines (later lines win); names that could reach outside the folder are dropped.
@@ -125,16 +153,20 @@ fn parse_ledger(text: &str) -> Ledger {
         let settled = last_run.is_none_or(|r| i < r);
         if let Some(rest) = line.strip_prefix("file ") {
             if let Some((hash, name)) = rest.split_once(' ') {
-                if hash.len() == 64 && is_ledger_name(name) {
-                    ledger.files.insert(name.to_string(), (hash.to_string(), settled));
+                if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && is_ledger_name(name) {
+                    // Every hash is kept: a killed run's new line must not hide the earlier file
+                    // that is still in place.
+                    ledger.files.entry(name.to_string()).or_default().push((hash.to_string(), settled));
+                    ledger.removing.remove(name);
                 }
             }
         } else if let Some(name) = line.strip_prefix("user ").filter(|n| is_ledger_name(n)) {
             ledger.user.insert(name.to_string());
         } else if let Some(name) = line.strip_prefix("deleted ").filter(|n| is_ledger_name(n)) {
             ledger.deleted.insert(name.to_string());
-        } else if let Some(name) = line.strip_prefix("gone ") {
-            ledger.files.remove(name);
+        } else if let Some(name) = line.strip_prefix("gone ").filter(|n| is_ledger_name(n)) {
+            // The hashes stay: a run killed before the removal leaves the file, still facedb's.
+            ledger.removing.insert(name.to_string());
             ledger.user.remove(name);
             ledger.deleted.remove(name);
         } else if let Some(name) = line.strip_prefix("dir ").filter(|n| is_plain_name(n) && *n != OUTPUT_MARKER) {
@@ -231,7 +263,7 @@ fn create_temp(dir: &Path, token: &str, counter: &AtomicU64) -> Result<(PathBuf,
         match create_exclusive(&path) {
             Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(anyhow!(e).context(format!("cannot create a file in {}; is it writable?", display_path(dir)))),
+            Err(e) => return Err(anyhow!("cannot create a file in {}: {e}; {}", display_path(dir), write_fix(&path, &e))),
         }
     }
     bail!("cannot create a temporary file in {}: every name tried exists", display_path(dir))
@@ -271,11 +303,12 @@ fn place_at(tmp: &Path, dir: libc::c_int, leaf: &Path, dest: &Path, replace: boo
             if unsafe { libc::renameat(libc::AT_FDCWD, from.as_ptr(), dir, to.as_ptr()) } == 0 {
                 Ok(())
             } else {
-                Err(std::io::Error::last_os_error().into())
+                let err = std::io::Error::last_os_error();
+                Err(anyhow!("{err}; {}", write_fix(dest, &err)))
             }
         }
         Some(libc::EINVAL | libc::ENOSYS) => bail!("{} appeared while facedb was writing; it was left alone", display_path(dest)),
-        _ => Err(err.into()),
+        _ => Err(anyhow!("{err}; {}", write_fix(dest, &err))),
     }
 }
 
@@ -300,6 +333,25 @@ fn hash_file(path: &Path) -> Option<String> {
     let mut h = blake3::Hasher::new();
     h.update_reader(file).ok()?;
     Some(h.finalize().to_hex().to_string())
+}
+
+/// A failed write of `path` (a full disk, a read-only folder), naming the file and the fix.
+fn write_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write {}: {e}; {}", display_path(path), write_fix(path, e))
+}
+
+/// What to do about a failed write of `path`: the fix depends on the error.
+fn write_fix(path: &Path, e: &std::io::Error) -> String {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = display_path(dir);
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => format!("free space on the disk holding {dir}, then run facedb again"),
+        Some(libc::EROFS | libc::EACCES | libc::EPERM) => format!("make {dir} writable, then run facedb again"),
+        _ => format!("check the disk holding {dir}, then run facedb again"),
+    }
 }
 
 /// The fix every refusal to touch a file ends with.
@@ -348,7 +400,12 @@ impl OutputDir {
         let ledger_path = path.join(OUTPUT_MARKER);
         let found = match ledger_path.symlink_metadata() {
             Err(_) => {
-                if let Some(other) = std::fs::read_dir(path)?.filter_map(Result::ok).next() {
+                // A run killed while writing the folder's first ledger leaves only its temp file.
+                let entries = std::fs::read_dir(path).with_context(|| format!("cannot read the output folder {shown}"))?;
+                let no_temp = |e: &std::fs::DirEntry| {
+                    !(e.file_name().to_str().is_some_and(|n| is_temp_name(n, &BTreeSet::new())) && e.file_type().is_ok_and(|t| t.is_file()))
+                };
+                if let Some(other) = entries.filter_map(Result::ok).find(no_temp) {
                     bail!(
                         "{arg} {shown} already holds files facedb did not write (such as {}) and no {OUTPUT_MARKER}; pass a new or empty folder",
                         display_path(Path::new(&other.file_name()))
@@ -376,8 +433,9 @@ impl OutputDir {
             owned: found.owned,
             written: Mutex::new(BTreeMap::new()),
             curation: found.curation,
+            unverified: found.unverified,
             dirs: Mutex::new(dirs),
-            journal: Mutex::new(File::open("/dev/null")?),
+            journal: Mutex::new(Err(format!("cannot write {}: it is not open yet", display_path(&ledger_path)))),
             token,
             next_tmp: AtomicU64::new(0),
             owner,
@@ -392,7 +450,7 @@ impl OutputDir {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&ledger_path)
             .with_context(|| format!("cannot write {}", display_path(&ledger_path)))?;
-        out.journal = Mutex::new(journal);
+        out.journal = Mutex::new(Ok(journal));
         Ok(out)
     }
 
@@ -426,31 +484,47 @@ impl OutputDir {
         listed.user.retain(in_own_dir);
         listed.deleted.retain(in_own_dir);
         let mut found = Found { tokens: listed.tokens, ..Found::default() };
-        found.dirs = listed.dirs.into_iter().filter(|d| is_real_dir(dir, d)).collect();
-        let states: Vec<(String, String, bool, State)> =
-            listed.files.into_par_iter().map(|(name, (hash, settled))| (name.clone(), hash, settled, state_of(dir, &name))).collect();
+        let (real, not_real): (BTreeSet<String>, BTreeSet<String>) = listed.dirs.into_iter().partition(|d| is_real_dir(dir, d));
+        found.dirs = real;
+        found.unverified.dirs = not_real;
+        let states: Vec<(String, Vec<Recorded>, State)> =
+            listed.files.into_par_iter().map(|(name, hashes)| (name.clone(), hashes, state_of(dir, &name))).collect();
         let mut gone: HashMap<String, String> = HashMap::new();
-        for (name, hash, settled, state) in states {
-            match state {
-                State::Hash(h) if h == hash => {
-                    found.owned.insert(name, hash);
+        for (name, hashes, state) in states {
+            if let State::Hash(h) = &state {
+                if hashes.iter().any(|(recorded, _)| recorded == h) {
+                    found.owned.insert(name, h.clone());
+                    continue;
                 }
-                _ if !settled || !is_curated(&name) => {}
-                State::Absent => {
-                    gone.insert(hash, name.clone());
-                    found.curation.deleted.insert(name);
-                }
-                State::Hash(_) => {
-                    found.curation.edited.insert(name);
-                }
-                // A link or anything else at the name is no edit: refused when written, as before.
-                State::Other | State::Unreachable => {}
             }
+            // facedb was removing it: whatever is (not) there now is not the user's doing.
+            if listed.removing.contains(&name) {
+                continue;
+            }
+            // A killed run's file that may never have reached its place proves nothing.
+            let settled: BTreeSet<String> = hashes.into_iter().filter(|(_, settled)| *settled).map(|(h, _)| h).collect();
+            if settled.is_empty() {
+                continue;
+            }
+            if is_curated(&name) {
+                match state {
+                    State::Absent => {
+                        gone.extend(settled.iter().map(|h| (h.clone(), name.clone())));
+                        found.curation.deleted.insert(name.clone());
+                    }
+                    State::Hash(_) => {
+                        found.curation.edited.insert(name.clone());
+                    }
+                    // A link or anything else at the name is no edit: refused when written, as before.
+                    State::Other | State::Unreachable => {}
+                }
+            }
+            found.unverified.files.insert(name, settled);
         }
         for name in listed.user.into_iter().filter(|n| !found.owned.contains_key(n)) {
             match state_of(dir, &name) {
                 State::Absent => found.curation.deleted.insert(name),
-                State::Other | State::Unreachable => false,
+                State::Other | State::Unreachable => found.unverified.user.insert(name),
                 State::Hash(_) => found.curation.edited.insert(name),
             };
         }
@@ -481,8 +555,9 @@ impl OutputDir {
             );
         }
         if theirs.database_id != owner.database_id {
-            // Curation belongs to the dataset that wrote the crops.
+            // Curation belongs to the dataset that wrote the crops, and so does what it wrote.
             found.curation = Curation::default();
+            found.unverified = Unverified::default();
         }
         Ok(found)
     }
@@ -555,6 +630,21 @@ impl OutputDir {
         Ok(NewFile { out: self, name: name.to_string(), tmp, w: Some(BufWriter::new(file)), hasher: blake3::Hasher::new() })
     }
 
+    /// Writes `name` with `bytes` (see [`OutputDir::create`]). A file facedb wrote earlier with
+    /// these very bytes is kept as it is: rewriting it gains nothing and could fail (a full disk)
+    /// and lose it.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        if self.owned.get(name) == Some(&hash) {
+            // Its `file` line is in the ledger since the folder was opened.
+            self.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.insert(name.to_string(), hash);
+            return Ok(());
+        }
+        let mut file = self.create(name)?;
+        file.write_all(bytes)?;
+        file.finish()
+    }
+
     /// Makes (or finds) the subfolder `sub` and keeps it open: it must be a real folder, never a
     /// link; one facedb did not create is used only when facedb created it before (the ledger).
     fn ensure_dir(&self, sub: &str) -> Result<()> {
@@ -592,7 +682,16 @@ impl OutputDir {
 
     fn journal(&self, line: &str) -> Result<()> {
         let mut j = self.journal.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
-        j.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", display_path(&self.path.join(OUTPUT_MARKER))))
+        let file = j.as_mut().map_err(|msg| anyhow!("{msg}"))?;
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            // The ledger may now end in half a line, which a later line would join and spoil (a
+            // full disk frees space as other writes fail): nothing more is recorded, so nothing
+            // more is placed.
+            let err = write_error(&self.path.join(OUTPUT_MARKER), &e);
+            *j = Err(err.to_string());
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Ends the run: removes the files facedb wrote before and did not write now (only while
@@ -619,7 +718,7 @@ impl OutputDir {
     /// Removes these files facedb wrote (each only while it still holds facedb's bytes; a
     /// caption beside a crop goes with it) and drops them from the ledger, keeping everything
     /// else as it is (`facedb forget`). Returns how many files were removed.
-    pub fn remove(self, names: &BTreeSet<String>) -> Result<usize> {
+    pub fn remove(mut self, names: &BTreeSet<String>) -> Result<usize> {
         let captions: BTreeSet<String> =
             names.iter().filter_map(|n| n.rsplit_once('.').map(|(stem, _)| format!("{stem}.txt"))).filter(|n| n.contains('/')).collect();
         let mut kept = self.owned.clone();
@@ -628,6 +727,8 @@ impl OutputDir {
             let Some(hash) = kept.remove(name) else { continue };
             removed += usize::from(self.remove_own(name, &hash)?);
         }
+        // Forgotten names are dropped whether or not they could be verified.
+        self.unverified.files.retain(|n, _| !names.contains(n) && !captions.contains(n));
         self.save_ledger(&kept, true)?;
         Ok(removed)
     }
@@ -650,14 +751,24 @@ impl OutputDir {
     /// Writes the ledger atomically: a temp file renamed over it (the old one was verified
     /// as facedb's, or there was none).
     fn save_ledger(&self, entries: &BTreeMap<String, String>, with_run: bool) -> Result<()> {
+        // Until the run has finished, what could not be verified is kept (see [`Unverified`]).
+        let none = Unverified::default();
+        let unverified = if with_run { &self.unverified } else { &none };
         let mut text = format!("{HEADER}\n{OWNER_PREFIX}{}\n", serde_json::to_string(&self.owner)?);
-        for sub in self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.keys() {
+        let dirs: BTreeSet<String> =
+            self.dirs.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.keys().chain(&unverified.dirs).cloned().collect();
+        for sub in dirs {
             text.push_str(&format!("dir {sub}\n"));
         }
         for (name, hash) in entries {
             text.push_str(&format!("file {hash} {name}\n"));
         }
-        for name in &self.curation.edited {
+        for (name, hashes) in unverified.files.iter().filter(|(n, _)| !entries.contains_key(*n)) {
+            for hash in hashes {
+                text.push_str(&format!("file {hash} {name}\n"));
+            }
+        }
+        for name in self.curation.edited.iter().chain(&unverified.user) {
             text.push_str(&format!("user {name}\n"));
         }
         // Until the run has finished, `match` may not have stored the deletions yet.
@@ -671,11 +782,14 @@ impl OutputDir {
         }
         let ledger = self.path.join(OUTPUT_MARKER);
         let (tmp, mut file) = create_temp(&self.path, &self.token, &self.next_tmp)?;
-        let result = file.write_all(text.as_bytes()).map_err(anyhow::Error::from).and_then(|()| place(&tmp, &ledger, true));
+        let result = file
+            .write_all(text.as_bytes())
+            .map_err(|e| write_error(&ledger, &e))
+            .and_then(|()| place(&tmp, &ledger, true).with_context(|| format!("cannot write {}", display_path(&ledger))));
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.with_context(|| format!("cannot write {}", display_path(&ledger)))
+        result
     }
 }
 
@@ -691,17 +805,23 @@ pub struct NewFile<'a> {
 impl Write for NewFile<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let w = self.w.as_mut().ok_or_else(|| std::io::Error::other("file already finished"))?;
-        let n = w.write(buf)?;
+        let n = w.write(buf).map_err(|e| self.named(e))?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), Write::flush)
+        let result = self.w.as_mut().map_or(Ok(()), Write::flush);
+        result.map_err(|e| self.named(e))
     }
 }
 
 impl<'a> NewFile<'a> {
+    /// A write error that names the file and the fix: callers (a CSV writer) pass it on as is.
+    fn named(&self, e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), write_error(&self.out.path.join(&self.name), &e).to_string())
+    }
+
     /// Flushes, records the name with its hash in the ledger, then renames it into place.
     pub fn finish(self) -> Result<()> {
         self.stage()?.place()
@@ -711,8 +831,8 @@ impl<'a> NewFile<'a> {
     /// belong together (one Parquet export) are all written before any replaces an older one.
     pub fn stage(mut self) -> Result<Staged<'a>> {
         let dest = self.out.path.join(&self.name);
-        let w = self.w.take().ok_or_else(|| anyhow!("file already finished"));
-        w.and_then(|w| w.into_inner().map_err(|e| anyhow!(e.into_error()))).with_context(|| format!("writing {}", display_path(&dest)))?;
+        let w = self.w.take().ok_or_else(|| anyhow!("file already finished: {}", display_path(&dest)))?;
+        w.into_inner().map_err(|e| write_error(&dest, e.error()))?;
         let hash = self.hasher.finalize().to_hex().to_string();
         // The temp file is the Staged's now (NewFile's drop removes nothing).
         let tmp = std::mem::take(&mut self.tmp);
@@ -762,18 +882,24 @@ impl Drop for NewFile<'_> {
     }
 }
 
-/// Removes temp files of earlier runs recorded in the ledger (a run killed mid-write).
+/// Whether `name` is one a temp file facedb writes can have: `.facedb-<token>-<n>.part`, the
+/// token one [`random_token`] makes (16 lowercase hex digits) or one the ledger recorded.
+fn is_temp_name(name: &str, tokens: &BTreeSet<String>) -> bool {
+    let Some(rest) = name.strip_prefix(".facedb-").and_then(|r| r.strip_suffix(".part")) else { return false };
+    let Some((token, n)) = rest.rsplit_once('-') else { return false };
+    let generated = token.len() == 16 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (generated || tokens.contains(token)) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Removes temp files earlier runs left (killed mid-write), those of a run killed before its
+/// `run` line reached the ledger included (it dies writing the ledger itself). Called holding the
+/// folder's lock, so no run that could still be writing them is left; regular files only, and
+/// unlinking a name never follows a link.
 fn remove_leftover_temps(dir: &Path, tokens: &BTreeSet<String>) {
-    if tokens.is_empty() {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(".facedb-").and_then(|r| r.strip_suffix(".part")) else { continue };
-        let Some((token, n)) = rest.rsplit_once('-') else { continue };
-        if tokens.contains(token) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && e.file_type().is_ok_and(|t| t.is_file()) {
+        if name.to_str().is_some_and(|n| is_temp_name(n, tokens)) && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(e.path());
         }
     }

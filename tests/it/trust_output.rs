@@ -486,8 +486,202 @@ fn a_full_disk_names_the_file_and_leaves_no_temp_file() {
     assert!(stderr.contains("3 crop(s) failed"), "{stderr}");
     let rejected = std::fs::read_to_string(out.join("rejected.csv")).unwrap();
     assert!(
-        rejected.contains(&format!("crop failed: encoding {}/obama_face", out.display())) && rejected.contains("No space left on device"),
+        rejected.contains(&format!("crop failed: cannot write {}/obama_face", out.display()))
+            && rejected.contains(&format!("No space left on device (os error 28); free space on the disk holding {}", out.display())),
         "{rejected}"
     );
     assert_eq!(names_in(&out), expected_after_run(&out), "no temp file left");
+}
+
+/// Appends lines to the ledger the way a run killed part-way leaves it.
+fn append_to_ledger(out: &Path, lines: &str) {
+    let mut ledger = std::fs::read_to_string(out.join(".facedb-output")).unwrap();
+    ledger.push_str(lines);
+    std::fs::write(out.join(".facedb-output"), ledger).unwrap();
+}
+
+#[test]
+fn a_match_killed_between_recording_a_file_and_placing_it_blocks_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), "photos", &["obama.jpg", "obama2.jpg", "obama3.jpg"]);
+    let out = tmp.path().join("crops");
+    match_ref(&d, "obama.jpg").arg("--out").arg(&out).assert().success();
+    let crops = crop_names(&out);
+    assert_eq!(crops.len(), 3, "{crops:?}");
+    let before = std::fs::read(out.join(&crops[0])).unwrap();
+
+    // Killed after recording the new crop's hash, before renaming it over the earlier crop (the
+    // new bytes still in the temp file): the earlier crop, with the earlier hash, is facedb's.
+    let token = "00112233445566aa";
+    let new_bytes = b"the crop the killed run was writing";
+    let new_hash = blake3::hash(new_bytes).to_hex().to_string();
+    append_to_ledger(&out, &format!("run {token}\nfile {new_hash} {}\n", crops[0]));
+    std::fs::write(out.join(format!(".facedb-{token}-0.part")), new_bytes).unwrap();
+    assert_eq!(std::fs::read(out.join(&crops[0])).unwrap(), before);
+    let run = match_ref(&d, "obama.jpg").args(["--square", "--size", "128", "--out"]).arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(crop_names(&out), crops, "every crop written again");
+    assert_ne!(std::fs::read(out.join(&crops[0])).unwrap(), before, "the earlier crop was replaced");
+    assert_eq!(names_in(&out), expected_after_run(&out), "no temp file, nothing else");
+
+    // Killed after recording that it removes a crop, before removing it: still facedb's.
+    let token = "00112233445566bb";
+    append_to_ledger(&out, &format!("run {token}\ngone {}\n", crops[1]));
+    match_ref(&d, "obama.jpg").arg("--out").arg(&out).assert().success();
+    assert_eq!(crop_names(&out), crops);
+    assert_eq!(names_in(&out), expected_after_run(&out));
+}
+
+#[test]
+fn a_refused_match_leaves_the_ledger_knowing_what_it_knew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), "photos", &["obama.jpg", "obama2.jpg"]);
+    let out = tmp.path().join("crops");
+    match_ref(&d, "obama.jpg").arg("--out").arg(&out).assert().success();
+    let crops = crop_names(&out);
+    let ledger = std::fs::read_to_string(out.join(".facedb-output")).unwrap();
+
+    // The manifest and a crop moved away and linked back: refused, as links are.
+    let aside = tmp.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for name in ["manifest.csv", crops[0].as_str()] {
+        std::fs::rename(out.join(name), aside.join(name)).unwrap();
+        std::os::unix::fs::symlink(aside.join(name), out.join(name)).unwrap();
+    }
+    let line = refused(&match_ref(&d, "obama.jpg").arg("--out").arg(&out).output().unwrap());
+    assert!(line.contains("it is a symbolic link and facedb never writes through links"), "{line}");
+    let after = std::fs::read_to_string(out.join(".facedb-output")).unwrap();
+    for entry in ledger.lines().filter(|l| l.starts_with("file ") || l.starts_with("dir ")) {
+        assert!(after.lines().any(|l| l == entry), "{entry} kept by the refused run:\n{after}");
+    }
+
+    // The user puts the very bytes back: facedb's again, replaced and removed as before.
+    for name in ["manifest.csv", crops[0].as_str()] {
+        std::fs::remove_file(out.join(name)).unwrap();
+        std::fs::rename(aside.join(name), out.join(name)).unwrap();
+    }
+    match_ref(&d, "obama.jpg").arg("--out").arg(&out).assert().success();
+    assert_eq!(crop_names(&out), crops);
+    match_ref(&d, "obama.jpg").args(["--format", "png", "--out"]).arg(&out).assert().success();
+    assert_eq!(names_in(&out), expected_after_run(&out), "the earlier JPEG crops were facedb's to remove");
+}
+
+#[test]
+fn temp_files_a_killed_match_left_are_removed_by_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), "photos", &["obama.jpg", "obama2.jpg"]);
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"outside --out").unwrap();
+
+    // Killed writing the folder's first ledger: its temp file is all there is.
+    let out = tmp.path().join("crops");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(".facedb-0123456789abcdef-0.part"), b"# facedb writes crops here; half a ledger").unwrap();
+    match_ref(&d, "obama.jpg").arg("--out").arg(&out).assert().success();
+    assert_eq!(names_in(&out), expected_after_run(&out));
+
+    // Killed writing (or renaming) the rewritten ledger: the temp file's token never reached the
+    // ledger. Only regular files of facedb's temp-name pattern go; a link of that name and the
+    // user's files stay, and the link is not followed.
+    std::fs::write(out.join(".facedb-0123456789abcdef-0.part"), b"half a ledger").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join(".facedb-fedcba9876543210-1.part")).unwrap();
+    for mine in [".facedb-notes.part", ".facedb-0123456789ABCDEF-0.part", ".facedb-0123456789abcdef-x.part"] {
+        std::fs::write(out.join(mine), b"mine").unwrap();
+    }
+    match_ref(&d, "obama.jpg").args(["--square", "--out"]).arg(&out).assert().success();
+    let mut expected = expected_after_run(&out);
+    expected.extend(
+        [".facedb-0123456789ABCDEF-0.part", ".facedb-0123456789abcdef-x.part", ".facedb-fedcba9876543210-1.part", ".facedb-notes.part"]
+            .map(String::from),
+    );
+    expected.sort();
+    assert_eq!(names_in(&out), expected);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"outside --out");
+    assert_eq!(std::fs::read(out.join(".facedb-notes.part")).unwrap(), b"mine");
+}
+
+/// Fills the disk holding `dir` with a file there, then frees `keep` bytes of it.
+fn fill_disk(dir: &Path, keep: u64) {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(keep)).unwrap();
+}
+
+/// A tmpfs of `size` at `dir`, or `None` without root.
+fn small_disk(dir: &Path, size: &str) -> Option<SmallDisk> {
+    std::fs::create_dir(dir).unwrap();
+    let mounted =
+        StdCommand::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).stderr(Stdio::null()).status();
+    mounted.is_ok_and(|s| s.success()).then(|| SmallDisk(dir.to_path_buf()))
+}
+
+#[test]
+fn a_full_disk_never_costs_the_crops_or_manifests_of_an_earlier_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dataset(tmp.path(), "photos", &ALL_PHOTOS);
+    let mnt = tmp.path().join("small");
+    let Some(_disk) = small_disk(&mnt, "200k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let out = mnt.join("out");
+    let run = |out: &Path| match_ref(&d, "obama3.jpg").arg("--out").arg(out).output().unwrap();
+
+    // Room for some crops only (the disk may fill before the last ledger write too: exit 2).
+    let first = run(&out);
+    assert!(matches!(first.status.code(), Some(1 | 2)), "{}", String::from_utf8_lossy(&first.stderr));
+    let written = crop_names(&out);
+    assert!(!written.is_empty(), "some crops fit");
+    let crops: BTreeMap<String, Vec<u8>> = written.iter().map(|c| (c.clone(), std::fs::read(out.join(c)).unwrap())).collect();
+
+    // The same run again: the crops in place are kept, not lost to a failed rewrite, and stay
+    // in the manifest.
+    let kept = |out: &Path| {
+        let listed = crop_names(out);
+        for (name, bytes) in &crops {
+            assert!(listed.contains(name), "{name} is in the manifest: {listed:?}");
+            assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+        }
+        assert!(!names_in(out).iter().any(|n| n.ends_with(".part")), "no temp file: {:?}", names_in(out));
+    };
+    let second = run(&out);
+    assert!(matches!(second.status.code(), Some(1 | 2)), "{}", String::from_utf8_lossy(&second.stderr));
+    kept(&out);
+    if second.status.code() == Some(2) {
+        let line = refused(&second);
+        assert!(line.ends_with(&format!("free space on the disk holding {}, then run facedb again", out.display())), "{line}");
+    }
+
+    // Room for the ledger but not the manifests: refused naming the file and the fix; the
+    // earlier manifests and crops stay as they were.
+    let mnt = tmp.path().join("bigger");
+    let _disk = small_disk(&mnt, "4m").unwrap();
+    let out = mnt.join("out");
+    let first = run(&out);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let mut before = snapshot(&out);
+    fill_disk(&mnt, 4096);
+    let line = refused(&run(&out));
+    assert!(line.contains(&format!("cannot write {}/", out.display())), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            "No space left on device (os error 28); free space on the disk holding {}, then run facedb again",
+            out.display()
+        )),
+        "{line}"
+    );
+    let mut after = snapshot(&out);
+    before.remove(Path::new(".facedb-output"));
+    after.remove(Path::new(".facedb-output"));
+    assert_eq!(after, before, "the earlier manifests and crops as they were, no temp file");
+
+    // Space freed: the next run works.
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let last = run(&out);
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    assert_eq!(names_in(&out), expected_after_run(&out));
 }

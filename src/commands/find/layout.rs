@@ -90,9 +90,7 @@ impl Layout<'_> {
                     if kept.contains(&name) {
                         continue;
                     }
-                    let mut f = out.create(&name)?;
-                    f.write_all(self.text().as_bytes())?;
-                    f.finish()?;
+                    out.write_file(&name, self.text().as_bytes())?;
                 }
             }
             LayoutKind::Imagefolder => {

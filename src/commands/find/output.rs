@@ -154,10 +154,11 @@ impl CropJob<'_> {
                             self.names.get(&id).ok_or_else(|| anyhow!("the photo has no present path; re-run `facedb index`"))?;
                         let (image, padded_fraction) = crop::render(&rgb, &plan);
                         if !self.kept.contains(file_name) {
-                            let mut file = self.out.create(file_name)?;
-                            crop::encode(&image, self.format, self.quality, &mut file)
+                            // Encoded first: a crop with the bytes already in place is not rewritten.
+                            let mut bytes = Vec::new();
+                            crop::encode(&image, self.format, self.quality, &mut bytes)
                                 .with_context(|| format!("encoding {}", display_path(&self.out.path().join(file_name))))?;
-                            file.finish()?;
+                            self.out.write_file(file_name, &bytes)?;
                         }
                         Ok(Crop { info, source: source.clone(), file_name: file_name.clone(), plan, padded_fraction })
                     })();
@@ -373,11 +374,14 @@ impl<'a> Manifest<'a> {
         Ok(())
     }
 
-    /// Renames the three files into place (each is recorded in the ledger first).
+    /// Renames the three files into place (each is recorded in the ledger first), once all three
+    /// are written: a failed write (a full disk) leaves the earlier manifests as they were.
     pub fn finish(self) -> Result<()> {
         let unwrap = |w: csv::Writer<NewFile<'a>>| w.into_inner().map_err(|e| anyhow!("{}", e.error()));
-        unwrap(self.csv)?.finish()?;
-        self.jsonl.finish()?;
-        unwrap(self.rejected)?.finish()
+        let staged = [unwrap(self.csv)?.stage()?, self.jsonl.stage()?, unwrap(self.rejected)?.stage()?];
+        for file in staged {
+            file.place()?;
+        }
+        Ok(())
     }
 }
