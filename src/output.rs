@@ -645,6 +645,30 @@ impl OutputDir {
         file.finish()
     }
 
+    /// Rewrites `name`, a file facedb wrote here that still holds its bytes, with what `edit`
+    /// makes of them (`facedb forget` taking rows out of the manifests). Whether it changed; a
+    /// file that is not facedb's, or no longer holds its bytes, is left alone.
+    pub fn rewrite(&self, name: &str, edit: impl FnOnce(&[u8]) -> Result<Vec<u8>>) -> Result<bool> {
+        let Some(hash) = self.owned.get(name) else { return Ok(false) };
+        let path = self.path.join(name);
+        let Ok(mut file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path) else {
+            return Ok(false);
+        };
+        let mut bytes = Vec::new();
+        if !file.metadata().is_ok_and(|m| m.is_file()) || file.read_to_end(&mut bytes).is_err() {
+            return Ok(false);
+        }
+        if blake3::hash(&bytes).to_hex().as_str() != hash {
+            return Ok(false);
+        }
+        let edited = edit(&bytes).with_context(|| format!("reading {}", display_path(&path)))?;
+        if edited == bytes {
+            return Ok(false);
+        }
+        self.write_file(name, &edited)?;
+        Ok(true)
+    }
+
     /// Makes (or finds) the subfolder `sub` and keeps it open: it must be a real folder, never a
     /// link; one facedb did not create is used only when facedb created it before (the ledger).
     fn ensure_dir(&self, sub: &str) -> Result<()> {
@@ -729,6 +753,8 @@ impl OutputDir {
         }
         // Forgotten names are dropped whether or not they could be verified.
         self.unverified.files.retain(|n, _| !names.contains(n) && !captions.contains(n));
+        // Files rewritten before (`rewrite`) are listed with their new bytes.
+        kept.extend(self.written.lock().map_err(|_| anyhow!("ledger lock poisoned"))?.clone());
         self.save_ledger(&kept, true)?;
         Ok(removed)
     }

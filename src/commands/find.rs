@@ -27,7 +27,7 @@ use crate::util::display_path;
 mod best;
 mod curation;
 mod decide;
-mod layout;
+pub(crate) mod layout;
 mod output;
 mod record;
 mod references;

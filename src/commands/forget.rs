@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
+use super::find::layout::METADATA_JSONL;
+use super::find::{MANIFEST_CSV, MANIFEST_JSONL, REJECTED_CSV};
 use super::{database_path, find_dataset, info::dataset_holding, open_database, outln, Globals, EXIT_FILES_FAILED};
 use crate::cli::ForgetArgs;
 use crate::db::forget::{self, Erased, Target, WrittenCrop};
@@ -41,7 +43,8 @@ pub fn run(globals: &Globals, args: ForgetArgs) -> Result<ExitCode> {
     let mut crops_removed = 0;
     for target in &targets {
         let crops = forget::crops_of(&mut db.conn, target)?;
-        crops_removed += remove_crops(&db, &root, &crops, globals)?;
+        let faces = forget::faces_of(&mut db.conn, target)?;
+        crops_removed += remove_crops(&db, &root, &crops, &faces, globals)?;
         erased += forget::erase(&mut db.conn, target)?;
     }
     if let Some(name) = &args.person {
@@ -105,7 +108,7 @@ fn resolve(db: &Db, root: &Path, text: &str) -> Result<Target> {
 /// Removes the crops match runs wrote of the forgotten faces, folder by folder, each through its
 /// ledger. A folder that is gone or no longer facedb's is skipped with a warning: facedb never
 /// deletes what it cannot prove it wrote.
-fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], globals: &Globals) -> Result<usize> {
+fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], faces: &BTreeSet<i64>, globals: &Globals) -> Result<usize> {
     let mut by_folder: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for c in crops {
         by_folder.entry(c.out_dir.as_str()).or_default().insert(c.name.clone());
@@ -128,13 +131,62 @@ fn remove_crops(db: &Db, root: &Path, crops: &[WrittenCrop], globals: &Globals) 
             }
             continue;
         }
-        match OutputDir::open(folder, root, &db_file, owner.clone()).and_then(|out| out.remove(&names)) {
+        let removal = OutputDir::open(folder, root, &db_file, owner.clone()).and_then(|out| {
+            strip_manifests(&out, &names, faces)?;
+            out.remove(&names)
+        });
+        match removal {
             Ok(n) => removed += n,
             Err(e) if !globals.quiet => eprintln!("warning: crops in {} left as they are: {e:#}", display_path(folder)),
             Err(_) => {}
         }
     }
     Ok(removed)
+}
+
+/// Takes the rows of the forgotten faces and their crops out of the manifests facedb wrote in
+/// `out` (manifest.csv, manifest.jsonl, rejected.csv, an imagefolder's metadata.jsonl): the
+/// folder then still lists exactly its crops, and no row keeps a forgotten face's box, landmarks
+/// or source.
+fn strip_manifests(out: &OutputDir, crops: &BTreeSet<String>, faces: &BTreeSet<i64>) -> Result<()> {
+    let forgotten =
+        |face: Option<i64>, crop: Option<&str>| face.is_some_and(|f| faces.contains(&f)) || crop.is_some_and(|c| crops.contains(c));
+    for name in [MANIFEST_CSV, REJECTED_CSV] {
+        out.rewrite(name, |bytes| {
+            let mut rows = csv::Reader::from_reader(bytes);
+            let headers = rows.headers()?.clone();
+            let column = |title: &str| headers.iter().position(|h| h == title);
+            let (face_at, crop_at) = (column("face_id"), column("crop_path"));
+            let mut kept = csv::Writer::from_writer(Vec::new());
+            kept.write_record(&headers)?;
+            for row in rows.records() {
+                let row = row?;
+                let face = face_at.and_then(|i| row.get(i)).and_then(|f| f.parse().ok());
+                if !forgotten(face, crop_at.and_then(|i| row.get(i))) {
+                    kept.write_record(&row)?;
+                }
+            }
+            kept.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
+        })?;
+    }
+    for (name, crop_key) in [(MANIFEST_JSONL, "crop_path"), (METADATA_JSONL, "file_name")] {
+        out.rewrite(name, |bytes| {
+            let mut kept = Vec::with_capacity(bytes.len());
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if line.trim_ascii().is_empty() {
+                    kept.extend_from_slice(line);
+                    continue;
+                }
+                let row: serde_json::Value = serde_json::from_slice(line.trim_ascii())?;
+                let face = row.get("face_id").and_then(|f| f.as_i64().or_else(|| f.as_str().and_then(|s| s.parse().ok())));
+                if !forgotten(face, row.get(crop_key).and_then(|c| c.as_str())) {
+                    kept.extend_from_slice(line);
+                }
+            }
+            Ok(kept)
+        })?;
+    }
+    Ok(())
 }
 
 /// What forget took out of files beside the database.

@@ -5,6 +5,8 @@
 //! of a reference's vector). The photo itself stays known by content hash, so `index` neither
 //! re-reads nor re-detects it; `forgotten` stops any later detection storing the face again.
 
+use std::collections::BTreeSet;
+
 use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -94,6 +96,19 @@ pub fn crops_of(conn: &mut Connection, target: &Target) -> Result<Vec<WrittenCro
     let crops = written_crops(&tx)?;
     tx.rollback()?;
     Ok(crops)
+}
+
+/// The faces forgetting `target` erases (of every detector).
+pub fn faces_of(conn: &mut Connection, target: &Target) -> Result<BTreeSet<i64>> {
+    let tx = conn.transaction()?;
+    select_faces(&tx, target)?;
+    let faces = {
+        let mut stmt = tx.prepare("SELECT id FROM forget_faces")?;
+        let ids = stmt.query_map([], |r| r.get::<_, i64>("id"))?;
+        ids.collect::<rusqlite::Result<BTreeSet<i64>>>()?
+    };
+    tx.rollback()?;
+    Ok(faces)
 }
 
 /// How much one forget erased.

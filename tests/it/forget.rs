@@ -232,4 +232,11 @@ fn forget_from_another_folder_removes_crops_written_to_a_relative_out() {
     assert!(out.join(&crop).is_file());
     facedb().arg("forget").arg(dir.join("obama2.jpg")).current_dir(tmp.path()).assert().success();
     assert!(!out.join(&crop).exists(), "the forgotten face's crop is still in {}", out.display());
+    // The manifests list exactly the crops left, and no row of the forgotten face.
+    assert!(!sources(&out).contains(&"obama2.jpg".to_string()), "manifest.csv still lists the forgotten face");
+    assert!(sources(&out).contains(&"obama3.jpg".to_string()));
+    let jsonl = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    assert!(!jsonl.contains("obama2.jpg") && jsonl.contains("obama3.jpg"), "{jsonl}");
+    // The rewritten manifests are facedb's: the next match into the folder is not refused.
+    match_ref(&dir, "obama.jpg").arg("--out").arg(&out).assert().success();
 }
