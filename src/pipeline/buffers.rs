@@ -61,12 +61,15 @@ pub fn fresh_zeroed<T: Default + Clone>(len: usize) -> Vec<T> {
 /// Advice only: the contents are unchanged and a kernel without huge pages ignores it.
 pub fn advise_huge_pages(start: *const u8, len: usize) {
     const HUGE_PAGE: usize = 2 << 20;
+    // Buffers this big have a mapping of their own (`crate::tune_allocator`): advice on part of
+    // the heap would split its mapping, and stay after the buffer is freed.
+    const MIN_ADVISED: usize = 4 << 20;
     #[cfg(target_os = "linux")]
     {
         // Whole 4 KiB pages inside the buffer; the kernel uses huge pages for the aligned 2 MiB
         // ranges among them.
         let (first, end) = ((start as usize).next_multiple_of(4096), (start as usize).saturating_add(len) / 4096 * 4096);
-        if end >= first + HUGE_PAGE {
+        if len >= MIN_ADVISED && end >= first + HUGE_PAGE {
             // SAFETY: the range lies inside one live allocation of the caller's; the advice
             // changes how its pages are backed, never their contents. Its result is ignored:
             // nothing depends on it.
@@ -74,7 +77,7 @@ pub fn advise_huge_pages(start: *const u8, len: usize) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (start, len, HUGE_PAGE);
+    let _ = (start, len, HUGE_PAGE, MIN_ADVISED);
 }
 
 /// The smallest of this thread's spares with room for `capacity` bytes, emptied.
