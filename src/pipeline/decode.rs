@@ -169,14 +169,28 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
     // libjpeg-turbo when loaded; a JPEG it refuses (CMYK, a corrupt-data warning) goes to the
     // image crate, in full, which decides whether it is decodable as before.
     let denom = if reduce { reduction_for(w.max(h)) } else { 1 };
-    let turbo =
-        decoders.turbojpeg().filter(|_| format == ImageFormat::Jpeg).and_then(|t| t.decode(bytes, denom).ok().map(|rgb| (rgb, denom)));
+    let turbo = match decoders.turbojpeg().filter(|_| format == ImageFormat::Jpeg).map(|t| t.decode(bytes, denom)) {
+        Some(Ok(rgb)) => Some((rgb, denom)),
+        Some(Err(e)) if data_ends_early(&format!("{e:#}")) => return Err(damaged_jpeg(&e)),
+        _ => None,
+    };
     let (mut image, denom) = match turbo {
         Some((rgb, denom)) => (DynamicImage::ImageRgb8(rgb), denom),
         None => (DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?, 1),
     };
     image.apply_orientation(orientation);
     Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size })
+}
+
+/// Whether libjpeg-turbo's warning says the compressed data stops before the picture does (cut
+/// and closed with an end marker, or bytes lost or overwritten inside): the image crate would
+/// paint the rest grey or smeared and call it a success, as it would a file without its end.
+fn data_ends_early(message: &str) -> bool {
+    message.contains("premature end of data segment") || message.contains("Premature end of JPEG file")
+}
+
+fn damaged_jpeg(e: &anyhow::Error) -> anyhow::Error {
+    anyhow!("damaged JPEG ({e:#}): part of the picture is missing; copy the file again from its source")
 }
 
 /// Refuses what the header declares before anything is allocated: the decoders' own limits are
@@ -333,6 +347,37 @@ mod tests {
         assert!(!jpeg_is_complete(cut));
         assert!(decode_builtin(cut).unwrap_err().to_string().contains("truncated JPEG"));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
+    }
+
+    mod needs_models {
+        use super::*;
+
+        /// A JPEG cut short (or with bytes lost inside) that still ends with its end marker: the
+        /// image crate paints the missing rows grey and calls it a success; it is a failed file,
+        /// like one without its end. A benign warning (extraneous bytes) still decodes.
+        #[test]
+        fn a_jpeg_whose_data_stops_early_is_damaged_even_with_its_end_marker() {
+            let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+            let decoders = Decoders::new(Some(&models));
+            assert!(decoders.turbojpeg().is_some(), "libturbojpeg not in {}/turbojpeg: run scripts/setup.sh", models.display());
+            let photo = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/photos/obama.jpg")).unwrap();
+            assert!(decode(&photo, &decoders).is_ok());
+            for keep in [0.3, 0.9, 0.99] {
+                let mut cut = photo[..(photo.len() as f64 * keep) as usize].to_vec();
+                cut.extend_from_slice(&[0xFF, 0xD9]);
+                assert!(jpeg_is_complete(&cut));
+                // Without libturbojpeg the file passes: what this test guards is the check.
+                assert!(decode_builtin(&cut).is_ok());
+                let err = decode(&cut, &decoders).unwrap_err();
+                assert!(is_content(&err) && err.to_string().contains("damaged JPEG"), "{keep}: {err:#}");
+                assert!(decoders.decode_reduced(&cut).is_err());
+            }
+            // Junk between the scan and the end marker is only a warning: the picture is whole.
+            let mut padded = photo[..photo.len() - 2].to_vec();
+            padded.extend_from_slice(&[0x00; 7]);
+            padded.extend_from_slice(&[0xFF, 0xD9]);
+            assert!(decode(&padded, &decoders).is_ok());
+        }
     }
 
     #[test]
