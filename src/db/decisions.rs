@@ -172,6 +172,13 @@ pub fn face_vector(conn: &Connection, face_id: i64, embedder: Embedder) -> Resul
     Ok(blob.and_then(|b| blob_to_vector(&b)).filter(|v| v.len() == embedder.dim))
 }
 
+/// A face's stored face hash (`pipeline::fingerprint`), if it has one yet.
+pub fn face_hash(conn: &Connection, face_id: i64) -> Result<Option<u64>> {
+    let hash: Option<Option<i64>> = conn.query_row("SELECT face_hash FROM faces WHERE id = ?1", [face_id], |r| r.get(0)).optional()?;
+    // SQLite integers are signed: the bits, reinterpreted (as `db::write` stores them).
+    Ok(hash.flatten().map(|h| h as u64))
+}
+
 /// Stores a face as a reference under `key` (see [`face_key`]), with its own box and embedding.
 pub fn insert_face_ref(
     conn: &Connection,

@@ -354,6 +354,32 @@ fn a_deleted_crop_keeps_its_copies_out_too() {
     let again = run(&d, &out, &["--best", "5"]);
     assert!(crops(&out).keys().all(|n| !n.starts_with("obama2") && !n.starts_with("32bit")), "{:?} {again}", crops(&out));
     assert!(crops(&out).keys().any(|n| n.starts_with("obama3")), "other photos of the person stay: {:?}", crops(&out));
+    // The copy that went with it is named (the summary says which face).
+    let with_it = again["copies_of_deleted_crops"].as_array().map_or(0, Vec::len);
+    let both_picked = picked.iter().filter(|n| n.starts_with("obama2") || n.starts_with("32bit")).count() == 2;
+    assert!(!both_picked || with_it == 1, "{again}");
+}
+
+/// A mirror image embeds 0.05-0.08 from its picture but is another crop to a trainer (and
+/// `--best` does not group the two): deleting the mirror's crop keeps the original's.
+#[test]
+fn deleting_a_mirror_images_crop_keeps_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("photos");
+    std::fs::create_dir_all(&d).unwrap();
+    add_photos(&d, &["obama.jpg", "obama3.jpg"]);
+    let mirrored = image::imageops::flip_horizontal(&image::open(photo("obama.jpg")).unwrap().into_rgb8());
+    mirrored.save(d.join("mirrored.jpg")).unwrap();
+    facedb().arg("index").arg(&d).assert().success();
+    let out = tmp.path().join("out");
+    run(&d, &out, &[]);
+    let mirror_crop = crops(&out).into_keys().find(|n| n.starts_with("mirrored")).expect("the mirror image matches");
+    std::fs::remove_file(out.join(&mirror_crop)).unwrap();
+    let again = run(&d, &out, &[]);
+    let now: Vec<String> = crops(&out).into_keys().collect();
+    assert!(now.iter().any(|n| n.starts_with("obama_face")) && now.iter().any(|n| n.starts_with("obama3")), "{now:?} {again}");
+    assert!(!now.iter().any(|n| n.starts_with("mirrored")), "{now:?}");
+    assert_eq!(again["copies_of_deleted_crops"].as_array().map(Vec::len), Some(0), "{again}");
 }
 
 /// Options that would be silently ignored are refused with the fix.

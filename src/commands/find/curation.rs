@@ -12,6 +12,7 @@ use crate::db::read::RefRow;
 use crate::db::Embedder;
 use crate::matching::Decision;
 use crate::output::OutputDir;
+use crate::select;
 
 /// The decisions that apply to this run.
 #[derive(Default)]
@@ -28,14 +29,15 @@ pub(super) struct Curated {
     pub moved_crops: usize,
     /// Embeddings of faces whose crop the user deleted ("not this picture"): copies of the same
     /// picture elsewhere (re-encodes, resized copies) are left out too.
-    pub deleted_pictures: Vec<Vec<f32>>,
+    pub deleted_pictures: Vec<(Vec<f32>, Option<u64>)>,
+    /// Matched faces left out this run as copies of such a picture (face ids, ascending).
+    pub copies_of_deleted: Vec<i64>,
 }
 
-/// Faces this close to a deleted crop's face are copies of the same picture: re-encodes and
-/// resized copies of a photo measured 0.01-0.09 apart, other photos of the person 0.19 and more.
-pub(super) const SAME_PICTURE: f32 = 0.10;
-
-/// The matched faces that are copies of a picture whose crop the user deleted.
+/// The matched faces that are copies of a picture whose crop the user deleted, by `--best`'s
+/// rule for near-duplicates (`select::DUP_EMBEDDING` and, where both faces have a face hash,
+/// `select::DUP_HASH_BITS`): re-encodes and resized copies, not the picture's mirror image (0.06
+/// apart in embedding, but a different crop to a trainer) nor the person's other photos.
 pub(super) fn copies_of_deleted(conn: &Connection, curated: &Curated, decisions: &[Decision], embedder: Embedder) -> Result<HashSet<i64>> {
     let mut copies = HashSet::new();
     if curated.deleted_pictures.is_empty() {
@@ -43,7 +45,15 @@ pub(super) fn copies_of_deleted(conn: &Connection, curated: &Curated, decisions:
     }
     for d in decisions.iter().filter(|d| d.matched()) {
         let Some(v) = decisions::face_vector(conn, d.face_id, embedder)? else { continue };
-        let near = curated.deleted_pictures.iter().any(|p| 1.0 - p.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() <= SAME_PICTURE);
+        let hash = decisions::face_hash(conn, d.face_id)?;
+        let near = curated.deleted_pictures.iter().any(|(p, deleted_hash)| {
+            let close = crate::matching::cosine_distance(p, &v) <= select::DUP_EMBEDDING;
+            let same_look = match (deleted_hash, hash) {
+                (Some(a), Some(b)) => (a ^ b).count_ones() <= select::DUP_HASH_BITS,
+                _ => true,
+            };
+            close && same_look
+        });
         if near {
             copies.insert(d.face_id);
         }
@@ -96,7 +106,7 @@ pub(super) fn load(conn: &Connection, out: Option<&OutputDir>, person: &Person, 
         // also push away the person's other photos (0.22-0.27 apart on the test portraits).
         if let Some(v) = decisions::face_vector(conn, d.face_id, embedder)? {
             if d.source == Source::DeletedCrop {
-                curated.deleted_pictures.push(v);
+                curated.deleted_pictures.push((v, decisions::face_hash(conn, d.face_id)?));
             } else {
                 curated.negatives.push(v);
             }

@@ -51,7 +51,7 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
     let args = &ctx.args;
     let pos_vecs = refs.positive_vectors();
     let mut neg_vecs = refs.negative_vectors();
-    let curated = curation::load(conn, out, &curation::person_of(&refs.positives), ids.embedder)?;
+    let mut curated = curation::load(conn, out, &curation::person_of(&refs.positives), ids.embedder)?;
     neg_vecs.extend(curated.negatives.iter().cloned());
     let opts = Options {
         threshold: args.threshold,
@@ -91,11 +91,15 @@ pub(super) fn decide(conn: &Connection, ctx: &Ctx, ids: &RunIds, refs: &Refs, ou
         None => HashMap::new(),
     };
     // A deleted crop means "not this picture": its copies (a re-encode, a resized copy) stay out too.
-    for copy in curation::copies_of_deleted(conn, &curated, &decisions, ids.embedder)? {
+    let mut copies: Vec<i64> = curation::copies_of_deleted(conn, &curated, &decisions, ids.embedder)?.into_iter().collect();
+    copies.retain(|copy| !curated.excluded.contains(copy));
+    copies.sort_unstable();
+    for &copy in &copies {
         if let Some(d) = decisions.iter_mut().find(|d| d.face_id == copy) {
             d.reason = Some(Reason::RejectedByUser);
         }
     }
+    curated.copies_of_deleted = copies;
     let cache_refresh = matrix.refresh();
     drop(matrix);
     // Every photo is kept at such a threshold (`decide_counting_far`), so this sees them all.

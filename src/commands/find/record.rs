@@ -44,6 +44,8 @@ pub(super) struct Tally {
 pub(super) struct CurationReport {
     pub applied: usize,
     pub deleted: usize,
+    /// Faces left out as copies of a deleted crop's picture (face ids).
+    pub copies_of_deleted: Vec<i64>,
     /// Crops gone with most of the folder (a fresh start, no rejections) and crops renamed.
     pub cleared: usize,
     pub moved: usize,
@@ -131,6 +133,7 @@ impl Outcome<'_> {
         let report = CurationReport {
             applied: self.decided.applied,
             deleted: curated.deleted_crops,
+            copies_of_deleted: curated.copies_of_deleted.clone(),
             cleared: curated.cleared_crops,
             moved: curated.moved_crops,
             edited: kept.len(),

@@ -76,7 +76,7 @@ pub(super) fn print(done: &Outcome, tally: &Tally, curation: &CurationReport) ->
             "photos": done.photos(), "matched": tally.matched, "rejected": &tally.why_not, "ambiguous": tally.ambiguous, "crop_failures": tally.crop_failures,
             "upscaled": {"crops": upscaled, "max_factor": max_upscale},
             "reference_model_calls": done.refs.model_calls, "vector_cache": done.decided.cache_refresh.as_str(), "best": best.map(best::Best::summary), "seconds": ctx.started.elapsed().as_secs_f64(),
-            "decisions_applied": curation.applied, "deleted_crops": curation.deleted, "cleared_crops": curation.cleared, "moved_crops": curation.moved, "edited_crops_kept": curation.edited, "dropped_crops": curation.dropped,
+            "decisions_applied": curation.applied, "deleted_crops": curation.deleted, "copies_of_deleted_crops": curation.copies_of_deleted, "cleared_crops": curation.cleared, "moved_crops": curation.moved, "edited_crops_kept": curation.edited, "dropped_crops": curation.dropped,
         });
         outln!("{summary}");
         return Ok(());
@@ -206,7 +206,7 @@ fn print_summary(ctx: &Ctx, decisions: &[Decision], photos: u64, paths: &HashMap
     }
     let copies = decisions.iter().filter(|d| d.matched() && d.same_face_copies > 0).count();
     if copies > 0 {
-        eprintln!("  {copies} photo(s) show the face twice (a mirror, a reflection, a photo of the photo): the closer face was cropped (same_face_copies in {MANIFEST_CSV})");
+        eprintln!("  {copies} photo(s) show the face twice (a mirror, a reflection, a photo of the photo, a collage): the closer face was cropped (same_face_copies in {MANIFEST_CSV})");
     }
     let ambiguous: Vec<&Decision> = decisions.iter().filter(|d| d.ambiguous).collect();
     if !ambiguous.is_empty() {
@@ -236,6 +236,15 @@ impl CurationReport {
                 "  {} crop(s) deleted from {} since the last run: remembered as rejected, not written again",
                 self.deleted,
                 display_path(out_dir)
+            );
+        }
+        if !self.copies_of_deleted.is_empty() {
+            // Named, so a user who deleted one crop sees which other photos went with it.
+            let ids: Vec<String> = self.copies_of_deleted.iter().map(i64::to_string).collect();
+            eprintln!(
+                "  {} more face(s) left out as copies of a picture whose crop was deleted (re-encodes, resized copies): face {}; `facedb info ID` shows each",
+                ids.len(),
+                ids.join(", ")
             );
         }
         if self.cleared > 0 {
