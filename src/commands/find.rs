@@ -157,9 +157,12 @@ impl<'g> Ctx<'g> {
     }
 
     fn args_json(&self) -> Result<String> {
+        // A path that is not UTF-8 is stored as text with U+FFFD in place of the bad bytes:
+        // serialising the path itself fails, and `json!` would panic.
+        let lossy = |paths: &[PathBuf]| paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>();
         let a = &self.args;
         Ok(serde_json::json!({
-            "dir": self.root.to_string_lossy(), "ref": a.refs, "not": a.negatives, "threshold": a.threshold, "combine": a.combine,
+            "dir": self.root.to_string_lossy(), "ref": lossy(&a.refs), "not": lossy(&a.negatives), "threshold": a.threshold, "combine": a.combine,
             "expand": a.expand, "all": a.all, "dry_run": a.dry_run, "out": self.out_dir.to_string_lossy(), "options": self.options_json(),
             // What the review page needs to run this match again with another threshold.
             "layout": clap::ValueEnum::to_possible_value(&a.layout).map(|v| v.get_name().to_string()),

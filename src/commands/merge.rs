@@ -179,9 +179,9 @@ fn report(globals: &Globals, target: &Path, run_id: RunId, shards: &[ShardDb], m
         let per: Vec<_> = shards
             .iter()
             .zip(merged)
-            .map(|(s, m)| serde_json::json!({"path": s.path, "shard": s.shard.to_string(), "merged": m}))
+            .map(|(s, m)| serde_json::json!({"path": s.path.to_string_lossy(), "shard": s.shard.to_string(), "merged": m}))
             .collect();
-        let summary = serde_json::json!({"command": "merge", "database": target, "run_id": run_id, "shards": per,
+        let summary = serde_json::json!({"command": "merge", "database": target.to_string_lossy(), "run_id": run_id, "shards": per,
             "images_new": sum(|m| m.images_new), "faces_new": sum(|m| m.faces_new), "faces_forgotten": sum(|m| m.faces_forgotten), "files_changed": sum(|m| m.files_changed),
             "seconds": started.elapsed().as_secs_f64()});
         outln!("{summary}");

@@ -212,3 +212,26 @@ fn a_damaged_model_file_is_one_clear_fatal_error() {
     assert!(stderr.starts_with("facedb: ") && stderr.contains("face_recognition_sface_2021dec_int8bq.onnx"), "{stderr}");
     assert!(stderr.contains("scripts/setup.sh"), "{stderr}");
 }
+
+/// A reference photo (or negative) whose name is not UTF-8 is used like any other: the run's
+/// stored arguments carry the name with U+FFFD for the bad bytes (serialising it raw panicked).
+#[test]
+fn a_reference_whose_name_is_not_utf8_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("photos");
+    std::fs::create_dir(&d).unwrap();
+    add_photos(&d, &["obama.jpg", "biden.jpg"]);
+    facedb().arg("index").arg(&d).assert().success();
+    let reference = tmp.path().join(std::ffi::OsStr::from_bytes(b"ref\xff.jpg"));
+    std::fs::copy(photo("obama2.jpg"), &reference).unwrap();
+    let negative = tmp.path().join(std::ffi::OsStr::from_bytes(b"not\xfe.jpg"));
+    std::fs::copy(photo("biden.jpg"), &negative).unwrap();
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let out = facedb().arg("match").arg(&d).arg("--ref").arg(&reference).arg("--not").arg(&negative).args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+    }
+    let stored: String =
+        db(&d).query_row("SELECT args_json FROM runs WHERE command = 'match' ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(stored.contains("ref\u{FFFD}.jpg") && stored.contains("not\u{FFFD}.jpg"), "{stored}");
+}
