@@ -171,7 +171,7 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
     let denom = if reduce { reduction_for(w.max(h)) } else { 1 };
     let turbo = match decoders.turbojpeg().filter(|_| format == ImageFormat::Jpeg).map(|t| t.decode(bytes, denom)) {
         Some(Ok(rgb)) => Some((rgb, denom)),
-        Some(Err(e)) if data_ends_early(&format!("{e:#}")) => return Err(damaged_jpeg(&e)),
+        Some(Err(e)) if is_damage_warning(&format!("{e:#}")) => return Err(damaged_jpeg(&e)),
         _ => None,
     };
     let (mut image, denom) = match turbo {
@@ -182,15 +182,31 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
     Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size })
 }
 
-/// Whether libjpeg-turbo's warning says the compressed data stops before the picture does (cut
-/// and closed with an end marker, or bytes lost or overwritten inside): the image crate would
-/// paint the rest grey or smeared and call it a success, as it would a file without its end.
-fn data_ends_early(message: &str) -> bool {
-    message.contains("premature end of data segment") || message.contains("Premature end of JPEG file")
+/// Whether libjpeg-turbo's warning says the compressed data is damaged: it stops before the
+/// picture does (cut and closed with an end marker, bytes lost inside), a restart interval lost
+/// or cut ("found marker ... instead of RSTn", junk before a restart marker), codes that are no
+/// codes, or a large run of junk before the end marker (the tail overwritten, e.g. zeroed by an
+/// interrupted copy). The image crate would paint the rest grey or smeared and call it a
+/// success, as it would a file without its end. A few junk bytes before the end marker, which
+/// some encoders write, are not damage.
+fn is_damage_warning(message: &str) -> bool {
+    const DAMAGE: [&str; 5] =
+        ["premature end of data segment", "Premature end of JPEG file", "instead of RST", "bad Huffman code", "bad arithmetic code"];
+    if DAMAGE.iter().any(|d| message.contains(d)) {
+        return true;
+    }
+    // "Corrupt JPEG data: N extraneous bytes before marker 0xXX"
+    let Some((before, marker)) = message.split_once(" extraneous bytes before marker 0x") else { return false };
+    let count: u64 = before.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let restart = marker.get(..2).is_some_and(|m| ("d0"..="d7").contains(&m.to_ascii_lowercase().as_str()));
+    restart || count > JUNK_BEFORE_END
 }
 
+/// Bytes of junk before the end marker that still count as an encoder's padding.
+const JUNK_BEFORE_END: u64 = 1024;
+
 fn damaged_jpeg(e: &anyhow::Error) -> anyhow::Error {
-    anyhow!("damaged JPEG ({e:#}): part of the picture is missing; copy the file again from its source")
+    anyhow!("damaged JPEG ({e:#}): part of the picture is missing or garbled; copy the file again from its source")
 }
 
 /// Refuses what the header declares before anything is allocated: the decoders' own limits are
@@ -377,6 +393,29 @@ mod tests {
             padded.extend_from_slice(&[0x00; 7]);
             padded.extend_from_slice(&[0xFF, 0xD9]);
             assert!(decode(&padded, &decoders).is_ok());
+            // The last third of the data overwritten with zeros, the size and end marker kept
+            // (an interrupted copy into a preallocated file).
+            let mut zeroed = photo.clone();
+            let n = zeroed.len();
+            zeroed[n * 2 / 3..n - 2].fill(0);
+            let err = decode(&zeroed, &decoders).unwrap_err();
+            assert!(err.to_string().contains("damaged JPEG"), "{err:#}");
+        }
+
+        #[test]
+        fn only_damage_warnings_fail_a_jpeg() {
+            for (message, damaged) in [
+                ("libturbojpeg: Corrupt JPEG data: premature end of data segment", true),
+                ("libturbojpeg: Corrupt JPEG data: found marker 0xd9 instead of RST6", true),
+                ("libturbojpeg: Corrupt JPEG data: bad Huffman code", true),
+                ("libturbojpeg: Corrupt JPEG data: 337 extraneous bytes before marker 0xd0", true),
+                ("libturbojpeg: Corrupt JPEG data: 195874 extraneous bytes before marker 0xd9", true),
+                ("libturbojpeg: Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", false),
+                ("libturbojpeg: Invalid SOS parameters for sequential JPEG", false),
+                ("libturbojpeg: Unsupported color conversion request", false),
+            ] {
+                assert_eq!(is_damage_warning(message), damaged, "{message}");
+            }
         }
     }
 
