@@ -88,6 +88,9 @@ fn print(info: &ImageInfo) -> Result<()> {
         info.status,
         info.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
+    if info.rotation != 0 {
+        outln!("  turned {}° clockwise by facedb: its faces are the right way up that way, and no orientation tag said so", info.rotation);
+    }
     outln!("  indexed {}", info.indexed_at);
     if let Some(decoder) = &info.jpeg_decoder {
         outln!("  decoded by {decoder}");

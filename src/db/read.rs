@@ -446,6 +446,9 @@ pub struct ImageInfo {
     pub height: Option<i64>,
     pub format: Option<String>,
     pub orientation: Option<i64>,
+    /// Degrees facedb turned the photo (clockwise, after EXIF orientation) because its faces
+    /// were found that way: a sideways or upside-down photo without an orientation tag.
+    pub rotation: u16,
     pub status: String,
     pub error: Option<String>,
     pub indexed_at: String,
@@ -538,6 +541,7 @@ impl FromRow for ImageInfo {
             height: r.get("height")?,
             format: r.get("format")?,
             orientation: r.get("orientation")?,
+            rotation: r.get("rotation")?,
             status: r.get("status")?,
             error: r.get("error")?,
             indexed_at: r.get("created_at")?,
@@ -585,7 +589,7 @@ impl FromRow for MatchLine {
 pub fn image_info(conn: &Connection, image_id: i64) -> Result<ImageInfo> {
     let mut info: ImageInfo = rows::one(
         conn,
-        "SELECT id, blake3, size_bytes, width, height, format, orientation, status, error, created_at,
+        "SELECT id, blake3, size_bytes, width, height, format, orientation, rotation, status, error, created_at,
                 CASE WHEN format = 'jpeg' THEN (SELECT coalesce(json_extract(m.params_json, '$.jpeg'), 'image-rs') FROM models m WHERE m.id = images.detector_id) END AS jpeg_decoder
          FROM images WHERE id = ?1",
         [image_id],
