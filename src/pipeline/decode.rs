@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::metadata::Orientation;
@@ -25,6 +25,75 @@ pub struct Decoded {
     pub denom: u32,
     /// The photo's upright size at full resolution.
     pub full_size: (u32, u32),
+    /// This decode's share of the memory all workers' big decodes may hold at once; kept for as
+    /// long as the pixels are (`Frame` holds it).
+    pub memory: Option<MemoryShare>,
+}
+
+/// Decodes whose header says they need more than this take a share of `decode_budget` first.
+const UNBUDGETED: u64 = 128 << 20;
+
+/// What the big decodes of all workers may need at once: a quarter of the machine's memory (or
+/// of the container's limit), at least `MAX_ALLOC`; `FACEDB_DECODE_BUDGET_MB` sets it. Each
+/// worker alone may take `MAX_ALLOC` (a 38-byte lossless WebP can declare 13000x13000 px, 1.26 GB
+/// to decode): without a shared budget a folder of such files took that per worker (4.1 GB
+/// with 4 workers, ~20 GB with 16).
+fn decode_budget() -> u64 {
+    static BUDGET: OnceLock<u64> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        if let Some(mb) = std::env::var(DECODE_BUDGET_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            return mb.max(1) << 20;
+        }
+        let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        });
+        // cgroup v2's limit ("max" when there is none).
+        let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let memory = match (machine, container) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        };
+        memory.map_or(MAX_ALLOC, |bytes| (bytes / 4).max(MAX_ALLOC))
+    })
+}
+
+/// Sets the decode budget in MiB (see `decode_budget`).
+pub const DECODE_BUDGET_ENV: &str = "FACEDB_DECODE_BUDGET_MB";
+
+static BUDGET_IN_USE: Mutex<u64> = Mutex::new(0);
+static BUDGET_FREED: Condvar = Condvar::new();
+
+/// Bytes of the shared decode budget, given back when dropped.
+#[derive(Debug)]
+pub struct MemoryShare(u64);
+
+impl MemoryShare {
+    /// Waits until `bytes` fit in the budget beside the other workers' decodes (a decode bigger
+    /// than the whole budget waits until it is alone). `None` for a small decode.
+    fn reserve(bytes: u64) -> Option<Self> {
+        if bytes <= UNBUDGETED {
+            return None;
+        }
+        let budget = decode_budget();
+        let bytes = bytes.min(budget);
+        let mut used = BUDGET_IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        while *used > 0 && *used + bytes > budget {
+            used = BUDGET_FREED.wait(used).unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += bytes;
+        Some(Self(bytes))
+    }
+}
+
+impl Drop for MemoryShare {
+    fn drop(&mut self) {
+        let mut used = BUDGET_IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        *used = used.saturating_sub(self.0);
+        BUDGET_FREED.notify_all();
+    }
 }
 
 /// A reduced decode is asked for only when the photo is at least this big at the reduced scale:
@@ -149,7 +218,7 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
             })?;
             // libheif has already applied the file's rotation and mirroring.
             let full_size = rgb.dimensions();
-            return Ok(Decoded { rgb, format: "heif", orientation: 1, denom: 1, full_size });
+            return Ok(Decoded { rgb, format: "heif", orientation: 1, denom: 1, full_size, memory: None });
         }
         return Err(anyhow!("not a supported image (unrecognised content)"));
     };
@@ -162,7 +231,8 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
     reader.limits(limits());
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
     let (w, h) = decoder.dimensions();
-    check_declared_size((w, h), decoder.total_bytes())?;
+    let needed = check_declared_size((w, h), decoder.total_bytes())?;
+    let memory = MemoryShare::reserve(needed);
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let exif = orientation_exif(orientation);
     let full_size = if (5..=8).contains(&exif) { (h, w) } else { (w, h) };
@@ -179,7 +249,7 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
         None => (DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?, 1),
     };
     image.apply_orientation(orientation);
-    Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size })
+    Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size, memory })
 }
 
 /// Whether libjpeg-turbo's warning says the compressed data is damaged: it stops before the
@@ -212,7 +282,7 @@ fn damaged_jpeg(e: &anyhow::Error) -> anyhow::Error {
 /// Refuses what the header declares before anything is allocated: the decoders' own limits are
 /// not enforced by every format (a 0.9 MB PNG declaring 29999x29999 took 3.6 GB and 18 s).
 /// Counts the decoder's buffer and the 8-bit RGB copy made from it.
-fn check_declared_size((w, h): (u32, u32), decoder_bytes: u64) -> Result<()> {
+fn check_declared_size((w, h): (u32, u32), decoder_bytes: u64) -> Result<u64> {
     if w > MAX_SIDE || h > MAX_SIDE {
         bail!("image of {w}x{h} pixels is larger than accepted (at most {MAX_SIDE} px a side); not decoded");
     }
@@ -224,7 +294,7 @@ fn check_declared_size((w, h): (u32, u32), decoder_bytes: u64) -> Result<()> {
             MAX_ALLOC >> 20
         );
     }
-    Ok(())
+    Ok(needed)
 }
 
 /// Marks a failure caused by what is installed (a missing library, the runtime), not by the

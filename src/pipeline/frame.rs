@@ -80,6 +80,9 @@ pub struct Frame<'a> {
     source: Option<(&'a [u8], &'a Decoders)>,
     pub format: &'static str,
     pub orientation: u8,
+    /// The decode's share of the workers' memory budget, held while these pixels live (a
+    /// turned copy of the frame shares it).
+    memory: Option<std::rc::Rc<super::decode::MemoryShare>>,
 }
 
 /// The frame's pixels go back to this thread's spare buffers for its next photo; not the
@@ -96,7 +99,7 @@ impl Drop for Frame<'_> {
 impl<'a> Frame<'a> {
     /// Decodes `bytes` reduced where that is possible (see `Decoders::decode_reduced`).
     pub fn decode(bytes: &'a [u8], decoders: &'a Decoders) -> Result<Self> {
-        let Decoded { rgb, format, orientation, denom, full_size } = decoders.decode_reduced(bytes)?;
+        let Decoded { rgb, format, orientation, denom, full_size, memory } = decoders.decode_reduced(bytes)?;
         let (reduced, full) = if denom == 1 { (RgbImage::new(0, 0), full_with(rgb)) } else { (rgb, OnceCell::new()) };
         Ok(Self {
             reduced,
@@ -109,6 +112,7 @@ impl<'a> Frame<'a> {
             source: Some((bytes, decoders)),
             format,
             orientation,
+            memory: memory.map(std::rc::Rc::new),
         })
     }
 
@@ -126,6 +130,7 @@ impl<'a> Frame<'a> {
             source: None,
             format: "other",
             orientation: 1,
+            memory: None,
         }
     }
 
@@ -151,6 +156,7 @@ impl<'a> Frame<'a> {
             source: self.source,
             format: self.format,
             orientation: self.orientation,
+            memory: self.memory.clone(),
         }
     }
 

@@ -29,9 +29,19 @@ fn report(dir: &Path) -> String {
 /// Runs the binary to the end; returns (exit code, wall time, max RSS in MiB) measured by the
 /// kernel for that process (wait4).
 fn measured(args: &[&OsStr]) -> (i32, Duration, i64) {
+    measured_with(args, &[])
+}
+
+/// `measured`, with environment variables set for the process.
+fn measured_with(args: &[&OsStr], env: &[(&str, &str)]) -> (i32, Duration, i64) {
     let t = Instant::now();
-    let child =
-        Command::new(assert_cmd::cargo::cargo_bin("facedb")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(assert_cmd::cargo::cargo_bin("facedb"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -508,4 +518,24 @@ fn ctrl_c_is_honoured_within_a_second_at_every_stage_and_twice_exits_at_once() {
     assert!(took < Duration::from_millis(400), "{took:?}");
     facedb().arg("index").arg(&photos).assert().code(0);
     assert_eq!(query_i64(&conn, "SELECT count(*) FROM images"), 200);
+}
+
+/// Four 38-byte lossless WebPs, each declaring 13000x13000 px (1.26 GB to decode, under the
+/// per-file limit): with one decode budget shared by the workers they are decoded one after
+/// another instead of all at once (4 workers peaked at 4.0 GB before; 1.26 GB now).
+#[test]
+fn tiny_files_declaring_huge_pictures_share_one_memory_budget_across_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = dataset(tmp.path());
+    for (i, colour) in ["2a", "2e", "32", "36"].iter().enumerate() {
+        let hex = format!("524946461e000000574542505650384c110000002fc7f2b10c07508a{colour}d4a3ff8188e87f0000");
+        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|k| u8::from_str_radix(&hex[k..k + 2], 16).unwrap()).collect();
+        std::fs::write(photos.join(format!("bomb{i}.webp")), bytes).unwrap();
+        backdate(&photos.join(format!("bomb{i}.webp")));
+    }
+    let args = [OsStr::new("-q"), OsStr::new("index"), OsStr::new("-j"), OsStr::new("4"), photos.as_os_str()];
+    let (code, _, rss_mib) = measured_with(&args, &[("FACEDB_DECODE_BUDGET_MB", "1024")]);
+    assert_eq!(code, 0, "the files decode (plain colour, no face)");
+    assert_eq!(query_i64(&db(&photos), "SELECT count(*) FROM images WHERE status = 'ok' AND width = 13000"), 4);
+    assert!(rss_mib < 2200, "one 1.26 GB decode at a time, not four: peak {rss_mib} MiB");
 }
