@@ -168,8 +168,26 @@ impl Decoders {
     /// loaded (DCT scaling: about half the time of a full decode). `Frame` decodes the full size
     /// later only if a stage needs it.
     pub fn decode_reduced(&self, bytes: &[u8]) -> Result<Decoded> {
-        decode_untagged(bytes, self, true)
-            .map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
+        decode_untagged(bytes, self, true, true).map_err(|e| {
+            if is_environment(&e) {
+                e
+            } else {
+                anyhow::Error::new(BadContent(format!("{e:#}")))
+            }
+        })
+    }
+
+    /// `decode` in full for a `Frame` whose reduced decode already holds the photo's share of
+    /// the memory budget (reckoned at full size): taking a second share while holding the first
+    /// could leave every worker waiting on the others.
+    pub fn decode_within_share(&self, bytes: &[u8]) -> Result<Decoded> {
+        decode_untagged(bytes, self, false, false).map_err(|e| {
+            if is_environment(&e) {
+                e
+            } else {
+                anyhow::Error::new(BadContent(format!("{e:#}")))
+            }
+        })
     }
 }
 
@@ -196,11 +214,16 @@ pub fn format_name(format: ImageFormat) -> &'static str {
 /// Decodes `bytes` (format sniffed from content, not the file name). Every error says whether
 /// the file's content (`BadContent`) or the environment (`NeedsEnvironment`) caused it.
 pub fn decode(bytes: &[u8], decoders: &Decoders) -> Result<Decoded> {
-    decode_untagged(bytes, decoders, false)
-        .map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
+    decode_untagged(bytes, decoders, false, true).map_err(|e| {
+        if is_environment(&e) {
+            e
+        } else {
+            anyhow::Error::new(BadContent(format!("{e:#}")))
+        }
+    })
 }
 
-fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<Decoded> {
+fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool, take_share: bool) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(anyhow!("empty file (0 bytes)"));
     }
@@ -232,7 +255,7 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool) -> Result<De
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("cannot decode {}: {e}", format_name(format)))?;
     let (w, h) = decoder.dimensions();
     let needed = check_declared_size((w, h), decoder.total_bytes())?;
-    let memory = MemoryShare::reserve(needed);
+    let memory = if take_share { MemoryShare::reserve(needed) } else { None };
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let exif = orientation_exif(orientation);
     let full_size = if (5..=8).contains(&exif) { (h, w) } else { (w, h) };

@@ -182,7 +182,7 @@ impl<'a> Frame<'a> {
         }
         let (bytes, decoders) = self.source.ok_or_else(|| anyhow!("no full-resolution image to decode"))?;
         let t = super::StageClock::now();
-        let rgb = decoders.decode(bytes)?.rgb;
+        let rgb = decoders.decode_within_share(bytes)?.rgb;
         let rgb = if self.rotation == 0 { rgb } else { super::rotate(&rgb, self.rotation) };
         self.late_decode_ms.set(self.late_decode_ms.get() + t.ms());
         // Regions are cut from the full image from now on.
