@@ -245,7 +245,8 @@ pub fn totals(conn: &Connection) -> Result<Totals> {
                 (SELECT count(*) FROM files f LEFT JOIN images i ON i.id = f.image_id
                   WHERE f.missing = 0 AND (f.image_id IS NULL OR i.status = 'failed')) AS failed,
                 (SELECT count(*) FROM faces) AS faces,
-                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count = 0) AS no_face,
+                (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count = 0
+                  AND blake3 NOT IN (SELECT blake3 FROM forgotten)) AS no_face,
                 (SELECT count(*) FROM photos_v WHERE status = 'ok' AND face_count > 1) AS several_faces",
         [],
     )?;
@@ -253,13 +254,24 @@ pub fn totals(conn: &Connection) -> Result<Totals> {
 }
 
 /// (path, face count) of present photos with exactly zero or more than one face.
+/// A photo whose faces were all forgotten is not one "with no face": see `forgotten_photos`.
 pub fn photos_by_face_count(conn: &Connection, several: bool) -> Result<Vec<(String, i64)>> {
-    let cond = if several { "face_count > 1" } else { "face_count = 0" };
+    let cond = if several { "face_count > 1" } else { "face_count = 0 AND p.blake3 NOT IN (SELECT blake3 FROM forgotten)" };
     let mut stmt = conn.prepare(&format!(
         "SELECT f.path, p.face_count FROM photos_v p JOIN files f ON f.image_id = p.image_id AND f.missing = 0
          WHERE p.status = 'ok' AND p.{cond} ORDER BY f.path"
     ))?;
     let rows = stmt.query_map([], |r| Ok((r.get("path")?, r.get("face_count")?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Present photos left without a face because `facedb forget` erased them.
+pub fn forgotten_photos(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT f.path FROM photos_v p JOIN files f ON f.image_id = p.image_id AND f.missing = 0
+         WHERE p.status = 'ok' AND p.face_count = 0 AND p.blake3 IN (SELECT blake3 FROM forgotten) ORDER BY f.path",
+    )?;
+    let rows = stmt.query_map([], |r| r.get("path"))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

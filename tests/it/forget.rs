@@ -240,3 +240,19 @@ fn forget_from_another_folder_removes_crops_written_to_a_relative_out() {
     // The rewritten manifests are facedb's: the next match into the folder is not refused.
     match_ref(&dir, "obama.jpg").arg("--out").arg(&out).assert().success();
 }
+
+/// A forgotten photo is listed as forgotten by `report`, not as a photo with no face.
+#[test]
+fn report_lists_a_forgotten_photo_as_forgotten_not_as_without_a_face() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    add_photos(dir, &["obama2.jpg", "obama3.jpg"]);
+    facedb().arg("index").arg(dir).assert().success();
+    facedb().arg("forget").arg(dir.join("obama2.jpg")).assert().success();
+    let out = facedb().arg("--json").arg("report").arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["forgotten"], serde_json::json!(["obama2.jpg"]), "{report}");
+    assert_eq!(report["no_face"], serde_json::json!([]), "{report}");
+    assert_eq!(report["totals"]["no_face"], 0, "{report}");
+}

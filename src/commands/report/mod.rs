@@ -21,6 +21,8 @@ struct Report {
     dataset: String,
     totals: Totals,
     no_face: Vec<String>,
+    /// Photos whose faces `facedb forget` erased (not "no face": facedb will not find them again).
+    forgotten: Vec<String>,
     several_faces: Vec<PathCount>,
     failed: Vec<PathError>,
     /// Folders the last index could not list, dangling links and loops.
@@ -104,6 +106,7 @@ pub fn run(globals: &Globals, args: ReportArgs) -> Result<ExitCode> {
         dataset: root.to_string_lossy().into_owned(),
         totals: read::totals(conn)?,
         no_face: read::photos_by_face_count(conn, false)?.into_iter().map(|(p, _)| p).collect(),
+        forgotten: read::forgotten_photos(conn)?,
         several_faces: read::photos_by_face_count(conn, true)?.into_iter().map(|(path, faces)| PathCount { path, faces }).collect(),
         failed: read::failed_files(conn)?.into_iter().map(|(path, error)| PathError { path, error }).collect(),
         unlisted,
@@ -129,6 +132,12 @@ fn print_table(r: &Report) -> Result<()> {
     outln!("\nphotos with no face ({}):", r.no_face.len());
     for p in &r.no_face {
         outln!("  {}", display_str(p));
+    }
+    if !r.forgotten.is_empty() {
+        outln!("\nphotos whose faces were forgotten ({}; `facedb forget`, never found again):", r.forgotten.len());
+        for p in &r.forgotten {
+            outln!("  {}", display_str(p));
+        }
     }
     outln!("\nphotos with several faces ({}):", r.several_faces.len());
     for p in &r.several_faces {
@@ -203,6 +212,9 @@ fn print_csv(r: &Report) -> Result<()> {
     }
     for p in &r.no_face {
         w.write_record(["no_face", p, "0", ""])?;
+    }
+    for p in &r.forgotten {
+        w.write_record(["forgotten", p, "0", ""])?;
     }
     for p in &r.several_faces {
         w.write_record(["several_faces", &p.path, &p.faces.to_string(), ""])?;
