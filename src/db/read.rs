@@ -320,6 +320,8 @@ pub fn paths_of_images(conn: &Connection, ids: &[i64]) -> Result<HashMap<i64, St
 #[derive(Debug, Clone, Serialize)]
 pub struct MatchRunSummary {
     pub run_id: RunId,
+    /// `match --name`, if the run was given one.
+    pub name: Option<String>,
     pub started_at: String,
     pub mode: String,
     pub threshold: f64,
@@ -344,6 +346,7 @@ impl FromRow for MatchRunRow {
     fn from_row(r: &Row) -> rusqlite::Result<Self> {
         let summary = MatchRunSummary {
             run_id: r.get("run_id")?,
+            name: r.get("name")?,
             started_at: r.get("started_at")?,
             mode: r.get("mode")?,
             threshold: r.get("threshold")?,
@@ -363,7 +366,7 @@ impl FromRow for MatchRunRow {
 pub fn match_runs(conn: &Connection) -> Result<Vec<MatchRunSummary>> {
     let found: Vec<MatchRunRow> = rows::all(
         conn,
-        "SELECT m.run_id, r.started_at, m.mode, m.threshold, m.combine, m.out_dir, m.ref_ids_json, m.neg_ref_ids_json, m.photos, m.matched, m.rejected, m.ambiguous
+        "SELECT m.run_id, m.name, r.started_at, m.mode, m.threshold, m.combine, m.out_dir, m.ref_ids_json, m.neg_ref_ids_json, m.photos, m.matched, m.rejected, m.ambiguous
          FROM match_runs m JOIN runs r ON r.id = m.run_id ORDER BY m.run_id",
         [],
     )?;

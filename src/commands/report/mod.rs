@@ -168,14 +168,16 @@ fn print_table(r: &Report) -> Result<()> {
     }
     outln!("\nmatch runs ({}):", r.match_runs.len());
     if !r.match_runs.is_empty() {
-        let columns: Vec<String> =
-            ["run", "started", "mode", "threshold", "references", "not", "matched", "rejected", "ambiguous"].map(String::from).to_vec();
+        let columns: Vec<String> = ["run", "name", "started", "mode", "threshold", "references", "not", "matched", "rejected", "ambiguous"]
+            .map(String::from)
+            .to_vec();
         let rows: Vec<Vec<String>> = r
             .match_runs
             .iter()
             .map(|m| {
                 vec![
                     m.run_id.to_string(),
+                    m.name.clone().unwrap_or_default(),
                     m.started_at.chars().take(19).collect(),
                     m.mode.clone(),
                     format!("{:.2}", m.threshold),

@@ -236,6 +236,7 @@ mod tests {
     fn summary(matched: i64, rejected: i64, ambiguous: i64) -> MatchRunSummary {
         MatchRunSummary {
             run_id: RunId(1),
+            name: None,
             started_at: String::new(),
             mode: "match".into(),
             threshold: 0.4,
