@@ -264,7 +264,7 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool, take_share: 
     let denom = if reduce { reduction_for(w.max(h)) } else { 1 };
     let turbo = match decoders.turbojpeg().filter(|_| format == ImageFormat::Jpeg).map(|t| t.decode(bytes, denom)) {
         Some(Ok(rgb)) => Some((rgb, denom)),
-        Some(Err(e)) if is_damage_warning(&format!("{e:#}")) => return Err(damaged_jpeg(&e)),
+        Some(Err(e)) if is_damage_warning(&format!("{e:#}"), bytes) => return Err(damaged_jpeg(&e)),
         _ => None,
     };
     let (mut image, denom) = match turbo {
@@ -275,14 +275,16 @@ fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool, take_share: 
     Ok(Decoded { rgb: image.into_rgb8(), format: format_name(format), orientation: exif, denom, full_size, memory })
 }
 
-/// Whether libjpeg-turbo's warning says the compressed data is damaged: it stops before the
-/// picture does (cut and closed with an end marker, bytes lost inside), a restart interval lost
-/// or cut ("found marker ... instead of RSTn", junk before a restart marker), codes that are no
-/// codes, or a large run of junk before the end marker (the tail overwritten, e.g. zeroed by an
-/// interrupted copy). The image crate would paint the rest grey or smeared and call it a
-/// success, as it would a file without its end. A few junk bytes before the end marker, which
-/// some encoders write, are not damage.
-fn is_damage_warning(message: &str) -> bool {
+/// Whether libjpeg-turbo's warning on `bytes` says the compressed data is damaged: it stops
+/// before the picture does (cut and closed with an end marker, bytes lost inside), a restart
+/// interval lost ("found marker ... instead of RSTn"), codes that are no codes, or compressed
+/// data left over before the end marker (the decoder lost its place after damage inside and
+/// resynchronised there) or over 1 KiB of anything there (a tail overwritten, e.g. zeroed by an
+/// interrupted copy). The image crate would paint the rest grey or smeared and call it a success,
+/// as it would a file without its end. Not damage: a few bytes or a run of one fill byte (0x00,
+/// 0xFF) before the end marker, which some encoders write, nor anything before a restart marker
+/// of the right number (a scanner pads there; the decoder resynchronises on the marker).
+fn is_damage_warning(message: &str, bytes: &[u8]) -> bool {
     const DAMAGE: [&str; 5] =
         ["premature end of data segment", "Premature end of JPEG file", "instead of RST", "bad Huffman code", "bad arithmetic code"];
     if DAMAGE.iter().any(|d| message.contains(d)) {
@@ -290,13 +292,28 @@ fn is_damage_warning(message: &str) -> bool {
     }
     // "Corrupt JPEG data: N extraneous bytes before marker 0xXX"
     let Some((before, marker)) = message.split_once(" extraneous bytes before marker 0x") else { return false };
-    let count: u64 = before.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    let restart = marker.get(..2).is_some_and(|m| ("d0"..="d7").contains(&m.to_ascii_lowercase().as_str()));
-    restart || count > JUNK_BEFORE_END
+    if !marker.to_ascii_lowercase().starts_with("d9") {
+        return false;
+    }
+    let count: usize = before.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if count > JUNK_BEFORE_END {
+        return true;
+    }
+    if count <= PADDING_BEFORE_END {
+        return false;
+    }
+    // The bytes just before the end marker that closes the scans (entropy-coded data never holds
+    // FF D9; the first one after the first scan header is that marker).
+    let Some(scan) = memchr::memmem::find(bytes, &[0xFF, 0xDA]) else { return true };
+    let Some(end) = memchr::memmem::find(&bytes[scan..], &[0xFF, 0xD9]).map(|e| scan + e) else { return true };
+    let junk = &bytes[end.saturating_sub(count)..end];
+    !(junk.iter().all(|&b| b == 0x00) || junk.iter().all(|&b| b == 0xFF))
 }
 
-/// Bytes of junk before the end marker that still count as an encoder's padding.
-const JUNK_BEFORE_END: u64 = 1024;
+/// Bytes before the end marker beyond which it is a damaged tail, whatever they hold.
+const JUNK_BEFORE_END: usize = 1024;
+/// Bytes before the end marker that are padding, whatever they hold.
+const PADDING_BEFORE_END: usize = 16;
 
 fn damaged_jpeg(e: &anyhow::Error) -> anyhow::Error {
     anyhow!("damaged JPEG ({e:#}): part of the picture is missing or garbled; copy the file again from its source")
@@ -493,21 +510,38 @@ mod tests {
             zeroed[n * 2 / 3..n - 2].fill(0);
             let err = decode(&zeroed, &decoders).unwrap_err();
             assert!(err.to_string().contains("damaged JPEG"), "{err:#}");
+            // 100 bytes in the middle overwritten (a bad sector, a bad copy): the decoder loses
+            // its place and only finds it again at the end, warning about the leftover data.
+            let mut garbled = photo.clone();
+            let mut x = 12345u32;
+            for b in &mut garbled[n / 2..n / 2 + 100] {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *b = ((x >> 16) % 255) as u8;
+            }
+            let err = decode(&garbled, &decoders).unwrap_err();
+            assert!(err.to_string().contains("damaged JPEG"), "{err:#}");
         }
 
         #[test]
         fn only_damage_warnings_fail_a_jpeg() {
-            for (message, damaged) in [
-                ("libturbojpeg: Corrupt JPEG data: premature end of data segment", true),
-                ("libturbojpeg: Corrupt JPEG data: found marker 0xd9 instead of RST6", true),
-                ("libturbojpeg: Corrupt JPEG data: bad Huffman code", true),
-                ("libturbojpeg: Corrupt JPEG data: 337 extraneous bytes before marker 0xd0", true),
-                ("libturbojpeg: Corrupt JPEG data: 195874 extraneous bytes before marker 0xd9", true),
-                ("libturbojpeg: Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", false),
-                ("libturbojpeg: Invalid SOS parameters for sequential JPEG", false),
-                ("libturbojpeg: Unsupported color conversion request", false),
+            // A file whose scan ends in `tail` right before its end marker.
+            let file = |tail: &[u8]| [&[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x11, 0x22][..], tail, &[0xFF, 0xD9]].concat();
+            let zeros = file(&[0u8; 300]);
+            let leftover: Vec<u8> = (0..300u32).map(|i| (i * 37 % 251) as u8).collect();
+            let leftover = file(&leftover);
+            for (message, bytes, damaged) in [
+                ("libturbojpeg: Corrupt JPEG data: premature end of data segment", &zeros, true),
+                ("libturbojpeg: Corrupt JPEG data: found marker 0xd9 instead of RST6", &zeros, true),
+                ("libturbojpeg: Corrupt JPEG data: bad Huffman code", &zeros, true),
+                ("libturbojpeg: Corrupt JPEG data: 195874 extraneous bytes before marker 0xd9", &zeros, true),
+                ("libturbojpeg: Corrupt JPEG data: 300 extraneous bytes before marker 0xd9", &leftover, true),
+                ("libturbojpeg: Corrupt JPEG data: 300 extraneous bytes before marker 0xd9", &zeros, false),
+                ("libturbojpeg: Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", &leftover, false),
+                ("libturbojpeg: Corrupt JPEG data: 337 extraneous bytes before marker 0xd0", &leftover, false),
+                ("libturbojpeg: Invalid SOS parameters for sequential JPEG", &zeros, false),
+                ("libturbojpeg: Unsupported color conversion request", &zeros, false),
             ] {
-                assert_eq!(is_damage_warning(message), damaged, "{message}");
+                assert_eq!(is_damage_warning(message, bytes), damaged, "{message}");
             }
         }
     }
