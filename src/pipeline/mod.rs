@@ -202,7 +202,7 @@ pub fn prepare(
         e.beats(&upright) || (upright.clear > 0 && e.clear >= upright.clear && e.best_score >= upright.best_score + TURNED_OVER_MARGIN)
     };
     if !turns.is_empty() {
-        // Probe both turns on a small copy (one 640 px detector pass each, ~1/10 of a full
+        // Probe the turns on a small copy (one 640 px detector pass each, ~1/10 of a full
         // detection of a 12 MP photo, and no full-size rotation); only a turn that shows faces
         // clearly better is detected again at full resolution and kept if it still does.
         let (rgb, _) = frame.source_for(PROBE_SIDE)?;
