@@ -168,26 +168,14 @@ impl Decoders {
     /// loaded (DCT scaling: about half the time of a full decode). `Frame` decodes the full size
     /// later only if a stage needs it.
     pub fn decode_reduced(&self, bytes: &[u8]) -> Result<Decoded> {
-        decode_untagged(bytes, self, true, true).map_err(|e| {
-            if is_environment(&e) {
-                e
-            } else {
-                anyhow::Error::new(BadContent(format!("{e:#}")))
-            }
-        })
+        tagged(decode_untagged(bytes, self, true, true))
     }
 
     /// `decode` in full for a `Frame` whose reduced decode already holds the photo's share of
     /// the memory budget (reckoned at full size): taking a second share while holding the first
     /// could leave every worker waiting on the others.
     pub fn decode_within_share(&self, bytes: &[u8]) -> Result<Decoded> {
-        decode_untagged(bytes, self, false, false).map_err(|e| {
-            if is_environment(&e) {
-                e
-            } else {
-                anyhow::Error::new(BadContent(format!("{e:#}")))
-            }
-        })
+        tagged(decode_untagged(bytes, self, false, false))
     }
 }
 
@@ -214,13 +202,12 @@ pub fn format_name(format: ImageFormat) -> &'static str {
 /// Decodes `bytes` (format sniffed from content, not the file name). Every error says whether
 /// the file's content (`BadContent`) or the environment (`NeedsEnvironment`) caused it.
 pub fn decode(bytes: &[u8], decoders: &Decoders) -> Result<Decoded> {
-    decode_untagged(bytes, decoders, false, true).map_err(|e| {
-        if is_environment(&e) {
-            e
-        } else {
-            anyhow::Error::new(BadContent(format!("{e:#}")))
-        }
-    })
+    tagged(decode_untagged(bytes, decoders, false, true))
+}
+
+/// Marks an error as the file's content (`BadContent`) unless the environment caused it.
+fn tagged(result: Result<Decoded>) -> Result<Decoded> {
+    result.map_err(|e| if is_environment(&e) { e } else { anyhow::Error::new(BadContent(format!("{e:#}"))) })
 }
 
 fn decode_untagged(bytes: &[u8], decoders: &Decoders, reduce: bool, take_share: bool) -> Result<Decoded> {
@@ -303,11 +290,31 @@ fn is_damage_warning(message: &str, bytes: &[u8]) -> bool {
         return false;
     }
     // The bytes just before the end marker that closes the scans (entropy-coded data never holds
-    // FF D9; the first one after the first scan header is that marker).
-    let Some(scan) = memchr::memmem::find(bytes, &[0xFF, 0xDA]) else { return true };
+    // FF D9; the first one after the photo's first scan header is that marker, not the end of an
+    // EXIF thumbnail, which sits inside a segment before it).
+    let Some(scan) = first_scan(bytes) else { return true };
     let Some(end) = memchr::memmem::find(&bytes[scan..], &[0xFF, 0xD9]).map(|e| scan + e) else { return true };
     let junk = &bytes[end.saturating_sub(count)..end];
     !(junk.iter().all(|&b| b == 0x00) || junk.iter().all(|&b| b == 0xFF))
+}
+
+/// Offset of the image's first scan header (FF DA), found by walking the marker segments from
+/// the start, so nothing inside a segment (an EXIF thumbnail) is taken for it.
+fn first_scan(bytes: &[u8]) -> Option<usize> {
+    let mut pos = 2;
+    loop {
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if *bytes.get(pos)? != 0xFF {
+            return None;
+        }
+        match *bytes.get(pos + 1)? {
+            0xDA => return Some(pos),
+            0xD9 => return None,
+            _ => pos += 2 + usize::from(u16::from_be_bytes([*bytes.get(pos + 2)?, *bytes.get(pos + 3)?])),
+        }
+    }
 }
 
 /// Bytes before the end marker beyond which it is a damaged tail, whatever they hold.
@@ -527,6 +534,13 @@ mod tests {
             // A file whose scan ends in `tail` right before its end marker.
             let file = |tail: &[u8]| [&[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x11, 0x22][..], tail, &[0xFF, 0xD9]].concat();
             let zeros = file(&[0u8; 300]);
+            // An APP1 segment holding a thumbnail's scan and end marker before the photo's scan.
+            let with_thumbnail = |tail: &[u8]| {
+                let thumbnail = [0xFF, 0xDA, 0x00, 0x02, 0x55, 0x66, 0x77, 0xFF, 0xD9];
+                let app1 = [&[0xFF, 0xE1, 0x00, (thumbnail.len() + 2) as u8][..], &thumbnail[..]].concat();
+                [&[0xFF, 0xD8][..], &app1, &[0xFF, 0xDA, 0x00, 0x02, 0x11, 0x22], tail, &[0xFF, 0xD9]].concat()
+            };
+            let padded_with_thumbnail = with_thumbnail(&[0u8; 300]);
             let leftover: Vec<u8> = (0..300u32).map(|i| (i * 37 % 251) as u8).collect();
             let leftover = file(&leftover);
             for (message, bytes, damaged) in [
@@ -536,6 +550,7 @@ mod tests {
                 ("libturbojpeg: Corrupt JPEG data: 195874 extraneous bytes before marker 0xd9", &zeros, true),
                 ("libturbojpeg: Corrupt JPEG data: 300 extraneous bytes before marker 0xd9", &leftover, true),
                 ("libturbojpeg: Corrupt JPEG data: 300 extraneous bytes before marker 0xd9", &zeros, false),
+                ("libturbojpeg: Corrupt JPEG data: 300 extraneous bytes before marker 0xd9", &padded_with_thumbnail, false),
                 ("libturbojpeg: Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", &leftover, false),
                 ("libturbojpeg: Corrupt JPEG data: 337 extraneous bytes before marker 0xd0", &leftover, false),
                 ("libturbojpeg: Invalid SOS parameters for sequential JPEG", &zeros, false),
